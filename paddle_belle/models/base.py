@@ -1,0 +1,234 @@
+"""What BLOOM and LLaMA share: the KV cache, masking, the attention core, the loss, device dtypes, load and save.
+
+Both models subclass PaddleNLP's ``PretrainedModel``/``PretrainedConfig`` so that PaddleNLP's Trainer, peft and
+config machinery work on them. Loading and saving are ours, though: PaddleNLP's ``from_pretrained`` unpickles
+``.pdparams`` with ``paddle.load`` (arbitrary code on a hostile file) and its saves are not atomic.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddlenlp.transformers import PretrainedModel
+from paddlenlp.transformers.model_outputs import CausalLMOutputWithPast
+from paddlenlp.transformers.model_utils import dtype_guard, no_init_weights
+from tqdm.auto import tqdm
+
+from paddle_belle.checkpoint import CheckpointError, iter_state_dict, save_state_dict, to_paddle, write_json
+
+CONFIG_NAME = "config.json"
+# Large negative instead of -inf: a fully masked row (a padding query) then softmaxes to uniform, not NaN.
+MASKED = float(np.finfo(np.float32).min)
+
+
+class KVCache:
+    """Preallocated key/value buffers, one pair per layer, each [batch, kv_heads, max_length, head_dim].
+
+    ``length`` positions are filled. Layers write their new keys/values at ``length`` and read ``[:length+new]``;
+    the model advances ``length`` once all layers have run.
+    """
+
+    def __init__(self, n_layers, batch_size, n_kv_heads, max_length, head_dim, dtype):
+        shape = [batch_size, n_kv_heads, max_length, head_dim]
+        self.keys = [paddle.zeros(shape, dtype) for _ in range(n_layers)]
+        self.values = [paddle.zeros(shape, dtype) for _ in range(n_layers)]
+        self.max_length = max_length
+        self.length = 0
+
+    def update(self, layer: int, k: paddle.Tensor, v: paddle.Tensor):
+        start, end = self.length, self.length + k.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions; {end} are needed")
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+def attention_bias(attention_mask: paddle.Tensor, query_length: int) -> paddle.Tensor:
+    """Additive float32 mask [batch, 1, query_length, kv_length]: 0 where a query may attend, MASKED elsewhere.
+
+    ``attention_mask`` is [batch, kv_length] (1 = token, 0 = padding) over cached and new positions; the queries
+    are the last ``query_length`` of them, so query i may see keys up to position kv_length - query_length + i.
+    """
+    kv_length = attention_mask.shape[1]
+    query_pos = paddle.arange(kv_length - query_length, kv_length).unsqueeze(1)
+    causal = paddle.arange(kv_length).unsqueeze(0) <= query_pos
+    allowed = causal[None, None] & attention_mask.astype("bool")[:, None, None, :]
+    return (1.0 - allowed.astype("float32")) * MASKED
+
+
+def attend(q, k, v, bias, dropout):
+    """softmax(q k^T / sqrt(head_dim) + bias) v, with scores and softmax in float32 as the references do."""
+    scores = paddle.matmul(q, k, transpose_y=True).astype("float32") * (q.shape[-1] ** -0.5) + bias
+    return paddle.matmul(dropout(F.softmax(scores, axis=-1).astype(v.dtype)), v)
+
+
+def token_positions(attention_mask: paddle.Tensor, query_length: int) -> paddle.Tensor:
+    """Position of each new token counted over real tokens only, so left padding does not shift positions."""
+    positions = (attention_mask.astype("int64").cumsum(-1) - 1).clip(min=0)
+    return positions[:, -query_length:]
+
+
+def causal_lm_loss(logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
+    """Mean cross entropy over labels != -100.
+
+    Labels are already shifted, PaddleNLP's convention: labels[:, t] is the token that should follow
+    input_ids[:, t]. (HF instead takes unshifted labels and shifts inside the model.)
+    """
+    logits = logits.astype("float32").reshape([-1, logits.shape[-1]])
+    return F.cross_entropy(logits, labels.reshape([-1]).astype("int64"), ignore_index=-100, reduction="mean")
+
+
+# ------------------------------------------------------------------------------------------------ dtypes
+def check_dtype(dtype) -> str:
+    """The dtype as a string if the current device can run it, else a clear error."""
+    name = str(dtype).replace("paddle.", "")
+    if name not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, not {dtype!r}")
+    if name == "float32":
+        return name
+    device = paddle.get_device()
+    # Paddle's CPU kernels have no fp16/bf16 matmul; elsewhere ask Paddle rather than assume a vendor.
+    supported = device != "cpu" and (
+        paddle.amp.is_float16_supported(device) if name == "float16" else paddle.amp.is_bfloat16_supported(device)
+    )
+    if not supported:
+        raise ValueError(f"dtype {name} cannot run on device {device!r}; use float32 there")
+    return name
+
+
+def default_dtype(config) -> str:
+    """The checkpoint's own dtype where the device runs it, else float32 (always so on CPU)."""
+    try:
+        return check_dtype(getattr(config, "dtype", None) or "float32")
+    except ValueError:
+        return "float32"
+
+
+# ------------------------------------------------------------------------------------------ model base
+class CausalLM(PretrainedModel):
+    """Base of our causal LMs: PaddleNLP's PretrainedModel with safe, strict, atomic loading and saving."""
+
+    def _init_weights(self, layer):
+        # Replaces PaddleNLP BLOOM's _init_weights, which zeroes every Linear weight that has a bias.
+        std = self.config.initializer_range
+        if isinstance(layer, (paddle.nn.Linear, paddle.nn.Embedding)):
+            layer.weight.set_value(paddle.normal(0.0, std, layer.weight.shape).astype(layer.weight.dtype))
+        if isinstance(layer, (paddle.nn.Linear, paddle.nn.LayerNorm)) and layer.bias is not None:
+            layer.bias.set_value(paddle.zeros_like(layer.bias))
+        if isinstance(layer, paddle.nn.LayerNorm):
+            layer.weight.set_value(paddle.ones_like(layer.weight))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, cache=None, **unused):
+        """Logits [batch, seq, vocab], and the loss when (already shifted, see causal_lm_loss) ``labels`` are given.
+
+        ``attention_mask`` is [batch, cached + seq] with 1 for tokens and 0 for padding; all ones by default.
+        Positions are counted over real tokens, so a left-padded row computes what it would unpadded.
+        ``cache`` (from ``new_cache``) makes this call continue the sequence it holds; it is returned as
+        ``past_key_values``.
+        """
+        past = cache.length if cache is not None else 0
+        if attention_mask is None:
+            attention_mask = paddle.ones([input_ids.shape[0], past + input_ids.shape[1]], dtype="int64")
+        x = self.base_model(input_ids, attention_mask, position_ids, cache)
+        if cache is not None:
+            cache.length += input_ids.shape[1]
+        logits = self.lm_logits(x)
+        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+
+    def tied_copies(self) -> dict[str, str]:
+        """Checkpoint names written as a transposed copy of another parameter (see LlamaForCausalLM)."""
+        return {}
+
+    def new_cache(self, batch_size: int, max_length: int) -> KVCache:
+        c = self.config
+        return KVCache(c.num_hidden_layers, batch_size, self.kv_heads, max_length, self.head_dim, self.dtype_name)
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.parameters()[0].dtype).replace("paddle.", "")
+
+    # -------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, path, dtype=None, strict=True, config=None, **config_overrides):
+        """Build the model from a local checkpoint directory (config.json + weights)."""
+        path = Path(path)
+        if config is None:
+            config = cls.config_class.from_dict(read_config(path), **config_overrides)
+        config.dtype = check_dtype(dtype) if dtype is not None else default_dtype(config)
+        # LazyGuard: parameters get memory only when their weights arrive, so a 7B model is not initialised first.
+        with no_init_weights(), dtype_guard(config.dtype), paddle.LazyGuard():
+            model = cls(config)
+        model.load_weights(path, strict=strict)
+        model.eval()
+        return model
+
+    def load_weights(self, path, strict=True):
+        """Load every parameter from ``path``; shape mismatches are errors, as are missing/unexpected names
+        (warnings instead when ``strict`` is False)."""
+        params = self.state_dict()
+        tied = self.tied_copies()
+        loaded, unexpected, copies = set(), [], {}
+        progress = tqdm(total=len(params), desc="loading weights", unit="tensor", disable=None)
+        for name, array in iter_state_dict(path):
+            if name in tied:
+                copies[name] = array
+                continue
+            if name not in params:
+                unexpected.append(name)
+                continue
+            param = params[name]
+            if list(array.shape) != list(param.shape):
+                raise CheckpointError(
+                    f"{path}: tensor {name} has shape {list(array.shape)}, the config expects {list(param.shape)}"
+                )
+            param.set_value(to_paddle(array, param.dtype))
+            loaded.add(name)
+            progress.update()
+        progress.close()
+        problems = []
+        missing = sorted(set(params) - loaded)
+        if missing:
+            problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:5])}")
+        if unexpected:
+            problems.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(sorted(unexpected)[:5])}")
+        if problems and (strict or missing):
+            # Missing weights are always fatal: a model with uninitialised parameters is never what anyone wants.
+            raise CheckpointError(f"{path}: " + "; ".join(problems))
+        if problems:
+            print(f"warning: {path}: " + "; ".join(problems))
+        for name, array in copies.items():
+            source = params[tied[name]].astype("float32").numpy().T
+            if not np.array_equal(to_paddle(array, paddle.float32).numpy(), source):
+                raise CheckpointError(
+                    f"{path}: {name} differs from {tied[name]}, but the config ties them "
+                    "(set tie_word_embeddings=false to use a separate head)"
+                )
+
+    # --------------------------------------------------------------------------------------- saving
+    def save_pretrained(self, save_dir, safe_serialization=True, max_shard_size=None, **unused):
+        """Write config.json and the weights (model.safetensors by default, model_state.pdparams on request),
+        with PaddleNLP's names, so that PaddleNLP's own classes load the directory too."""
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        state = dict(self.state_dict())
+        for copy, source in self.tied_copies().items():
+            state[copy] = state[source].T
+        save_state_dict(state, save_dir, safe_serialization=safe_serialization, max_shard_size=max_shard_size)
+        self.config.dtype = self.dtype_name
+        self.config.architectures = [type(self).__name__]
+        write_json(save_dir / CONFIG_NAME, json.loads(self.config.to_json_string()))
+
+
+def read_config(path) -> dict:
+    file = Path(path) / CONFIG_NAME
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (is this a checkpoint directory?)")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None

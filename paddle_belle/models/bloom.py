@@ -1,0 +1,176 @@
+"""BLOOM (BigScience) in Paddle, parameter-for-parameter compatible with PaddleNLP 2.8.1's BloomForCausalLM.
+
+Reference: transformers/models/bloom/modeling_bloom.py (4.46). Linear weights are Paddle's [in, out]; the fused
+query_key_value output is per-head interleaved ([..., n_head, 3, head_dim]) exactly as in HF and PaddleNLP, so a
+conversion from HF is a plain transpose. The LM head is the word embedding, and is not saved.
+"""
+from __future__ import annotations
+
+import math
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from paddlenlp.transformers import PretrainedConfig
+
+from paddle_belle.models.base import CausalLM, attend, attention_bias
+
+
+class BloomConfig(PretrainedConfig):
+    """BLOOM hyper-parameters under PaddleNLP's field names (n_layer, n_head, hidden_size).
+
+    HF's and older spellings are accepted: num_hidden_layers, num_attention_heads, n_embed, torch_dtype.
+    """
+
+    model_type = "bloom"
+    attribute_map = {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "n_embed": "hidden_size"}
+
+    def __init__(
+        self,
+        vocab_size: int = 250880,
+        hidden_size: int = 64,
+        n_layer: int = 2,
+        n_head: int = 8,
+        layer_norm_epsilon: float = 1e-5,
+        initializer_range: float = 0.02,
+        apply_residual_connection_post_layernorm: bool = False,
+        hidden_dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+        bos_token_id: int = 1,
+        eos_token_id: int = 2,
+        pad_token_id: int = 3,
+        **kwargs,
+    ):
+        # Aliases arrive as keywords when the config is built directly rather than through from_dict.
+        n_layer = kwargs.pop("num_hidden_layers", n_layer)
+        n_head = kwargs.pop("num_attention_heads", n_head)
+        hidden_size = kwargs.pop("n_embed", hidden_size)
+        kwargs.pop("tie_word_embeddings", None)  # BLOOM's head is always the embedding
+        super().__init__(
+            bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+            tie_word_embeddings=True, **kwargs,
+        )
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.n_layer = n_layer
+        self.n_head = n_head
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_range = initializer_range
+        self.apply_residual_connection_post_layernorm = apply_residual_connection_post_layernorm
+        self.hidden_dropout = hidden_dropout
+        self.attention_dropout = attention_dropout
+        if hidden_size % n_head:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by n_head {n_head}")
+
+
+def alibi_slopes(n_head: int) -> list[float]:
+    """ALiBi head slopes (Press et al. 2021); for a head count that is not a power of two, the slopes of the
+    next power of two fill in with every other value, as BLOOM was trained."""
+    closest = 2 ** math.floor(math.log2(n_head))
+    base = 2 ** (-(2 ** -(math.log2(closest) - 3)))
+    slopes = [base**p for p in range(1, closest + 1)]
+    if closest != n_head:
+        extra_base = 2 ** (-(2 ** -(math.log2(2 * closest) - 3)))
+        slopes += [extra_base**p for p in range(1, 2 * min(closest, n_head - closest), 2)]
+    return slopes
+
+
+def alibi_bias(attention_mask: paddle.Tensor, n_head: int) -> paddle.Tensor:
+    """[batch, n_head, 1, kv_length] float32: slope × position, positions counted over real tokens only so that
+    left padding does not shift them (HF's build_alibi_tensor)."""
+    mask = attention_mask.astype("float32")
+    positions = (mask.cumsum(-1) - 1) * mask
+    slopes = paddle.to_tensor(alibi_slopes(n_head), dtype="float32")
+    return slopes[None, :, None, None] * positions[:, None, None, :]
+
+
+def bloom_gelu(x):
+    # BLOOM's tanh GELU with its own rounded constant (HF bloom_gelu_forward), not F.gelu(approximate=True).
+    return x * 0.5 * (1.0 + paddle.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
+
+
+class BloomAttention(nn.Layer):
+    def __init__(self, config: BloomConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_dim = config.hidden_size // config.n_head
+        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attention_dropout = nn.Dropout(config.attention_dropout)
+
+    def forward(self, x, bias, cache, layer):
+        b, s, _ = x.shape
+        qkv = self.query_key_value(x).reshape([b, s, self.n_head, 3, self.head_dim])
+        q, k, v = (t.transpose([0, 2, 1, 3]) for t in qkv.unbind(axis=3))  # each [b, n_head, s, head_dim]
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        out = attend(q, k, v, bias, self.attention_dropout)
+        return self.dense(out.transpose([0, 2, 1, 3]).reshape([b, s, -1]))
+
+
+class BloomMLP(nn.Layer):
+    def __init__(self, config: BloomConfig):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, 4 * config.hidden_size)
+        self.dense_4h_to_h = nn.Linear(4 * config.hidden_size, config.hidden_size)
+
+    def forward(self, x):
+        return self.dense_4h_to_h(bloom_gelu(self.dense_h_to_4h(x)))
+
+
+class BloomBlock(nn.Layer):
+    def __init__(self, config: BloomConfig):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_epsilon)
+        self.self_attention = BloomAttention(config)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_epsilon)
+        self.mlp = BloomMLP(config)
+        self.post_ln_residual = config.apply_residual_connection_post_layernorm
+        self.dropout = config.hidden_dropout
+
+    def forward(self, x, bias, cache, layer):
+        h = self.input_layernorm(x)
+        residual = h if self.post_ln_residual else x
+        x = residual + F.dropout(self.self_attention(h, bias, cache, layer), self.dropout, training=self.training)
+        h = self.post_attention_layernorm(x)
+        residual = h if self.post_ln_residual else x
+        return residual + F.dropout(self.mlp(h), self.dropout, training=self.training)
+
+
+class BloomModel(nn.Layer):
+    def __init__(self, config: BloomConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.word_embeddings_layernorm = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_epsilon)
+        self.h = nn.LayerList([BloomBlock(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.hidden_size, epsilon=config.layer_norm_epsilon)
+
+    def forward(self, input_ids, attention_mask, position_ids=None, cache=None):
+        # position_ids is unused: ALiBi takes positions from the attention mask.
+        x = self.word_embeddings_layernorm(self.word_embeddings(input_ids))
+        # ALiBi plus the causal/padding mask, built once for all layers: [batch, n_head, seq, kv_length].
+        bias = alibi_bias(attention_mask, self.n_head) + attention_bias(attention_mask, input_ids.shape[1])
+        for i, block in enumerate(self.h):
+            x = block(x, bias, cache, i)
+        return self.ln_f(x)
+
+
+class BloomForCausalLM(CausalLM):
+    config_class = BloomConfig
+    base_model_prefix = "bloom"
+
+    def __init__(self, config: BloomConfig):
+        super().__init__(config)
+        self.bloom = BloomModel(config)
+        self.kv_heads = config.n_head
+        self.head_dim = config.hidden_size // config.n_head
+
+    def get_input_embeddings(self):
+        return self.bloom.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.bloom.word_embeddings = value
+
+    def lm_logits(self, x):
+        return paddle.matmul(x, self.bloom.word_embeddings.weight, transpose_y=True)  # tied head

@@ -1,0 +1,226 @@
+"""LLaMA in Paddle, parameter-for-parameter compatible with PaddleNLP 2.8.1's LlamaForCausalLM.
+
+Reference: transformers/models/llama/modeling_llama.py (4.46): RMSNorm, rotate-half RoPE, SwiGLU MLP,
+grouped-query attention. Linear weights are Paddle's [in, out]; ``lm_head.weight`` is [hidden, vocab].
+"""
+from __future__ import annotations
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from paddlenlp.transformers import PretrainedConfig
+
+from paddle_belle.models.base import CausalLM, attend, attention_bias, token_positions
+
+# HF rope_scaling "type"/"rope_type" -> PaddleNLP rope_scaling_type. "ntk" (static NTK) is PaddleNLP's own.
+ROPE_SCALING_TYPES = {"linear": "linear", "dynamic": "dynamic_ntk", "dynamic_ntk": "dynamic_ntk", "ntk": "ntk"}
+
+
+class LlamaConfig(PretrainedConfig):
+    """LLaMA hyper-parameters under PaddleNLP's field names.
+
+    RoPE scaling is stored as PaddleNLP's ``rope_scaling_type`` ("linear", "dynamic_ntk", "ntk") and
+    ``rope_scaling_factor``; HF's ``rope_scaling`` dict ({"type" or "rope_type": "linear"|"dynamic", "factor"})
+    is translated on the way in.
+    """
+
+    model_type = "llama"
+
+    def __init__(
+        self,
+        vocab_size: int = 32000,
+        hidden_size: int = 4096,
+        intermediate_size: int = 11008,
+        num_hidden_layers: int = 32,
+        num_attention_heads: int = 32,
+        num_key_value_heads: int | None = None,
+        max_position_embeddings: int = 2048,
+        rms_norm_eps: float = 1e-6,
+        rope_theta: float = 10000.0,
+        rope_scaling_type: str | None = None,
+        rope_scaling_factor: float = 1.0,
+        tie_word_embeddings: bool = False,
+        initializer_range: float = 0.02,
+        attention_dropout: float = 0.0,
+        hidden_act: str = "silu",
+        pad_token_id: int = 0,
+        bos_token_id: int = 1,
+        eos_token_id: int = 2,
+        **kwargs,
+    ):
+        rope_scaling = kwargs.pop("rope_scaling", None)
+        if rope_scaling:
+            rope_scaling_type = rope_scaling.get("rope_type", rope_scaling.get("type"))
+            rope_scaling_factor = rope_scaling.get("factor", 1.0)
+        if rope_scaling_type == "default":
+            rope_scaling_type = None
+        if rope_scaling_type is not None and rope_scaling_type not in ROPE_SCALING_TYPES:
+            raise ValueError(
+                f"rope scaling {rope_scaling_type!r} is not supported (supported: {', '.join(ROPE_SCALING_TYPES)})"
+            )
+        if hidden_act != "silu":
+            raise ValueError(f"hidden_act {hidden_act!r} is not supported; LLaMA uses silu")
+        super().__init__(
+            pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings, **kwargs,
+        )
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads or num_attention_heads
+        self.max_position_embeddings = max_position_embeddings
+        self.rms_norm_eps = rms_norm_eps
+        self.rope_theta = rope_theta
+        self.rope_scaling_type = ROPE_SCALING_TYPES.get(rope_scaling_type)
+        self.rope_scaling_factor = rope_scaling_factor
+        self.initializer_range = initializer_range
+        self.attention_dropout = attention_dropout
+        self.hidden_act = hidden_act
+        if hidden_size % num_attention_heads or num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"hidden_size {hidden_size}, num_attention_heads {num_attention_heads} and num_key_value_heads "
+                f"{self.num_key_value_heads} must divide evenly"
+            )
+
+
+class LlamaRMSNorm(nn.Layer):
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = self.create_parameter([hidden_size], default_initializer=nn.initializer.Constant(1.0))
+        self.eps = eps
+
+    def forward(self, x):
+        h = x.astype("float32")  # normalise in float32 like HF, then scale in the model's dtype
+        h = h * paddle.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.astype(x.dtype)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, axis=-1)
+    return paddle.concat([-x2, x1], axis=-1)
+
+
+def rope_cos_sin(config: LlamaConfig, head_dim: int, position_ids: paddle.Tensor):
+    """cos, sin [batch, 1, seq, head_dim] for ``position_ids`` [batch, seq], with the configured scaling."""
+    base, factor, kind = config.rope_theta, config.rope_scaling_factor, config.rope_scaling_type
+    exponent = head_dim / (head_dim - 2)
+    if kind == "ntk":
+        base *= factor**exponent
+    elif kind == "dynamic_ntk":
+        # Dynamic NTK: the base grows once the sequence outgrows the trained context (HF "dynamic").
+        seq_len = int(position_ids.max()) + 1
+        if seq_len > config.max_position_embeddings:
+            base *= (factor * seq_len / config.max_position_embeddings - (factor - 1)) ** exponent
+    inv_freq = 1.0 / base ** (paddle.arange(0, head_dim, 2, dtype="float32") / head_dim)
+    if kind == "linear":
+        inv_freq = inv_freq / factor  # positions interpolated by 1/factor
+    freqs = position_ids.astype("float32").unsqueeze(-1) * inv_freq
+    emb = paddle.concat([freqs, freqs], axis=-1).unsqueeze(1)
+    return emb.cos(), emb.sin()
+
+
+class LlamaAttention(nn.Layer):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.n_head = config.num_attention_heads
+        self.n_kv_head = config.num_key_value_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        h, kv = config.hidden_size, self.n_kv_head * self.head_dim
+        self.q_proj = nn.Linear(h, h, bias_attr=False)
+        self.k_proj = nn.Linear(h, kv, bias_attr=False)
+        self.v_proj = nn.Linear(h, kv, bias_attr=False)
+        self.o_proj = nn.Linear(h, h, bias_attr=False)
+        self.attention_dropout = nn.Dropout(config.attention_dropout)
+
+    def forward(self, x, cos, sin, bias, cache, layer):
+        b, s, _ = x.shape
+        q = self.q_proj(x).reshape([b, s, self.n_head, self.head_dim]).transpose([0, 2, 1, 3])
+        k = self.k_proj(x).reshape([b, s, self.n_kv_head, self.head_dim]).transpose([0, 2, 1, 3])
+        v = self.v_proj(x).reshape([b, s, self.n_kv_head, self.head_dim]).transpose([0, 2, 1, 3])
+        cos, sin = cos.astype(q.dtype), sin.astype(q.dtype)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # the cache holds kv heads, not repeated ones
+        if self.n_kv_head != self.n_head:  # grouped-query attention: each kv head serves n_head/n_kv_head heads
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, axis=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, axis=1)
+        out = attend(q, k, v, bias, self.attention_dropout)
+        return self.o_proj(out.transpose([0, 2, 1, 3]).reshape([b, s, -1]))
+
+
+class LlamaMLP(nn.Layer):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias_attr=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias_attr=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias_attr=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Layer):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaMLP(config)
+
+    def forward(self, x, cos, sin, bias, cache, layer):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Layer):
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.LayerList([LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers)])
+        self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, input_ids, attention_mask, position_ids=None, cache=None):
+        if position_ids is None:
+            position_ids = token_positions(attention_mask, input_ids.shape[1])
+        cos, sin = rope_cos_sin(self.config, self.head_dim, position_ids)
+        bias = attention_bias(attention_mask, input_ids.shape[1])
+        x = self.embed_tokens(input_ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, bias, cache, i)
+        return self.norm(x)
+
+
+class LlamaForCausalLM(CausalLM):
+    config_class = LlamaConfig
+    base_model_prefix = "llama"
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__(config)
+        self.llama = LlamaModel(config)
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias_attr=False)
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+
+    def tied_copies(self):
+        # PaddleNLP 2.8.1 ignores tie_word_embeddings and always builds lm_head, so a tied model still writes the
+        # head (the embedding transposed) for PaddleNLP to load; on our side it must equal the embedding.
+        return {"lm_head.weight": "llama.embed_tokens.weight"} if self.config.tie_word_embeddings else {}
+
+    def get_input_embeddings(self):
+        return self.llama.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.llama.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return None if self.config.tie_word_embeddings else self.lm_head
+
+    def lm_logits(self, x):
+        if self.config.tie_word_embeddings:
+            return paddle.matmul(x, self.llama.embed_tokens.weight, transpose_y=True)
+        return self.lm_head(x)

@@ -1,14 +1,21 @@
 """paddle_belle: the BELLE models and their workflow on PaddlePaddle."""
 __version__ = "0.1.0"
 
-from paddle_belle.auto import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-from paddle_belle.models import BloomConfig, BloomForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
+# Public names, imported on first use so that `paddle-belle --version` does not pay for importing Paddle.
+_PUBLIC = {
+    "AutoModelForCausalLM": "paddle_belle.auto",
+    "AutoTokenizer": "paddle_belle.auto",
+    "BloomConfig": "paddle_belle.models",
+    "BloomForCausalLM": "paddle_belle.models",
+    "LlamaConfig": "paddle_belle.models",
+    "LlamaForCausalLM": "paddle_belle.models",
+}
+__all__ = list(_PUBLIC)
 
-__all__ = [
-    "AutoModelForCausalLM",
-    "AutoTokenizer",
-    "BloomConfig",
-    "BloomForCausalLM",
-    "LlamaConfig",
-    "LlamaForCausalLM",
-]
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        import importlib
+
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'paddle_belle' has no attribute {name!r}")

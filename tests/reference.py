@@ -17,8 +17,8 @@ def hf_to_paddle_state(hf_model, model_type: str) -> dict[str, np.ndarray]:
     state = {}
     for name, tensor in hf_model.state_dict().items():
         array = tensor.detach().float().numpy()
-        if model_type == "bloom" and name == "lm_head.weight":
-            continue  # tied to the word embeddings, not a parameter of its own
+        if name == "lm_head.weight" and hf_model.config.tie_word_embeddings:
+            continue  # tied to the word embeddings (always so in BLOOM), not a parameter of its own
         if name.startswith(HF_PREFIX[model_type]):
             name = model_type + "." + name[len(HF_PREFIX[model_type]):]
         if array.ndim == 2 and "embed" not in name:

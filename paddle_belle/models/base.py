@@ -79,7 +79,10 @@ def causal_lm_loss(logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tenso
     input_ids[:, t]. (HF instead takes unshifted labels and shifts inside the model.)
     """
     logits = logits.astype("float32").reshape([-1, logits.shape[-1]])
-    return F.cross_entropy(logits, labels.reshape([-1]).astype("int64"), ignore_index=-100, reduction="mean")
+    labels = labels.reshape([-1]).astype("int64")
+    # Not reduction="mean": with ignore_index, Paddle divides by every token, ignored ones included.
+    per_token = F.cross_entropy(logits, labels, ignore_index=-100, reduction="none")
+    return per_token.sum() / (labels != -100).astype("float32").sum().clip(min=1.0)
 
 
 # ------------------------------------------------------------------------------------------------ dtypes

@@ -1,0 +1,43 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = {}
+for line in Path("paddle_belle/__init__.py").read_text().splitlines():
+    if line.startswith("__version__"):
+        exec(line, version)
+
+setup(
+    name="paddle_belle",
+    version=version["__version__"],
+    description="The BELLE chat models and their workflow, native on PaddlePaddle + PaddleNLP",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["paddle_belle", "paddle_belle.*"]),
+    # PaddleNLP 2.8.1 is frozen and picky: newer huggingface_hub, aistudio-sdk, datasets, pyarrow or numpy 2 each
+    # break `import paddlenlp`, and setuptools >= 81 drops pkg_resources, which paddleslim imports.
+    # Paddle itself is an extra: the build differs by hardware (paddlepaddle, paddlepaddle-gpu, -xpu, custom
+    # NPU plugins) and pip would install the CPU one over a GPU one if it were a plain dependency.
+    install_requires=[
+        "paddlenlp==2.8.1",
+        "paddleslim==2.6.0",
+        "huggingface_hub==0.23.5",
+        "aistudio-sdk==0.1.7",
+        "datasets==2.19.2",
+        "pyarrow==15.0.2",
+        "numpy>=1.23,<2",
+        "setuptools<81",
+        "decorator",
+        "sentencepiece>=0.1.99,<0.3",
+        "safetensors>=0.4.3,<0.9",
+        "regex",
+        "tqdm>=4.60",
+        "openai>=1.0",
+    ],
+    extras_require={
+        "cpu": ["paddlepaddle==3.3.1"],
+        "test": ["torch==2.13.0", "transformers==4.46.3", "pytest"],
+    },
+    entry_points={"console_scripts": ["paddle-belle=paddle_belle.cli:main"]},
+)

@@ -1,7 +1,8 @@
 """Reading and writing weight files: model_state.pdparams, model.safetensors, and their sharded forms.
 
-A state dict here is ``{name: numpy array}``. bfloat16 travels as uint16 arrays holding the raw bits, the way
-``paddle.save`` itself stores it (numpy has no bfloat16); ``to_paddle`` turns those back into bf16 tensors.
+A state dict here maps names to numpy arrays (read from .pdparams) or paddle Tensors (read from .safetensors).
+In numpy, bfloat16 travels as uint16 arrays holding the raw bits, the way ``paddle.save`` itself stores it
+(numpy has no bfloat16); ``as_paddle``/``to_paddle`` turn those back into bf16 Tensors.
 
 Every write goes to a temporary name beside the target and is renamed into place, so an interrupted save never
 leaves something that looks like a finished weight file.
@@ -14,13 +15,13 @@ import json
 import os
 import pickle
 import re
-import struct
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
+import paddle
 from safetensors import SafetensorError, safe_open
-from safetensors import serialize_file
+from safetensors.paddle import save_file as save_safetensors
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -112,51 +113,31 @@ def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------- safetensors
-def _safetensors_header(path: str) -> tuple[dict, int]:
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(n)), 8 + n
-
-
-def iter_safetensors(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
+def iter_safetensors(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
+    """(name, paddle Tensor on CPU) from a .safetensors file; the Paddle backend keeps bf16 as bf16."""
     path = str(path)
     try:
-        with safe_open(path, framework="np") as f:
-            bf16 = [k for k in f.keys() if f.get_slice(k).get_dtype() == "BF16"]
+        with safe_open(path, framework="paddle") as f:
             for name in f.keys():
-                if name not in bf16:
-                    yield name, f.get_tensor(name)
+                yield name, f.get_tensor(name)
     except SafetensorError as e:
         raise CheckpointError(f"{path}: not a valid .safetensors file ({e})") from None
-    if bf16:
-        # safetensors' numpy backend refuses BF16 (numpy has no such dtype), so read those bits ourselves.
-        header, start = _safetensors_header(path)
-        for name in bf16:
-            begin, end = header[name]["data_offsets"]
-            yield name, np.fromfile(path, np.uint16, (end - begin) // 2, offset=start + begin).reshape(
-                header[name]["shape"]
-            )
 
 
-def _write_safetensors(state: Mapping[str, np.ndarray], path: Path, bf16: set[str]) -> None:
-    # serialize_file is the library's own writer; going through it directly lets uint16 bits be labelled bfloat16.
-    tensors = {
-        name: {"dtype": "bfloat16" if name in bf16 else a.dtype.name, "shape": list(a.shape), "data": a.tobytes()}
-        for name, a in state.items()
-    }
+def _write_safetensors(state: Mapping[str, object], path: Path) -> None:
+    # The bytes do not depend on the framework; PaddleNLP 2.8.1 loads only files whose metadata says "np"
+    # (it raises "Currently unsupport paddle weights file" on "pd").
     with atomic_path(path) as tmp:
-        serialize_file(tensors, str(tmp), {"format": "np"})
+        save_safetensors({k: as_paddle(v) for k, v in state.items()}, str(tmp), metadata={"format": "np"})
 
 
-def _write_pdparams(state: Mapping[str, np.ndarray], path: Path) -> None:
-    import paddle
-
+def _write_pdparams(state: Mapping[str, object], path: Path) -> None:
     with atomic_path(path) as tmp:
-        paddle.save(dict(state), str(tmp))
+        paddle.save(dict(state), str(tmp))  # bf16 Tensors become uint16 arrays, as PaddleNLP expects
 
 
 # ------------------------------------------------------------------------------------- files of a checkpoint
-def iter_file(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
+def iter_file(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
     path = str(path)
     if path.endswith(".safetensors"):
         yield from iter_safetensors(path)
@@ -184,42 +165,43 @@ def read_index(path: str | os.PathLike) -> dict[str, str]:
     return weight_map
 
 
-def weight_files(directory: str | os.PathLike) -> list[Path]:
-    """The weight files of a checkpoint directory, sharded or not; safetensors preferred over pdparams."""
+def weight_files(directory: str | os.PathLike) -> tuple[list[Path], dict[str, str] | None]:
+    """The weight files of a checkpoint directory (safetensors preferred over pdparams), and the index's
+    weight_map when the checkpoint is sharded."""
     directory = Path(directory)
     for index, single in WEIGHT_LAYOUTS:
         if (directory / index).is_file():
-            return [directory / s for s in sorted(set(read_index(directory / index).values()))]
+            weight_map = read_index(directory / index)
+            return [directory / s for s in sorted(set(weight_map.values()))], weight_map
         if (directory / single).is_file():
-            return [directory / single]
+            return [directory / single], None
     raise CheckpointError(
         f"{directory}: no weights found (looked for {', '.join(n for pair in WEIGHT_LAYOUTS for n in pair)})"
     )
 
 
-def iter_state_dict(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
-    """Stream (name, array) from a weight file or a checkpoint directory, one shard in memory at a time."""
+def iter_state_dict(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
+    """Stream (name, tensor) from a weight file or a checkpoint directory, one shard in memory at a time.
+    In a sharded checkpoint every shard must hold exactly the tensors its index assigns to it."""
     path = Path(path)
     if not path.is_dir():
         yield from iter_file(path)
         return
-    files = weight_files(path)
-    index = next((path / i for i, _ in WEIGHT_LAYOUTS if (path / i).is_file()), None)
-    expected = read_index(index) if index else None
+    files, weight_map = weight_files(path)
     for file in files:
         seen = set()
-        for name, array in iter_file(file):
-            if expected is not None and expected.get(name) != file.name:
-                raise CheckpointError(f"{file}: tensor {name!r} is not listed for this shard in {index.name}")
+        for name, tensor in iter_file(file):
+            if weight_map is not None and weight_map.get(name) != file.name:
+                raise CheckpointError(f"{file}: holds tensor {name!r}, which the index does not assign to it")
             seen.add(name)
-            yield name, array
-        if expected is not None:
-            missing = sorted(n for n, f in expected.items() if f == file.name and n not in seen)
-            if missing:
-                raise CheckpointError(f"{file}: {index.name} lists {missing[0]!r}, which this shard does not hold")
+            yield name, tensor
+        if weight_map is not None:
+            absent = sorted(n for n, f in weight_map.items() if f == file.name and n not in seen)
+            if absent:
+                raise CheckpointError(f"{file}: the index assigns tensor {absent[0]!r} to it, but it is not there")
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load_state_dict(path: str | os.PathLike) -> dict[str, object]:
     return dict(iter_state_dict(path))
 
 
@@ -235,15 +217,8 @@ def parse_size(size: int | str) -> int:
     return int(float(m.group(1)) * unit ** " KMGT".index(m.group(2) or " "))
 
 
-def _as_numpy(value) -> tuple[np.ndarray, bool]:
-    """(array, is_bf16) for a numpy array or a paddle Tensor."""
-    if isinstance(value, np.ndarray):
-        return value, False
-    import paddle
-
-    if value.dtype == paddle.bfloat16:
-        return value.numpy().view(np.uint16), True  # numpy() of bf16 already gives the uint16 bits
-    return value.numpy(), False
+def nbytes(value) -> int:
+    return value.nbytes if isinstance(value, np.ndarray) else value.numel().item() * value.element_size()
 
 
 def save_state_dict(
@@ -263,19 +238,14 @@ def save_state_dict(
     old = {p for p in directory.iterdir() if p.name in (SAFETENSORS, PDPARAMS, SAFETENSORS_INDEX, PDPARAMS_INDEX)}
     old |= {p for p in directory.iterdir() if _SHARD.match(p.name)}
 
-    arrays, bf16 = {}, set()
-    for name, value in state.items():
-        arrays[name], is_bf16 = _as_numpy(value)
-        if is_bf16:
-            bf16.add(name)
     limit = parse_size(max_shard_size) if max_shard_size else None
     shards, current, size = [], {}, 0
-    for name, a in arrays.items():
-        if current and limit and size + a.nbytes > limit:
+    for name, value in state.items():
+        if current and limit and size + nbytes(value) > limit:
             shards.append(current)
             current, size = {}, 0
-        current[name] = a
-        size += a.nbytes
+        current[name] = value
+        size += nbytes(value)
     shards.append(current)
 
     stem, suffix = ("model", ".safetensors") if safe_serialization else ("model_state", ".pdparams")
@@ -283,14 +253,11 @@ def save_state_dict(
     written = []
     for i, shard in enumerate(shards, 1):
         name = single if len(shards) == 1 else f"{stem}-{i:05d}-of-{len(shards):05d}{suffix}"
-        if safe_serialization:
-            _write_safetensors(shard, directory / name, bf16 & shard.keys())
-        else:
-            _write_pdparams(shard, directory / name)  # bf16 stays uint16 bits, exactly what paddle.save writes
+        (_write_safetensors if safe_serialization else _write_pdparams)(shard, directory / name)
         written.append(directory / name)
     if len(shards) > 1:
         weight_map = {k: p.name for p, shard in zip(written, shards) for k in shard}
-        total = sum(a.nbytes for a in arrays.values())
+        total = sum(nbytes(v) for v in state.values())
         write_json(directory / index_name, {"metadata": {"total_size": total}, "weight_map": weight_map})
         written.append(directory / index_name)
     for stale in old - set(written):
@@ -299,14 +266,15 @@ def save_state_dict(
 
 
 # ------------------------------------------------------------------------------------------- into paddle
-def to_paddle(array: np.ndarray, dtype):
-    """A paddle Tensor of ``dtype`` from a checkpoint array (uint16 arrays are bf16 bits)."""
-    import paddle
+def as_paddle(value):
+    """A paddle Tensor for a state-dict value (uint16 arrays are bf16 bits)."""
+    if isinstance(value, np.ndarray):
+        value = paddle.to_tensor(value)
+        if value.dtype == paddle.uint16:
+            value = value.view(paddle.bfloat16)
+    return value
 
-    if array.dtype == np.uint16:
-        if dtype == paddle.bfloat16:
-            return paddle.to_tensor(array).view(paddle.bfloat16)
-        array = (array.astype(np.uint32) << 16).view(np.float32)  # widen bf16 bits to float32 exactly
-    if dtype == paddle.bfloat16:
-        return paddle.to_tensor(array.astype(np.float32)).astype(paddle.bfloat16)
-    return paddle.to_tensor(array).astype(dtype)
+
+def to_paddle(value, dtype):
+    """A paddle Tensor of ``dtype`` for a state-dict value."""
+    return as_paddle(value).astype(dtype)

@@ -220,7 +220,7 @@ class CausalLM(PretrainedModel):
         save_dir.mkdir(parents=True, exist_ok=True)
         state = dict(self.state_dict())
         for copy, source in self.tied_copies().items():
-            state[copy] = state[source].T
+            state[copy] = state[source].T.contiguous()
         save_state_dict(state, save_dir, safe_serialization=safe_serialization, max_shard_size=max_shard_size)
         self.config.dtype = self.dtype_name
         self.config.architectures = [type(self).__name__]

@@ -7,6 +7,7 @@ config machinery work on them. Loading and saving are ours, though: PaddleNLP's 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -203,7 +204,7 @@ class CausalLM(PretrainedModel):
             # Missing weights are always fatal: a model with uninitialised parameters is never what anyone wants.
             raise CheckpointError(f"{path}: " + "; ".join(problems))
         if problems:
-            print(f"warning: {path}: " + "; ".join(problems))
+            warnings.warn(f"{path}: " + "; ".join(problems))
         for name, array in copies.items():
             source = params[tied[name]].astype("float32").numpy().T
             if not np.array_equal(to_paddle(array, paddle.float32).numpy(), source):

@@ -1,0 +1,187 @@
+"""Weight files: safe unpickling, corrupt files, shards, bf16, atomic writes, strict loading."""
+import json
+import os
+import pickle
+
+import numpy as np
+import paddle
+import pytest
+
+from paddle_belle import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from paddle_belle.checkpoint import (
+    CheckpointError,
+    atomic_path,
+    load_state_dict,
+    parse_size,
+    read_pdparams,
+    save_state_dict,
+)
+
+STATE = {"a.weight": np.arange(12, dtype="float32").reshape(3, 4), "b.bias": np.ones(5, "float32")}
+
+
+def tiny_llama_dir(tmp_path, **save_kwargs):
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(tmp_path, **save_kwargs)
+    return model
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_hostile_pdparams_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model_state.pdparams"
+    path.write_bytes(pickle.dumps({"w": np.ones(2), "x": _Exploit(marker)}))
+    with pytest.raises(CheckpointError, match=r"model_state.pdparams: refusing to unpickle (posix|os)\.system"):
+        read_pdparams(path)
+    assert not marker.exists()
+
+
+def test_paddle_save_output_loads_including_bf16(tmp_path):
+    path = tmp_path / "w.pdparams"
+    paddle.save({"f": paddle.to_tensor([1.5, -2.0]), "h": paddle.to_tensor([3.0]).astype("bfloat16")}, str(path))
+    state = read_pdparams(path)
+    assert state["h"].dtype == np.uint16  # paddle.save's own bf16 convention
+    from paddle_belle.checkpoint import to_paddle
+
+    assert to_paddle(state["h"], paddle.float32).tolist() == [3.0]
+    assert state["f"].tolist() == [1.5, -2.0]
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model_state.pdparams"])
+def test_truncated_file_is_a_clear_error(tmp_path, name):
+    save_state_dict(STATE, tmp_path, safe_serialization=name.endswith("safetensors"))
+    data = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"{name}: (truncated or corrupt|not a valid)"):
+        load_state_dict(tmp_path)
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_sharded_round_trip_with_index(tmp_path, safe):
+    state = {f"layer{i}.weight": np.full((10, 10), i, "float32") for i in range(5)}  # 400 bytes each
+    written = save_state_dict(state, tmp_path, safe_serialization=safe, max_shard_size=1000)
+    index = tmp_path / ("model.safetensors.index.json" if safe else "model_state.pdparams.index.json")
+    assert index in written and len(written) == 4  # 3 shards + index
+    weight_map = json.loads(index.read_text())["weight_map"]
+    assert weight_map["layer4.weight"] == ("model-00003-of-00003.safetensors" if safe else "model_state-00003-of-00003.pdparams")
+    loaded = load_state_dict(tmp_path)
+    assert {k: np.asarray(v).tolist() for k, v in loaded.items()} == {k: v.tolist() for k, v in state.items()}
+
+
+def test_index_naming_a_missing_shard_or_missing_a_shard_is_an_error(tmp_path):
+    state = {f"t{i}": np.zeros(100, "float32") for i in range(3)}
+    save_state_dict(state, tmp_path, max_shard_size=500)
+    index = tmp_path / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    (tmp_path / "model-00002-of-00003.safetensors").rename(tmp_path / "elsewhere")
+    with pytest.raises(CheckpointError, match="names shard model-00002-of-00003.safetensors, which does not exist"):
+        load_state_dict(tmp_path)
+    (tmp_path / "elsewhere").rename(tmp_path / "model-00002-of-00003.safetensors")
+    data["weight_map"] = {k: v for k, v in data["weight_map"].items() if v != "model-00003-of-00003.safetensors"}
+    index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="shard model-00003-of-00003.safetensors is not in the index"):
+        load_state_dict(tmp_path)
+
+
+def test_shard_holding_tensors_its_index_does_not_list_is_an_error(tmp_path):
+    save_state_dict({"t0": np.zeros(100, "float32"), "t1": np.zeros(100, "float32")}, tmp_path, max_shard_size=500)
+    index = tmp_path / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"] = {"t0": "model-00002-of-00002.safetensors", "t1": "model-00001-of-00002.safetensors"}
+    index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="00001-of-00002.safetensors: holds tensor 't0', which the index does not"):
+        load_state_dict(tmp_path)
+
+
+def test_resaving_replaces_the_previous_weight_files(tmp_path):
+    save_state_dict({f"t{i}": np.zeros(100, "float32") for i in range(3)}, tmp_path, max_shard_size=500)
+    save_state_dict(STATE, tmp_path, safe_serialization=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_state.pdparams"]
+
+
+def test_bf16_survives_safetensors_and_pdparams(tmp_path):
+    t = paddle.to_tensor([1.0, -2.5, 3.25]).astype("bfloat16")
+    for safe in (True, False):
+        save_state_dict({"w": t}, tmp_path / str(safe), safe_serialization=safe)
+        from paddle_belle.checkpoint import to_paddle
+
+        loaded = to_paddle(load_state_dict(tmp_path / str(safe))["w"], paddle.bfloat16)
+        assert loaded.dtype == paddle.bfloat16 and loaded.astype("float32").tolist() == [1.0, -2.5, 3.25]
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    target = tmp_path / "model.safetensors"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            open(tmp, "wb").write(b"half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path):
+    tiny_llama_dir(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["intermediate_size"] = 32
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"tensor llama.layers.0.mlp.down_proj.weight has shape \[24, 16\], the config expects \[32, 16\]"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_missing_and_unexpected_keys_are_reported(tmp_path):
+    tiny_llama_dir(tmp_path)
+    state = load_state_dict(tmp_path)
+    state["extra.weight"] = np.zeros(3, "float32")
+    del state["llama.norm.weight"]
+    save_state_dict(state, tmp_path)
+    with pytest.raises(CheckpointError, match=r"missing 1 tensor\(s\): llama.norm.weight; unexpected 1 tensor\(s\): extra.weight"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+    state["llama.norm.weight"] = np.ones(16, "float32")
+    save_state_dict(state, tmp_path)
+    with pytest.warns(UserWarning, match="unexpected 1 tensor"):
+        AutoModelForCausalLM.from_pretrained(tmp_path, strict=False)
+
+
+def test_tied_head_that_differs_from_the_embedding_is_refused(tmp_path):
+    config = LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                         num_attention_heads=2, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    state = load_state_dict(tmp_path)
+    state["lm_head.weight"] = np.asarray(state["lm_head.weight"]) + 1
+    save_state_dict(state, tmp_path)
+    with pytest.raises(CheckpointError, match="lm_head.weight differs from llama.embed_tokens.weight"):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_on_cpu_is_a_clear_error(tmp_path, dtype):
+    if paddle.get_device() != "cpu":
+        pytest.skip("checks the CPU refusal")
+    tiny_llama_dir(tmp_path)
+    with pytest.raises(ValueError, match=f"dtype {dtype} cannot run on device 'cpu'"):
+        AutoModelForCausalLM.from_pretrained(tmp_path, dtype=dtype)
+
+
+def test_half_precision_checkpoint_loads_as_float32_on_cpu(tmp_path):
+    model = tiny_llama_dir(tmp_path)
+    state = {k: v.astype("bfloat16") for k, v in model.state_dict().items()}
+    save_state_dict(state, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.dtype_name == "float32" and loaded.config.dtype == "float32"
+    ref = model.llama.norm.weight.astype("bfloat16").astype("float32").numpy()
+    np.testing.assert_array_equal(loaded.llama.norm.weight.numpy(), ref)
+
+
+def test_parse_size():
+    assert parse_size("5GB") == 5_000_000_000 and parse_size("2GiB") == 2 * 1024**3 and parse_size(7) == 7
+    with pytest.raises(ValueError, match="cannot read size"):
+        parse_size("lots")

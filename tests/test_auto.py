@@ -93,3 +93,15 @@ def test_auto_model_dispatches_on_model_type(tmp_path):
         AutoModelForCausalLM.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="no config.json"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "nowhere")
+
+
+def test_bloom_split_matches_hf_on_random_text(tmp_path):
+    import random
+
+    hf = bloom_tokenizer_json(tmp_path)
+    ours = AutoTokenizer.from_pretrained(tmp_path)
+    alphabet = list("ab 你好。，、.,!?…()|[]'\"\n\t\r\x0b\x0c\xa0\u3000\u2028\x85।۔،-_3") + ["  ", "\n\n", " ("]
+    rnd = random.Random(0)
+    for _ in range(300):
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 25)))
+        assert ours(text)["input_ids"] == hf(text)["input_ids"], repr(text)

@@ -92,9 +92,8 @@ def _special_tokens(path: Path) -> dict:
 
 def _tokenizer_type(path: Path) -> str:
     """For a tokenizer directory without config.json: from tokenizer_class, else from the files present."""
-    name = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class", "") if (
-        path / "tokenizer_config.json"
-    ).is_file() else ""
+    config = path / "tokenizer_config.json"
+    name = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class", "") if config.is_file() else ""
     for model_type in TOKENIZERS:
         if model_type in name.lower():
             return model_type

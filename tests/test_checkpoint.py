@@ -15,6 +15,7 @@ from paddle_belle.checkpoint import (
     parse_size,
     read_pdparams,
     save_state_dict,
+    to_paddle,
 )
 
 STATE = {"a.weight": np.arange(12, dtype="float32").reshape(3, 4), "b.bias": np.ones(5, "float32")}
@@ -49,8 +50,6 @@ def test_paddle_save_output_loads_including_bf16(tmp_path):
     paddle.save({"f": paddle.to_tensor([1.5, -2.0]), "h": paddle.to_tensor([3.0]).astype("bfloat16")}, str(path))
     state = read_pdparams(path)
     assert state["h"].dtype == np.uint16  # paddle.save's own bf16 convention
-    from paddle_belle.checkpoint import to_paddle
-
     assert to_paddle(state["h"], paddle.float32).tolist() == [3.0]
     assert state["f"].tolist() == [1.5, -2.0]
 
@@ -111,8 +110,6 @@ def test_bf16_survives_safetensors_and_pdparams(tmp_path):
     t = paddle.to_tensor([1.0, -2.5, 3.25]).astype("bfloat16")
     for safe in (True, False):
         save_state_dict({"w": t}, tmp_path / str(safe), safe_serialization=safe)
-        from paddle_belle.checkpoint import to_paddle
-
         loaded = to_paddle(load_state_dict(tmp_path / str(safe))["w"], paddle.bfloat16)
         assert loaded.dtype == paddle.bfloat16 and loaded.astype("float32").tolist() == [1.0, -2.5, 3.25]
 

@@ -127,6 +127,7 @@ class CausalLM(PretrainedModel):
             layer.weight.set_value(paddle.ones_like(layer.weight))
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, cache=None, **unused):
+        # **unused: PaddleNLP's Trainer and peft pass extras such as return_dict and use_cache.
         """Logits [batch, seq, vocab], and the loss when (already shifted, see causal_lm_loss) ``labels`` are given.
 
         ``attention_mask`` is [batch, cached + seq] with 1 for tokens and 0 for padding; all ones by default.
@@ -216,7 +217,8 @@ class CausalLM(PretrainedModel):
     # --------------------------------------------------------------------------------------- saving
     def save_pretrained(self, save_dir, safe_serialization=True, max_shard_size=None, **unused):
         """Write config.json and the weights (model.safetensors by default, model_state.pdparams on request),
-        with PaddleNLP's names, so that PaddleNLP's own classes load the directory too."""
+        with PaddleNLP's names, so that PaddleNLP's own classes load the directory too.
+        (**unused: PaddleNLP's Trainer passes options such as merge_tensor_parallel and variant.)"""
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         state = dict(self.state_dict())

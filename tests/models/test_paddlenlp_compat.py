@@ -67,3 +67,19 @@ def test_tied_llama_writes_a_head_paddlenlp_can_use(tmp_path):
     theirs = pnlp.LlamaForCausalLM.from_pretrained(tmp_path).eval()
     assert max_rel_diff(logits(theirs), logits(ours)) <= 1e-5
     np.testing.assert_array_equal(logits(AutoModelForCausalLM.from_pretrained(tmp_path)), logits(ours))
+
+
+def test_paddlenlp_peft_lora_wraps_and_trains_our_model():
+    # Why our models subclass PaddleNLP's PretrainedModel: its peft (and Trainer) work on them unchanged.
+    from paddlenlp.peft import LoRAConfig, LoRAModel
+
+    model = MODELS["bloom"](BloomConfig(**CONFIGS["bloom"]))
+    lora = LoRAModel(model, LoRAConfig(target_modules=[".*query_key_value.*"], r=4, lora_alpha=8))
+    lora.mark_only_lora_as_trainable()
+    ids = paddle.to_tensor(IDS)
+    lora(ids, labels=ids).loss.backward()
+    trainable = {n for n, p in lora.named_parameters() if not p.stop_gradient}
+    assert trainable and all("lora" in n for n in trainable)
+    grads = {n: p.grad for n, p in lora.named_parameters() if n in trainable}
+    # lora_B starts at zero, so only B has a gradient on the first step; it must reach every layer's B.
+    assert all(float(g.abs().sum()) > 0 for n, g in grads.items() if "lora_B" in n) and len(grads) == 4

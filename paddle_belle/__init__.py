@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 # Public names, imported on first use so that `paddle-belle --version` does not pay for importing Paddle.
 _PUBLIC = {
     "AutoModelForCausalLM": "paddle_belle.auto",
-    "AutoTokenizer": "paddle_belle.auto",
+    "AutoTokenizer": "paddle_belle.tokenizer",
     "BloomConfig": "paddle_belle.models",
     "BloomForCausalLM": "paddle_belle.models",
     "LlamaConfig": "paddle_belle.models",

@@ -1,8 +1,15 @@
 """Reading and writing weight files: model_state.pdparams, model.safetensors, and their sharded forms.
 
-A state dict here maps names to numpy arrays (read from .pdparams) or paddle Tensors (read from .safetensors).
-In numpy, bfloat16 travels as uint16 arrays holding the raw bits, the way ``paddle.save`` itself stores it
-(numpy has no bfloat16); ``as_paddle``/``to_paddle`` turn those back into bf16 Tensors.
+A state dict maps names to numpy arrays (paddle Tensors are accepted when saving). numpy has no bfloat16, so
+bf16 travels as uint16 arrays holding the raw bits, the way ``paddle.save`` itself stores it; ``as_paddle``
+turns those back into bf16 Tensors. (Checkpoints hold no genuine uint16 tensors.)
+
+Nothing here imports Paddle until a Tensor is needed: the converter streams checkpoints with numpy alone.
+
+safetensors is read and written here with numpy rather than through the ``safetensors`` package, for two
+reasons: its numpy backend refuses BF16, and its writer takes every tensor in memory at once, where the converter
+must write one tensor at a time. The format is a little-endian u64 header length, a JSON header, then raw bytes;
+tests check our files against the package's reader and its files against ours.
 
 Every write goes to a temporary name beside the target and is renamed into place, so an interrupted save never
 leaves something that looks like a finished weight file.
@@ -15,13 +22,11 @@ import json
 import os
 import pickle
 import re
+import struct
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import numpy as np
-import paddle
-from safetensors import SafetensorError, safe_open
-from safetensors.paddle import save_file as save_safetensors
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -30,6 +35,10 @@ PDPARAMS_INDEX = "model_state.pdparams.index.json"
 # Highest preference first. PaddleNLP writes the pdparams names, HF (and PaddleNLP with safe_serialization) the others.
 WEIGHT_LAYOUTS = [(SAFETENSORS_INDEX, SAFETENSORS), (PDPARAMS_INDEX, PDPARAMS)]
 _SHARD = re.compile(r"^(model|model_state)-\d{5}-of-\d{5}\.(safetensors|pdparams)$")
+# safetensors dtype codes <-> numpy; BF16 is carried as its uint16 bits.
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "uint16", "I64": "int64",
+              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_ST_CODES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
 
 
 class CheckpointError(ValueError):
@@ -41,8 +50,7 @@ class CheckpointError(ValueError):
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; rename it to ``path`` only if the block finishes."""
     path = Path(path)
-    # The temporary name keeps the suffix: paddle.save and friends look at it.
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the suffix, which some writers look at
     try:
         yield tmp
         os.replace(tmp, path)
@@ -112,32 +120,87 @@ def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return state
 
 
+def _write_pdparams(state: Mapping[str, np.ndarray], path: Path) -> None:
+    # A protocol-4 pickle of numpy arrays is exactly what paddle.save writes for a state dict (minus its
+    # bookkeeping key), and what paddle.load / PaddleNLP read; bf16 stays uint16 bits as in paddle.save.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump(dict(state), f, protocol=4)
+
+
 # ---------------------------------------------------------------------------------------------- safetensors
-def iter_safetensors(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
-    """(name, paddle Tensor on CPU) from a .safetensors file; the Paddle backend keeps bf16 as bf16."""
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, dict], int]:
+    """{name: {"dtype": numpy dtype, "shape", "offsets": (begin, end)}} and where the data starts, validated
+    against the file's size so that a truncated or malformed file fails here, naming the file."""
     path = str(path)
+    size = os.path.getsize(path)
     try:
-        with safe_open(path, framework="paddle") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
-    except SafetensorError as e:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > size - 8:
+                raise ValueError(f"header of {n} bytes in a file of {size}")
+            header = json.loads(f.read(n))
+        entries, end_of_data = {}, 0
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            if end - begin != int(np.prod(info["shape"], dtype=np.int64)) * dtype.itemsize:
+                raise ValueError(f"tensor {name!r}: {end - begin} bytes do not fit shape {info['shape']}")
+            entries[name] = {"dtype": dtype, "shape": list(info["shape"]), "offsets": (begin, end)}
+            end_of_data = max(end_of_data, end)
+    except (ValueError, KeyError, TypeError, struct.error) as e:
         raise CheckpointError(f"{path}: not a valid .safetensors file ({e})") from None
+    if 8 + n + end_of_data != size:
+        raise CheckpointError(f"{path}: truncated or padded .safetensors file ({size} bytes, expected {8 + n + end_of_data})")
+    return entries, 8 + n
 
 
-def _write_safetensors(state: Mapping[str, object], path: Path) -> None:
-    # The bytes do not depend on the framework; PaddleNLP 2.8.1 loads only files whose metadata says "np"
-    # (it raises "Currently unsupport paddle weights file" on "pd").
-    with atomic_path(path) as tmp:
-        save_safetensors({k: as_paddle(v) for k, v in state.items()}, str(tmp), metadata={"format": "np"})
+def iter_safetensors(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, array) one tensor at a time, in file order."""
+    entries, start = read_safetensors_header(path)
+    with open(path, "rb") as f:
+        for name, e in sorted(entries.items(), key=lambda kv: kv[1]["offsets"]):
+            f.seek(start + e["offsets"][0])
+            yield name, np.fromfile(f, e["dtype"], int(np.prod(e["shape"], dtype=np.int64))).reshape(e["shape"])
 
 
-def _write_pdparams(state: Mapping[str, object], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        paddle.save(dict(state), str(tmp))  # bf16 Tensors become uint16 arrays, as PaddleNLP expects
+@contextlib.contextmanager
+def safetensors_writer(path: str | os.PathLike, specs: list[tuple[str, np.dtype, list[int]]]):
+    """Write a .safetensors file tensor by tensor: the header is laid out up front from (name, dtype, shape),
+    then the yielded ``write(name, array)`` appends each tensor's bytes, in the declared order."""
+    header, offset = {"__metadata__": {"format": "np"}}, 0
+    for name, dtype, shape in specs:
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        header[name] = {"dtype": _ST_CODES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    # PaddleNLP 2.8.1 loads only files whose metadata says "np" (it rejects "pd"); the bytes are the same.
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format aligns the data to 8 bytes
+    pending = [s[0] for s in specs]
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+
+        def write(name: str, array: np.ndarray) -> None:
+            expected = pending.pop(0)
+            if name != expected or list(array.shape) != header[name]["shape"]:
+                raise RuntimeError(f"{path}: got tensor {name!r} {list(array.shape)}, expected {expected!r} next")
+            np.ascontiguousarray(array, dtype=np.dtype(_ST_DTYPES[header[name]["dtype"]])).tofile(f)
+
+        yield write
+        if pending:
+            raise RuntimeError(f"{path}: {len(pending)} declared tensors were never written, e.g. {pending[0]!r}")
+
+
+def _write_safetensors(state: Mapping[str, np.ndarray], path: Path) -> None:
+    with safetensors_writer(path, [(k, v.dtype, list(v.shape)) for k, v in state.items()]) as write:
+        for name, array in state.items():
+            write(name, array)
 
 
 # ------------------------------------------------------------------------------------- files of a checkpoint
-def iter_file(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
+def iter_file(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
     path = str(path)
     if path.endswith(".safetensors"):
         yield from iter_safetensors(path)
@@ -147,7 +210,7 @@ def iter_file(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
         raise CheckpointError(f"{path}: unknown weight file type (expected .safetensors or .pdparams)")
 
 
-def read_index(path: str | os.PathLike) -> dict[str, str]:
+def read_index(path: str | os.PathLike, shard_pattern: re.Pattern = _SHARD) -> dict[str, str]:
     """The weight_map of a sharded checkpoint's index, checked against the shard files beside it."""
     path = Path(path)
     try:
@@ -155,53 +218,61 @@ def read_index(path: str | os.PathLike) -> dict[str, str]:
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: not a valid index ({e})") from None
     for shard in sorted(set(weight_map.values())):
+        if Path(shard).name != shard:
+            raise CheckpointError(f"{path}: shard name {shard!r} is not a plain file name")
         if not (path.parent / shard).is_file():
             raise CheckpointError(f"{path}: names shard {shard}, which does not exist")
-    suffix = ".safetensors" if path.name == SAFETENSORS_INDEX else ".pdparams"
-    strays = [p.name for p in path.parent.iterdir() if _SHARD.match(p.name) and p.suffix == suffix]
-    strays = sorted(set(strays) - set(weight_map.values()))
+    suffix = Path(next(iter(weight_map.values()), ".none")).suffix
+    strays = {p.name for p in path.parent.iterdir() if shard_pattern.match(p.name) and p.suffix == suffix}
+    strays = sorted(strays - set(weight_map.values()))
     if strays:
         raise CheckpointError(f"{path}: shard {strays[0]} is not in the index")
     return weight_map
 
 
-def weight_files(directory: str | os.PathLike) -> tuple[list[Path], dict[str, str] | None]:
-    """The weight files of a checkpoint directory (safetensors preferred over pdparams), and the index's
-    weight_map when the checkpoint is sharded."""
+def weight_files(directory, layouts=WEIGHT_LAYOUTS, shard_pattern=_SHARD) -> tuple[list[Path], dict[str, str] | None]:
+    """The weight files of a checkpoint directory (first matching layout wins), and the index's weight_map when
+    the checkpoint is sharded."""
     directory = Path(directory)
-    for index, single in WEIGHT_LAYOUTS:
+    for index, single in layouts:
         if (directory / index).is_file():
-            weight_map = read_index(directory / index)
+            weight_map = read_index(directory / index, shard_pattern)
             return [directory / s for s in sorted(set(weight_map.values()))], weight_map
         if (directory / single).is_file():
             return [directory / single], None
-    raise CheckpointError(
-        f"{directory}: no weights found (looked for {', '.join(n for pair in WEIGHT_LAYOUTS for n in pair)})"
-    )
+    raise CheckpointError(f"{directory}: no weights found (looked for {', '.join(n for pair in layouts for n in pair)})")
 
 
-def iter_state_dict(path: str | os.PathLike) -> Iterator[tuple[str, object]]:
-    """Stream (name, tensor) from a weight file or a checkpoint directory, one shard in memory at a time.
-    In a sharded checkpoint every shard must hold exactly the tensors its index assigns to it."""
+def check_shard(file: Path, names: list[str], weight_map: dict[str, str] | None) -> None:
+    """A shard must hold exactly the tensors its index assigns to it."""
+    if weight_map is None:
+        return
+    for name in names:
+        if weight_map.get(name) != file.name:
+            raise CheckpointError(f"{file}: holds tensor {name!r}, which the index does not assign to it")
+    absent = sorted(set(n for n, f in weight_map.items() if f == file.name) - set(names))
+    if absent:
+        raise CheckpointError(f"{file}: the index assigns tensor {absent[0]!r} to it, but it is not there")
+
+
+def iter_state_dict(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
+    """Stream (name, array) from a weight file or a checkpoint directory, one shard in memory at a time."""
     path = Path(path)
     if not path.is_dir():
         yield from iter_file(path)
         return
     files, weight_map = weight_files(path)
     for file in files:
-        seen = set()
-        for name, tensor in iter_file(file):
-            if weight_map is not None and weight_map.get(name) != file.name:
-                raise CheckpointError(f"{file}: holds tensor {name!r}, which the index does not assign to it")
-            seen.add(name)
-            yield name, tensor
-        if weight_map is not None:
-            absent = sorted(n for n, f in weight_map.items() if f == file.name and n not in seen)
-            if absent:
-                raise CheckpointError(f"{file}: the index assigns tensor {absent[0]!r} to it, but it is not there")
+        if file.suffix == ".safetensors":  # names are known from the header before any data is read
+            check_shard(file, list(read_safetensors_header(file)[0]), weight_map)
+            yield from iter_safetensors(file)
+        else:
+            state = read_pdparams(file)
+            check_shard(file, list(state), weight_map)
+            yield from state.items()
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, object]:
+def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return dict(iter_state_dict(path))
 
 
@@ -217,8 +288,38 @@ def parse_size(size: int | str) -> int:
     return int(float(m.group(1)) * unit ** " KMGT".index(m.group(2) or " "))
 
 
-def nbytes(value) -> int:
-    return value.nbytes if isinstance(value, np.ndarray) else value.numel().item() * value.element_size()
+def shard_names(n_shards: int, safe_serialization: bool) -> tuple[list[str], str]:
+    """File names of ``n_shards`` shards and of the index, as HF and PaddleNLP name them."""
+    stem, suffix = ("model", ".safetensors") if safe_serialization else ("model_state", ".pdparams")
+    index = SAFETENSORS_INDEX if safe_serialization else PDPARAMS_INDEX
+    if n_shards == 1:
+        return [SAFETENSORS if safe_serialization else PDPARAMS], index
+    return [f"{stem}-{i:05d}-of-{n_shards:05d}{suffix}" for i in range(1, n_shards + 1)], index
+
+
+def split_shards(sizes: Mapping[str, int], max_shard_size: int | str | None) -> list[list[str]]:
+    """Names grouped into consecutive shards of at most ``max_shard_size`` bytes (a bigger tensor alone)."""
+    limit = parse_size(max_shard_size) if max_shard_size else None
+    shards, size = [[]], 0
+    for name, n in sizes.items():
+        if shards[-1] and limit and size + n > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += n
+    return shards
+
+
+def remove_weight_files(directory: Path, keep=()) -> None:
+    """Delete the weight files and indexes of an earlier save, so two checkpoints never share a directory."""
+    for p in directory.iterdir():
+        if p.name not in keep and (p.name in (SAFETENSORS, PDPARAMS, SAFETENSORS_INDEX, PDPARAMS_INDEX) or _SHARD.match(p.name)):
+            p.unlink()
+
+
+def as_numpy(value) -> np.ndarray:
+    """numpy for a numpy array or a paddle Tensor (bf16 Tensors give their uint16 bits)."""
+    return value if isinstance(value, np.ndarray) else value.numpy()
 
 
 def save_state_dict(
@@ -228,46 +329,30 @@ def save_state_dict(
     safe_serialization: bool = True,
     max_shard_size: int | str | None = None,
 ) -> list[Path]:
-    """Write ``state`` (numpy arrays or paddle Tensors) into ``directory``; shard above ``max_shard_size``.
-
-    Weight files of an earlier save in the same directory are removed once the new ones are in place, so the
-    directory never holds two competing checkpoints.
-    """
+    """Write ``state`` (numpy arrays or paddle Tensors) into ``directory``; shard above ``max_shard_size``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    old = {p for p in directory.iterdir() if p.name in (SAFETENSORS, PDPARAMS, SAFETENSORS_INDEX, PDPARAMS_INDEX)}
-    old |= {p for p in directory.iterdir() if _SHARD.match(p.name)}
-
-    limit = parse_size(max_shard_size) if max_shard_size else None
-    shards, current, size = [], {}, 0
-    for name, value in state.items():
-        if current and limit and size + nbytes(value) > limit:
-            shards.append(current)
-            current, size = {}, 0
-        current[name] = value
-        size += nbytes(value)
-    shards.append(current)
-
-    stem, suffix = ("model", ".safetensors") if safe_serialization else ("model_state", ".pdparams")
-    single, index_name = (SAFETENSORS, SAFETENSORS_INDEX) if safe_serialization else (PDPARAMS, PDPARAMS_INDEX)
-    written = []
-    for i, shard in enumerate(shards, 1):
-        name = single if len(shards) == 1 else f"{stem}-{i:05d}-of-{len(shards):05d}{suffix}"
-        (_write_safetensors if safe_serialization else _write_pdparams)(shard, directory / name)
-        written.append(directory / name)
+    arrays = {k: as_numpy(v) for k, v in state.items()}
+    shards = split_shards({k: a.nbytes for k, a in arrays.items()}, max_shard_size)
+    names, index_name = shard_names(len(shards), safe_serialization)
+    write = _write_safetensors if safe_serialization else _write_pdparams
+    for name, shard in zip(names, shards):
+        write({k: arrays[k] for k in shard}, directory / name)
+    written = [directory / n for n in names]
     if len(shards) > 1:
-        weight_map = {k: p.name for p, shard in zip(written, shards) for k in shard}
-        total = sum(nbytes(v) for v in state.values())
+        weight_map = {k: name for name, shard in zip(names, shards) for k in shard}
+        total = sum(a.nbytes for a in arrays.values())
         write_json(directory / index_name, {"metadata": {"total_size": total}, "weight_map": weight_map})
         written.append(directory / index_name)
-    for stale in old - set(written):
-        stale.unlink()
+    remove_weight_files(directory, keep={p.name for p in written})
     return written
 
 
 # ------------------------------------------------------------------------------------------- into paddle
 def as_paddle(value):
     """A paddle Tensor for a state-dict value (uint16 arrays are bf16 bits)."""
+    import paddle
+
     if isinstance(value, np.ndarray):
         value = paddle.to_tensor(value)
         if value.dtype == paddle.uint16:

@@ -128,7 +128,7 @@ def test_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     config["intermediate_size"] = 32
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"tensor llama.layers.0.mlp.down_proj.weight has shape \[24, 16\], the config expects \[32, 16\]"):
+    with pytest.raises(CheckpointError, match=r"tensor llama.layers.0.mlp.gate_proj.weight has shape \[16, 24\], the config expects \[16, 32\]"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
 
 
@@ -182,3 +182,29 @@ def test_parse_size():
     assert parse_size("5GB") == 5_000_000_000 and parse_size("2GiB") == 2 * 1024**3 and parse_size(7) == 7
     with pytest.raises(ValueError, match="cannot read size"):
         parse_size("lots")
+
+
+def test_our_safetensors_are_what_the_safetensors_package_reads(tmp_path):
+    from safetensors import safe_open
+
+    state = {"f32": np.arange(6, dtype="float32").reshape(2, 3), "f16": np.ones(3, "float16"),
+             "i64": np.arange(4), "bf16": paddle.to_tensor([1.0, -2.5]).astype("bfloat16")}
+    save_state_dict(state, tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="paddle") as f:
+        assert f.metadata() == {"format": "np"}
+        got = {k: f.get_tensor(k) for k in f.keys()}
+    assert got["bf16"].dtype == paddle.bfloat16 and got["bf16"].astype("float32").tolist() == [1.0, -2.5]
+    for k in ("f32", "f16", "i64"):
+        assert got[k].numpy().dtype == state[k].dtype
+        np.testing.assert_array_equal(got[k].numpy(), state[k])
+
+
+def test_we_read_what_the_safetensors_package_writes(tmp_path):
+    from safetensors.paddle import save_file
+
+    tensors = {"w": paddle.randn([3, 5]), "b": paddle.to_tensor([0.5, 2.0]).astype("bfloat16"), "n": paddle.arange(3)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    loaded = load_state_dict(tmp_path)
+    np.testing.assert_array_equal(loaded["w"], tensors["w"].numpy())
+    assert to_paddle(loaded["b"], paddle.float32).tolist() == [0.5, 2.0]
+    assert loaded["n"].tolist() == [0, 1, 2]

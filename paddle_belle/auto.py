@@ -1,6 +1,7 @@
 """``AutoModelForCausalLM``: pick the model class from a checkpoint directory's config.json."""
 from __future__ import annotations
 
+from paddle_belle import hub
 from paddle_belle.models import MODELS
 from paddle_belle.models.base import read_config
 
@@ -19,9 +20,13 @@ def model_type_of(path) -> str:
 class AutoModelForCausalLM:
     @staticmethod
     def from_pretrained(path, dtype=None, **kwargs):
-        """Load a checkpoint directory into our BLOOM or LLaMA class, chosen by config.json's model_type.
+        """Load a checkpoint into our BLOOM or LLaMA class, chosen by config.json's model_type.
+
+        ``path``: a local checkpoint directory, or a PaddleNLP community model name such as
+        'bellegroup/belle-7b-2m', downloaded into $PPNLP_HOME/models unless cached there (see ``hub.resolve``).
 
         ``dtype``: float32 (default on CPU), float16 or bfloat16 where the device runs them; by default the
         checkpoint's own dtype on accelerators.
         """
+        path = hub.resolve(path)
         return MODELS[model_type_of(path)].from_pretrained(path, dtype=dtype, **kwargs)

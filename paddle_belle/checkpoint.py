@@ -34,7 +34,7 @@ PDPARAMS = "model_state.pdparams"
 PDPARAMS_INDEX = "model_state.pdparams.index.json"
 # Highest preference first. PaddleNLP writes the pdparams names, HF (and PaddleNLP with safe_serialization) the others.
 WEIGHT_LAYOUTS = [(SAFETENSORS_INDEX, SAFETENSORS), (PDPARAMS_INDEX, PDPARAMS)]
-_SHARD = re.compile(r"^(model|model_state)-\d{5}-of-\d{5}\.(safetensors|pdparams)$")
+PADDLE_SHARD = re.compile(r"^(model|model_state)-\d{5}-of-\d{5}\.(safetensors|pdparams)$")
 # safetensors dtype codes <-> numpy; BF16 is carried as its uint16 bits.
 _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "uint16", "I64": "int64",
               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
@@ -82,12 +82,27 @@ _PICKLE_ALLOWED = {
 }
 
 
+class ArraySpec:
+    """Stands in for an ndarray when only names, dtypes and shapes are wanted: numpy's pickle state arrives
+    through __setstate__, and the raw bytes are dropped on the spot, so memory holds one tensor at most."""
+
+    def __setstate__(self, state):
+        _version, shape, self.dtype, _fortran, _raw = state
+        self.shape = list(shape)
+
+
+def _array_spec(*_):
+    return ArraySpec()
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: str):
+    def __init__(self, file, source: str, metadata_only: bool = False):
         super().__init__(file)
-        self.source = source
+        self.source, self.metadata_only = source, metadata_only
 
     def find_class(self, module, name):
+        if self.metadata_only and name == "_reconstruct" and (module, name) in _PICKLE_ALLOWED:
+            return _array_spec
         if (module, name) in _PICKLE_ALLOWED:
             return super().find_class(module, name)
         raise CheckpointError(
@@ -96,12 +111,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
 
-def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Load a paddle.save state dict without executing any code from the file."""
+def read_pdparams(path: str | os.PathLike, metadata_only: bool = False) -> dict[str, np.ndarray]:
+    """Load a paddle.save state dict without executing any code from the file (``metadata_only``: ArraySpecs
+    with .dtype and .shape instead of arrays)."""
     path = str(path)
     try:
         with open(path, "rb") as f:
-            obj = _RestrictedUnpickler(io.BufferedReader(f, 1 << 20), path).load()
+            obj = _RestrictedUnpickler(io.BufferedReader(f, 1 << 20), path, metadata_only).load()
     except CheckpointError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
@@ -112,15 +128,15 @@ def read_pdparams(path: str | os.PathLike) -> dict[str, np.ndarray]:
     for name, value in obj.items():
         if name == "StructuredToParameterName@@":  # paddle.save bookkeeping, not a tensor
             continue
-        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], np.ndarray):
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], (np.ndarray, ArraySpec)):
             value = value[1]  # a Tensor pickled by paddle.save as (tensor name, data)
-        if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiub":
+        if not isinstance(value, (np.ndarray, ArraySpec)) or value.dtype.kind not in "fiub":
             raise CheckpointError(f"{path}: entry {name!r} is not a numeric tensor ({type(value).__name__})")
         state[name] = value
     return state
 
 
-def _write_pdparams(state: Mapping[str, np.ndarray], path: Path) -> None:
+def write_pdparams(state: Mapping[str, np.ndarray], path: Path) -> None:
     # A protocol-4 pickle of numpy arrays is exactly what paddle.save writes for a state dict (minus its
     # bookkeeping key), and what paddle.load / PaddleNLP read; bf16 stays uint16 bits as in paddle.save.
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -166,15 +182,17 @@ def iter_safetensors(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]
 
 
 @contextlib.contextmanager
-def safetensors_writer(path: str | os.PathLike, specs: list[tuple[str, np.dtype, list[int]]]):
+def safetensors_writer(path: str | os.PathLike, specs: list[tuple[str, np.dtype, list[int]]], fmt: str = "np"):
     """Write a .safetensors file tensor by tensor: the header is laid out up front from (name, dtype, shape),
-    then the yielded ``write(name, array)`` appends each tensor's bytes, in the declared order."""
-    header, offset = {"__metadata__": {"format": "np"}}, 0
+    then the yielded ``write(name, array)`` appends each tensor's bytes, in the declared order.
+
+    ``fmt`` labels the metadata for the reader: PaddleNLP 2.8.1 loads only "np" (it rejects "pd"), transformers
+    only "pt" (or tf/flax/mlx). The bytes are the same either way."""
+    header, offset = {"__metadata__": {"format": fmt}}, 0
     for name, dtype, shape in specs:
         size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         header[name] = {"dtype": _ST_CODES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
-    # PaddleNLP 2.8.1 loads only files whose metadata says "np" (it rejects "pd"); the bytes are the same.
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format aligns the data to 8 bytes
     pending = [s[0] for s in specs]
@@ -210,7 +228,7 @@ def iter_file(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
         raise CheckpointError(f"{path}: unknown weight file type (expected .safetensors or .pdparams)")
 
 
-def read_index(path: str | os.PathLike, shard_pattern: re.Pattern = _SHARD) -> dict[str, str]:
+def read_index(path: str | os.PathLike, shard_pattern: re.Pattern = PADDLE_SHARD) -> dict[str, str]:
     """The weight_map of a sharded checkpoint's index, checked against the shard files beside it."""
     path = Path(path)
     try:
@@ -230,7 +248,7 @@ def read_index(path: str | os.PathLike, shard_pattern: re.Pattern = _SHARD) -> d
     return weight_map
 
 
-def weight_files(directory, layouts=WEIGHT_LAYOUTS, shard_pattern=_SHARD) -> tuple[list[Path], dict[str, str] | None]:
+def weight_files(directory, layouts=WEIGHT_LAYOUTS, shard_pattern=PADDLE_SHARD) -> tuple[list[Path], dict[str, str] | None]:
     """The weight files of a checkpoint directory (first matching layout wins), and the index's weight_map when
     the checkpoint is sharded."""
     directory = Path(directory)
@@ -313,7 +331,7 @@ def split_shards(sizes: Mapping[str, int], max_shard_size: int | str | None) -> 
 def remove_weight_files(directory: Path, keep=()) -> None:
     """Delete the weight files and indexes of an earlier save, so two checkpoints never share a directory."""
     for p in directory.iterdir():
-        if p.name not in keep and (p.name in (SAFETENSORS, PDPARAMS, SAFETENSORS_INDEX, PDPARAMS_INDEX) or _SHARD.match(p.name)):
+        if p.name not in keep and (p.name in (SAFETENSORS, PDPARAMS, SAFETENSORS_INDEX, PDPARAMS_INDEX) or PADDLE_SHARD.match(p.name)):
             p.unlink()
 
 
@@ -335,7 +353,7 @@ def save_state_dict(
     arrays = {k: as_numpy(v) for k, v in state.items()}
     shards = split_shards({k: a.nbytes for k, a in arrays.items()}, max_shard_size)
     names, index_name = shard_names(len(shards), safe_serialization)
-    write = _write_safetensors if safe_serialization else _write_pdparams
+    write = _write_safetensors if safe_serialization else write_pdparams
     for name, shard in zip(names, shards):
         write({k: arrays[k] for k in shard}, directory / name)
     written = [directory / n for n in names]

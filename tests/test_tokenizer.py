@@ -2,7 +2,6 @@
 import json
 import shutil
 
-import pytest
 import sentencepiece as spm
 import transformers
 from paddlenlp.transformers import BloomTokenizer as PaddleNLPBloomTokenizer

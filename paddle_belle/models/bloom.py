@@ -13,6 +13,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddlenlp.transformers import PretrainedConfig
 
+from paddle_belle.convert.tables import BLOOM_CONFIG_ALIASES
 from paddle_belle.models.base import CausalLM, attend, attention_bias
 
 
@@ -23,7 +24,7 @@ class BloomConfig(PretrainedConfig):
     """
 
     model_type = "bloom"
-    attribute_map = {"num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "n_embed": "hidden_size"}
+    attribute_map = BLOOM_CONFIG_ALIASES
 
     def __init__(
         self,

@@ -10,11 +10,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddlenlp.transformers import PretrainedConfig
 
+from paddle_belle.convert.tables import rope_scaling_fields
 from paddle_belle.models.base import CausalLM, attend, attention_bias, token_positions
-
-# HF rope_scaling "type"/"rope_type" -> PaddleNLP rope_scaling_type. "ntk" (static NTK) is PaddleNLP's own.
-ROPE_SCALING_TYPES = {"linear": "linear", "dynamic": "dynamic_ntk", "dynamic_ntk": "dynamic_ntk", "ntk": "ntk"}
-
 
 class LlamaConfig(PretrainedConfig):
     """LLaMA hyper-parameters under PaddleNLP's field names.
@@ -48,16 +45,9 @@ class LlamaConfig(PretrainedConfig):
         eos_token_id: int = 2,
         **kwargs,
     ):
-        rope_scaling = kwargs.pop("rope_scaling", None)
-        if rope_scaling:
-            rope_scaling_type = rope_scaling.get("rope_type", rope_scaling.get("type"))
-            rope_scaling_factor = rope_scaling.get("factor", 1.0)
-        if rope_scaling_type == "default":
-            rope_scaling_type = None
-        if rope_scaling_type is not None and rope_scaling_type not in ROPE_SCALING_TYPES:
-            raise ValueError(
-                f"rope scaling {rope_scaling_type!r} is not supported (supported: {', '.join(ROPE_SCALING_TYPES)})"
-            )
+        rope_scaling_type, rope_scaling_factor = rope_scaling_fields(
+            kwargs.pop("rope_scaling", None), rope_scaling_type, rope_scaling_factor
+        )
         if hidden_act != "silu":
             raise ValueError(f"hidden_act {hidden_act!r} is not supported; LLaMA uses silu")
         super().__init__(
@@ -73,7 +63,7 @@ class LlamaConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
-        self.rope_scaling_type = ROPE_SCALING_TYPES.get(rope_scaling_type)
+        self.rope_scaling_type = rope_scaling_type
         self.rope_scaling_factor = rope_scaling_factor
         self.initializer_range = initializer_range
         self.attention_dropout = attention_dropout

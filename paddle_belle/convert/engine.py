@@ -1,0 +1,314 @@
+"""HF <-> PaddleNLP checkpoint conversion in bounded memory.
+
+One engine runs the name tables of convert/tables.py: it lists the source tensors from file headers (no data
+read), plans every output tensor (name, transpose, dtype, shape; each checked against the shapes the config
+implies), then streams: one tensor is read, transformed and written at a time (a .pdparams source is a pickle,
+so at most one source shard is in memory). The output is built in a temporary directory beside DST and renamed
+into place at the end: an interrupted or failed run leaves nothing that looks like a checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from paddle_belle.checkpoint import (
+    PADDLE_SHARD,
+    WEIGHT_LAYOUTS,
+    CheckpointError,
+    check_shard,
+    read_pdparams,
+    read_safetensors_header,
+    safetensors_writer,
+    shard_names,
+    split_shards,
+    weight_files,
+    write_json,
+    write_pdparams,
+)
+from paddle_belle.convert import tables
+from paddle_belle.convert.tokenizer import write_hf_tokenizer, write_paddle_tokenizer
+from paddle_belle.convert.torch_bin import read_torch_bin
+
+HF_LAYOUTS = [("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model.bin")]
+HF_SHARD = re.compile(r"^(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)$")
+DTYPES = ("keep", "float32", "float16", "bfloat16")
+COPIED = ("generation_config.json",)  # small files both worlds read as they are
+
+
+@dataclass
+class Tensor:
+    """A source tensor: where it lives and what it is, before any data is read."""
+
+    file: Path
+    stored: str  # its name in the file
+    dtype: np.dtype  # uint16 means bfloat16 bits
+    shape: list[int]
+    name: str = ""  # its canonical name (a bare-body checkpoint's names gain the body prefix)
+
+    def __post_init__(self):
+        self.name = self.name or self.stored
+
+
+@dataclass
+class Output:
+    name: str
+    source: Tensor
+    transpose: bool
+    dtype: np.dtype
+
+    @property
+    def shape(self) -> list[int]:
+        return self.source.shape[::-1] if self.transpose else self.source.shape
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+# ------------------------------------------------------------------------------------------- dtype casts
+def dtype_name(dtype: np.dtype) -> str:
+    return "bfloat16" if dtype == np.uint16 else dtype.name
+
+
+def target_dtype(dtype: np.dtype, wanted: str) -> np.dtype:
+    if wanted == "keep" or not (dtype.kind == "f" or dtype == np.uint16):
+        return dtype  # integer tensors are never cast
+    return np.dtype("uint16" if wanted == "bfloat16" else wanted)
+
+
+def cast(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if array.dtype == dtype:
+        return array
+    if array.dtype == np.uint16:  # bf16 bits -> float32, exact
+        array = (array.astype(np.uint32) << 16).view(np.float32)
+    if dtype == np.uint16:  # float32 -> bf16 bits, round to nearest even
+        bits = array.astype(np.float32).view(np.uint32)
+        return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return array.astype(dtype)
+
+
+# ------------------------------------------------------------------------------------------ reading sources
+def list_tensors(directory: Path, layouts, shard_pattern) -> list[Tensor]:
+    """Every tensor of a checkpoint, in file order, from headers and pickles only."""
+    files, weight_map = weight_files(directory, layouts, shard_pattern)
+    tensors = []
+    for file in files:
+        if file.suffix == ".safetensors":
+            entries = sorted(read_safetensors_header(file)[0].items(), key=lambda kv: kv[1]["offsets"])
+            found = [(name, e["dtype"], e["shape"]) for name, e in entries]
+        elif file.suffix == ".bin":
+            found = [(name, t.dtype, t.shape) for name, t in read_torch_bin(file).items()]
+        else:
+            found = [(name, a.dtype, a.shape) for name, a in read_pdparams(file, metadata_only=True).items()]
+        check_shard(file, [name for name, _, _ in found], weight_map)
+        tensors += [Tensor(file, name, np.dtype(dtype), list(shape)) for name, dtype, shape in found]
+    return tensors
+
+
+class Reader:
+    """Reads source tensors in order, keeping at most one source file's decoded contents."""
+
+    def __init__(self):
+        self.file, self.contents = None, None
+
+    def read(self, t: Tensor) -> np.ndarray:
+        if t.file != self.file:
+            self.file, self.contents = t.file, None  # drop the previous shard before loading the next
+            if t.file.suffix == ".safetensors":
+                self.contents = read_safetensors_header(t.file)
+            elif t.file.suffix == ".bin":
+                self.contents = read_torch_bin(t.file)
+            else:
+                self.contents = read_pdparams(t.file)
+        if t.file.suffix == ".safetensors":
+            entries, start = self.contents
+            e = entries[t.stored]
+            with open(t.file, "rb") as f:
+                f.seek(start + e["offsets"][0])
+                return np.fromfile(f, e["dtype"], int(np.prod(e["shape"], dtype=np.int64))).reshape(e["shape"])
+        if t.file.suffix == ".bin":
+            return self.contents[t.stored].load()
+        return self.contents[t.stored]
+
+
+# ------------------------------------------------------------------------------------------------ planning
+def _fingerprint(array: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def plan(model_type: str, config: dict, tensors: list[Tensor], to: str, dtype: str):
+    """The output tensors, and the (embedding, head, head is transposed) triple whose equality must be checked
+    when the model ties its head to its embedding."""
+    table = tables.HF_TO_PADDLE[model_type] if to == "paddle" else tables.PADDLE_TO_HF[model_type]
+    prefix = tables.HF_BODY_PREFIX[model_type]
+    hf_embed, paddle_embed = tables.EMBEDDING[model_type]
+    hf_head, paddle_head = tables.HEAD[model_type]
+    tied = model_type == "bloom" or bool(config.get("tie_word_embeddings", False))
+    embed_name, head_name = (hf_embed, hf_head) if to == "paddle" else (paddle_embed, paddle_head)
+
+    outputs, by_name = [], {}
+    for t in tensors:
+        if to == "paddle":
+            if any(p.match(t.name) for p in tables.HF_IGNORED[model_type]):
+                continue
+            if not t.name.startswith(prefix) and t.name != hf_head:  # a bare BloomModel / LlamaModel checkpoint
+                t.name = prefix + t.name
+        by_name[t.name] = t
+        if tied and t.name == head_name:
+            continue  # checked against the embedding below; written (or not) from the embedding
+        target = tables.rename(t.name, table)
+        if target is None:
+            raise CheckpointError(f"{t.file}: tensor {t.name!r} is not a {model_type} weight this converter knows")
+        outputs.append(Output(target[0], t, target[1], target_dtype(t.dtype, dtype)))
+
+    if embed_name not in by_name:
+        raise CheckpointError(f"checkpoint has no {embed_name}")
+    tie_check = None
+    if tied and head_name in by_name:
+        tie_check = (by_name[embed_name], by_name[head_name], to == "hf")  # a Paddle LLaMA head is [hidden, vocab]
+    elif not tied and head_name not in by_name:
+        raise CheckpointError(f"checkpoint has no {head_name}, and the config does not tie it to {embed_name}")
+    if tied and model_type == "llama" and to == "paddle":
+        # PaddleNLP 2.8.1 ignores tie_word_embeddings and always loads lm_head: write the embedding transposed.
+        embed = by_name[embed_name]
+        outputs.insert(outputs.index(next(o for o in outputs if o.source is embed)) + 1,
+                       Output(paddle_head, embed, True, target_dtype(embed.dtype, dtype)))
+
+    # Every tensor's shape against what the config implies (Paddle names and layout on either side).
+    expected = tables.paddle_shapes(model_type, tables.paddle_config(model_type, config))
+    if model_type == "llama" and tied and to == "hf":
+        expected.pop(paddle_head)
+    paddle_side = {o.name if to == "paddle" else o.source.name: o for o in outputs}
+    for name, o in paddle_side.items():
+        shape = o.shape if to == "paddle" else o.source.shape
+        if expected.get(name, shape) != shape:
+            raise CheckpointError(f"{o.source.file}: tensor {name} has shape {shape}, the config implies {expected[name]}")
+    missing = sorted(set(expected) - set(paddle_side))
+    if missing:
+        raise CheckpointError(f"checkpoint lacks {len(missing)} tensor(s) the config implies, e.g. {missing[0]}")
+    return outputs, tie_check
+
+
+# ---------------------------------------------------------------------------------------------- converting
+def convert(src, dst, to: str = "paddle", dtype: str = "keep", max_shard_size="5GB",
+            safe_serialization: bool = True, verify: bool = False) -> Path:
+    """Convert the HF checkpoint directory ``src`` into a PaddleNLP one at ``dst`` (``to="paddle"``), or back
+    (``to="hf"``). ``dtype`` casts floating tensors (``keep`` leaves them). PaddleNLP output is safetensors unless
+    ``safe_serialization`` is False (then model_state.pdparams). ``verify`` compares logits of both sides.
+    Returns ``dst``."""
+    src, dst = Path(src), Path(dst)
+    if to not in ("paddle", "hf"):
+        raise ValueError(f"to must be 'paddle' or 'hf', not {to!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if not (src / "config.json").is_file():
+        raise FileNotFoundError(f"{src}: no config.json (is this a checkpoint directory?)")
+    if dst.exists():
+        raise FileExistsError(f"{dst} exists; give a new directory")
+    if dst.resolve().is_relative_to(src.resolve()):
+        raise ValueError(f"{dst} is inside {src}; the source is never written to")
+    config = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    model_type = config.get("model_type")
+    if model_type not in tables.HF_TO_PADDLE:
+        raise ValueError(f"{src}/config.json: model_type {model_type!r} is not supported ({', '.join(tables.HF_TO_PADDLE)})")
+
+    layouts, shard_pattern = (HF_LAYOUTS, HF_SHARD) if to == "paddle" else (WEIGHT_LAYOUTS, PADDLE_SHARD)
+    tensors = list_tensors(src, layouts, shard_pattern)
+    outputs, tie_check = plan(model_type, config, tensors, to, dtype)
+
+    tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    try:
+        fingerprints = _write_weights(outputs, tmp, safe_serialization or to == "hf", max_shard_size, tie_check,
+                                      metadata_format="np" if to == "paddle" else "pt")
+        if tie_check and fingerprints[0] != fingerprints[1]:
+            raise CheckpointError(
+                f"{tie_check[1].name} differs from {tie_check[0].name}, but the model ties them "
+                + ("(BLOOM always does)" if model_type == "bloom" else "(tie_word_embeddings is true)")
+            )
+        floating = next((o.dtype for o in outputs if o.dtype.kind == "f" or o.dtype == np.uint16), np.dtype("float32"))
+        out_config = {**config, "dtype": dtype_name(floating), "torch_dtype": dtype_name(floating)}
+        out_config.pop("dtype" if to == "hf" else "torch_dtype")
+        convert_config = tables.paddle_config if to == "paddle" else tables.hf_config
+        write_json(tmp / "config.json", convert_config(model_type, out_config))
+        if any((src / n).is_file() for n in ("tokenizer.json", "vocab.json", "tokenizer.model", "sentencepiece.bpe.model")):
+            (write_paddle_tokenizer if to == "paddle" else write_hf_tokenizer)(src, tmp, model_type)
+        for name in COPIED:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, tmp / name)
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if verify:
+        paddle_dir, hf_dir = (dst, src) if to == "paddle" else (src, dst)
+        print(f"verify: max |Δlogits| = {verify_logits(paddle_dir, hf_dir):.3g} (relative to max(1, |logits|))")
+    return dst
+
+
+def _write_weights(outputs: list[Output], directory: Path, safe: bool, max_shard_size, tie_check,
+                   metadata_format: str) -> list[str]:
+    """Stream every output tensor into its shard; returns the fingerprints of the tied pair (if any)."""
+    shards = split_shards({o.name: o.nbytes for o in outputs}, max_shard_size)
+    names, index_name = shard_names(len(shards), safe)
+    by_name = {o.name: o for o in outputs}
+    reader, fingerprints = Reader(), {}
+    progress = tqdm(total=sum(o.nbytes for o in outputs), unit="B", unit_scale=True, desc="converting", disable=None)
+
+    def produce(o: Output) -> np.ndarray:
+        array = reader.read(o.source)
+        if tie_check and o.source in tie_check[:2] and o.source.name not in fingerprints:
+            oriented = array.T if (tie_check[2] and o.source is tie_check[1]) else array
+            fingerprints[o.source.name] = _fingerprint(oriented)
+        array = cast(array.T if o.transpose else array, o.dtype)
+        progress.update(o.nbytes)
+        return array
+
+    for file, shard in zip(names, shards):
+        if safe:
+            specs = [(n, by_name[n].dtype, by_name[n].shape) for n in shard]
+            with safetensors_writer(directory / file, specs, fmt=metadata_format) as write:
+                for n in shard:
+                    write(n, produce(by_name[n]))
+        else:
+            write_pdparams({n: np.ascontiguousarray(produce(by_name[n])) for n in shard}, directory / file)
+    if tie_check:  # a tied head that is not written was never read above
+        for t in tie_check[:2]:
+            if t.name not in fingerprints:
+                array = reader.read(t)
+                fingerprints[t.name] = _fingerprint(array.T if (tie_check[2] and t is tie_check[1]) else array)
+    progress.close()
+    if len(shards) > 1:
+        weight_map = {n: file for file, shard in zip(names, shards) for n in shard}
+        write_json(directory / index_name, {"metadata": {"total_size": sum(o.nbytes for o in outputs)}, "weight_map": weight_map})
+    return [fingerprints[t.name] for t in tie_check[:2]] if tie_check else []
+
+
+# ------------------------------------------------------------------------------------------------ verifying
+def verify_logits(paddle_dir: Path, hf_dir: Path, n_tokens: int = 8) -> float:
+    """Max |Δlogits| / max(1, |logits|) between our model on ``paddle_dir`` and transformers on ``hf_dir``."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise RuntimeError("--verify needs torch and transformers: pip install 'paddle_belle[test]'") from None
+    import paddle
+
+    from paddle_belle.auto import AutoModelForCausalLM
+
+    ours = AutoModelForCausalLM.from_pretrained(paddle_dir, dtype="float32")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+    ids = np.random.default_rng(0).integers(0, ours.config.vocab_size, (1, n_tokens))
+    with paddle.no_grad():
+        a = ours(paddle.to_tensor(ids)).logits.numpy()
+    with torch.no_grad():
+        b = theirs(torch.tensor(ids)).logits.numpy()
+    return float(np.abs(a - b).max() / max(1.0, float(np.abs(b).max())))

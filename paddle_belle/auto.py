@@ -2,19 +2,13 @@
 from __future__ import annotations
 
 from paddle_belle import hub
+from paddle_belle.convert import tables
 from paddle_belle.models import MODELS
 from paddle_belle.models.base import read_config
 
 
 def model_type_of(path) -> str:
-    config = read_config(path)
-    model_type = config.get("model_type")
-    if model_type is None:  # older PaddleNLP configs name only the class
-        names = " ".join(config.get("architectures") or [config.get("init_class", "")]).lower()
-        model_type = next((t for t in MODELS if t in names), None)
-    if model_type not in MODELS:
-        raise ValueError(f"{path}: model_type {model_type!r} is not supported (supported: {', '.join(MODELS)})")
-    return model_type
+    return tables.model_type_of(read_config(path), f"{path}/config.json")
 
 
 class AutoModelForCausalLM:

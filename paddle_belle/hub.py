@@ -20,6 +20,9 @@ import requests
 from filelock import FileLock
 from tqdm.auto import tqdm
 
+from paddle_belle.checkpoint import write_json
+from paddle_belle.convert.tables import model_type_of
+
 DEFAULT_ENDPOINT = "https://bj.bcebos.com/paddlenlp"
 # Alternatives, best first: the first one the server has is downloaded. An index brings the shards it lists.
 WEIGHTS = (
@@ -133,14 +136,9 @@ def _shards(index: Path) -> list[str]:
 def _model_type(config_file: Path) -> str:
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
-        # Older PaddleNLP configs name only the class, as in auto.model_type_of.
-        names = [config.get("model_type") or "", *(config.get("architectures") or []), config.get("init_class") or ""]
-    except (ValueError, AttributeError, TypeError) as e:
-        raise ValueError(f"{config_file}: not a valid config ({e})") from None
-    found = next((t for t in TOKENIZER if t in " ".join(map(str, names)).lower()), None)
-    if found is None:
-        raise ValueError(f"{config_file}: model_type {names[0]!r} is not supported (supported: {', '.join(TOKENIZER)})")
-    return found
+    except ValueError as e:
+        raise ValueError(f"{config_file}: not valid JSON ({e})") from None
+    return model_type_of(config, config_file)
 
 
 def _fill_cache(url: str, cache: Path) -> None:
@@ -157,9 +155,7 @@ def _fill_cache(url: str, cache: Path) -> None:
             except NotOnServer:
                 absent.add(file)
     if absent != recorded:
-        tmp = record.with_name(record.name + ".tmp")  # under the lock, so a fixed name is safe
-        tmp.write_text(json.dumps(sorted(absent)) + "\n", encoding="utf-8")
-        os.replace(tmp, record)
+        write_json(record, sorted(absent))
 
 
 def _get_one_of(url: str, cache: Path, group: tuple[str, ...]) -> None:

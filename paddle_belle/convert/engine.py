@@ -216,9 +216,7 @@ def convert(src, dst, to: str = "paddle", dtype: str = "keep", max_shard_size="5
     if dst.resolve().is_relative_to(src.resolve()):
         raise ValueError(f"{dst} is inside {src}; the source is never written to")
     config = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    model_type = config.get("model_type")
-    if model_type not in tables.HF_TO_PADDLE:
-        raise ValueError(f"{src}/config.json: model_type {model_type!r} is not supported ({', '.join(tables.HF_TO_PADDLE)})")
+    model_type = tables.model_type_of(config, src / "config.json")
 
     layouts, shard_pattern = (HF_LAYOUTS, HF_SHARD) if to == "paddle" else (WEIGHT_LAYOUTS, PADDLE_SHARD)
     tensors = list_tensors(src, layouts, shard_pattern)

@@ -54,6 +54,17 @@ EMBEDDING = {"bloom": ("transformer.word_embeddings.weight", "bloom.word_embeddi
 HEAD = {"bloom": ("lm_head.weight", None), "llama": ("lm_head.weight", "lm_head.weight")}  # BLOOM has no Paddle head
 
 
+def model_type_of(config: dict, source="config.json") -> str:
+    """bloom or llama for a config dict; older PaddleNLP configs name only the class (architectures/init_class)."""
+    model_type = config.get("model_type")
+    if model_type is None:
+        names = " ".join(config.get("architectures") or [config.get("init_class") or ""]).lower()
+        model_type = next((t for t in HF_TO_PADDLE if t in names), None)
+    if model_type not in HF_TO_PADDLE:
+        raise ValueError(f"{source}: model_type {model_type!r} is not supported (supported: {', '.join(HF_TO_PADDLE)})")
+    return model_type
+
+
 def invert(table: dict[str, tuple[str, bool]]) -> dict[str, tuple[str, bool]]:
     return {target: (source, transpose) for source, (target, transpose) in table.items()}
 

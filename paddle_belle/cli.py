@@ -16,6 +16,13 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from paddle_belle.registry import format_table
+
+    print(format_table())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paddle-belle",
@@ -38,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="load both sides (needs torch + transformers, and memory for both models) and print max |Δlogits|")
     p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("models", help="list the BELLE family and base models: shapes, sizes, sources")
+    p.set_defaults(run=cmd_models)
     return parser
 
 

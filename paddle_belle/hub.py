@@ -20,6 +20,7 @@ import requests
 from filelock import FileLock
 from tqdm.auto import tqdm
 
+from paddle_belle import registry
 from paddle_belle.checkpoint import write_json
 from paddle_belle.convert.tables import model_type_of
 
@@ -81,11 +82,18 @@ def model_url(org: str, name: str) -> str:
 
 def resolve(name_or_path: str | os.PathLike, *, offline: bool | None = None) -> Path:
     """A local checkpoint directory for ``name_or_path``: a local directory as is (never written to), or the
-    cache directory of a community model 'org/name', downloading what it lacks (offline: only checking it)."""
+    cache directory of a community model 'org/name' (or a registry short name such as 'belle-7b-2m'),
+    downloading what it lacks (offline: only checking it)."""
     path = Path(name_or_path)
     # A Path object always means a local path: the loader then reports what is missing there.
     if path.is_dir() or not isinstance(name_or_path, str):
         return path
+    entry = registry.lookup(name_or_path) if "/" not in name_or_path else None
+    if entry is not None:  # a short name from the registry, e.g. belle-7b-2m
+        if entry.paddlenlp is None:
+            raise FileNotFoundError(f"{entry.name} is not on PaddleNLP's bucket: download {entry.hf} from Hugging Face "
+                                    "and run `paddle-belle convert` on it")
+        name_or_path = entry.paddlenlp
     org, name = parse_name(name_or_path)
     cache = cache_dir(org, name)
     if is_offline() if offline is None else offline:

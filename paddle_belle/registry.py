@@ -1,0 +1,79 @@
+"""The BELLE family and its base models: where each comes from and its shape, as a plain table.
+
+``paddlenlp`` is a community name on PaddleNLP's bucket (``from_pretrained`` downloads it); ``hf`` the
+Hugging Face repo to convert from (``paddle-belle convert``). The BELLE-LLaMA releases are XOR-encrypted
+diffs against Meta's LLaMA weights (LLaMA's licence): decrypt them with BELLE's models/ scripts, then convert.
+Shapes use PaddleNLP's config field names.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from paddle_belle.convert.tables import paddle_shapes
+
+BLOOMZ_7B1 = dict(vocab_size=250880, hidden_size=4096, n_layer=30, n_head=32)
+LLAMA_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32)
+LLAMA_13B = dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    model_type: str
+    config: dict = field(hash=False)
+    description: str
+    paddlenlp: str | None = None
+    hf: str | None = None
+
+    @property
+    def parameters(self) -> int:
+        """Distinct parameters (a tied head counts once, as the model holds it)."""
+        shapes = paddle_shapes(self.model_type, self.config)
+        if self.model_type == "llama" and self.config.get("tie_word_embeddings"):
+            shapes.pop("lm_head.weight")
+        return sum(math.prod(shape) for shape in shapes.values())
+
+
+def _belle_bloom(size: str, data: str) -> ModelInfo:
+    return ModelInfo(
+        f"belle-7b-{size.lower()}", "bloom", BLOOMZ_7B1,
+        f"BLOOMZ-7B1-mt fine-tuned on {data} Chinese ChatGPT-generated instructions + 50k Alpaca (English)",
+        paddlenlp="bellegroup/belle-7b-2m" if size == "2M" else None, hf=f"BelleGroup/BELLE-7B-{size}",
+    )
+
+
+REGISTRY = {m.name: m for m in [
+    _belle_bloom("0.2M", "0.2M"),
+    _belle_bloom("0.6M", "0.6M"),
+    _belle_bloom("1M", "1M"),
+    _belle_bloom("2M", "2M"),
+    ModelInfo("belle-llama-7b-2m", "llama", LLAMA_7B, "LLaMA-7B fine-tuned on 2M BELLE instructions (encrypted diff)",
+              hf="BelleGroup/BELLE-LLaMA-7B-2M-enc"),
+    ModelInfo("belle-llama-13b-2m", "llama", LLAMA_13B, "LLaMA-13B fine-tuned on 2M BELLE instructions (encrypted diff)",
+              hf="BelleGroup/BELLE-LLaMA-13B-2M-enc"),
+    ModelInfo("belle-llama-ext-7b", "llama", {**LLAMA_7B, "vocab_size": 79458},
+              "LLaMA-7B with a 79,458-token Chinese-extended vocabulary, embeddings pre-trained on 3.4B Chinese words "
+              "(encrypted diff)", hf="BelleGroup/BELLE-LLaMA-EXT-7B"),
+    ModelInfo("bloomz-7b1-mt", "bloom", BLOOMZ_7B1, "BigScience BLOOMZ-7B1-mt, the base of BELLE-7B",
+              paddlenlp="bigscience/bloomz-7b1-mt", hf="bigscience/bloomz-7b1-mt"),
+    ModelInfo("llama-7b", "llama", LLAMA_7B, "Meta LLaMA-7B, the base of BELLE-LLaMA-7B", hf="huggyllama/llama-7b"),
+    ModelInfo("llama-13b", "llama", LLAMA_13B, "Meta LLaMA-13B, the base of BELLE-LLaMA-13B", hf="huggyllama/llama-13b"),
+]}
+
+
+def lookup(name: str) -> ModelInfo | None:
+    """The entry for a short name (belle-7b-2m), a PaddleNLP community name or an HF repo, case-insensitively."""
+    key = name.lower()
+    return next((m for m in REGISTRY.values() if key in (m.name, (m.paddlenlp or "").lower(), (m.hf or "").lower())), None)
+
+
+def format_table() -> str:
+    rows = [("name", "arch", "layers", "hidden", "heads", "vocab", "params", "from_pretrained", "convert from (HF)")]
+    for m in REGISTRY.values():
+        c = m.config
+        rows.append((m.name, m.model_type, str(c.get("n_layer") or c.get("num_hidden_layers")), str(c["hidden_size"]),
+                     str(c.get("n_head") or c.get("num_attention_heads")), str(c["vocab_size"]),
+                     f"{m.parameters / 1e9:.2f}B", m.paddlenlp or "-", m.hf or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)

@@ -6,7 +6,6 @@ the targets of issue 3; nothing is asserted.
     python benchmarks/convert.py [--workdir /tmp/convert-bench] [--shard-size 1GB] [--keep]
 """
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from paddle_belle.checkpoint import parse_size, safetensors_writer, shard_names, split_shards, write_json
+from paddle_belle.checkpoint import safetensors_writer, shard_names, split_shards, write_json
 from paddle_belle.convert import tables
 
 CONFIG = {"model_type": "bloom", "architectures": ["BloomForCausalLM"], "vocab_size": 250880, "hidden_size": 1536,

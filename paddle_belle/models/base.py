@@ -18,6 +18,7 @@ from paddlenlp.transformers.model_outputs import CausalLMOutputWithPast
 from paddlenlp.transformers.model_utils import dtype_guard, no_init_weights
 from tqdm.auto import tqdm
 
+from paddle_belle import generation
 from paddle_belle.checkpoint import CheckpointError, iter_state_dict, save_state_dict, to_paddle, write_json
 
 CONFIG_NAME = "config.json"
@@ -144,6 +145,27 @@ class CausalLM(PretrainedModel):
         logits = self.lm_logits(x)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+
+    def generate(self, input_ids, attention_mask=None, generation_config=None, preset=None, tokenizer=None,
+                 streamer=None, **kwargs):
+        """Generate from ``input_ids`` [batch, seq] (left-padded, with ``attention_mask``, for batches).
+
+        HF style (``do_sample=``, ``max_new_tokens=``, ``top_k=``, ...; or a ``preset`` name such as
+        "belle-card") returns the full sequences like transformers. PaddleNLP style (``decode_strategy=``)
+        returns PaddleNLP's (new ids, scores). ``stop_strings`` need ``tokenizer``; ``streamer`` gets
+        put()/end() calls like transformers' and PaddleNLP's streamers.
+        """
+        if "decode_strategy" in kwargs:
+            return generation.generate_paddlenlp_style(self, input_ids, attention_mask, **kwargs)
+        for name, supported in (("num_beams", 1), ("num_return_sequences", 1)):
+            if kwargs.pop(name, supported) != supported:
+                raise NotImplementedError(f"{name} other than {supported} is not supported")
+        kwargs.pop("use_cache", None)
+        max_length = kwargs.pop("max_length", None)  # HF: prompt + new tokens
+        if max_length is not None and kwargs.get("max_new_tokens") is None:
+            kwargs["max_new_tokens"] = max_length - paddle.to_tensor(input_ids).shape[1]
+        config = generation.make_config(preset or generation_config, **kwargs)
+        return generation.generate(self, input_ids, attention_mask, config, tokenizer, streamer)
 
     def tied_copies(self) -> dict[str, str]:
         """Checkpoint names written as a transposed copy of another parameter (see LlamaForCausalLM)."""

@@ -1,0 +1,209 @@
+"""Text generation: greedy and sampling with HF transformers' semantics, a preallocated KV cache, presets,
+stop strings, streaming.
+
+Logits go through the same steps, in the same order, as transformers 4.46: repetition penalty (over prompt and
+generated tokens), min_new_tokens (EOS masked), then for sampling temperature -> top-k -> top-p, and a draw.
+Draws use a numpy Generator seeded per call, so a seed gives the same text on every device.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 200
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    repetition_penalty: float = 1.0  # 1.0: off
+    eos_token_id: int | list[int] | None = None  # None: the model config's
+    pad_token_id: int | None = None  # None: the model config's, else the first EOS
+    stop_strings: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, not {self.max_new_tokens}")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
+
+
+# Named settings, selectable everywhere a generation happens (CLI --preset, server, eval).
+PRESETS = {
+    # The belle-7b-2m model card's generate() call.
+    "belle-card": GenerationConfig(max_new_tokens=200, do_sample=True, top_k=30, top_p=0.85, temperature=0.35,
+                                   repetition_penalty=1.2),
+    # BELLE train/src/entry_point/inference.py.
+    "belle-train": GenerationConfig(max_new_tokens=128, do_sample=True, top_k=30, top_p=0.6, temperature=0.9,
+                                    repetition_penalty=1.2),
+    # BELLE's gradio demo.
+    "belle-gradio": GenerationConfig(max_new_tokens=512, do_sample=True, top_k=40, top_p=0.75, temperature=0.1,
+                                     repetition_penalty=1.2),
+    "greedy": GenerationConfig(max_new_tokens=200, do_sample=False),
+}
+
+
+def make_config(preset: str | GenerationConfig | None = None, **overrides) -> GenerationConfig:
+    """A preset (by name) or config, with keyword overrides; None values leave the preset's setting."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        preset = PRESETS[preset]
+    base = dataclasses.asdict(preset) if preset is not None else {}
+    fields = {f.name for f in dataclasses.fields(GenerationConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"unknown generation argument(s): {', '.join(unknown)}")
+    return GenerationConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+# ----------------------------------------------------------------------------------------- logits steps
+def apply_repetition_penalty(scores, ids, penalty: float):
+    """HF's rule: a seen token's logit is divided by ``penalty`` if positive, multiplied if negative."""
+    seen = paddle.take_along_axis(scores, ids, axis=1)
+    seen = paddle.where(seen < 0, seen * penalty, seen / penalty)
+    return paddle.put_along_axis(scores, ids, seen, axis=1)
+
+
+def top_k_filter(scores, k: int):
+    k = min(k, scores.shape[-1])
+    kth = paddle.topk(scores, k, axis=-1)[0][:, -1:]
+    return paddle.where(scores < kth, paddle.full_like(scores, float("-inf")), scores)
+
+
+def top_p_filter(scores, p: float):
+    """Keep the smallest set of tokens whose probabilities sum to at least ``p`` (always the most likely one)."""
+    sorted_scores = paddle.sort(scores, axis=-1)  # ascending, as HF
+    order = paddle.argsort(scores, axis=-1)
+    cumulative = F.softmax(sorted_scores, axis=-1).cumsum(-1)
+    remove = cumulative <= 1 - p
+    remove[:, -1] = False
+    mask = paddle.put_along_axis(paddle.zeros_like(remove), order, remove, axis=1)
+    return paddle.where(mask, paddle.full_like(scores, float("-inf")), scores)
+
+
+def next_tokens(scores, config: GenerationConfig, rng: np.random.Generator | None):
+    """One token per row from float32 ``scores`` [batch, vocab] that went through penalty and min-tokens."""
+    if not config.do_sample:
+        return scores.argmax(-1)
+    if config.temperature != 1.0:
+        scores = scores / config.temperature
+    if config.top_k:
+        scores = top_k_filter(scores, config.top_k)
+    if config.top_p < 1.0:
+        scores = top_p_filter(scores, config.top_p)
+    cumulative = F.softmax(scores, axis=-1).cumsum(-1)
+    u = paddle.to_tensor(rng.random((scores.shape[0], 1)), dtype="float32") * cumulative[:, -1:]
+    # inverse-CDF draw; clip guards the float edge where u equals the total
+    return (cumulative < u).astype("int64").sum(-1).clip(max=scores.shape[-1] - 1)
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+def stream(model, input_ids, attention_mask=None, config: GenerationConfig | None = None,
+           tokenizer=None, scores: list | None = None) -> Iterator[np.ndarray]:
+    """Yield the next token of every row, [batch] int64 numpy, until every row is done.
+
+    A row is done at EOS, at a stop string (needs ``tokenizer``), or at max_new_tokens; done rows yield the pad
+    id. Batches are left-padded: ``attention_mask`` marks the real tokens (default: all of them). If ``scores``
+    is a list, each step appends the log-probability of the chosen tokens (after the repetition penalty).
+    """
+    config = config or GenerationConfig()
+    input_ids = paddle.to_tensor(input_ids, dtype="int64")
+    b, prompt_len = input_ids.shape
+    eos = config.eos_token_id if config.eos_token_id is not None else model.config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    pad = config.pad_token_id if config.pad_token_id is not None else model.config.pad_token_id
+    pad = pad if pad is not None else (eos[0] if eos else 0)
+    if config.stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need the tokenizer (generate(..., tokenizer=tok))")
+    rng = np.random.default_rng(config.seed) if config.do_sample else None
+
+    total = prompt_len + config.max_new_tokens
+    mask = paddle.ones([b, total], dtype="int64")
+    if attention_mask is not None:
+        mask[:, :prompt_len] = paddle.to_tensor(attention_mask, dtype="int64")
+    ids = paddle.full([b, total], pad, dtype="int64")  # every token so far, for the repetition penalty
+    ids[:, :prompt_len] = input_ids
+    cache = model.new_cache(b, total)
+    done = np.zeros(b, dtype=bool)
+    generated = [[] for _ in range(b)]
+
+    with paddle.no_grad():
+        step_input, length = input_ids, prompt_len
+        for step in range(config.max_new_tokens):
+            logits = model(step_input, attention_mask=mask[:, :length], cache=cache).logits[:, -1].astype("float32")
+            if config.repetition_penalty != 1.0:
+                logits = apply_repetition_penalty(logits, ids[:, :length], config.repetition_penalty)
+            if step < config.min_new_tokens and eos:
+                logits[:, eos] = float("-inf")
+            chosen = next_tokens(logits, config, rng)
+            if scores is not None:
+                scores.append(paddle.take_along_axis(F.log_softmax(logits, -1), chosen[:, None], 1)[:, 0].numpy())
+            token = np.where(done, pad, chosen.numpy())
+            yield token
+            for row in np.flatnonzero(~done):
+                generated[row].append(int(token[row]))
+                if token[row] in eos or _ends_with_stop(tokenizer, generated[row], config.stop_strings):
+                    done[row] = True
+            if done.all():
+                return
+            ids[:, length] = paddle.to_tensor(token)
+            step_input, length = ids[:, length : length + 1], length + 1
+
+
+def _ends_with_stop(tokenizer, tokens: list[int], stops: list[str]) -> bool:
+    if not stops:
+        return False
+    # Decoding the last few tokens is enough: a stop string spans at most as many tokens as it has characters.
+    tail = tokenizer.decode(tokens[-max(len(s) for s in stops) - 1 :], skip_special_tokens=False)
+    return any(s in tail for s in stops)
+
+
+def generate(model, input_ids, attention_mask=None, config: GenerationConfig | None = None, tokenizer=None,
+             streamer=None):
+    """HF-style: the full sequences [batch, prompt + new] (done rows padded), as a paddle Tensor."""
+    input_ids = paddle.to_tensor(input_ids, dtype="int64")
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    steps = []
+    for token in stream(model, input_ids, attention_mask, config, tokenizer):
+        steps.append(token)
+        if streamer is not None:
+            streamer.put(paddle.to_tensor(token))
+    if streamer is not None:
+        streamer.end()
+    return paddle.concat([input_ids, paddle.to_tensor(np.stack(steps, axis=1))], axis=1)
+
+
+def generate_paddlenlp_style(model, input_ids, attention_mask=None, decode_strategy="greedy_search", max_length=20,
+                             min_length=0, top_k=0, top_p=1.0, temperature=1.0, repetition_penalty=1.0,
+                             eos_token_id=None, pad_token_id=None, seed=None, **unused):
+    """PaddleNLP 2.8.1's convention: ``max_length``/``min_length`` count new tokens, and the result is
+    (new ids [batch, n], scores [batch, 1]) with scores the mean log-probability of each row's tokens."""
+    if decode_strategy not in ("greedy_search", "sampling"):
+        raise NotImplementedError(f"decode_strategy {decode_strategy!r} is not supported (greedy_search, sampling)")
+    config = GenerationConfig(max_new_tokens=max_length, min_new_tokens=min_length, do_sample=decode_strategy == "sampling",
+                              top_k=top_k, top_p=top_p, temperature=temperature, repetition_penalty=repetition_penalty,
+                              eos_token_id=eos_token_id, pad_token_id=pad_token_id, seed=seed)
+    logprobs = []
+    steps = np.stack(list(stream(model, input_ids, attention_mask, config, scores=logprobs)), axis=1)
+    logprobs = np.stack(logprobs, axis=1)
+    # a row's steps after its EOS are padding, not part of its score
+    eos = set(np.atleast_1d(eos_token_id if eos_token_id is not None else model.config.eos_token_id).tolist())
+    ended = np.cumsum(np.isin(steps, list(eos)), axis=1)
+    live = (ended == 0) | ((ended == 1) & np.isin(steps, list(eos)))
+    mean = (logprobs * live).sum(1, keepdims=True) / live.sum(1, keepdims=True)
+    return paddle.to_tensor(steps), paddle.to_tensor(mean.astype("float32"))

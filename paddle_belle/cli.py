@@ -16,6 +16,52 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _load(args):
+    from paddle_belle import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(args.model, threads=args.threads)
+    return model, AutoTokenizer.from_pretrained(args.model)
+
+
+def cmd_chat(args) -> int:
+    from paddle_belle.chat import ChatSession
+
+    model, tokenizer = _load(args)
+    session = ChatSession(model, tokenizer, style=args.style, preset=args.preset, max_history=args.max_history)
+    print(f"paddle-belle chat: {args.model} (style {args.style}, preset {args.preset}). /reset forgets, /exit quits.")
+    while True:
+        try:
+            line = input("Human: ").strip()
+        except EOFError:
+            print()
+            return 0
+        if line == "/exit":
+            return 0
+        if line == "/reset":
+            session.reset()
+            print("(history cleared)")
+            continue
+        if not line:
+            continue
+        print("Assistant: ", end="", flush=True)
+        for chunk in session.ask(line):
+            print(chunk, end="", flush=True)
+        print(flush=True)
+
+
+def cmd_generate(args) -> int:
+    from paddle_belle.chat import generate_batch, generate_file
+
+    model, tokenizer = _load(args)
+    options = dict(style=args.style, preset=args.preset)
+    if args.prompt is not None:
+        print(generate_batch(model, tokenizer, [args.prompt], **options)[0])
+        return 0
+    failures = generate_file(model, tokenizer, args.input_file, args.output_file, batch_size=args.batch_size, **options)
+    print(f"wrote {args.output_file}" + (f"; {failures} record(s) failed (see above)" if failures else ""))
+    return 1 if failures else 0
+
+
 def cmd_models(args) -> int:
     from paddle_belle.registry import format_table
 
@@ -46,6 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load both sides (needs torch + transformers, and memory for both models) and print max |Δlogits|")
     p.set_defaults(run=cmd_convert)
 
+    from paddle_belle.generation import PRESETS
+    from paddle_belle.prompts import STYLES
+
+    def model_options(p):
+        p.add_argument("--model", required=True, help="checkpoint directory, community name (org/name) or short name")
+        p.add_argument("--preset", choices=list(PRESETS), default="belle-card", help="sampling settings (default belle-card)")
+        p.add_argument("--style", choices=list(STYLES), default="belle", help="prompt format (default belle)")
+        p.add_argument("--threads", type=int, help="CPU threads (default: every core this process may use)")
+
+    p = sub.add_parser("chat", help="talk to a model (streaming, multi-turn)")
+    model_options(p)
+    p.add_argument("--max-history", type=int, help="turns of history to keep (default: as many as fit)")
+    p.set_defaults(run=cmd_chat)
+
+    p = sub.add_parser("generate", help="answer one prompt, or every record of a JSONL file")
+    model_options(p)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="one message")
+    source.add_argument("--input-file", help='JSONL with a "prompt" (or BELLE "instruction" [+ "input"]) per line')
+    p.add_argument("--output-file", help="JSONL written with each record plus its \"output\"")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(run=cmd_generate)
+
     p = sub.add_parser("models", help="list the BELLE family and base models: shapes, sizes, sources")
     p.set_defaults(run=cmd_models)
     return parser
@@ -54,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "generate" and args.input_file and not args.output_file:
+        parser.error("--input-file needs --output-file")
     if args.command is None:
         parser.print_help()
         return 0

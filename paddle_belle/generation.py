@@ -89,9 +89,9 @@ def top_p_filter(scores, p: float):
     sorted_scores = paddle.sort(scores, axis=-1)  # ascending, as HF
     order = paddle.argsort(scores, axis=-1)
     cumulative = F.softmax(sorted_scores, axis=-1).cumsum(-1)
-    remove = cumulative <= 1 - p
-    remove[:, -1] = False
-    mask = paddle.put_along_axis(paddle.zeros_like(remove), order, remove, axis=1)
+    remove = (cumulative <= 1 - p).astype("int32")  # int32: put_along_axis has no bool kernel on CPU
+    remove[:, -1] = 0
+    mask = paddle.put_along_axis(paddle.zeros_like(remove), order, remove, axis=1).astype("bool")
     return paddle.where(mask, paddle.full_like(scores, float("-inf")), scores)
 
 
@@ -144,7 +144,8 @@ def stream(model, input_ids, attention_mask=None, config: GenerationConfig | Non
     with paddle.no_grad():
         step_input, length = input_ids, prompt_len
         for step in range(config.max_new_tokens):
-            logits = model(step_input, attention_mask=mask[:, :length], cache=cache).logits[:, -1].astype("float32")
+            out = model(step_input, attention_mask=mask[:, :length], cache=cache, last_only=True)
+            logits = out.logits[:, -1].astype("float32")
             if config.repetition_penalty != 1.0:
                 logits = apply_repetition_penalty(logits, ids[:, :length], config.repetition_penalty)
             if step < config.min_new_tokens and eos:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import regex
 from paddlenlp.transformers import BloomTokenizer as _PaddleNLPBloomTokenizer
-from paddlenlp.transformers import LlamaTokenizer
+from paddlenlp.transformers import LlamaTokenizer as _PaddleNLPLlamaTokenizer
 
 from paddle_belle import hub
 from paddle_belle.convert.tokenizer import tokenizer_type, write_paddle_tokenizer
@@ -20,7 +20,21 @@ from paddle_belle.convert.tokenizer import tokenizer_type, write_paddle_tokenize
 BLOOM_SPLIT = regex.compile(r" ?[^\s|().,!?…。，、।۔،]+")
 
 
-class BloomTokenizer(_PaddleNLPBloomTokenizer):
+class _TorchStyleCalls:
+    """Accepts ``return_tensors="pt"``: code written for transformers (the belle-7b-2m card) then gets Paddle
+    tensors, the framework's own, where PaddleNLP would raise."""
+
+    def __call__(self, *args, **kwargs):
+        if kwargs.get("return_tensors") == "pt":
+            kwargs["return_tensors"] = "pd"
+        return super().__call__(*args, **kwargs)
+
+
+class LlamaTokenizer(_TorchStyleCalls, _PaddleNLPLlamaTokenizer):
+    """PaddleNLP's LlamaTokenizer (accepting return_tensors="pt")."""
+
+
+class BloomTokenizer(_TorchStyleCalls, _PaddleNLPBloomTokenizer):
     """PaddleNLP's BloomTokenizer with BLOOM's own pre-tokenizer.
 
     PaddleNLP 2.8.1 splits text with GPT-2's regex, so its ids differ from the ones BLOOM/BELLE were trained on

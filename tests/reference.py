@@ -1,12 +1,15 @@
 """Helpers shared by the tests: tiny HF reference models and copying their weights into ours."""
 from __future__ import annotations
 
+import json
 import numpy as np
 import paddle
 import torch
 import transformers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from paddle_belle import BloomConfig, BloomForCausalLM, LlamaConfig, LlamaForCausalLM
+from paddle_belle.convert.tokenizer import write_paddle_tokenizer
 
 HF_PREFIX = {"bloom": "transformer.", "llama": "model."}
 
@@ -92,3 +95,45 @@ def our_logits(model, ids, mask=None, labels=None, **kw):
 def max_rel_diff(a: np.ndarray, b: np.ndarray) -> float:
     """max |a - b| / max(1, max |b|): the parity measure of the foundation issue."""
     return float(np.abs(a - b).max() / max(1.0, float(np.abs(b).max())))
+
+
+CORPUS = [
+    "人工智能是计算机科学的一个分支，它企图了解智能的实质。",
+    "请给我讲一个关于勇气的故事。小明今天买了3.5斤苹果，花了12元！",
+    "Human: 你好，请问你是谁？\n\nAssistant: 我是BELLE，一个中文对话模型。",
+    "Hello, world! It's a test of the tokenizer... (with brackets) and a|b pipes.",
+    "数学题：一个长方形的长是8厘米，宽是5厘米，它的面积是多少？答：40平方厘米。",
+] * 20
+TEXT = "Hello,  world! It's 3.14… 你好，世界。 (测试) a|b\n\n  end？Assistant: 好的、明白"
+
+
+def bloom_tokenizer_json(directory):
+    """A small byte-level BPE with BLOOM's pre-tokenizer and special tokens, saved as HF tokenizer.json."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(" ?[^(\\s|[.,!?…。，、।۔،])]+"), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BloomTokenizerFast", **special}))
+    return transformers.PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"), **special)
+
+
+def tiny_belle_dir(directory, seed=0):
+    """A BELLE-like checkpoint in PaddleNLP's layout (belle-7b-2m's files): a tiny random BLOOM and a real
+    byte-level BPE tokenizer trained on Chinese and English text."""
+    bloom_tokenizer_json(directory / "hf-tokenizer")
+    write_paddle_tokenizer(directory / "hf-tokenizer", directory, "bloom")
+    vocab = len(json.loads((directory / "vocab.json").read_text()))
+    paddle.seed(seed)
+    model = BloomForCausalLM(BloomConfig(vocab_size=vocab, hidden_size=32, n_layer=2, n_head=4, initializer_range=0.5))
+    model.save_pretrained(directory, safe_serialization=False)
+    return model.eval()

@@ -13,7 +13,7 @@ import pytest
 
 from paddle_belle import AutoModelForCausalLM, AutoTokenizer, BloomConfig, BloomForCausalLM, hub
 from paddle_belle.tokenizer import BloomTokenizer, write_paddle_tokenizer
-from test_tokenizer import bloom_tokenizer_json
+from reference import bloom_tokenizer_json
 
 PREFIX = "/models/community/"
 BELLE = "bellegroup/belle-7b-2m"

@@ -6,39 +6,9 @@ import sentencepiece as spm
 import transformers
 from paddlenlp.transformers import BloomTokenizer as PaddleNLPBloomTokenizer
 from paddlenlp.transformers import LlamaTokenizer as PaddleNLPLlamaTokenizer
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from reference import CORPUS, TEXT, bloom_tokenizer_json
 
 from paddle_belle import AutoTokenizer, BloomConfig
-
-CORPUS = [
-    "人工智能是计算机科学的一个分支，它企图了解智能的实质。",
-    "请给我讲一个关于勇气的故事。小明今天买了3.5斤苹果，花了12元！",
-    "Human: 你好，请问你是谁？\n\nAssistant: 我是BELLE，一个中文对话模型。",
-    "Hello, world! It's a test of the tokenizer... (with brackets) and a|b pipes.",
-    "数学题：一个长方形的长是8厘米，宽是5厘米，它的面积是多少？答：40平方厘米。",
-] * 20
-TEXT = "Hello,  world! It's 3.14… 你好，世界。 (测试) a|b\n\n  end？Assistant: 好的、明白"
-
-
-def bloom_tokenizer_json(directory):
-    """A small byte-level BPE with BLOOM's pre-tokenizer and special tokens, saved as HF tokenizer.json."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(" ?[^(\\s|[.,!?…。，、।۔،])]+"), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    directory.mkdir(parents=True, exist_ok=True)
-    tok.save(str(directory / "tokenizer.json"))
-    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
-    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BloomTokenizerFast", **special}))
-    return transformers.PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"), **special)
-
 
 def test_bloom_tokenizer_json_gives_hf_ids(tmp_path):
     hf = bloom_tokenizer_json(tmp_path)

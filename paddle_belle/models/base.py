@@ -7,6 +7,7 @@ config machinery work on them. Loading and saving are ours, though: PaddleNLP's 
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -105,6 +106,14 @@ def check_dtype(dtype) -> str:
     return name
 
 
+def set_cpu_threads(n: int | None = None) -> int:
+    """Use ``n`` threads (default: every core this process may run on) for Paddle's CPU kernels: Paddle sets
+    OMP_NUM_THREADS=1 at import unless told, which leaves all but one core idle."""
+    n = n or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    paddle.base.core.set_num_threads(n)
+    return n
+
+
 def default_dtype(config) -> str:
     """The checkpoint's own dtype where the device runs it, else float32 (always so on CPU)."""
     try:
@@ -127,14 +136,16 @@ class CausalLM(PretrainedModel):
         if isinstance(layer, paddle.nn.LayerNorm):
             layer.weight.set_value(paddle.ones_like(layer.weight))
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, cache=None, **unused):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, labels=None, cache=None, last_only=False,
+                **unused):
         # **unused: PaddleNLP's Trainer and peft pass extras such as return_dict and use_cache.
         """Logits [batch, seq, vocab], and the loss when (already shifted, see causal_lm_loss) ``labels`` are given.
 
         ``attention_mask`` is [batch, cached + seq] with 1 for tokens and 0 for padding; all ones by default.
         Positions are counted over real tokens, so a left-padded row computes what it would unpadded.
         ``cache`` (from ``new_cache``) makes this call continue the sequence it holds; it is returned as
-        ``past_key_values``.
+        ``past_key_values``. ``last_only`` computes logits for the last position only (generation needs no more,
+        and the head is the largest matmul of a step).
         """
         past = cache.length if cache is not None else 0
         if attention_mask is None:
@@ -142,7 +153,7 @@ class CausalLM(PretrainedModel):
         x = self.base_model(input_ids, attention_mask, position_ids, cache)
         if cache is not None:
             cache.length += input_ids.shape[1]
-        logits = self.lm_logits(x)
+        logits = self.lm_logits(x[:, -1:] if last_only else x)
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
 
@@ -181,9 +192,12 @@ class CausalLM(PretrainedModel):
 
     # -------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, path, dtype=None, strict=True, config=None, **config_overrides):
-        """Build the model from a local checkpoint directory (config.json + weights)."""
+    def from_pretrained(cls, path, dtype=None, strict=True, config=None, threads=None, **config_overrides):
+        """Build the model from a local checkpoint directory (config.json + weights). On CPU, ``threads``
+        (default: all available cores) are given to Paddle's kernels."""
         path = Path(path)
+        if paddle.get_device() == "cpu":
+            set_cpu_threads(threads)
         if config is None:
             config = cls.config_class.from_dict(read_config(path), **config_overrides)
         config.dtype = check_dtype(dtype) if dtype is not None else default_dtype(config)

@@ -8,8 +8,7 @@ import paddlenlp.transformers as pnlp
 import pytest
 import torch
 import transformers
-from reference import max_rel_diff
-from test_tokenizer import TEXT, bloom_tokenizer_json
+from reference import TEXT, bloom_tokenizer_json, max_rel_diff
 
 from paddle_belle import AutoModelForCausalLM, AutoTokenizer
 from paddle_belle.cli import main

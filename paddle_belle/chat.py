@@ -1,0 +1,121 @@
+"""Talking to a model: a multi-turn chat session that streams its replies, and batch generation over JSONL."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from paddle_belle import generation, prompts
+from paddle_belle.checkpoint import atomic_path
+
+DEFAULT_CONTEXT = 2048  # BLOOM has no position limit (ALiBi); BELLE trained at this length
+
+
+def context_length(model) -> int:
+    return getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT
+
+
+def prepare_tokenizer(tokenizer):
+    """Left padding for batches, and a pad token (PaddleNLP's LlamaTokenizer has none)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+class ChatSession:
+    """Multi-turn chat: each ``ask`` renders the history in the chosen style, dropping the oldest turns to fit the
+    context, streams the reply, and remembers the turn."""
+
+    def __init__(self, model, tokenizer, style="belle", preset="belle-card", max_history=None, **overrides):
+        self.model, self.tokenizer, self.style = model, prepare_tokenizer(tokenizer), style
+        self.stops = prompts.get_style(style).stops
+        self.config = generation.make_config(preset, stop_strings=list(self.stops), **overrides)
+        self.max_history = max_history
+        self.history: list[tuple[str, str]] = []
+
+    def reset(self) -> None:
+        self.history = []
+
+    def ask(self, query: str) -> Iterator[str]:
+        eos = self.tokenizer.eos_token or ""
+        history = self.history if self.max_history is None else self.history[len(self.history) - self.max_history:]
+        budget = context_length(self.model) - self.config.max_new_tokens
+        count = lambda text: len(self.tokenizer(text)["input_ids"])  # noqa: E731
+        history = prompts.fit_history(self.style, history if self.max_history != 0 else [], query, count, budget, eos)
+        ids = self.tokenizer(prompts.render(self.style, history, query, eos))["input_ids"]
+        steps = (t[0] for t in generation.stream(self.model, np.array([ids]), config=self.config, tokenizer=self.tokenizer))
+        decode = lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True)  # noqa: E731
+        reply, started = "", False
+        for chunk in prompts.stream_text(steps, decode, self.stops):
+            if not started:  # the reply begins after "Assistant:", usually with a space or newline
+                chunk = chunk.lstrip()
+                started = bool(chunk)
+            reply += chunk
+            if chunk:
+                yield chunk
+        self.history.append((query, reply.strip()))
+
+
+def read_records(path: Path):
+    """(line number, record or error message) for each non-empty line of a JSONL file."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+                if not isinstance(record.get("prompt", record.get("instruction")), str):
+                    raise ValueError('needs a "prompt" (or BELLE\'s "instruction" [+ "input"]) string')
+                yield n, record
+            except ValueError as e:
+                yield n, f"{type(e).__name__}: {e}" if not isinstance(e, json.JSONDecodeError) else f"bad JSON ({e})"
+
+
+def query_of(record: dict) -> str:
+    if "prompt" in record:
+        return record["prompt"]
+    return "\n".join(t for t in (record["instruction"], record.get("input") or "") if t)
+
+
+def generate_batch(model, tokenizer, queries: list[str], style="belle", preset="belle-card", **overrides) -> list[str]:
+    """Replies to independent single-turn ``queries``, generated together in a left-padded batch."""
+    tokenizer = prepare_tokenizer(tokenizer)
+    stops = prompts.get_style(style).stops
+    config = generation.make_config(preset, stop_strings=list(stops), **overrides)
+    texts = [prompts.render(style, [], q, tokenizer.eos_token or "") for q in queries]
+    enc = tokenizer(texts, padding=True, return_attention_mask=True)
+    ids, mask = np.array(enc["input_ids"]), np.array(enc["attention_mask"])
+    out = generation.generate(model, ids, mask, config, tokenizer).numpy()[:, ids.shape[1]:]
+    return [prompts.reply_text(tokenizer.decode(row.tolist(), skip_special_tokens=True), stops) for row in out]
+
+
+def generate_file(model, tokenizer, in_path, out_path, batch_size=8, **kwargs) -> int:
+    """Answer every record of a JSONL file into another (record + "output"). Bad records are reported on stderr
+    with their line number and skipped; the rest are written. Returns the number of failures."""
+    records = list(read_records(Path(in_path)))
+    failures = 0
+    with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as out:
+        for n, record in records:
+            if isinstance(record, str):
+                print(f"{in_path}:{n}: {record}", file=sys.stderr)
+                failures += 1
+        good = [(n, r) for n, r in records if isinstance(r, dict)]
+        for i in tqdm(range(0, len(good), batch_size), desc="generating", unit="batch", disable=None):
+            batch = good[i : i + batch_size]
+            try:
+                replies = generate_batch(model, tokenizer, [query_of(r) for _, r in batch], **kwargs)
+            except Exception as e:  # report the batch's lines; the others are still answered
+                for n, _ in batch:
+                    print(f"{in_path}:{n}: generation failed ({type(e).__name__}: {e})", file=sys.stderr)
+                failures += len(batch)
+                continue
+            for (_, record), reply in zip(batch, replies):
+                out.write(json.dumps({**record, "output": reply}, ensure_ascii=False) + "\n")
+    return failures

@@ -1,0 +1,114 @@
+"""generate() against transformers' generate, and the sampling steps by construction."""
+import numpy as np
+import paddle
+import pytest
+import torch
+from paddlenlp.generation import TextIteratorStreamer
+from reference import tiny_belle_dir, tiny_bloom, tiny_llama
+
+from paddle_belle import AutoTokenizer
+from paddle_belle.generation import PRESETS, GenerationConfig, make_config, next_tokens, top_p_filter
+
+IDS = np.random.default_rng(0).integers(4, 101, (2, 7))
+MASK = np.ones_like(IDS)
+MASK[1, :3] = 0
+IDS[1, :3] = 3  # left padding with the pad id
+
+
+@pytest.mark.parametrize("arch", ["bloom", "llama"])
+def test_greedy_ids_equal_transformers(arch):
+    hf, ours = tiny_bloom(6, 0.5) if arch == "bloom" else tiny_llama(0.5, num_key_value_heads=2)
+    kwargs = dict(max_new_tokens=24, do_sample=False, repetition_penalty=1.2, pad_token_id=3, eos_token_id=2)
+    ref = hf.generate(torch.tensor(IDS), attention_mask=torch.tensor(MASK), **kwargs).numpy()
+    out = ours.generate(paddle.to_tensor(IDS), attention_mask=paddle.to_tensor(MASK), **kwargs).numpy()
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_eos_ends_a_row_and_pads_it():
+    hf, ours = tiny_llama(0.5)
+    first = ours.generate(IDS[:1], max_new_tokens=6, do_sample=False).numpy()[0, 7:]
+    eos = int(first[2])  # pretend the third generated token is EOS
+    out = ours.generate(IDS, attention_mask=MASK, max_new_tokens=6, do_sample=False, eos_token_id=eos, pad_token_id=0).numpy()
+    assert out[0, 7:10].tolist() == first[:3].tolist() and (out[0, 10:] == 0).all()
+    ref = hf.generate(torch.tensor(IDS), attention_mask=torch.tensor(MASK), max_new_tokens=6, do_sample=False,
+                      eos_token_id=eos, pad_token_id=0).numpy()
+    np.testing.assert_array_equal(out, ref)
+    held = ours.generate(IDS[:1], max_new_tokens=6, min_new_tokens=6, do_sample=False, eos_token_id=eos).numpy()[0, 7:]
+    assert eos not in held.tolist() and len(held) == 6
+
+
+def test_top_k_1_sampling_is_greedy():
+    _, ours = tiny_bloom(4, 0.5)
+    greedy = ours.generate(IDS, attention_mask=MASK, max_new_tokens=10, do_sample=False).numpy()
+    sampled = ours.generate(IDS, attention_mask=MASK, max_new_tokens=10, do_sample=True, top_k=1, seed=7).numpy()
+    np.testing.assert_array_equal(sampled, greedy)
+
+
+def test_temperature_towards_zero_is_greedy():
+    _, ours = tiny_bloom(4, 0.5)
+    greedy = ours.generate(IDS, attention_mask=MASK, max_new_tokens=10, do_sample=False).numpy()
+    cold = ours.generate(IDS, attention_mask=MASK, max_new_tokens=10, do_sample=True, temperature=1e-4, seed=3).numpy()
+    np.testing.assert_array_equal(cold, greedy)
+
+
+def test_same_seed_same_text_other_seed_other_text():
+    _, ours = tiny_bloom(4, 0.02)  # flat distributions: sampling really varies
+    a, b, c = (ours.generate(IDS, attention_mask=MASK, preset="belle-train", max_new_tokens=12, seed=s).numpy()
+               for s in (1, 1, 2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_top_p_keeps_exactly_the_smallest_nucleus():
+    probs = np.array([[0.5, 0.2, 0.15, 0.1, 0.05]], dtype="float32")
+    scores = paddle.to_tensor(np.log(probs))
+    for p, kept in ((0.5, 1), (0.51, 2), (0.7, 2), (0.71, 3), (0.85, 3), (0.86, 4), (1.0, 5)):
+        out = top_p_filter(scores, p).numpy()[0]
+        assert np.isfinite(out).sum() == kept, (p, out)
+        assert np.isfinite(out[:kept]).all()  # the most likely ones
+
+
+def test_draws_follow_the_distribution():
+    probs = np.array([0.1, 0.2, 0.3, 0.4], dtype="float32")
+    scores = paddle.to_tensor(np.log(np.tile(probs, (4000, 1))))
+    draws = next_tokens(scores, GenerationConfig(do_sample=True), np.random.default_rng(0)).numpy()
+    np.testing.assert_allclose(np.bincount(draws, minlength=4) / 4000, probs, atol=0.03)
+
+
+def test_presets_and_overrides():
+    card = PRESETS["belle-card"]
+    assert (card.top_k, card.top_p, card.temperature, card.repetition_penalty, card.max_new_tokens) == (30, 0.85, 0.35, 1.2, 200)
+    assert (PRESETS["belle-train"].top_p, PRESETS["belle-gradio"].max_new_tokens) == (0.6, 512)
+    assert make_config("belle-card", max_new_tokens=5, top_k=None).top_k == 30
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        make_config("nope")
+    with pytest.raises(TypeError, match="unknown generation argument"):
+        make_config(None, beams=3)
+
+
+def test_paddlenlp_style_call_keeps_its_return_convention():
+    _, ours = tiny_llama(0.5)
+    hf_style = ours.generate(IDS, attention_mask=MASK, max_new_tokens=5, do_sample=False).numpy()
+    ids, scores = ours.generate(paddle.to_tensor(IDS), attention_mask=paddle.to_tensor(MASK),
+                                decode_strategy="greedy_search", max_length=5)
+    np.testing.assert_array_equal(ids.numpy(), hf_style[:, 7:])
+    assert scores.shape == [2, 1] and (scores.numpy() < 0).all()
+    with pytest.raises(NotImplementedError, match="beam_search"):
+        ours.generate(IDS, decode_strategy="beam_search")
+
+
+def test_streamer_and_stop_strings(tmp_path):
+    model = tiny_belle_dir(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    ids = tok("Human: 你好\n\nAssistant:", return_tensors="pt")["input_ids"]
+    streamer = TextIteratorStreamer(tok, skip_prompt=True)
+    full = model.generate(ids, max_new_tokens=30, do_sample=False, streamer=streamer)
+    streamed = "".join(streamer)
+    new_text = tok.decode(full.numpy()[0, ids.shape[1]:].tolist())
+    assert streamed == new_text and len(new_text) > 0
+    stop = new_text[len(new_text) // 2 : len(new_text) // 2 + 2]  # a string the greedy reply will produce
+    stopped = model.generate(ids, max_new_tokens=30, do_sample=False, stop_strings=[stop], tokenizer=tok).numpy()
+    stopped_text = tok.decode(stopped[0, ids.shape[1]:].tolist())
+    assert stop in stopped_text and len(stopped[0]) < len(full.numpy()[0])
+    with pytest.raises(ValueError, match="stop_strings need the tokenizer"):
+        model.generate(ids, max_new_tokens=3, stop_strings=["x"])

@@ -106,8 +106,8 @@ def next_tokens(scores, config: GenerationConfig, rng: np.random.Generator | Non
     if config.top_p < 1.0:
         scores = top_p_filter(scores, config.top_p)
     cumulative = F.softmax(scores, axis=-1).cumsum(-1)
-    u = paddle.to_tensor(rng.random((scores.shape[0], 1)), dtype="float32") * cumulative[:, -1:]
-    # inverse-CDF draw; clip guards the float edge where u equals the total
+    # Inverse-CDF draw with u in (0, 1]: u = 0 could pick a token of probability 0; clip guards float rounding.
+    u = paddle.to_tensor(1.0 - rng.random((scores.shape[0], 1)), dtype="float32") * cumulative[:, -1:]
     return (cumulative < u).astype("int64").sum(-1).clip(max=scores.shape[-1] - 1)
 
 

@@ -1,13 +1,16 @@
 """Greedy decode throughput: our generate() vs PaddleNLP 2.8.1's vs HF transformers', against the memory ceiling.
 
 Same random weights in all three (written once, converted for HF), CPU fp32, batch 1, each framework in its own
-process. Every run generates exactly --new tokens (min_new_tokens masks EOS). tok/s = new tokens / median time of
-the whole generate call, prefill of the prompt included; "decode tok/s" subtracts a 1-token generate (the
-prefill) and counts the remaining steps only. The ceiling is memory bandwidth (a large fp32 gemv) / the bytes one
-decode step must read (every weight once; an untied input embedding is not read, only one row of it).
+process. Every run generates exactly --new tokens (min_new_tokens masks EOS). tok/s = new tokens / time of the whole
+generate call, prefill of the prompt included; "decode" subtracts a 1-token generate (the prefill) and counts the
+remaining steps only. The ceiling is memory bandwidth (a large fp32 gemv) / the bytes one decode step must read
+(every weight once; an untied input embedding is not read, only one row of it).
+
+Shared CPUs drift (fast and slow spells of tens of percent), so the frameworks take turns: each round runs the
+bandwidth probe and then every framework once (load, warm-up, timed runs), and the table shows medians over rounds.
 
     python benchmarks/decode.py [--shapes bloom-560m,tinyllama-1.1b,small] [--prompt 32] [--new 128]
-                                [--repeats 3] [--threads 2] [--workdir /tmp/decode-bench] [--keep]
+                                [--rounds 3] [--threads 2] [--workdir /tmp/decode-bench] [--keep]
 """
 import argparse
 import json
@@ -19,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-# (model type, our config, targets as {"vs": minimum of ours/that}); "ceiling" is a fraction of the ceiling.
+# name: (model type, our config, targets: {"ceiling": least fraction of the ceiling, impl: least ours/impl tok/s})
 SHAPES = {
     "bloom-560m": ("bloom", dict(vocab_size=250880, hidden_size=1024, n_layer=24, n_head=16),
                    {"ceiling": 0.90, "hf": 1.05}),
@@ -32,13 +35,10 @@ IMPLS = ("ours", "paddlenlp", "hf")
 GEMV_K, GEMV_N = 1024, 131072  # bandwidth probe: x[1, K] @ W[K, N], W = 512 MiB (far beyond any cache)
 
 
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def seconds(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 # ------------------------------------------------------------------------------------- workers (own process)
@@ -62,7 +62,7 @@ def make_checkpoint(shape, workdir):
     return {"weight_bytes": 4 * (sum(params.values()) - unread)}
 
 
-def gemv_bandwidth(repeats):
+def gemv_bandwidth():
     """GB/s of x[1, K] @ W[K, N] in numpy, Paddle and torch: the best is the machine's ceiling, Paddle's is what
     our model's matmuls can reach at most."""
     import numpy as np
@@ -76,7 +76,7 @@ def gemv_bandwidth(repeats):
     result = {}
     for name, fn in probes.items():
         fn()  # warm-up
-        result[name] = w.nbytes / median_time(fn, max(repeats, 5)) / 1e9
+        result[name] = w.nbytes / statistics.median(seconds(fn) for _ in range(5)) / 1e9
     return result
 
 
@@ -121,20 +121,18 @@ def load_generate(impl, shape, workdir, prompt):
     model = cls.from_pretrained(workdir / shape / "paddle", dtype="float32")
 
     def generate(n):
-        return model.generate(x, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)[0, prompt:].tolist()
+        out = model.generate(x, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return out[0, prompt:].tolist()
     return generate
 
 
-def time_generate(impl, shape, workdir, prompt, new, repeats):
+def time_generate(impl, shape, workdir, prompt, new):
     generate = load_generate(impl, shape, workdir, prompt)
     tokens = generate(new)  # also the warm-up: first-call allocations, kernel selection
-    counts = []
-    full = median_time(lambda: counts.append(len(generate(new))), repeats)
-    prefill = median_time(lambda: counts.append(len(generate(1))), repeats)
-    if len(tokens) != new or counts != [new] * repeats + [1] * repeats:
-        raise RuntimeError(f"{impl} generated {[len(tokens)] + counts} tokens, not {new} (then 1)")
-    return {"tok_s": new / full, "decode_tok_s": (new - 1) / (full - prefill), "prefill_s": prefill,
-            "tokens": tokens}
+    full, prefill = seconds(lambda: generate(new)), seconds(lambda: generate(1))
+    if len(tokens) != new or len(generate(1)) != 1:
+        raise RuntimeError(f"{impl} generated {len(tokens)} tokens, not {new}")
+    return {"full_s": full, "prefill_s": prefill, "tokens": tokens}
 
 
 def worker(a):
@@ -153,9 +151,9 @@ def worker(a):
     if a.worker == "make":
         result = make_checkpoint(a.shape, a.workdir)
     elif a.worker == "bandwidth":
-        result = gemv_bandwidth(a.repeats)
+        result = gemv_bandwidth()
     else:
-        result = time_generate(a.worker, a.shape, a.workdir, a.prompt, a.new, a.repeats)
+        result = time_generate(a.worker, a.shape, a.workdir, a.prompt, a.new)
         result["mkl_env"] = os.environ.get("MKL_DEBUG_CPU_TYPE")
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -167,7 +165,7 @@ def run_worker(a, kind, shape=""):
     env = {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
            "GLOG_minloglevel": "2"}
     cmd = [sys.executable, __file__, "--worker", kind, "--shape", shape, "--workdir", str(a.workdir),
-           "--prompt", str(a.prompt), "--new", str(a.new), "--repeats", str(a.repeats), "--threads", n]
+           "--prompt", str(a.prompt), "--new", str(a.new), "--threads", n]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -180,7 +178,7 @@ def main():
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of: {', '.join(SHAPES)}")
     p.add_argument("--prompt", type=int, default=32)
     p.add_argument("--new", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="turns of every framework; the table shows medians")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/decode-bench"))
     p.add_argument("--keep", action="store_true", help="keep the checkpoints in --workdir")
@@ -194,48 +192,59 @@ def main():
     if unknown:
         p.error(f"unknown shape(s): {', '.join(unknown)}")
 
-    bw = run_worker(a, "bandwidth")
-    best = max(bw.values())
     print(f"CPU fp32, {a.threads} threads, batch 1, prompt {a.prompt}, {a.new} new tokens (greedy), "
-          f"median of {a.repeats} after a warm-up")
-    print(f"bandwidth, gemv [1,{GEMV_K}]@[{GEMV_K},{GEMV_N}] fp32 (Paddle as paddle_belle sets it up): "
-          + ", ".join(f"{k} {v:.1f} GB/s" for k, v in bw.items()) + f"; ceiling uses the best, {best:.1f} GB/s")
-    print("tok/s: the whole generate call, prefill included; decode: steps after the first token only; "
-          "%paddle: of the ceiling at Paddle's gemv speed; =ours: leading tokens equal to ours")
-    print(f"{'shape':15} {'impl':10} {'tok/s':>8} {'decode':>8} {'prefill s':>9} {'%ceil':>6} {'%paddle':>7} "
-          f"{'ours/x':>7} {'=ours':>5}  target")
+          f"median of {a.rounds} rounds. tok/s: the whole generate call, prefill included; decode: the steps after "
+          "the first token")
+    print("ceiling: bandwidth of a fp32 gemv [1,1024]@[1024,131072] (best of numpy, Paddle as paddle_belle sets it "
+          "up, torch) / bytes per step; %paddle: of the ceiling at Paddle's gemv speed; =ours: leading tokens equal "
+          "to ours (same weights)")
     try:
         for shape in shapes:
             a.workdir.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(a.workdir / shape, ignore_errors=True)
             weight_bytes = run_worker(a, "make", shape)["weight_bytes"]
-            ceiling, paddle_ceiling = best * 1e9 / weight_bytes, bw["paddle"] * 1e9 / weight_bytes
-            rows = {impl: run_worker(a, impl, shape) for impl in IMPLS}
-            targets = SHAPES[shape][2]
-            print(f"{shape:15} {'ceiling':10} {ceiling:8.1f} {ceiling:8.1f} {'':9} {'100':>6} {'':7} {'':13}  "
-                  f"{weight_bytes / 1e6:.0f} MB/step; Paddle-gemv ceiling {paddle_ceiling:.1f} tok/s")
-            for impl, r in rows.items():
-                ratio = rows["ours"]["tok_s"] / r["tok_s"]
-                # greedy tokens equal to ours, from the start: a check that all three run the same weights
-                same = next((i for i, (t, u) in enumerate(zip(r["tokens"], rows["ours"]["tokens"])) if t != u), a.new)
-                if impl == "ours" and "ceiling" in targets:
-                    want, got = targets["ceiling"], r["tok_s"] / ceiling
-                    target = f">= {want:.0%} of ceiling: {'met' if got >= want else 'MISSED'}"
-                elif impl in targets:
-                    target = f"ours/{impl} >= {targets[impl]:.2f}x: {'met' if ratio >= targets[impl] else 'MISSED'}"
-                else:
-                    target = ""
-                if r["mkl_env"]:
-                    target += f" [MKL_DEBUG_CPU_TYPE={r['mkl_env']}]"
-                print(f"{'':15} {impl:10} {r['tok_s']:8.1f} {r['decode_tok_s']:8.1f} {r['prefill_s']:9.3f} "
-                      f"{100 * r['tok_s'] / ceiling:6.1f} {100 * r['tok_s'] / paddle_ceiling:7.1f} "
-                      f"{ratio:7.2f} {same:5}  {target}", flush=True)
+            runs = {name: [] for name in ("bandwidth",) + IMPLS}
+            for _ in range(a.rounds):
+                for name in runs:
+                    runs[name].append(run_worker(a, name, "" if name == "bandwidth" else shape))
+            report(a, shape, weight_bytes, runs)
     finally:
         if not a.keep:
             for shape in shapes:
                 shutil.rmtree(a.workdir / shape, ignore_errors=True)
             if a.workdir.is_dir() and not any(a.workdir.iterdir()):
                 a.workdir.rmdir()
+
+
+def report(a, shape, weight_bytes, runs):
+    median = statistics.median
+    bw = {lib: median(r[lib] for r in runs["bandwidth"]) for lib in runs["bandwidth"][0]}
+    ceiling, paddle_ceiling = max(bw.values()) * 1e9 / weight_bytes, bw["paddle"] * 1e9 / weight_bytes
+    rows = {}
+    for impl in IMPLS:
+        full, prefill = median(r["full_s"] for r in runs[impl]), median(r["prefill_s"] for r in runs[impl])
+        rows[impl] = dict(tok_s=a.new / full, decode=(a.new - 1) / (full - prefill), prefill=prefill,
+                          tokens=runs[impl][0]["tokens"], mkl_env=runs[impl][0]["mkl_env"])
+    targets = SHAPES[shape][2]
+    print(f"\n{shape}: {weight_bytes / 1e6:.0f} MB/step; gemv " + ", ".join(f"{k} {v:.1f}" for k, v in bw.items())
+          + f" GB/s -> ceiling {ceiling:.1f} tok/s (at Paddle's gemv speed {paddle_ceiling:.1f})")
+    print(f"  {'impl':10} {'tok/s':>7} {'decode':>7} {'prefill s':>9} {'%ceil':>6} {'%paddle':>7} {'ours/x':>7} "
+          f"{'=ours':>5}  target")
+    for impl, r in rows.items():
+        ratio = rows["ours"]["tok_s"] / r["tok_s"]
+        # greedy tokens equal to ours, from the start: a check that all three run the same weights
+        same = next((i for i, (t, u) in enumerate(zip(r["tokens"], rows["ours"]["tokens"])) if t != u), a.new)
+        if impl == "ours" and "ceiling" in targets:
+            want, got = targets["ceiling"], r["tok_s"] / ceiling
+            target = f">= {want:.0%} of ceiling: {'met' if got >= want else 'MISSED'}"
+        elif impl in targets:
+            target = f"ours/{impl} >= {targets[impl]:.2f}x: {'met' if ratio >= targets[impl] else 'MISSED'}"
+        else:
+            target = ""
+        if r["mkl_env"]:
+            target += f" [MKL_DEBUG_CPU_TYPE={r['mkl_env']}]"
+        print(f"  {impl:10} {r['tok_s']:7.1f} {r['decode']:7.1f} {r['prefill']:9.3f} {100 * r['tok_s'] / ceiling:6.1f} "
+              f"{100 * r['tok_s'] / paddle_ceiling:7.1f} {ratio:7.2f} {same:5}  {target}", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import numpy as np
 import paddle
 import torch
@@ -137,3 +138,13 @@ def tiny_belle_dir(directory, seed=0):
     model = BloomForCausalLM(BloomConfig(vocab_size=vocab, hidden_size=32, n_layer=2, n_head=4, initializer_range=0.5))
     model.save_pretrained(directory, safe_serialization=False)
     return model.eval()
+
+
+class Exploit:
+    """Pickles to a call of os.system that would create ``marker``: a hostile weight file's payload."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

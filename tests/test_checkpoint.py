@@ -1,11 +1,11 @@
 """Weight files: safe unpickling, corrupt files, shards, bf16, atomic writes, strict loading."""
 import json
-import os
 import pickle
 
 import numpy as np
 import paddle
 import pytest
+from reference import Exploit
 
 from paddle_belle import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from paddle_belle.checkpoint import (
@@ -28,18 +28,10 @@ def tiny_llama_dir(tmp_path, **save_kwargs):
     return model
 
 
-class _Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_hostile_pdparams_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "model_state.pdparams"
-    path.write_bytes(pickle.dumps({"w": np.ones(2), "x": _Exploit(marker)}))
+    path.write_bytes(pickle.dumps({"w": np.ones(2), "x": Exploit(marker)}))
     with pytest.raises(CheckpointError, match=r"model_state.pdparams: refusing to unpickle (posix|os)\.system"):
         read_pdparams(path)
     assert not marker.exists()

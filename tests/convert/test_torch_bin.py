@@ -1,12 +1,12 @@
 """Our torch-free .bin reader against torch.save itself."""
 import io
-import os
 import pickle
 import zipfile
 
 import numpy as np
 import pytest
 import torch
+from reference import Exploit
 
 from paddle_belle.checkpoint import CheckpointError
 from paddle_belle.convert.engine import cast
@@ -34,19 +34,11 @@ def test_reads_what_torch_saves(tmp_path):
             np.testing.assert_array_equal(got, tensor.numpy())
 
 
-class _Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_hostile_bin_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "pytorch_model.bin"
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr("archive/data.pkl", pickle.dumps({"w": _Exploit(marker)}, protocol=2))
+        z.writestr("archive/data.pkl", pickle.dumps({"w": Exploit(marker)}, protocol=2))
     with pytest.raises(CheckpointError, match=r"refusing to unpickle (posix|os)\.system"):
         read_torch_bin(path)
     assert not marker.exists()

@@ -266,8 +266,10 @@ class CausalLM(PretrainedModel):
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         state = dict(self.state_dict())
+        quantized = getattr(self, "quantization", None) is not None
         for copy, source in self.tied_copies().items():
-            state[copy] = state[source].T.contiguous()
+            if not quantized:  # the copy is for PaddleNLP's classes, which cannot load a quantized checkpoint anyway
+                state[copy] = state[source].T.contiguous()
         save_state_dict(state, save_dir, safe_serialization=safe_serialization, max_shard_size=max_shard_size)
         self.config.dtype = self.dtype_name
         self.config.architectures = [type(self).__name__]

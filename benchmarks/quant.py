@@ -52,7 +52,7 @@ def rss() -> int:
 
 
 def worker(args) -> None:
-    """In a fresh process: quantize (if asked), load, measure RSS growth, evaluate. Prints one JSON line."""
+    """In a fresh process: quantize, or load + measure RSS growth + evaluate. Prints one RESULT JSON line."""
     import paddle  # noqa: F401  (imported before the baseline so that the framework is not counted)
 
     from paddle_belle import AutoModelForCausalLM
@@ -61,13 +61,12 @@ def worker(args) -> None:
     from paddle_belle.quant import QuantConfig, quantize_checkpoint
 
     spec = json.loads(args.worker)
-    model_dir, result = Path(spec["model"]), {}
-    if spec["quant"] is not None:
-        out = Path(spec["out"])
-        q = quantize_checkpoint(model_dir, out, QuantConfig(**spec["quant"]), calib=spec["calib"],
+    if spec["step"] == "quantize":
+        q = quantize_checkpoint(spec["model"], spec["out"], QuantConfig(**spec["quant"]), calib=spec["calib"],
                                 nsamples=spec["nsamples"], seqlen=spec["seqlen"])
-        result["quant_seconds"] = q["seconds"]
-        model_dir = out
+        print("RESULT " + json.dumps({"quant_seconds": q["seconds"]}), flush=True)
+        return
+    model_dir, result = Path(spec["model"]), {}
     weights = model_dir / "model.safetensors"
     result["file_bytes"] = weights.stat().st_size
     entries, _ = read_safetensors_header(weights)
@@ -85,6 +84,16 @@ def worker(args) -> None:
     ids = encode(Path(spec["eval"]).read_text(encoding="utf-8"))[: spec["eval_tokens"]]
     result.update(perplexity(model, ids, seqlen=spec["seqlen"], progress=False))
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_worker(name: str, spec: dict) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
+                          env=env)
+    line = next((line for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"{name} ({spec['step']}) failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
 
 
 def main() -> None:
@@ -122,13 +131,11 @@ def main() -> None:
         spec = dict(model=str(model), quant=quant, out=str(out), calib=str(work / "calib.txt"),
                     eval=str(work / "eval.txt"), nsamples=args.calib_samples, seqlen=args.seqlen,
                     eval_tokens=args.eval_tokens, in_features=in_features)
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                              text=True, env=env)
-        line = next((line for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        rows[name] = json.loads(line[len("RESULT "):])
+        rows[name] = {}
+        if quant is not None:  # quantize in one process, evaluate in a fresh one (clean resident memory)
+            rows[name].update(run_worker(name, dict(spec, step="quantize")))
+            spec["model"] = str(out)
+        rows[name].update(run_worker(name, dict(spec, step="evaluate")))
         print(f"{name}: {rows[name]}", file=sys.stderr, flush=True)
 
     base = rows["fp32"]["perplexity"]

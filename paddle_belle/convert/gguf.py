@@ -66,9 +66,12 @@ def read_config(reader, source: str) -> dict:
         raise CheckpointError(f"{source}: GGUF architecture {arch!r} is not supported (only llama)")
     heads = int(_field(reader, "llama.attention.head_count", source=source))
     hidden = int(_field(reader, "llama.embedding_length", source=source))
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    vocab = int(_field(reader, "llama.vocab_size", len(tokens.data) if tokens is not None else None, source))
     names = {t.name for t in reader.tensors}
+    # llama.vocab_size is optional in GGUF; the embedding's row count is the vocabulary either way.
+    embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    if embed is None:
+        raise CheckpointError(f"{source}: no token_embd.weight tensor")
+    vocab = int(_field(reader, "llama.vocab_size", int(embed.shape[1]), source))
     config = {
         "model_type": "llama",
         "architectures": ["LlamaForCausalLM"],

@@ -37,6 +37,7 @@ setup(
         "filelock>=3.8",
         "tqdm>=4.60",
         "openai>=1.0",
+        "gguf==0.19.0",  # GGUF import (paddle-belle convert --from-gguf): llama.cpp's reader and dequantizers
     ],
     extras_require={
         "cpu": ["paddlepaddle==3.3.1"],

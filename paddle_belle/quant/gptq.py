@@ -39,8 +39,9 @@ class GPTQ(_PaddleSlimGPTQ):
 
     def quantize(self, config: QuantConfig, blocksize: int = 128, percdamp: float = 0.01) -> QuantizedWeight:
         bits, sym = config.bits, config.sym
-        # [out, in], the orientation of the reference code. A contiguous copy: on paddle 3.3.1 the transpose is a
-        # view, and index assignment into a strided view (W[:, dead] = 0 below) silently writes nothing.
+        # [out, in], the orientation of the reference code, as a contiguous copy: on paddle 3.3.1 ``astype`` to the
+        # same dtype returns the transposed view itself (PaddleSlim's ``cast`` copies), and index assignment into
+        # that strided view (W[:, dead] = 0 below) writes the wrong elements, into the layer's own weight.
         W = self.layer.weight.t().astype("float32").contiguous()
         columns = self.columns
         size = config.group_size_for(columns)

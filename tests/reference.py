@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+
 import numpy as np
+import sentencepiece as spm
 import paddle
 import torch
 import transformers
@@ -137,6 +139,26 @@ def tiny_belle_dir(directory, seed=0):
     paddle.seed(seed)
     model = BloomForCausalLM(BloomConfig(vocab_size=vocab, hidden_size=32, n_layer=2, n_head=4, initializer_range=0.5))
     model.save_pretrained(directory, safe_serialization=False)
+    return model.eval()
+
+
+def tiny_llama_dir(directory, seed=0):
+    """A LLaMA-style checkpoint: a tiny random LLaMA and a real sentencepiece BPE tokenizer (HF's tokenizer.model
+    name; BOS 1, EOS 2, UNK 0)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS), model_prefix=str(directory / "sp"), vocab_size=400, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    (directory / "sp.model").rename(directory / "tokenizer.model")
+    (directory / "sp.vocab").unlink()
+    paddle.seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=400, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.5,
+    ))
+    model.save_pretrained(directory)
     return model.eval()
 
 

@@ -130,19 +130,20 @@ def bloom_tokenizer_json(directory):
     return transformers.PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"), **special)
 
 
-def tiny_belle_dir(directory, seed=0):
+def tiny_belle_dir(directory, seed=0, hidden_size=32, std=0.5):
     """A BELLE-like checkpoint in PaddleNLP's layout (belle-7b-2m's files): a tiny random BLOOM and a real
     byte-level BPE tokenizer trained on Chinese and English text."""
     bloom_tokenizer_json(directory / "hf-tokenizer")
     write_paddle_tokenizer(directory / "hf-tokenizer", directory, "bloom")
     vocab = len(json.loads((directory / "vocab.json").read_text()))
     paddle.seed(seed)
-    model = BloomForCausalLM(BloomConfig(vocab_size=vocab, hidden_size=32, n_layer=2, n_head=4, initializer_range=0.5))
+    model = BloomForCausalLM(BloomConfig(vocab_size=vocab, hidden_size=hidden_size, n_layer=2, n_head=4,
+                                         initializer_range=std))
     model.save_pretrained(directory, safe_serialization=False)
     return model.eval()
 
 
-def tiny_llama_dir(directory, seed=0):
+def tiny_llama_dir(directory, seed=0, hidden_size=32, std=0.5):
     """A LLaMA-style checkpoint: a tiny random LLaMA and a real sentencepiece BPE tokenizer (HF's tokenizer.model
     name; BOS 1, EOS 2, UNK 0)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -155,8 +156,8 @@ def tiny_llama_dir(directory, seed=0):
     (directory / "sp.vocab").unlink()
     paddle.seed(seed)
     model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=400, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.5,
+        vocab_size=400, hidden_size=hidden_size, intermediate_size=hidden_size * 3 // 2, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=std,
     ))
     model.save_pretrained(directory)
     return model.eval()

@@ -251,13 +251,14 @@ class CausalLM(PretrainedModel):
                 )
 
     # --------------------------------------------------------------------------------------- saving
-    def save_pretrained(self, save_dir, safe_serialization=True, max_shard_size=None, **unused):
+    def save_pretrained(self, save_dir, safe_serialization=True, max_shard_size=None, state_dict=None, **unused):
         """Write config.json and the weights (model.safetensors by default, model_state.pdparams on request),
-        with PaddleNLP's names, so that PaddleNLP's own classes load the directory too.
+        with PaddleNLP's names, so that PaddleNLP's own classes load the directory too. ``state_dict`` replaces
+        the model's own parameters (a merged LoRA model's, say).
         (**unused: PaddleNLP's Trainer passes options such as merge_tensor_parallel and variant.)"""
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
-        state = dict(self.state_dict())
+        state = dict(self.state_dict() if state_dict is None else state_dict)
         for copy, source in self.tied_copies().items():
             state[copy] = state[source].T.contiguous()
         save_state_dict(state, save_dir, safe_serialization=safe_serialization, max_shard_size=max_shard_size)

@@ -62,6 +62,22 @@ def cmd_generate(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_train(args) -> int:
+    from paddle_belle.train import load_config, train
+
+    trainer = train(load_config(args.config, args.overrides))
+    if trainer.is_world_process_zero():
+        print(f"saved to {trainer.args.output_dir}")
+    return 0
+
+
+def cmd_merge_lora(args) -> int:
+    from paddle_belle.train import merge_lora
+
+    print(f"wrote {merge_lora(args.base, args.adapter, args.out)}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from paddle_belle.registry import format_table
 
@@ -114,6 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-file", help="JSONL written with each record plus its \"output\"")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("train", help="fine-tune a model on BELLE data (full SFT or LoRA) from a YAML config",
+                       description="Train as CONFIG (see configs/sft/) says; settings can be overridden with --key value "
+                       "pairs, dotted keys reaching into sections (--training.learning_rate 1e-4 --lora.r 8). For "
+                       "several devices or hosts, run it under python -m paddle.distributed.launch.")
+    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("merge-lora", help="fold a LoRA adapter into its base model: a plain checkpoint")
+    p.add_argument("base", metavar="BASE", help="the base model the adapter was trained on (directory or name)")
+    p.add_argument("adapter", metavar="ADAPTER", help="directory with lora_config.json and lora_model_state.pdparams")
+    p.add_argument("out", metavar="OUT", help="new directory for the merged checkpoint")
+    p.set_defaults(run=cmd_merge_lora)
 
     p = sub.add_parser("models", help="list the BELLE family and base models: shapes, sizes, sources")
     p.set_defaults(run=cmd_models)

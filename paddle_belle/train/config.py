@@ -55,19 +55,34 @@ class TrainConfig:
 
 
 def parse_overrides(items: list[str]) -> dict:
-    """``["--training.learning_rate", "1e-4", "--lora.r", "8"]`` -> nested dict; values are YAML scalars."""
+    """``["--training.learning_rate", "1e-4", "--skip-bad"]`` -> nested dict; values are YAML scalars, and a key
+    without a value (``--skip-bad``) means true."""
     overrides: dict = {}
-    if len(items) % 2:
-        raise ValueError(f"overrides come in --key value pairs: {' '.join(items)}")
-    for key, value in zip(items[::2], items[1::2]):
+    i = 0
+    while i < len(items):
+        key = items[i]
         if not key.startswith("--"):
-            raise ValueError(f"expected --key before {value!r}, got {key!r}")
+            raise ValueError(f"expected a --key before {key!r}")
+        value = True
+        if i + 1 < len(items) and not items[i + 1].startswith("--"):
+            value, i = _scalar(items[i + 1]), i + 1
+        i += 1
         *path, last = key[2:].replace("-", "_").split(".")
         node = overrides
         for part in path:
             node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
+        node[last] = value
     return overrides
+
+
+def _scalar(text: str):
+    value = yaml.safe_load(text)
+    if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string; a learning rate it is
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _merge(base: dict, overrides: dict) -> dict:

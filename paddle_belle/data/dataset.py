@@ -62,11 +62,13 @@ class DataSummary:
     samples: int = 0
     tokens: int = 0
     supervised_tokens: int = 0
+    rows: int | None = None  # packed rows, when packing
+
 
     def __str__(self):
         return (f"{self.records} records: {self.bad} malformed skipped, {self.unsupervised} dropped with no "
                 f"supervised token left after truncation; {self.samples} samples, {self.tokens} tokens "
-                f"({self.supervised_tokens} supervised)")
+                f"({self.supervised_tokens} supervised)" + (f", packed into {self.rows} rows" if self.rows else ""))
 
 
 def _encode(row, tokenizer, style, max_length):
@@ -75,15 +77,39 @@ def _encode(row, tokenizer, style, max_length):
     return encode_conversation(row["conversations"], tokenizer, style, max_length)
 
 
+def _pack_batch(batch, max_length):
+    rows = {"input_ids": [], "labels": [], "position_ids": [], "attention_mask": []}
+    for ids, labels in zip(batch["input_ids"], batch["labels"]):
+        if not rows["input_ids"] or len(rows["input_ids"][-1]) + len(ids) > max_length:
+            for column in rows.values():
+                column.append([])
+        segment = (rows["attention_mask"][-1][-1] + 1) if rows["attention_mask"][-1] else 1
+        rows["input_ids"][-1] += ids
+        rows["labels"][-1] += labels
+        rows["position_ids"][-1] += list(range(len(ids)))
+        rows["attention_mask"][-1] += [segment] * len(ids)
+    return rows
+
+
+def pack(dataset, max_length: int):
+    """Consecutive samples share a row while they fit in ``max_length`` tokens. ``attention_mask`` numbers the
+    samples of a row (1, 1, 2, 2, 2, ...) so that attention stays inside each sample (models/base.py
+    attention_bias), and ``position_ids`` restart at each sample: a packed sample computes what it would alone."""
+    progress = {} if isinstance(dataset, datasets.IterableDataset) else {"desc": "packing"}
+    return dataset.map(_pack_batch, batched=True, batch_size=1000, fn_kwargs={"max_length": max_length},
+                       remove_columns=["input_ids", "labels"], **progress)
+
+
 def build_dataset(sources: list[str], tokenizer, style: str, max_length: int, skip_bad: bool = False,
-                  streaming: bool = False):
+                  streaming: bool = False, packing: bool = False):
     """(tokenised dataset with ``input_ids`` and ``labels``, DataSummary); the summary is None when streaming
-    (nothing is read before training starts)."""
+    (nothing is read before training starts). ``packing`` puts several short samples in one row (see pack)."""
     conversations = load_conversations(sources, skip_bad, streaming)
     kwargs = {"tokenizer": tokenizer, "style": style, "max_length": max_length}
     if streaming:
         encoded = conversations.map(_encode, fn_kwargs=kwargs, remove_columns=["conversations", "error"])
-        return encoded.filter(supervised), None
+        encoded = encoded.filter(supervised)
+        return (pack(encoded, max_length) if packing else encoded), None
     encoded = conversations.map(_encode, fn_kwargs=kwargs, desc="tokenizing")
     summary = DataSummary(records=len(encoded), bad=sum(1 for e in encoded["error"] if e))
     kept = encoded.filter(lambda row: not row["error"] and supervised(row), desc="dropping")
@@ -93,4 +119,7 @@ def build_dataset(sources: list[str], tokenizer, style: str, max_length: int, sk
     for labels in kept["labels"]:
         summary.tokens += len(labels)
         summary.supervised_tokens += sum(1 for label in labels if label != IGNORE)
+    if packing:
+        kept = pack(kept, max_length)
+        summary.rows = len(kept)
     return kept, summary

@@ -38,6 +38,7 @@ class TrainConfig:
     max_length: int = 1024
     skip_bad: bool = False
     streaming: bool = False  # read the data lazily (needs training.max_steps)
+    packing: bool = False  # several short samples per row, each attending to itself only
     global_batch_size: int | None = None  # per-device batch x accumulation x data-parallel degree, checked
     dtype: str = "auto"  # of the weights: auto = bfloat16 where the device has it and training.bf16, else float32
     lora: LoraSettings | None = None

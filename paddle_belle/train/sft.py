@@ -154,7 +154,7 @@ def train(config: TrainConfig, callbacks=()):
     if config.streaming and args.max_steps <= 0:
         raise ValueError("streaming data has no length: set training.max_steps")
     train_set, summary = build_dataset(config.train_data, tokenizer, config.style, config.max_length,
-                                       config.skip_bad, config.streaming)
+                                       config.skip_bad, config.streaming, config.packing)
     eval_set = None
     if config.eval_data:
         eval_set, _ = build_dataset(config.eval_data, tokenizer, config.style, config.max_length, config.skip_bad)

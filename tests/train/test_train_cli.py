@@ -47,6 +47,8 @@ def test_a_bad_record_stops_training_with_file_and_line_unless_skipped(tmp_path)
     out = run_cli("train", *common)
     assert out.returncode == 1
     assert f"paddle-belle train: error: {data}:3: field 'output' must be a string, not list" in out.stderr
-    out = run_cli("train", *common, "--skip-bad")
+    out = run_cli("train", *common, "--skip-bad", "--packing", "--max-length", "2048")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "training data: 8 records: 1 malformed skipped" in out.stdout
+    rows = int(out.stdout.split("packed into ")[1].split()[0])
+    assert 1 <= rows < 7  # 7 samples of a few hundred tokens share 2048-token rows

@@ -9,10 +9,9 @@ import sentencepiece as spm
 import paddle
 import torch
 import transformers
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from paddle_belle import BloomConfig, BloomForCausalLM, LlamaConfig, LlamaForCausalLM
-from paddle_belle.convert.tokenizer import write_paddle_tokenizer
+from paddle_belle.convert.tokenizer import train_bloom_tokenizer, write_paddle_tokenizer
 
 HF_PREFIX = {"bloom": "transformer.", "llama": "model."}
 
@@ -111,22 +110,10 @@ TEXT = "Hello,  world! It's 3.14… 你好，世界。 (测试) a|b\n\n  end？A
 
 
 def bloom_tokenizer_json(directory):
-    """A small byte-level BPE with BLOOM's pre-tokenizer and special tokens, saved as HF tokenizer.json."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(" ?[^(\\s|[.,!?…。，、।۔،])]+"), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    directory.mkdir(parents=True, exist_ok=True)
-    tok.save(str(directory / "tokenizer.json"))
+    """A small byte-level BPE with BLOOM's pre-tokenizer and special tokens, saved as HF tokenizer.json, and
+    transformers' fast tokenizer over it."""
+    train_bloom_tokenizer(CORPUS, 600, directory)
     special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
-    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BloomTokenizerFast", **special}))
     return transformers.PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"), **special)
 
 

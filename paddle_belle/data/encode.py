@@ -9,6 +9,7 @@ last reply with EOS, so that the model learns to stop.
 Two deliberate differences from BELLE's code: a LLaMA-style tokenizer's own BOS starts the sequence (as at
 inference, where the prompt is tokenised with it); and a sample whose supervised tokens were all truncated away
 is dropped and counted, where BELLE's code copies a few arbitrary tokens into its labels to keep it.
+A plain-text record (``{"text": ...}``) is learned whole, for pre-training.
 """
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ def encode_conversation(conversation: list[dict], tokenizer, style: str, max_len
     ids = list(tokenizer("")["input_ids"])  # the tokenizer's own start (LLaMA: BOS; BLOOM: nothing)
     labels = [IGNORE] * len(ids)
     for i, turn in enumerate(conversation):
+        if turn["from"] == "text":  # pre-training text: no template, every token and the EOS learned
+            piece = tokens(turn["value"]) + [eos]
+            ids += piece
+            labels += piece
+            continue
         if turn["from"] == "human":
             piece = tokens(s.user.format(text=turn["value"]))
             ids += piece

@@ -8,12 +8,13 @@ Shapes (https://huggingface.co/BelleGroup):
   ending with ``Assistant:``; ``output`` is the next reply.
 - ``input``/``target``: the HF copy of the 0.5M release (generated_train_0.5M_CN).
 - ``conversations``: train_3.5M_CN, and BELLE's current training code's own format.
+- ``text``: plain text for (continued) pre-training, every token learned: one turn {"from": "text"}.
 """
 from __future__ import annotations
 
 import re
 
-HUMAN, ASSISTANT = "human", "assistant"
+HUMAN, ASSISTANT, TEXT = "human", "assistant", "text"
 ROLES = {"human": HUMAN, "user": HUMAN, "assistant": ASSISTANT, "gpt": ASSISTANT}
 # A turn marker at the start of the text or of a line, as multiturn_chat_0.8M writes them.
 _TURN = re.compile(r"(?:^|\n)(Human|Assistant):")
@@ -52,6 +53,11 @@ def to_conversation(record) -> list[dict]:
     """The record as alternating human/assistant turns, starting with human and ending with assistant."""
     if not isinstance(record, dict):
         raise RecordError(f"a record must be a JSON object, not {type(record).__name__}")
+    if "text" in record and not {"conversations", "instruction", "output", "target"} & set(record):
+        text = _text(record, "text")
+        if not text.strip():
+            raise RecordError("empty text")
+        return [{"from": TEXT, "value": text}]
     if "conversations" in record:
         turns = record["conversations"]
         if not isinstance(turns, list):

@@ -64,3 +64,9 @@ def test_llama_sequences_start_with_bos_like_the_inference_prompt(tmp_path):
     supervised = [l for l in sample["labels"] if l != IGNORE]
     assert supervised.count(tok.eos_token_id) == 2 and supervised[-1] == tok.eos_token_id
     assert tok.decode(supervised, skip_special_tokens=True).replace(" ", "") == "我是BELLE。等于2"
+
+
+def test_plain_text_is_learned_whole_with_eos(bloom_tok):
+    sample = encode_conversation(to_conversation({"text": "人工智能是计算机科学的一个分支。"}), bloom_tok, "belle", 512)
+    assert parts(sample, bloom_tok)[0] == "人工智能是计算机科学的一个分支。</s>"
+    assert sample["labels"] == sample["input_ids"][1:] + [bloom_tok.eos_token_id]

@@ -22,6 +22,8 @@ def conv(*turns):
       "output": "从前有座山。"},
      conv("你好", "你好！有什么可以帮您？", "讲个笑话", "从前有座山。")),
     ({"instruction": "Human:请写一篇文章\nAssistant:", "input": "", "output": "好的。"}, conv("请写一篇文章", "好的。")),
+    # plain text for pre-training
+    ({"text": "人民日报社论。"}, [{"from": "text", "value": "人民日报社论。"}]),
     # a trailing question without a reply teaches nothing and is left out
     ({"conversations": [{"from": "human", "value": "a"}, {"from": "assistant", "value": "b"},
                         {"from": "human", "value": "c"}]}, conv("a", "b")),
@@ -41,6 +43,7 @@ def test_every_belle_shape_becomes_a_conversation(record, expected):
                         {"from": "assistant", "value": "z"}]}, "turn 1 is human, expected assistant"),
     ({"instruction": "Human:你好\nAssistant:好", "output": "x"}, "must end with 'Assistant:'"),
     (["not", "a", "dict"], "must be a JSON object"),
+    ({"text": "  "}, "empty text"),
 ])
 def test_malformed_records_say_what_is_wrong(record, message):
     with pytest.raises(RecordError, match=message):

@@ -15,6 +15,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["paddle_belle", "paddle_belle.*"]),
+    # belle-tiny-zh (the default model) and BELLE's data files ship inside the package.
+    package_data={"paddle_belle": ["assets/*/*", "data_files/*"]},
     # PaddleNLP 2.8.1 is frozen and picky: newer huggingface_hub, aistudio-sdk, datasets, pyarrow or numpy 2 each
     # break `import paddlenlp`, and setuptools >= 81 drops pkg_resources, which paddleslim imports.
     # Paddle itself is an extra: the build differs by hardware (paddlepaddle, paddlepaddle-gpu, -xpu, custom

@@ -110,9 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from paddle_belle.generation import PRESETS
     from paddle_belle.prompts import STYLES
+    from paddle_belle.registry import DEFAULT_MODEL
 
     def model_options(p):
-        p.add_argument("--model", required=True, help="checkpoint directory, community name (org/name) or short name")
+        p.add_argument("--model", default=DEFAULT_MODEL,
+                       help=f"checkpoint directory, community name (org/name) or short name (default {DEFAULT_MODEL}, "
+                       "which ships inside paddle_belle)")
         p.add_argument("--preset", choices=list(PRESETS), default="belle-card", help="sampling settings (default belle-card)")
         p.add_argument("--style", choices=list(STYLES), default="belle", help="prompt format (default belle)")
         p.add_argument("--threads", type=int, help="CPU threads (default: every core this process may use)")

@@ -70,7 +70,9 @@ class BelleTrainer(Trainer):
     def training_step(self, model, inputs):
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, LossLog):
-                callback.tokens += int(inputs["attention_mask"].sum()) * max(self.args.dataset_world_size, 1)
+                # != 0: packed rows number their samples in the mask
+                tokens = int((inputs["attention_mask"] != 0).sum())
+                callback.tokens += tokens * max(self.args.dataset_world_size, 1)
         return super().training_step(model, inputs)
 
     def _get_train_sampler(self):
@@ -102,27 +104,36 @@ def training_arguments(config: TrainConfig) -> TrainingArguments:
         options.setdefault("fp16_opt_level", "O2")
     if device == "cpu":  # Paddle's CPU kernels have no half-precision matmul
         options["bf16"] = options["fp16"] = False
-    accumulation = options.pop("gradient_accumulation_steps", None)
+    # Tensor, pipeline and sequence-parallel ranks share a batch; the rest (plain or sharded) each take their own.
+    # Computed before TrainingArguments is built, because it derives pipeline settings from the accumulation.
+    shared = 1
+    for key in ("tensor_parallel_degree", "pipeline_parallel_degree", "sep_parallel_degree"):
+        shared *= max(int(options.get(key) or 1), 1)
+    data_parallel = max(paddle.distributed.get_world_size() // shared, 1)
+    options["gradient_accumulation_steps"] = global_batch_accumulation(
+        config.global_batch_size, options.get("per_device_train_batch_size", 8), data_parallel,
+        options.get("gradient_accumulation_steps"))
     (args,) = PdArgumentParser(TrainingArguments).parse_dict(options)
-    args.gradient_accumulation_steps = global_batch_accumulation(config, args, accumulation)
+    if max(args.dataset_world_size, 1) != data_parallel:
+        raise RuntimeError(f"data-parallel degree {data_parallel} expected, PaddleNLP set {args.dataset_world_size}")
     return args
 
 
-def global_batch_accumulation(config: TrainConfig, args: TrainingArguments, accumulation: int | None) -> int:
+def global_batch_accumulation(global_batch: int | None, per_device: int, data_parallel: int,
+                              accumulation: int | None) -> int:
     """The gradient accumulation that makes per-device batch x accumulation x data-parallel degree equal the
-    configured global batch (data parallel counts sharding ranks; tensor/pipeline ranks share a batch)."""
-    per_step = args.per_device_train_batch_size * max(args.dataset_world_size, 1)
-    if config.global_batch_size is None:
+    configured global batch; an accumulation given too must agree."""
+    per_step = per_device * data_parallel
+    if global_batch is None:
         return accumulation or 1
     if accumulation is None:
-        if config.global_batch_size % per_step:
-            raise ValueError(f"global_batch_size {config.global_batch_size} is not a multiple of per-device batch "
-                             f"{args.per_device_train_batch_size} x data-parallel degree {args.dataset_world_size}")
-        return config.global_batch_size // per_step
-    if per_step * accumulation != config.global_batch_size:
-        raise ValueError(f"per-device batch {args.per_device_train_batch_size} x accumulation {accumulation} x "
-                         f"data-parallel degree {args.dataset_world_size} = {per_step * accumulation}, "
-                         f"not global_batch_size {config.global_batch_size}")
+        if global_batch % per_step:
+            raise ValueError(f"global_batch_size {global_batch} is not a multiple of per-device batch {per_device} x "
+                             f"data-parallel degree {data_parallel}")
+        return global_batch // per_step
+    if per_step * accumulation != global_batch:
+        raise ValueError(f"per-device batch {per_device} x accumulation {accumulation} x data-parallel degree "
+                         f"{data_parallel} = {per_step * accumulation}, not global_batch_size {global_batch}")
     return accumulation
 
 

@@ -1,6 +1,4 @@
 from pathlib import Path
-from types import SimpleNamespace
-
 import pytest
 
 from paddle_belle.registry import REGISTRY
@@ -54,19 +52,15 @@ def test_config_without_output_dir_or_with_broken_yaml(tmp_path):
         load_config(tmp_path / "b.yaml")
 
 
-def args(per_device, world):
-    return SimpleNamespace(per_device_train_batch_size=per_device, dataset_world_size=world)
-
-
 def test_global_batch_is_per_device_times_accumulation_times_data_parallel_degree():
-    config = load_config(CONFIGS / "belle-7b-2m-full.yaml")
-    assert global_batch_accumulation(config, args(2, 8), None) == 4  # the 8-GPU recipe
-    assert global_batch_accumulation(config, args(4, 1), None) == 16
-    assert global_batch_accumulation(config, args(2, 8), 4) == 4
+    assert global_batch_accumulation(64, 2, 8, None) == 4  # the card recipe on 8 GPUs
+    assert global_batch_accumulation(64, 4, 1, None) == 16
+    assert global_batch_accumulation(64, 2, 8, 4) == 4
+    assert global_batch_accumulation(None, 2, 8, None) == 1
     with pytest.raises(ValueError, match="2 x accumulation 2 x data-parallel degree 8 = 32, not global_batch_size 64"):
-        global_batch_accumulation(config, args(2, 8), 2)
+        global_batch_accumulation(64, 2, 8, 2)
     with pytest.raises(ValueError, match="not a multiple of per-device batch 3 x data-parallel degree 8"):
-        global_batch_accumulation(config, args(3, 8), None)
+        global_batch_accumulation(64, 3, 8, None)
 
 
 def test_memory_per_sharding_stage():

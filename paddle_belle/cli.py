@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from paddle_belle import __version__
@@ -62,6 +63,16 @@ def cmd_generate(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_serve(args) -> int:
+    from paddle_belle.serve import serve
+
+    serve(args.model, host=args.host, port=args.port, api_key=args.api_key, preset=args.preset, style=args.style,
+          max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_tokens_cap=args.max_tokens,
+          max_request_bytes=args.max_request_bytes, served_name=args.served_model_name, threads=args.threads,
+          log_level=args.log_level)
+    return 0
+
+
 def cmd_models(args) -> int:
     from paddle_belle.registry import format_table
 
@@ -114,6 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-file", help="JSONL written with each record plus its \"output\"")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
+                       description="/v1/models, /v1/chat/completions, /v1/completions (streaming by SSE) and /health. "
+                       "Chat messages are rendered in the --style prompt format; requests may set max_tokens, "
+                       "temperature, top_p, seed, stop, and BELLE's top_k, repetition_penalty as extra body fields.")
+    model_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("PADDLE_BELLE_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on every /v1 request (default: $PADDLE_BELLE_API_KEY)")
+    p.add_argument("--max-concurrency", type=int, default=1, help="replies generated at once (default 1)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests that may wait for a slot; beyond them requests get 429 (default 64)")
+    p.add_argument("--max-tokens", type=int, default=2048, help="the largest max_tokens a request may ask for")
+    p.add_argument("--max-request-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
+    p.add_argument("--served-model-name", help="the model id clients use (default: the --model directory's name)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(run=cmd_serve)
 
     p = sub.add_parser("models", help="list the BELLE family and base models: shapes, sizes, sources")
     p.set_defaults(run=cmd_models)

@@ -69,7 +69,20 @@ def cmd_serve(args) -> int:
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key, preset=args.preset, style=args.style,
           max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_tokens_cap=args.max_tokens,
           max_request_bytes=args.max_request_bytes, served_name=args.served_model_name, threads=args.threads,
-          log_level=args.log_level)
+          log_level=args.log_level, context=args.context)
+    return 0
+
+
+def cmd_self_instruct(args) -> int:
+    from paddle_belle.api import make_client
+    from paddle_belle.datagen.self_instruct import self_instruct
+
+    client = make_client(args.base_url, max_retries=args.max_retries, timeout=args.timeout)
+    stats = self_instruct(args.out, client, args.model, args.num_instructions, api=args.api, seeds=args.seeds,
+                          prompt=args.prompt, workers=args.workers, temperature=args.temperature, top_p=args.top_p,
+                          max_tokens=args.max_tokens, threshold=args.threshold, max_requests=args.max_requests,
+                          seed=args.seed)
+    print(f"self-instruct: {stats.line()}; {args.out} holds {stats.kept + stats.resumed} records")
     return 0
 
 
@@ -140,9 +153,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests that may wait for a slot; beyond them requests get 429 (default 64)")
     p.add_argument("--max-tokens", type=int, default=2048, help="the largest max_tokens a request may ask for")
     p.add_argument("--max-request-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
+    p.add_argument("--context", type=int, help="prompt + reply tokens allowed (default: the model's "
+                   "max_position_embeddings, or 2048, BELLE's training length, for BLOOM)")
     p.add_argument("--served-model-name", help="the model id clients use (default: the --model directory's name)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(run=cmd_serve)
+
+    p = sub.add_parser("datagen", help="generate instruction data through an OpenAI-compatible API")
+    datagen = p.add_subparsers(dest="method", metavar="METHOD", required=True)
+    p = datagen.add_parser("self-instruct", help="BELLE's self-instruct: new tasks from 3 sampled seed tasks a request",
+                           description="Asks the model for new tasks shown 3 seed tasks at a time, parses and filters "
+                           "them as BELLE did, drops BM25 near-duplicates, and appends them to --out. Run it again "
+                           "with the same --out to resume. OPENAI_API_KEY and OPENAI_BASE_URL are honoured.")
+    p.add_argument("--out", required=True, help="JSONL output (appended to; resumed from)")
+    p.add_argument("--seeds", default=None, help="seed tasks, JSONL (default: BELLE's zh_seed_tasks.json, shipped)")
+    p.add_argument("--prompt", default=None, help="request prompt (default: BELLE's prompt_cn.txt, shipped)")
+    p.add_argument("--api", choices=["chat", "completion"], default="chat")
+    p.add_argument("--model", default="gpt-3.5-turbo", help="model name on the API (default gpt-3.5-turbo)")
+    p.add_argument("--base-url", help="API base URL, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL or OpenAI)")
+    p.add_argument("--num-instructions", type=int, default=100, help="records --out should hold at the end")
+    p.add_argument("--workers", type=int, default=1, help="requests in flight at once")
+    p.add_argument("--max-requests", type=int, help="stop after this many requests even if short of the target")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=1024)
+    p.add_argument("--threshold", type=float, default=18.0, help="BM25 score above which a task is a near-duplicate")
+    p.add_argument("--max-retries", type=int, default=5, help="retries of a request on 429, 5xx, dropped connections")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
+    p.add_argument("--seed", type=int, help="seed for sampling the seed tasks")
+    p.set_defaults(run=cmd_self_instruct)
 
     p = sub.add_parser("models", help="list the BELLE family and base models: shapes, sizes, sources")
     p.set_defaults(run=cmd_models)

@@ -95,7 +95,7 @@ class ScriptedOpenAI:
                     return
                 if isinstance(fault, int):
                     return self._send(fault, {"error": {"message": f"injected {fault}", "type": "server_error",
-                                                        "param": None, "code": None}}, {"Retry-After": "0"})
+                                                        "param": None, "code": None}}, {"retry-after-ms": "10"})
                 if fault == "malformed":
                     return self._send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m"})
                 out = outer.reply(body)
@@ -120,7 +120,12 @@ class ScriptedOpenAI:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):  # a client killed by a test: not an error here
+                if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+                    super().handle_error(request, client_address)
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -316,7 +316,7 @@ def _usage(reply: Reply) -> dict:
 
 def serve(model: str, host="127.0.0.1", port=8000, api_key=None, preset="belle-card", style="belle",
           max_concurrency=1, max_queue=64, max_tokens_cap=2048, max_request_bytes=1 << 20, served_name=None,
-          threads=None, log_level="info") -> None:
+          threads=None, log_level="info", context=None) -> None:
     """Load ``model`` and serve it until interrupted."""
     import os
 
@@ -325,7 +325,7 @@ def serve(model: str, host="127.0.0.1", port=8000, api_key=None, preset="belle-c
     from paddle_belle import AutoModelForCausalLM, AutoTokenizer
 
     engine = Engine(AutoModelForCausalLM.from_pretrained(model, threads=threads), AutoTokenizer.from_pretrained(model),
-                    style=style, preset=preset, max_tokens_cap=max_tokens_cap)
+                    style=style, preset=preset, max_tokens_cap=max_tokens_cap, context=context)
     name = served_name or os.path.basename(os.path.normpath(str(model)))
     app = create_app(engine, name, api_key=api_key, max_concurrency=max_concurrency, max_queue=max_queue,
                      max_request_bytes=max_request_bytes)

@@ -79,13 +79,14 @@ class Reply:
 class Engine:
     """A model, its tokenizer and the defaults of the server (prompt style, preset, caps)."""
 
-    def __init__(self, model, tokenizer, style="belle", preset="belle-card", max_tokens_cap=2048):
+    def __init__(self, model, tokenizer, style="belle", preset="belle-card", max_tokens_cap=2048, context=None):
         self.model, self.tokenizer = model, prepare_tokenizer(tokenizer)
         self.style = style
         self.stops = prompts.get_style(style).stops
         self.preset = generation.make_config(preset)
         self.max_tokens_cap = max_tokens_cap
-        self.context = context_length(model)
+        # BLOOM (ALiBi) has no position limit of its own: context_length's 2048 is BELLE's training length
+        self.context = context or context_length(model)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paddle-belle-model")
 
     # ---------------------------------------------------------------------------------------- prompts

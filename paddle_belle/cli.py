@@ -86,6 +86,22 @@ def cmd_self_instruct(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from paddle_belle.api import make_client
+    from paddle_belle.evaluate.judge import evaluate
+
+    client = make_client(args.judge_base_url, max_retries=args.max_retries, timeout=args.timeout)
+    report = evaluate(lambda: _load(args), client, args.judge_model, args.out, eval_set=args.eval_set,
+                      judge_prompts=args.judge_prompts, limit=args.limit, style=args.style, preset=args.preset,
+                      batch_size=args.batch_size, workers=args.workers, judge_max_tokens=args.judge_max_tokens,
+                      max_new_tokens=args.max_new_tokens)
+    show = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+    print(f"eval: {report['scored']} scored, {report['unscored']} unscored, {report['not_judged']} not judged; "
+          f"overall mean {show(report['overall_mean'])}, Score_w/o_others {show(report['score_wo_others'])}; "
+          f"report in {args.out}/report.md")
+    return 1 if report["not_judged"] else 0
+
+
 def cmd_models(args) -> int:
     from paddle_belle.registry import format_table
 
@@ -119,9 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     from paddle_belle.generation import PRESETS
     from paddle_belle.prompts import STYLES
 
-    def model_options(p):
+    def model_options(p, preset="belle-card"):
         p.add_argument("--model", required=True, help="checkpoint directory, community name (org/name) or short name")
-        p.add_argument("--preset", choices=list(PRESETS), default="belle-card", help="sampling settings (default belle-card)")
+        p.add_argument("--preset", choices=list(PRESETS), default=preset, help=f"sampling settings (default {preset})")
         p.add_argument("--style", choices=list(STYLES), default="belle", help="prompt format (default belle)")
         p.add_argument("--threads", type=int, help="CPU threads (default: every core this process may use)")
 
@@ -182,6 +198,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     p.add_argument("--seed", type=int, help="seed for sampling the seed tasks")
     p.set_defaults(run=cmd_self_instruct)
+
+    p = sub.add_parser("eval", help="BELLE's eval: answer its 1000 questions, score them with a judge model",
+                       description="Answers BELLE's eval questions with --model, has --judge-model score each answer "
+                       "from 0 to 1 with BELLE's per-class judge prompts, and writes answers.jsonl, judged.jsonl, "
+                       "report.json and report.md into --out. Run it again with the same --out to resume. "
+                       "OPENAI_API_KEY and OPENAI_BASE_URL are honoured for the judge.")
+    model_options(p, preset="belle-eval")
+    p.add_argument("--judge-model", required=True, help="the judge's model name on its API (BELLE: gpt-4)")
+    p.add_argument("--judge-base-url", help="the judge's API base URL (default: $OPENAI_BASE_URL or OpenAI)")
+    p.add_argument("--eval-set", help="questions, JSONL (default: BELLE's eval_set.json, shipped)")
+    p.add_argument("--judge-prompts", help="judge prompt per class, JSONL (default: BELLE's eval_prompt.json)")
+    p.add_argument("--out", default="belle-eval", help="output directory (default ./belle-eval)")
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--batch-size", type=int, default=8, help="questions answered together")
+    p.add_argument("--max-new-tokens", type=int, help="answer length limit (default: the preset's)")
+    p.add_argument("--workers", type=int, default=4, help="judge requests in flight at once")
+    p.add_argument("--judge-max-tokens", type=int, default=1024)
+    p.add_argument("--max-retries", type=int, default=5, help="retries of a judge request on 429, 5xx, drops")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per judge request")
+    p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("models", help="list the BELLE family and base models: shapes, sizes, sources")
     p.set_defaults(run=cmd_models)

@@ -200,12 +200,15 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
         if not req.stream:
             async with stack:
                 parts = []
-                async with contextlib.aclosing(engine.generate(ids, config, reply, strip)) as chunks:
+                chunks = engine.generate(ids, config, reply, strip)
+                try:
                     async for chunk in chunks:
                         parts.append(chunk)
                         if await request.is_disconnected():  # stop writing a reply nobody will read
                             slots.stats.disconnected += 1
                             return JSONResponse({}, status_code=499)
+                finally:
+                    await chunks.aclose()  # frees the model-thread generator now, not at garbage collection
                 slots.stats.completed += 1
             return JSONResponse(final_of(reply, "".join(parts)))
 
@@ -324,6 +327,7 @@ def serve(model: str, host="127.0.0.1", port=8000, api_key=None, preset="belle-c
 
     from paddle_belle import AutoModelForCausalLM, AutoTokenizer
 
+    Slots(max_concurrency, max_queue)  # bad limits fail here, before minutes of model loading
     engine = Engine(AutoModelForCausalLM.from_pretrained(model, threads=threads), AutoTokenizer.from_pretrained(model),
                     style=style, preset=preset, max_tokens_cap=max_tokens_cap, context=context)
     name = served_name or os.path.basename(os.path.normpath(str(model)))

@@ -1,8 +1,10 @@
 """`paddle-belle serve` under load: C concurrent streaming clients (the openai SDK), each sending R chat requests
 that generate exactly --new tokens (min_tokens masks EOS), against a server started here with --max-concurrency
 S. Prints, per (C, S): requests/s, generated tokens/s, and medians of time to first token and of request latency.
-The baseline row is the same model generating the same tokens in-process with generation.stream (no HTTP), so the
-ratio shows the server's overhead. Nothing is asserted.
+Two in-process baselines generate the same tokens without HTTP: generation.stream alone (token ids), and
+ChatSession.ask (what `paddle-belle chat` does per token: stop-string checks and decoding the reply so far), so
+the ratios show what HTTP + the async hop to the model thread cost. On a shared machine expect ±30% between runs.
+Nothing is asserted.
 
     python benchmarks/serve.py --model DIR [--clients 1,4,16] [--slots 1,2] [--requests 4] [--new 64] [--threads 2]
 """
@@ -52,19 +54,25 @@ def load(server_url, clients, requests, new):
 
 
 def baseline(model_dir, new, threads, runs=4):
+    """tokens/s of (generation.stream, ChatSession.ask), medians of ``runs`` after a warm-up."""
     from paddle_belle import AutoModelForCausalLM, AutoTokenizer, generation, prompts
+    from paddle_belle.chat import ChatSession
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, threads=threads)
     tok = AutoTokenizer.from_pretrained(model_dir)
     ids = np.array([tok(prompts.render("belle", [], "请写一篇关于春天的短文。"))["input_ids"]])
     config = generation.GenerationConfig(max_new_tokens=new, min_new_tokens=new)
-    times = []
-    for _ in range(runs + 1):
-        start = time.perf_counter()
-        for _ in generation.stream(model, ids, config=config):
-            pass
-        times.append(time.perf_counter() - start)
-    return new / statistics.median(times[1:])
+    session = ChatSession(model, tok, preset="greedy", max_new_tokens=new, min_new_tokens=new, max_history=0)
+    result = []
+    for run in (lambda: list(generation.stream(model, ids, config=config)),
+                lambda: "".join(session.ask("请写一篇关于春天的短文。"))):
+        times = []
+        for _ in range(runs + 1):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        result.append(new / statistics.median(times[1:]))
+    return result
 
 
 def main():
@@ -76,7 +84,8 @@ def main():
     p.add_argument("--new", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    print(f"in-process generation.stream: {baseline(args.model, args.new, args.threads):.1f} tokens/s")
+    raw, chat = baseline(args.model, args.new, args.threads)
+    print(f"in-process: generation.stream {raw:.1f} tokens/s, ChatSession.ask {chat:.1f} tokens/s")
     print("| clients | max-concurrency | requests/s | tokens/s | median TTFT (s) | median latency (s) |")
     print("|---|---|---|---|---|---|")
     for slots in map(int, args.slots.split(",")):

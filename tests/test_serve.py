@@ -197,3 +197,24 @@ def test_queue_overflow_429_and_killed_client_frees_its_slot(belle_dir, tmp_path
 def chat_ok(client) -> bool:
     r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "再见"}], max_tokens=4)
     return r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_messages_become_belle_prompts(belle_dir):
+    from paddle_belle import AutoModelForCausalLM, AutoTokenizer
+    from paddle_belle.serve import Engine
+
+    model, tok = AutoModelForCausalLM.from_pretrained(belle_dir), AutoTokenizer.from_pretrained(belle_dir)
+    engine = Engine(model, tok, style="belle")
+    messages = [{"role": "system", "content": "你是BELLE"}, {"role": "user", "content": "你好"},
+                {"role": "assistant", "content": "你好！"}, {"role": "user", "content": "再见"}]
+    assert engine.chat_prompt(messages, 16) == "Human: 你是BELLE\n你好\n\nAssistant: 你好！\n\nHuman: 再见\n\nAssistant:"
+    opened = [{"role": "assistant", "content": "欢迎"}, {"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    assert engine.chat_prompt(opened, 16) == "Human: \n\nAssistant: 欢迎\n\nHuman: a\nb\n\nAssistant:"
+    v2 = Engine(model, tok, style="belle-v2")
+    assert v2.chat_prompt(messages[1:], 16) == "Human: \n你好\n\nAssistant: \n你好！</s>Human: \n再见\n\nAssistant: \n"
+    # a short context keeps the newest turns that fit, and the system text
+    newest = "Human: 你是BELLE\n再见\n\nAssistant:"
+    small = Engine(model, tok, context=engine.count_tokens(newest) + 16)
+    assert small.chat_prompt(messages, 16) == newest
+    with pytest.raises(ValueError, match="the last message alone takes more than"):
+        small.chat_prompt(messages, 17)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -73,7 +73,6 @@ class Reply:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None  # "stop" (EOS or a stop string) or "length"
-    text: list[str] = field(default_factory=list)
 
 
 class Engine:
@@ -91,11 +90,11 @@ class Engine:
 
     # ---------------------------------------------------------------------------------------- prompts
     def chat_prompt(self, messages: list[dict], max_new_tokens: int) -> str:
-        """OpenAI messages -> a BELLE prompt of the server's style. BELLE has no system role: system text is put
-        before the first user message. Consecutive messages of one role are joined; the oldest turns are dropped
-        to leave room for the reply."""
+        """OpenAI messages -> a BELLE prompt of the server's style. BELLE has no system role: system text goes
+        before the first user turn that is kept. Consecutive messages of one role are joined; the oldest turns are
+        dropped until prompt and reply fit the context (the system text always stays)."""
         system = "\n".join(m["content"] for m in messages if m["role"] == "system")
-        turns: list[list] = []  # [role, text]
+        turns: list[list] = []  # [role, text], roles alternating
         for m in messages:
             if m["role"] == "system":
                 continue
@@ -105,22 +104,25 @@ class Engine:
                 turns.append([m["role"], m["content"]])
         if not turns or turns[-1][0] != "user":
             raise ValueError("the last message must come from the user")
-        if system:
-            turns[0][1] = system + "\n" + turns[0][1] if turns[0][0] == "user" else turns[0][1]
-            if turns[0][0] != "user":
-                turns.insert(0, ["user", system])
-        history, user = [], None
-        for role, text in turns[:-1]:
-            if role == "user":
-                user = text if user is None else user + "\n" + text
-            else:  # an assistant turn answers the user text before it (empty if it opens the conversation)
-                history.append((user or "", text))
-                user = None
-        query = turns[-1][1] if user is None else user + "\n" + turns[-1][1]
+        if turns[0][0] == "assistant":  # a conversation opened by the assistant: it answers an empty user turn
+            turns.insert(0, ["user", ""])
+        history = [(u[1], a[1]) for u, a in zip(turns[:-1:2], turns[1:-1:2])]
+        query = turns[-1][1]
         eos = self.tokenizer.eos_token or ""
-        history = prompts.fit_history(self.style, history, query, self.count_tokens,
-                                      self.context - max_new_tokens, eos)
-        return prompts.render(self.style, history, query, eos)
+
+        def render(kept):
+            if system and kept:
+                kept = [(system + "\n" + kept[0][0] if kept[0][0] else system, kept[0][1]), *kept[1:]]
+            return prompts.render(self.style, kept, system + "\n" + query if system and not kept else query, eos)
+
+        # prompts.fit_history cannot see the system text, which moves to whichever turn comes first
+        budget = self.context - max_new_tokens
+        for start in range(len(history) + 1):
+            prompt = render(history[start:])
+            if self.count_tokens(prompt) <= budget:
+                return prompt
+        raise ValueError(f"the last message alone takes more than the {budget} tokens the prompt may use "
+                         f"(context {self.context} - max_tokens {max_new_tokens})")
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])

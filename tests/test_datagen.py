@@ -119,6 +119,11 @@ def test_faults_are_retried_or_reported(tmp_path):
         assert all(q.get("stop") and q["max_tokens"] == 1024 for q in server.requests)
         assert "ValueError: malformed response: no choices" in r.stderr  # reported with its request ...
         assert "seed tasks seed_task_" in r.stderr and "(1 failed)" in r.stdout  # ... the others were retried
+        # a model that only repeats itself would keep the loop going forever: it stops, keeping what it has
+        server.reply = lambda body: " " + item(4, SEEDS[0]["instruction"])[len("4. 指令: "):]
+        r = datagen(out, server.url, "--num-instructions", 40)
+        assert r.returncode == 1 and "50 replies in a row gave no new task" in r.stderr
+        assert len(jsonl.read(out)) == 30
         # 4xx other than 408/409/429 are not retried: reported, and a refused key stops the run at once
         server.faults = [401]
         r = datagen(tmp_path / "other.jsonl", server.url, "--num-instructions", 5)

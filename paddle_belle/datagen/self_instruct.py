@@ -177,6 +177,8 @@ class Stats:
 
 FATAL = ("AuthenticationError", "PermissionDeniedError", "NotFoundError")  # retrying cannot help
 MAX_FAILURES_IN_A_ROW = 10
+# Replies that keep nothing (all filtered or near-duplicates) would otherwise make the loop run forever.
+MAX_BARREN_IN_A_ROW = 50
 
 
 def self_instruct(out, client, model: str, num_instructions: int, api: str = "chat", seeds=SEED_TASKS,
@@ -217,7 +219,7 @@ def self_instruct(out, client, model: str, num_instructions: int, api: str = "ch
 
     bar = tqdm(total=num_instructions, initial=min(len(done), num_instructions), desc="self-instruct",
                unit="task", disable=None)
-    failures_in_a_row = 0
+    failures_in_a_row = barren_in_a_row = 0
     with jsonl.Appender(out) as writer, ThreadPoolExecutor(max(1, workers)) as pool:
         pending = {}
         try:
@@ -246,6 +248,7 @@ def self_instruct(out, client, model: str, num_instructions: int, api: str = "ch
                         tqdm.write(f"self-instruct: {message}", file=sys.stderr)
                         continue
                     failures_in_a_row = 0
+                    kept_before = len(done)
                     records, dropped = parse_response(reply, finish_reason, num_prompt_tasks)
                     stats.parsed += len(records) + dropped
                     stats.filtered += dropped
@@ -265,6 +268,10 @@ def self_instruct(out, client, model: str, num_instructions: int, api: str = "ch
                         done.append(record)
                         stats.kept += 1
                         bar.update(1)
+                    barren_in_a_row = 0 if len(done) > kept_before else barren_in_a_row + 1
+                    if barren_in_a_row >= MAX_BARREN_IN_A_ROW and len(done) < num_instructions:
+                        raise RuntimeError(f"{MAX_BARREN_IN_A_ROW} replies in a row gave no new task (all filtered "
+                                           f"out or near-duplicates: {stats.line()}); stopping")
         finally:
             for future in pending:  # requests still out when enough were kept: their replies are not needed
                 future.cancel()

@@ -53,6 +53,21 @@ def test_parse_applies_belles_filters():
     assert parse_response(reply, "stop")[0][-1]["instruction"] == "这一条被截断了"
 
 
+def test_growing_bm25_scores_equal_a_rebuild():
+    from rank_bm25 import BM25Okapi
+
+    from paddle_belle.datagen.self_instruct import GrowingBM25
+
+    d = NearDuplicates([t["instruction"] for t in SEEDS[:50]])
+    grown = GrowingBM25(list(d.tokens))
+    for t in SEEDS[50:80]:
+        grown.add(d.tokenize(t["instruction"]))
+    rebuilt = BM25Okapi(d.tokens + [d.tokenize(t["instruction"]) for t in SEEDS[50:80]])
+    for t in SEEDS[::7]:
+        q = d.tokenize(t["instruction"])
+        assert grown.get_scores(q) == pytest.approx(rebuilt.get_scores(q), rel=1e-12)
+
+
 def test_bm25_near_duplicates():
     d = NearDuplicates([t["instruction"] for t in SEEDS])
     assert d.scores(SEEDS[0]["instruction"]).max() > 18  # a seed again

@@ -218,3 +218,16 @@ def test_messages_become_belle_prompts(belle_dir):
     assert small.chat_prompt(messages, 16) == newest
     with pytest.raises(ValueError, match="the last message alone takes more than"):
         small.chat_prompt(messages, 17)
+
+
+def test_readme_client_snippet_runs(server, capsys):
+    """The README's openai-client example, pointed at the test server."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Serving", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    code = (code.replace("http://127.0.0.1:8000/v1", server.url + "/v1").replace("sk-local", KEY)
+            .replace('"belle-7b-2m"', '"belle-tiny"').replace("max_tokens=200", "max_tokens=12"))
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out

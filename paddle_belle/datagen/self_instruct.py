@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rank_bm25 import BM25Okapi
 from tqdm.auto import tqdm
 
 from paddle_belle import jsonl
@@ -121,6 +122,31 @@ def _parse_item(item: str) -> dict | None:
     return {"instruction": instruction, "input": inp, "output": output}
 
 
+class GrowingBM25(BM25Okapi):
+    """rank-bm25's BM25Okapi with ``add``: it updates the counts BM25Okapi's constructor computes and recomputes the
+    idf table (linear in the vocabulary), where building anew is linear in the corpus and took ~0.1 s per record at
+    5000 records. The scores equal a rebuild's (tested). Relies on BM25's attributes (rank-bm25 0.2.x)."""
+
+    def _initialize(self, corpus):
+        self.nd = super()._initialize(corpus)  # word -> number of documents containing it
+        self.total_len = sum(self.doc_len)
+        return self.nd
+
+    def add(self, document: list[str]) -> None:
+        freqs = {}
+        for word in document:
+            freqs[word] = freqs.get(word, 0) + 1
+        self.doc_freqs.append(freqs)
+        self.doc_len.append(len(document))
+        self.corpus_size += 1
+        self.total_len += len(document)
+        self.avgdl = self.total_len / self.corpus_size
+        for word in freqs:
+            self.nd[word] = self.nd.get(word, 0) + 1
+        self.idf = {}
+        self._calc_idf(self.nd)
+
+
 class NearDuplicates:
     """BM25 (rank-bm25's BM25Okapi) of a new instruction against every instruction known so far. ``scores`` of an
     exact repeat (whitespace aside) are +inf: BM25 of a short instruction against itself can stay under the
@@ -128,15 +154,14 @@ class NearDuplicates:
 
     def __init__(self, instructions: list[str], threshold: float = 18.0):
         import jieba
-        from rank_bm25 import BM25Okapi
 
         jieba.setLogLevel(60)  # its "Building prefix dict" lines would break the progress bar
-        self._cut, self._bm25 = jieba.lcut, BM25Okapi
+        self._cut = jieba.lcut
         self.threshold = threshold
         self.texts = list(instructions)
         self.tokens = [self.tokenize(t) for t in self.texts]
         self.seen = {self.key(t) for t in self.texts}
-        self.index = self._bm25(self.tokens)
+        self.index = GrowingBM25(self.tokens)
 
     @staticmethod
     def key(text: str) -> str:
@@ -152,11 +177,10 @@ class NearDuplicates:
         return scores
 
     def add(self, text: str) -> None:
-        # rank-bm25 has no incremental add; rebuilding is linear in the corpus, fine for BELLE's scale per request
         self.texts.append(text)
         self.seen.add(self.key(text))
         self.tokens.append(self.tokenize(text))
-        self.index = self._bm25(self.tokens)
+        self.index.add(self.tokens[-1])
 
 
 @dataclass

@@ -87,7 +87,8 @@ class ScriptedOpenAI:
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
                 with outer.lock:
                     fault = outer.faults.pop(0) if outer.faults else None
-                    outer.requests.append({"path": self.path, "fault": fault, **body})
+                    outer.requests.append({"path": self.path, "fault": fault,
+                                           "authorization": self.headers.get("authorization"), **body})
                 if outer.delay:
                     time.sleep(outer.delay)
                 if fault == "drop":

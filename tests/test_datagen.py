@@ -1,7 +1,7 @@
 """BELLE's self-instruct through the real openai client: parsing and filters, a fault-injecting endpoint, a kill and
 restart, and our own server on a tiny model."""
 import itertools
-import json
+import os
 import signal
 import subprocess
 import threading
@@ -13,8 +13,13 @@ from servers import BelleServer, ScriptedOpenAI, cli_path
 
 from paddle_belle import jsonl
 from paddle_belle.data_files import EVAL_SET
-from paddle_belle.datagen.self_instruct import (NearDuplicates, encode_prompt, load_prompt, load_seed_tasks,
-                                                parse_response)
+from paddle_belle.datagen.self_instruct import (
+    NearDuplicates,
+    encode_prompt,
+    load_prompt,
+    load_seed_tasks,
+    parse_response,
+)
 
 SEEDS = load_seed_tasks()
 
@@ -106,9 +111,10 @@ class Tasks:
         return text, "stop"
 
 
-def datagen(out, url, *args, timeout=300):
-    return subprocess.run([cli_path(), "datagen", "self-instruct", "--out", str(out), "--base-url", url,
-                           "--model", "m", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def datagen(out, url, *args, timeout=300, env=None):
+    return subprocess.run([cli_path(), "datagen", "self-instruct", "--out", str(out), *(["--base-url", url] if url else []),
+                           "--model", "m", *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def check_records(records, n):
@@ -140,9 +146,12 @@ def test_faults_are_retried_or_reported(tmp_path):
         assert r.returncode == 1 and "50 replies in a row gave no new task" in r.stderr
         assert len(jsonl.read(out)) == 30
         # 4xx other than 408/409/429 are not retried: reported, and a refused key stops the run at once
+        # (and OPENAI_BASE_URL / OPENAI_API_KEY are honoured)
         server.faults = [401]
-        r = datagen(tmp_path / "other.jsonl", server.url, "--num-instructions", 5)
+        r = datagen(tmp_path / "other.jsonl", None, "--num-instructions", 5,
+                    env={"OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": "sk-from-env"})
         assert r.returncode == 1 and "AuthenticationError" in r.stderr and "request 1 (seed tasks" in r.stderr
+        assert server.requests[-1]["authorization"] == "Bearer sk-from-env"
     finally:
         server.stop()
 

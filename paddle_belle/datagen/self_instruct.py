@@ -18,7 +18,6 @@ Where this differs from BELLE, and why:
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 import sys

@@ -231,3 +231,40 @@ def test_readme_client_snippet_runs(server, capsys):
             .replace('"belle-7b-2m"', '"belle-tiny"').replace("max_tokens=200", "max_tokens=12"))
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out
+
+
+def test_slots_queue_then_refuse():
+    import asyncio
+
+    from paddle_belle.serve.engine import QueueFull, Slots
+
+    async def scenario():
+        slots, order = Slots(max_active=1, max_queue=1), []
+        release_a = asyncio.Event()
+
+        async def a():
+            async with slots.acquire():
+                order.append("a runs")
+                await release_a.wait()
+
+        async def b():
+            async with slots.acquire():
+                order.append("b runs")
+
+        task_a = asyncio.create_task(a())
+        await asyncio.sleep(0)
+        task_b = asyncio.create_task(b())
+        await asyncio.sleep(0)
+        assert (slots.stats.active, slots.stats.queued) == (1, 1) and order == ["a runs"]
+        with pytest.raises(QueueFull, match="1 requests running and 1 queued"):
+            async with slots.acquire():
+                pass
+        release_a.set()
+        await asyncio.gather(task_a, task_b)
+        assert order == ["a runs", "b runs"]
+        s = slots.stats
+        assert (s.active, s.queued, s.peak_active, s.peak_queued, s.rejected) == (0, 0, 1, 1, 1)
+
+    asyncio.run(scenario())
+    with pytest.raises(ValueError, match="--max-concurrency must be >= 1"):
+        Slots(0, 4)

@@ -42,21 +42,26 @@ class Slots:
             raise ValueError(f"--max-concurrency must be >= 1 and --max-queue >= 0 (got {max_active}, {max_queue})")
         self.max_active, self.max_queue = max_active, max_queue
         self.stats = Stats()
-        self._free = asyncio.Semaphore(max_active)
+        self._free = None  # made in the server's event loop (Python 3.9 binds it to the loop current at creation)
 
     @contextlib.asynccontextmanager
     async def acquire(self):
+        if self._free is None:
+            self._free = asyncio.Semaphore(self.max_active)
         s = self.stats
-        if self._free.locked() and s.queued >= self.max_queue:
-            s.rejected += 1
-            raise QueueFull(f"{s.active} requests running and {s.queued} queued (limits {self.max_active} and "
-                            f"{self.max_queue}); retry later")
-        s.queued += 1
-        s.peak_queued = max(s.peak_queued, s.queued)
-        try:
-            await self._free.acquire()  # a client that disconnects while queued is cancelled here
-        finally:
-            s.queued -= 1
+        if self._free.locked():  # every slot busy: wait in the queue, if there is room in it
+            if s.queued >= self.max_queue:
+                s.rejected += 1
+                raise QueueFull(f"{s.active} requests running and {s.queued} queued (limits {self.max_active} and "
+                                f"{self.max_queue}); retry later")
+            s.queued += 1
+            s.peak_queued = max(s.peak_queued, s.queued)
+            try:
+                await self._free.acquire()
+            finally:
+                s.queued -= 1
+        else:
+            await self._free.acquire()  # a free slot: taken at once
         s.active += 1
         s.peak_active = max(s.peak_active, s.active)
         try:

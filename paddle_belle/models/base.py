@@ -202,12 +202,20 @@ class CausalLM(PretrainedModel):
         path = Path(path)
         if paddle.get_device() == "cpu":
             set_cpu_threads(threads)
+        quantization = None
         if config is None:
-            config = cls.config_class.from_dict(read_config(path), **config_overrides)
+            raw = read_config(path)
+            # Ours (quant/format.py), not PaddleNLP's QuantizationConfig, which would try to parse it.
+            quantization = raw.pop("quantization_config", None)
+            config = cls.config_class.from_dict(raw, **config_overrides)
         config.dtype = check_dtype(dtype) if dtype is not None else default_dtype(config)
         # LazyGuard: parameters get memory only when their weights arrive, so a 7B model is not initialised first.
         with no_init_weights(), dtype_guard(config.dtype), paddle.LazyGuard():
             model = cls(config)
+            if quantization is not None:  # a quantized checkpoint: integer weights stay integer (QuantLinear)
+                from paddle_belle.quant import QuantConfig, replace_linears
+
+                replace_linears(model, QuantConfig.from_dict(quantization, f"{path / CONFIG_NAME}"))
         model.load_weights(path, strict=strict)
         model.eval()
         return model
@@ -263,12 +271,17 @@ class CausalLM(PretrainedModel):
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
         state = dict(self.state_dict() if state_dict is None else state_dict)
+        quantized = getattr(self, "quantization", None) is not None
         for copy, source in self.tied_copies().items():
-            state[copy] = state[source].T.contiguous()
+            if not quantized:  # the copy is for PaddleNLP's classes, which cannot load a quantized checkpoint anyway
+                state[copy] = state[source].T.contiguous()
         save_state_dict(state, save_dir, safe_serialization=safe_serialization, max_shard_size=max_shard_size)
         self.config.dtype = self.dtype_name
         self.config.architectures = [type(self).__name__]
-        write_json(save_dir / CONFIG_NAME, json.loads(self.config.to_json_string()))
+        config = json.loads(self.config.to_json_string())
+        if getattr(self, "quantization", None) is not None:  # see quant/format.py
+            config["quantization_config"] = self.quantization.to_dict()
+        write_json(save_dir / CONFIG_NAME, config)
 
 
 def read_config(path) -> dict:

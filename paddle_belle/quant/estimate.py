@@ -1,0 +1,78 @@
+"""Checkpoint size and resident weight memory of a model at fp32 / fp16 / int8 / int4-g128, from its shapes alone.
+
+Quantized rows count what this package writes (quant/format.py): packed codes, float32 scales per group (plus
+uint8 zeros when asymmetric), with embeddings, norms, biases (and a tied head) kept in the "rest" dtype. BELLE's
+published GPTQ checkpoints kept the rest in float32, as a CPU run here does; a GPU run keeps float16.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from paddle_belle.convert import tables
+from paddle_belle.quant.format import QuantConfig
+from paddle_belle.quant.linear import BLOCK_ELEMENTS
+
+GIB = 1024**3
+# BELLE's README (models/gptq): "bloom7b-2m 27G, bloom7b-2m-8bit-128g 9.7G, bloom7b-2m-4bit-128g 6.9G".
+BELLE_TABLE = {"fp32": 27.0, "int8-g128": 9.7, "int4-g128": 6.9}
+LINEAR_SUFFIXES = ("query_key_value.weight", "dense.weight", "dense_h_to_4h.weight", "dense_4h_to_h.weight",
+                   "q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "gate_proj.weight",
+                   "up_proj.weight", "down_proj.weight")
+
+
+@dataclass
+class Estimate:
+    name: str
+    file_bytes: int
+    resident_bytes: int  # the weights as held in memory (plus one dequantization block for quantized layers)
+
+
+def estimate(model_type: str, config: dict, group_size: int = 128) -> list[Estimate]:
+    """Rows for fp32, fp16, int8-g{group_size} and int4-g{group_size} (rest fp32 and rest fp16)."""
+    shapes = tables.paddle_shapes(model_type, tables.paddle_config(model_type, config))
+    if model_type == "llama" and config.get("tie_word_embeddings"):
+        shapes.pop("lm_head.weight")  # held once, as the embedding
+    linear = {n: s for n, s in shapes.items() if n.endswith(LINEAR_SUFFIXES) and len(s) == 2}
+    n_linear = sum(math.prod(s) for s in linear.values())
+    n_rest = sum(math.prod(s) for n, s in shapes.items() if n not in linear)
+    rows = [Estimate("fp32", 4 * (n_linear + n_rest), 4 * (n_linear + n_rest)),
+            Estimate("fp16", 2 * (n_linear + n_rest), 2 * (n_linear + n_rest))]
+    largest_out = max(s[1] for s in linear.values())
+    for bits in (8, 4):
+        q = QuantConfig(bits=bits, group_size=group_size)
+        codes = sum(-(-s[0] // q.per_byte) * s[1] for s in linear.values())
+        scales = sum(q.groups(s[0]) * s[1] * 4 for s in linear.values())
+        block = min(BLOCK_ELEMENTS, max(group_size, 1) * largest_out) * 4  # one dequantized block in float32
+        for rest, width in (("fp32", 4), ("fp16", 2)):
+            size = codes + scales + width * n_rest
+            rows.append(Estimate(f"int{bits}-g{group_size} (rest {rest})", size, size + block))
+    return rows
+
+
+def format_estimate(name: str) -> str:
+    """The table for a registry short name (or a local checkpoint directory), checked against BELLE's own."""
+    from pathlib import Path
+
+    from paddle_belle.models.base import read_config
+    from paddle_belle.registry import lookup
+
+    info = lookup(name)
+    if info is not None:
+        model_type, config = info.model_type, dict(info.config)
+    elif Path(name).is_dir():
+        config = read_config(name)
+        model_type = tables.model_type_of(config, f"{name}/config.json")
+    else:
+        raise ValueError(f"{name}: not a registry name (see `paddle-belle models`) or a checkpoint directory")
+    rows = estimate(model_type, config)
+    lines = [f"{name}: weights as stored and as resident (KV cache and activations extra)",
+             f"{'format':<24} {'file':>10} {'resident':>10}"]
+    for r in rows:
+        lines.append(f"{r.name:<24} {r.file_bytes / GIB:>8.2f}Gi {r.resident_bytes / GIB:>8.2f}Gi")
+    if info is not None and info.model_type == "bloom" and info.config.get("hidden_size") == 4096:
+        lines.append("BELLE's published bloom7b-2m GPTQ checkpoints (rest fp32), this estimate / theirs:")
+        for key, theirs in BELLE_TABLE.items():
+            ours = next(r for r in rows if r.name == key or r.name == f"{key} (rest fp32)")
+            lines.append(f"  {key:<10} {ours.file_bytes / GIB:6.2f}Gi / {theirs}G = {ours.file_bytes / GIB / theirs:.3f}")
+    return "\n".join(lines)

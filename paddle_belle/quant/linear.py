@@ -1,0 +1,171 @@
+"""A Linear whose weight stays resident as packed integers, and swapping it into a model.
+
+Paddle's weight-only kernels (``paddle.nn.quant.weight_only_linear``) exist only for GPUs; on CPU there is no kernel
+that reads integer weights (GUIDE §3), so the CPU path is ours: it dequantizes a block of whole groups at a time
+into float32 and accumulates ``x[:, rows] @ W[rows]``. Memory holds the packed codes plus one block, never the
+whole float weight.
+"""
+from __future__ import annotations
+
+import paddle
+import paddle.nn as nn
+
+from paddle_belle.quant.format import QuantConfig, pack
+
+# A dequantized block holds at most this many weights (16 MB in float32) before its matmul.
+BLOCK_ELEMENTS = 1 << 22
+
+
+class QuantLinear(nn.Layer):
+    """y = x @ dequant(qweight) + bias, with the buffers of the checkpoint format (quant/format.py)."""
+
+    def __init__(self, in_features: int, out_features: int, config: QuantConfig, bias: bool = False,
+                 dtype: str = "float32"):
+        super().__init__()
+        self.in_features, self.out_features, self.config = in_features, out_features, config
+        self.group_size = config.group_size_for(in_features)
+        n_groups = config.groups(in_features)
+        rows = -(-in_features // config.per_byte)
+        self.register_buffer("qweight", paddle.zeros([rows, out_features], "uint8"))
+        self.register_buffer("scales", paddle.zeros([n_groups, out_features], "float32"))
+        # None buffers are absent from the state dict: symmetric layers have no zeros, plain ones no perm.
+        self.register_buffer("zeros", None if config.sym else paddle.zeros([n_groups, out_features], "uint8"))
+        self.register_buffer("perm", paddle.arange(in_features, dtype="int32") if config.act_order else None)
+        self.bias = self.create_parameter([out_features], dtype=dtype, is_bias=True) if bias else None
+        self._weight_only = None  # GPU: (weight, scale, algo) prepared for weight_only_linear, False if unusable
+
+    @classmethod
+    def from_codes(cls, codes, scales, zeros, config: QuantConfig, perm=None, bias=None) -> "QuantLinear":
+        """Build from unpacked codes [in, out] (rows in ``perm`` order when given), scales/zeros [groups, out]."""
+        codes = codes.numpy() if isinstance(codes, paddle.Tensor) else codes
+        layer = cls(codes.shape[0], codes.shape[1], config, bias is not None,
+                    str(bias.dtype).replace("paddle.", "") if bias is not None else "float32")
+        layer.qweight.set_value(paddle.to_tensor(pack(codes, config.bits)))
+        layer.scales.set_value(paddle.to_tensor(scales).astype("float32"))
+        if layer.zeros is not None:
+            layer.zeros.set_value(paddle.to_tensor(zeros).astype("uint8"))
+        if layer.perm is not None:
+            layer.perm.set_value(paddle.to_tensor(perm).astype("int32"))
+        if bias is not None:
+            layer.bias.set_value(bias)
+        return layer
+
+    def extra_repr(self):
+        c = self.config
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={c.bits}, "
+                f"group_size={c.group_size}, sym={c.sym}, act_order={c.act_order}")
+
+    # ------------------------------------------------------------------------------------------ weights
+    def codes(self, start: int = 0, stop: int | None = None) -> paddle.Tensor:
+        """Unpacked codes (int32) of stored rows [start, stop); ``start`` is a multiple of per_byte."""
+        stop = self.in_features if stop is None else stop
+        per, bits = self.config.per_byte, self.config.storage_bits
+        packed = self.qweight[start // per : -(-stop // per)].astype("int32")
+        if per == 1:
+            return packed
+        parts = [paddle.bitwise_and(paddle.bitwise_right_shift(packed, paddle.to_tensor(bits * j, "int32")),
+                                    paddle.to_tensor((1 << bits) - 1, "int32")) for j in range(per)]
+        return paddle.stack(parts, axis=1).reshape([-1, self.out_features])[: stop - start]
+
+    def dequantize(self, start: int = 0, stop: int | None = None, dtype: str = "float32") -> paddle.Tensor:
+        """The float weight of stored rows [start, stop) (group-aligned ``start``), [rows, out]."""
+        stop = self.in_features if stop is None else stop
+        g0, g1 = start // self.group_size, -(-stop // self.group_size)
+        index = paddle.arange(start, stop) // self.group_size - g0  # group of each row, within the block
+        scales = self.scales[g0:g1].index_select(index, axis=0)
+        if self.zeros is not None:
+            zero = self.zeros[g0:g1].astype("float32").index_select(index, axis=0)
+        else:
+            zero = float(1 << (self.config.bits - 1))
+        return ((self.codes(start, stop).astype("float32") - zero) * scales).astype(dtype)
+
+    def weight(self) -> paddle.Tensor:
+        """The whole dequantized weight [in, out] in the input's original row order (for tests and export)."""
+        w = self.dequantize()
+        if self.perm is not None:
+            w = paddle.zeros_like(w).scatter(self.perm.astype("int64"), w)
+        return w
+
+    # ------------------------------------------------------------------------------------------ forward
+    def forward(self, x):
+        if self.perm is not None:  # act-order: rows are stored in GPTQ's order, so read the input in that order
+            x = x.index_select(self.perm.astype("int64"), axis=-1)
+        if paddle.is_compiled_with_cuda() and x.place.is_gpu_place():
+            out = self._gpu_forward(x)
+            if out is not None:
+                return out
+        return self._blockwise_forward(x)
+
+    def _blockwise_forward(self, x):
+        """Dequantize whole groups a block at a time and accumulate their matmuls (any device, any dtype)."""
+        rows = max(1, BLOCK_ELEMENTS // (self.group_size * self.out_features)) * self.group_size
+        out = None
+        for start in range(0, self.in_features, rows):
+            stop = min(start + rows, self.in_features)
+            part = paddle.matmul(x[..., start:stop], self.dequantize(start, stop, dtype=x.dtype))
+            out = part if out is None else out + part
+        return out if self.bias is None else out + self.bias
+
+    def _gpu_forward(self, x):
+        """Paddle's weight-only kernel where its layout holds our integers exactly: symmetric 4/8-bit with group
+        size -1, 64 or 128. weight_quantize re-derives its own scales (max|w| / qmax per group); it is used only
+        if dequantizing its result reproduces our weight, which holds unless GPTQ clipped a group to -2^(bits-1).
+        Otherwise (and for 2/3-bit, asymmetric, other group sizes) the block-wise path runs on the GPU."""
+        if self._weight_only is None:
+            self._weight_only = False
+            c = self.config
+            if c.sym and c.bits in (4, 8) and c.group_size in (-1, 64, 128) and x.dtype in (paddle.float16, paddle.bfloat16):
+                algo = f"weight_only_int{c.bits}"
+                arch = paddle.device.cuda.get_device_capability()
+                arch = arch[0] * 10 + arch[1]
+                w = self.dequantize(dtype=x.dtype)
+                qw, scale = paddle.nn.quant.weight_quantize(w, algo=algo, arch=arch, group_size=c.group_size)
+                back = paddle.nn.quant.weight_dequantize(qw, scale, algo=algo, out_dtype=x.dtype, group_size=c.group_size)
+                tolerance = 1e-2 * float(self.scales.abs().max())
+                if float((back.astype("float32") - w.astype("float32")).abs().max()) <= tolerance:
+                    self._weight_only = (qw, scale, algo, arch)
+        if not self._weight_only:
+            return None
+        qw, scale, algo, arch = self._weight_only
+        return paddle.nn.quant.weight_only_linear(x, qw, bias=self.bias, weight_scale=scale,
+                                                  weight_dtype=algo.replace("weight_only_", ""), arch=arch,
+                                                  group_size=self.config.group_size)
+
+
+# ----------------------------------------------------------------------------------------- model surgery
+def decoder_blocks(model) -> nn.LayerList:
+    """The transformer blocks of our BLOOM (``bloom.h``) or LLaMA (``llama.layers``)."""
+    body = model.base_model
+    return body.h if hasattr(body, "h") else body.layers
+
+
+def block_linears(block: nn.Layer) -> list[tuple[nn.Layer, str, nn.Linear]]:
+    """(parent, attribute, Linear) for every plain Linear inside ``block``."""
+    found = []
+    for _, parent in [("", block)] + list(block.named_sublayers()):
+        for attr, child in parent.named_children():
+            if type(child) is nn.Linear:
+                found.append((parent, attr, child))
+    return found
+
+
+def quantizable(model, config: QuantConfig) -> list[tuple[nn.Layer, str, nn.Linear]]:
+    """Every Linear quantization replaces: those of the decoder blocks, and the LM head when asked."""
+    found = [item for block in decoder_blocks(model) for item in block_linears(block)]
+    if config.quantize_lm_head:
+        head = getattr(model, "lm_head", None)
+        if head is None or model.config.tie_word_embeddings:
+            raise ValueError("--quantize-lm-head: this model's head is its (tied) embedding, which stays in full "
+                             "precision; only a separate lm_head can be quantized")
+        found.append((model, "lm_head", head))
+    return found
+
+
+def replace_linears(model, config: QuantConfig) -> None:
+    """Swap every quantizable Linear for an (empty) QuantLinear of the same shape, ready for load_weights."""
+    for parent, attr, linear in quantizable(model, config):
+        in_features, out_features = linear.weight.shape
+        bias = linear.bias is not None
+        dtype = str(linear.weight.dtype).replace("paddle.", "")
+        setattr(parent, attr, QuantLinear(in_features, out_features, config, bias, dtype))
+    model.quantization = config

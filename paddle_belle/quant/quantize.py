@@ -1,0 +1,170 @@
+"""Quantize a model block by block (GPTQ or round-to-nearest) and save the quantized checkpoint.
+
+GPTQ runs the way the reference (IST-DASLab/gptq llama.py ``llama_sequential``) does, so that memory holds one
+block's calibration activations, never the whole model's: the inputs of block 0 are captured by stopping the
+forward pass at it; for each block, every Linear gets PaddleSlim's Hessian-accumulating wrapper, the calibration
+inputs run through the block, each Linear is quantized and replaced by a QuantLinear, and the inputs run through
+the now-quantized block once more to become the next block's inputs. Everything else the block needs (RoPE
+cos/sin, or BLOOM's ALiBi + causal bias) is captured with the inputs and passed along unchanged.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import paddle
+from tqdm.auto import tqdm
+
+from paddle_belle.quant.format import QuantConfig, quantize_rtn
+from paddle_belle.quant.gptq import GPTQ
+from paddle_belle.quant.linear import QuantLinear, block_linears, decoder_blocks, quantizable
+
+# Files of a checkpoint directory that travel unchanged into the quantized one (tokenizers of both layouts).
+COPIED = ("vocab.json", "merges.txt", "sentencepiece.bpe.model", "tokenizer.model", "tokenizer.json",
+          "tokenizer_config.json", "special_tokens_map.json", "chat_template.json", "generation_config.json",
+          "added_tokens.json")
+
+
+class _Captured(Exception):
+    """Raised by the hook on block 0 once it has its inputs: the rest of the forward pass is not needed."""
+
+
+def calibration_windows(ids, nsamples: int, seqlen: int, source: str = "calibration data") -> np.ndarray:
+    """``nsamples`` consecutive, disjoint windows of ``seqlen`` tokens [nsamples, seqlen] from the token ids."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if nsamples < 1 or seqlen < 2:
+        raise ValueError(f"nsamples must be >= 1 and seqlen >= 2 (got {nsamples} and {seqlen})")
+    need = nsamples * seqlen
+    if ids.size < need:
+        raise ValueError(f"{source}: {ids.size} tokens, too short for nsamples × seqlen = {nsamples} × {seqlen} = "
+                         f"{need}; give more text or lower --nsamples/--seqlen")
+    return ids[:need].reshape(nsamples, seqlen)
+
+
+def _rtn_layer(linear, config: QuantConfig) -> QuantLinear:
+    codes, scales, zeros = quantize_rtn(linear.weight, config)
+    return QuantLinear.from_codes(codes.numpy(), scales.numpy(), zeros.numpy(), config, bias=linear.bias)
+
+
+@paddle.no_grad()
+def quantize_model(model, config: QuantConfig, calibration: np.ndarray | None = None, progress: bool = True):
+    """Replace the model's Linears (decoder blocks; the head when asked) by QuantLinears, in place.
+
+    ``calibration`` [nsamples, seqlen] token ids are needed by GPTQ, ignored by RTN. Returns the model."""
+    model.eval()
+    quantizable(model, config)  # checks --quantize-lm-head before any work
+    blocks = decoder_blocks(model)
+    bar = tqdm(total=len(blocks) + int(config.quantize_lm_head), desc=f"{config.method}-{config.bits}",
+               unit="block", disable=None if progress else True)
+    if config.method == "rtn":
+        for block in blocks:
+            for parent, attr, linear in block_linears(block):
+                setattr(parent, attr, _rtn_layer(linear, config))
+            bar.update()
+        if config.quantize_lm_head:
+            model.lm_head = _rtn_layer(model.lm_head, config)
+            bar.update()
+        bar.close()
+        model.quantization = config
+        return model
+    if calibration is None:
+        raise ValueError("GPTQ needs calibration data")
+
+    # 1. The inputs of block 0 (and the block's other arguments, the same for every window).
+    inputs, extra = [], []
+
+    def catch(layer, args):
+        inputs.append(args[0])
+        extra[:] = args[1:]
+        raise _Captured
+
+    hook = blocks[0].register_forward_pre_hook(catch)
+    try:
+        for window in calibration:
+            ids = paddle.to_tensor(window[None], dtype="int64")
+            try:
+                model.base_model(ids, paddle.ones_like(ids), None, None)
+            except _Captured:
+                pass
+    finally:
+        hook.remove()
+
+    # 2. Block by block: accumulate Hessians, quantize, and move the inputs on through the quantized block.
+    for i, block in enumerate(blocks):
+        args = tuple(extra[:-1]) + (i,)  # the last argument of our blocks is their layer index
+        wrapped = []
+        for parent, attr, linear in block_linears(block):
+            gptq = GPTQ(linear, quant_bits=config.bits)
+            setattr(parent, attr, gptq)
+            wrapped.append((parent, attr, gptq))
+        for x in inputs:
+            block(x, *args)
+        for parent, attr, gptq in wrapped:
+            setattr(parent, attr, _from_gptq(gptq, config))
+        inputs = [block(x, *args) for x in inputs]
+        bar.update()
+    if config.quantize_lm_head:
+        norm = model.base_model.norm
+        gptq = GPTQ(model.lm_head, quant_bits=config.bits)
+        for x in inputs:
+            gptq(norm(x))
+        model.lm_head = _from_gptq(gptq, config)
+        bar.update()
+    bar.close()
+    model.quantization = config
+    return model
+
+
+def _from_gptq(gptq: GPTQ, config: QuantConfig) -> QuantLinear:
+    q = gptq.quantize(config)
+    return QuantLinear.from_codes(q.codes, q.scales, q.zeros, config, perm=q.perm, bias=gptq.layer.bias)
+
+
+# -------------------------------------------------------------------------------------------- end to end
+def quantize_checkpoint(model_dir, out_dir, config: QuantConfig, calib: str | None = None, nsamples: int = 128,
+                        seqlen: int = 2048, threads: int | None = None) -> dict:
+    """Load ``model_dir``, quantize it, and write the quantized checkpoint (weights, config, tokenizer files) to
+    ``out_dir``, which must not exist; it is built beside and renamed into place when complete.
+    Returns {"seconds": quantization time, "bytes": size of the weight files}."""
+    from paddle_belle.auto import AutoModelForCausalLM
+    from paddle_belle.evaluate.perplexity import load_encoder
+
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} exists; give a new directory")
+    calibration = None
+    if config.method == "gptq":
+        if calib is None:
+            raise ValueError("--method gptq needs --calib (a text file)")
+        encode = load_encoder(model_dir)
+        calibration = calibration_windows(encode(_read_text(calib)), nsamples, seqlen, source=calib)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32" if paddle.get_device() == "cpu" else None,
+                                                 threads=threads)
+    if getattr(model, "quantization", None) is not None:
+        raise ValueError(f"{model_dir} is already quantized")
+    start = time.perf_counter()
+    quantize_model(model, config, calibration)
+    seconds = time.perf_counter() - start
+    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    try:
+        model.save_pretrained(tmp)
+        for name in COPIED:
+            if (Path(model_dir) / name).is_file():
+                shutil.copyfile(Path(model_dir) / name, tmp / name)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    size = sum(p.stat().st_size for p in out_dir.iterdir() if p.suffix in (".safetensors", ".pdparams"))
+    return {"seconds": seconds, "bytes": size}
+
+
+def _read_text(path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e})") from None

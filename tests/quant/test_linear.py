@@ -1,0 +1,52 @@
+import numpy as np
+import paddle
+import pytest
+
+from paddle_belle.quant import QuantConfig, QuantLinear, dequantize
+from paddle_belle.quant import linear as linear_module
+
+
+def random_layer(config, in_features, out_features, seed=0, bias=True):
+    rng = np.random.RandomState(seed)
+    codes = rng.randint(0, 1 << config.bits, (in_features, out_features)).astype(np.uint8)
+    groups = config.groups(in_features)
+    scales = rng.uniform(0.01, 0.1, (groups, out_features)).astype(np.float32)
+    zeros = rng.randint(0, 1 << config.bits, (groups, out_features)).astype(np.uint8)
+    perm = rng.permutation(in_features).astype(np.int32) if config.act_order else None
+    b = paddle.to_tensor(rng.standard_normal(out_features).astype(np.float32)) if bias else None
+    layer = QuantLinear.from_codes(codes, scales, zeros, config, perm=perm, bias=b)
+    if config.sym:
+        zeros = np.full_like(zeros, 1 << (config.bits - 1))
+    weight = dequantize(codes, scales, zeros, config.group_size)  # stored (perm) order
+    if perm is not None:
+        weight = weight[np.argsort(perm)]  # stored row i is input row perm[i]
+    return layer, weight, None if b is None else b.numpy()
+
+
+@pytest.mark.parametrize("config", [
+    QuantConfig(bits=4, group_size=32, method="rtn"),
+    QuantConfig(bits=4, group_size=32, method="rtn", sym=False),
+    QuantConfig(bits=8, group_size=-1, method="rtn"),
+    QuantConfig(bits=3, group_size=16, method="gptq", act_order=True),
+    QuantConfig(bits=2, group_size=32, method="gptq", sym=False, act_order=True),
+], ids=["int4-sym", "int4-asym", "int8-channel", "int3-actorder", "int2-asym-actorder"])
+@pytest.mark.parametrize("block_elements", [1 << 22, 1])
+def test_quantized_linear_equals_dequantized_matmul(config, block_elements, monkeypatch):
+    # 72 inputs in groups of 32: the last group is partial. block_elements=1 forces one group per block.
+    monkeypatch.setattr(linear_module, "BLOCK_ELEMENTS", block_elements)
+    layer, weight, bias = random_layer(config, 72, 24)
+    x = np.random.RandomState(1).standard_normal((2, 5, 72)).astype(np.float32)
+    expected = x @ weight + bias
+    np.testing.assert_allclose(layer(paddle.to_tensor(x)).numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layer.weight().numpy(), weight, rtol=1e-6, atol=1e-7)
+
+
+def test_quantized_linear_keeps_integer_weights_resident():
+    config = QuantConfig(bits=4, group_size=128, method="rtn")
+    layer, _, _ = random_layer(config, 576, 1536, bias=False)
+    state = layer.state_dict()
+    assert sorted(state) == ["qweight", "scales"]
+    assert state["qweight"].dtype == paddle.uint8 and state["qweight"].shape == [288, 1536]
+    assert state["scales"].shape == [5, 1536]  # 576 = 4 x 128 + 64: five groups
+    held = sum(int(np.prod(t.shape)) * t.element_size() for t in state.values())
+    assert held <= 0.27 * 576 * 1536 * 2  # int4 + float32 scales per 128 vs fp16

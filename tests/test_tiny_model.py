@@ -59,3 +59,24 @@ def test_chat_with_no_model_argument_answers_a_chinese_question_in_chinese():
     assert out.returncode == 0, out.stderr[-2000:]
     reply = out.stdout.split("Assistant:", 1)[1].split("Human:", 1)[0]
     assert len(CJK.findall(reply)) >= 3, out.stdout
+
+
+def test_quantizes_with_gptq_and_still_answers_in_chinese(tmp_path):
+    from paddle_belle.data_files import SCHOOL_MATH
+    from paddle_belle.quant.format import QuantConfig
+    from paddle_belle.quant.quantize import quantize_checkpoint
+
+    text = "\n".join(json.loads(line)["output"] for line in SCHOOL_MATH.read_text(encoding="utf-8").splitlines())
+    (tmp_path / "calib.txt").write_text(text, encoding="utf-8")
+    quantize_checkpoint(resolve("belle-tiny-zh"), tmp_path / "q4", QuantConfig(bits=4, group_size=128, method="gptq"),
+                        calib=str(tmp_path / "calib.txt"), nsamples=16, seqlen=256)
+    quantized = AutoModelForCausalLM.from_pretrained(tmp_path / "q4")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "q4")
+    assert quantized.quantization.bits == 4
+    ids = tok("Human: 中国的首都是哪里？\n\nAssistant:", return_tensors="pd")["input_ids"]
+    with paddle.no_grad():
+        full = AutoModelForCausalLM.from_pretrained("belle-tiny-zh")(ids).logits.numpy()[0, -1]
+        q = quantized(ids).logits.numpy()[0, -1]
+    assert np.corrcoef(full, q)[0, 1] > 0.95  # the same model, slightly perturbed
+    out = quantized.generate(ids, preset="belle-card", seed=0, max_new_tokens=40)
+    assert len(CJK.findall(tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True))) >= 3

@@ -61,9 +61,11 @@ def attention_bias(attention_mask: paddle.Tensor, query_length: int) -> paddle.T
     query_pos = paddle.arange(kv_length - query_length, kv_length).unsqueeze(1)
     causal = paddle.arange(kv_length).unsqueeze(0) <= query_pos
     keys = attention_mask[:, None, None, :]
-    queries = attention_mask[:, None, -query_length:, None]
-    # A padding query (0) keeps seeing every real key before it, as unpacked rows always did.
-    allowed = causal[None, None] & (keys != 0) & ((keys == queries) | (queries == 0))
+    allowed = causal[None, None] & (keys != 0)
+    if query_length > 1:  # packed rows come whole, never one decoding step at a time: no cost per new token
+        queries = attention_mask[:, None, -query_length:, None]
+        # A padding query (0) keeps seeing every real key before it, as unpacked rows always did.
+        allowed = allowed & ((keys == queries) | (queries == 0))
     return (1.0 - allowed.astype("float32")) * MASKED
 
 

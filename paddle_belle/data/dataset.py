@@ -64,7 +64,6 @@ class DataSummary:
     supervised_tokens: int = 0
     rows: int | None = None  # packed rows, when packing
 
-
     def __str__(self):
         return (f"{self.records} records: {self.bad} malformed skipped, {self.unsupervised} dropped with no "
                 f"supervised token left after truncation; {self.samples} samples, {self.tokens} tokens "

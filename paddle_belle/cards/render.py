@@ -56,6 +56,13 @@ def _quant_from_config(config: dict) -> QuantConfig | None:
 def subject(model: str, facts_name: str | None = None) -> Subject:
     """Resolve ``model`` (a checkpoint directory, or a name from cards/facts.py or the registry) and its facts."""
     path = Path(model)
+    bundled = registry.lookup(model) if not path.is_dir() else None
+    if bundled is not None and bundled.bundled:  # belle-tiny-zh: its files ship inside the package
+        if not (registry.BUNDLED / bundled.name).is_dir():
+            raise FileNotFoundError(f"{registry.BUNDLED / bundled.name}: the bundled model is not in this installation")
+        s = subject(str(registry.BUNDLED / bundled.name), facts_name)
+        s.model_path = bundled.name
+        return s
     found = F.find(facts_name) if facts_name else None
     if facts_name and found is None:
         raise ValueError(f"--facts {facts_name}: no published facts for that name (known: {', '.join(F.FACTS)})")

@@ -198,6 +198,21 @@ def test_bundled_tiny_model_card(tmp_path):
     assert "small demonstration model" in card
 
 
+def test_build_info_is_summarised(bloom_dir, tmp_path):
+    """The record tools/build_tiny_model.py writes (run_stage's info per stage, losses, samples)."""
+    d = tmp_path / "tiny"
+    shutil.copytree(bloom_dir, d)
+    info = {"seed": 0, "parameters": 4_700_000, "vocab_size": 6000, "sft_records": 3000,
+            "pretrain": {"steps": 120, "first_loss": 8.61, "last_loss": 4.123456, "tokens_per_second": 900.0, "minutes": 3.5},
+            "sft": {"steps": 80, "first_loss": 4.0, "last_loss": 2.5, "tokens_per_second": 800.0, "minutes": 2.0},
+            "held_out_loss_before_sft": 3.9, "held_out_loss": 2.7,
+            "samples": [{"question": "你好", "answer": "你好！"}]}
+    (d / "build_info.json").write_text(json.dumps(info, ensure_ascii=False), encoding="utf-8")
+    rows = dict(table(build_card(str(d)), "How it was trained"))
+    assert rows["pretrain.steps"] == "120" and rows["pretrain.last_loss"] == "4.123" and rows["sft.first_loss"] == "4"
+    assert rows["held_out_loss"] == "2.7" and rows["seed"] == "0" and not any(k.startswith("samples") for k in rows)
+
+
 # ------------------------------------------------------------------------------------------- snippets
 def snippet_of(card: str) -> str:
     return card.split("```python\n", 1)[1].split("```", 1)[0]

@@ -167,7 +167,7 @@ def cmd_card(args) -> int:
         if not sep or not key.strip():
             raise ValueError(f"--hyper {item!r}: expected KEY=VALUE, e.g. 'learning rate=2e-5'")
         hyper[key.strip()] = value.strip()
-    text = build_card(args.model, facts=args.facts, title=args.title, base=args.base, data=args.data,
+    text = build_card(args.model, facts=args.facts, card_path=args.out, title=args.title, base=args.base, data=args.data,
                       data_size=args.data_size, description=args.description, hyper=hyper or None)
     print(f"wrote {write_card(text, args.out, force=args.force)}")
     return 0

@@ -10,10 +10,13 @@ from paddle_belle.checkpoint import atomic_path
 __all__ = ["build_card", "write_card", "write_model_cards", "stale_model_cards", "snippet", "FACTS"]
 
 
-def build_card(model: str, facts: str | None = None, **overrides) -> str:
+def build_card(model: str, facts: str | None = None, card_path=None, **overrides) -> str:
     """The card's markdown for a checkpoint directory or a model name; ``overrides``: title, base, data,
-    data_size, description, hyper (a dict)."""
-    return render(apply_overrides(subject(model, facts), **overrides))
+    data_size, description, hyper (a dict). ``card_path``: where it will be written (an old card there is not
+    listed among the checkpoint's files)."""
+    s = apply_overrides(subject(model, facts), **overrides)
+    s.card_path = Path(card_path) if card_path is not None else None
+    return render(s)
 
 
 def write_card(text: str, out, force: bool = False) -> Path:

@@ -24,6 +24,7 @@ from paddle_belle.quant.format import QuantConfig
 CARD_ARGS = ("max_new_tokens", "do_sample", "top_k", "top_p", "temperature", "repetition_penalty")
 HYPER_ORDER = ("batch size", "learning rate", "epochs", "weight decay", "warmup rate", "LR scheduler")
 NOT_PUBLISHED = "not published"
+NOT_GIVEN = "not given (see `paddle-belle card --help`: --base, --data, --hyper)"  # a checkpoint of unknown origin
 
 
 @dataclass
@@ -46,6 +47,12 @@ class Subject:
     float_dtype: str = "float16"  # of the weights that are not packed codes (the whole model when not quantized)
     build_info: dict | None = None
     get_weights: list = field(default_factory=list)  # shell lines that produce model_path
+    card_path: Path | None = None  # the card being written: left out of its own directory's files table
+
+    @property
+    def unknown(self) -> str:
+        """What a missing fact is called: BELLE's models did not publish it; of a user's checkpoint we were not told."""
+        return NOT_PUBLISHED if self.facts else NOT_GIVEN
 
 
 def _quant_from_config(config: dict) -> QuantConfig | None:
@@ -153,7 +160,7 @@ def _details(s: Subject) -> list[str]:
     arch = f"{s.model_type.upper() if s.model_type == 'bloom' else 'LLaMA'}: {layers} layers, hidden {c['hidden_size']}, " \
            f"{heads} heads, vocabulary {c['vocab_size']:,}"
     rows = [("architecture", arch), ("parameters", f"{_parameters(s.model_type, s.config):,}"),
-            ("base model", s.base or NOT_PUBLISHED), ("training data", s.data or NOT_PUBLISHED)]
+            ("base model", s.base or s.unknown), ("training data", s.data or s.unknown)]
     if s.data_size:
         rows.append(("data size", s.data_size))
     if s.quant:
@@ -167,6 +174,8 @@ def _details(s: Subject) -> list[str]:
 
 def _hyper(s: Subject) -> list[str]:
     if not s.hyper:
+        if not s.facts:
+            return [f"Training hyper-parameters: {NOT_GIVEN}."]
         return [f"Training hyper-parameters: {NOT_PUBLISHED} (as far as we could check BELLE's cards and README)."]
     keys = [k for k in HYPER_ORDER if k in s.hyper] + [k for k in s.hyper if k not in HYPER_ORDER]
     return ["| parameter | value |", "|---|---|", *(f"| {k} | {s.hyper[k]} |" for k in keys), "",
@@ -222,7 +231,8 @@ def _usage(s: Subject) -> list[str]:
 
 def _files(s: Subject) -> list[str]:
     if s.local is not None:
-        rows = local_files(s.local)
+        rows = [(name, n) for name, n in local_files(s.local)
+                if s.card_path is None or (s.local / name).resolve() != s.card_path.resolve()]
         head = "Measured in the checkpoint directory (os.stat):"
     else:
         dtype = s.float_dtype
@@ -289,8 +299,8 @@ def _limitations(s: Subject) -> list[str]:
              "fix them (arXiv 2303.14742).",
              "- BELLE allows its models, data and code to be used for research only, not commercially "
              f"({F.MODELS_README}).",
-             "- Its knowledge and values are those of its base model and of ChatGPT-generated training data; no "
-             "safety tuning was done beyond that data."]
+             "- What it knows, and its biases, come from its base model and from the ChatGPT-generated training "
+             "data."]
     if s.model_type == "llama" and s.facts:
         lines.append("- The weights derive from Meta's LLaMA and are bound by LLaMA's licence as well.")
     if s.quant is not None:

@@ -167,6 +167,17 @@ def test_card_of_a_directory_measures_its_files(bloom_dir, tmp_path):
     assert "given to `paddle-belle card`" in card
 
 
+def test_card_in_its_own_directory_is_not_listed(bloom_dir, tmp_path):
+    d = tmp_path / "ckpt"
+    shutil.copytree(bloom_dir, d)
+    (d / "README.md").write_text("an old card")
+    rc, _, err = run_cli("card", "--model", d, "--out", d / "README.md", "--force")
+    assert rc == 0, err
+    card = (d / "README.md").read_text(encoding="utf-8")
+    assert "README.md" not in [r[0] for r in table(card, "Files")]
+    assert "| base model | not given" in card and "Training hyper-parameters: not given" in card
+
+
 def test_card_of_a_quantized_directory(quantized_dirs, tmp_path):
     d = quantized_dirs[4]
     card = build_card(str(d))

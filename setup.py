@@ -48,6 +48,7 @@ setup(
         # datagen: BM25 near-duplicate removal, and jieba (a PaddleNLP dependency) to cut Chinese into words
         "rank-bm25>=0.2.2",
         "jieba>=0.42",
+        "gguf==0.19.0",  # GGUF import (paddle-belle convert --from-gguf): llama.cpp's reader and dequantizers
     ],
     extras_require={
         "cpu": ["paddlepaddle==3.3.1"],

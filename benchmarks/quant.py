@@ -141,7 +141,7 @@ def main() -> None:
     base = rows["fp32"]["perplexity"]
     print(f"SmolLM2-135M-Instruct, lee_background.cor: calibration {args.calib_samples} x {args.seqlen} tokens, "
           f"evaluation {rows['fp32']['tokens']} tokens in windows of {args.seqlen}")
-    print(f"| model | perplexity | rise | weights file | quantized layers / fp16 | resident | quant time |")
+    print("| model | perplexity | rise | weights file | quantized layers / fp16 | resident | quant time |")
     print("|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         ratio = f"{r['quantized_layer_ratio']:.3f}" if "quantized_layer_ratio" in r else "-"

@@ -11,7 +11,6 @@ The tokenizer: a byte-level BPE GGUF (``tokenizer.ggml.model == "gpt2"``, e.g. S
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path

@@ -1,0 +1,76 @@
+"""`paddle-belle quantize`: end to end on a BELLE-like checkpoint (tiny BLOOM + real BPE tokenizer), bad inputs."""
+import numpy as np
+import paddle
+import pytest
+from reference import CORPUS, tiny_belle_dir
+
+from paddle_belle import AutoModelForCausalLM, AutoTokenizer
+from paddle_belle.chat import generate_batch
+from paddle_belle.cli import main
+from paddle_belle.quant import QuantLinear
+from paddle_belle.quant.estimate import BELLE_TABLE, GIB, estimate
+
+
+@pytest.fixture(scope="module")
+def belle(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("q") / "belle"
+    tiny_belle_dir(directory)
+    calib = directory.parent / "calib.txt"
+    calib.write_text("\n".join(CORPUS), encoding="utf-8")
+    return directory, calib
+
+
+def test_quantize_gptq_then_load_and_chat(belle, tmp_path, capsys):
+    model_dir, calib = belle
+    out = tmp_path / "q4"
+    assert main(["quantize", "--model", str(model_dir), "--method", "gptq", "--bits", "4", "--group-size", "16",
+                 "--calib", str(calib), "--nsamples", "4", "--seqlen", "32", "--act-order", "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "vocab.json", "merges.txt"}
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert isinstance(model.bloom.h[1].mlp.dense_4h_to_h, QuantLinear) and model.quantization.act_order
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    reply = generate_batch(model, tokenizer, ["你好"], preset="greedy", max_new_tokens=8)
+    assert isinstance(reply[0], str)
+    # Quantizing a quantized checkpoint is refused.
+    assert main(["quantize", "--model", str(out), "--method", "rtn", "--out", str(tmp_path / "again")]) == 1
+    assert "already quantized" in capsys.readouterr().err
+
+
+def test_rtn_needs_no_calibration(belle, tmp_path):
+    model_dir, _ = belle
+    assert main(["quantize", "--model", str(model_dir), "--method", "rtn", "--bits", "8", "--group-size", "-1",
+                 "--asym", "--out", str(tmp_path / "q8")]) == 0
+    float_model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "q8")
+    ids = paddle.to_tensor([[5, 60, 7, 100, 3]])
+    a, b = float_model(ids).logits.numpy(), model(ids).logits.numpy()
+    # Loose: tiny_belle_dir's weights are drawn with std 0.5, which amplifies any perturbation layer by layer.
+    assert np.abs(a - b).max() <= 0.1 * np.abs(a).max()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bits", "5"], "bits must be one of 2, 3, 4, 8, not 5"),
+    (["--nsamples", "64", "--seqlen", "2048"], "too short for nsamples × seqlen = 64 × 2048"),
+    (["--group-size", "9"], "group_size must be -1 or a positive multiple of 2"),
+    (["--calib", "/nonexistent/calib.txt"], "/nonexistent/calib.txt"),
+])
+def test_bad_inputs_fail_in_one_line_with_nothing_written(belle, tmp_path, capsys, args, message):
+    model_dir, calib = belle
+    base = ["quantize", "--model", str(model_dir), "--calib", str(calib), "--out", str(tmp_path / "out")]
+    assert main(base + args) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_estimate_reproduces_belles_published_sizes(capsys):
+    rows = {r.name: r.file_bytes / GIB for r in estimate("bloom", dict(vocab_size=250880, hidden_size=4096,
+                                                                        n_layer=30, n_head=32))}
+    for key, theirs in BELLE_TABLE.items():
+        ours = rows.get(key, rows.get(f"{key} (rest fp32)"))
+        assert abs(ours / theirs - 1) <= 0.03, (key, ours, theirs)
+    assert rows["int4-g128 (rest fp16)"] < rows["int8-g128 (rest fp16)"] < rows["fp16"] < rows["fp32"]
+    assert main(["quantize", "--model", "belle-7b-2m", "--estimate"]) == 0
+    out = capsys.readouterr().out
+    assert "int4-g128 (rest fp32)" in out and "BELLE's published" in out

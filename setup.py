@@ -15,6 +15,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["paddle_belle", "paddle_belle.*"]),
+    # belle-tiny-zh (the default model) and BELLE's data files (ODC-By, attribution in data_files/README.md) ship
+    # inside the package.
+    package_data={"paddle_belle": ["assets/*/*"],
+                  "paddle_belle.data_files": ["*.json", "*.txt", "*.md", "DATA_LICENSE"]},
     # PaddleNLP 2.8.1 is frozen and picky: newer huggingface_hub, aistudio-sdk, datasets, pyarrow or numpy 2 each
     # break `import paddlenlp`, and setuptools >= 81 drops pkg_resources, which paddleslim imports.
     # Paddle itself is an extra: the build differs by hardware (paddlepaddle, paddlepaddle-gpu, -xpu, custom
@@ -37,6 +41,13 @@ setup(
         "filelock>=3.8",
         "tqdm>=4.60",
         "openai>=1.0",
+        # serve: the HTTP stack (PaddleNLP 2.8.1 already depends on fastapi and uvicorn); pydantic v2 API
+        "fastapi>=0.100",
+        "uvicorn>=0.23",
+        "pydantic>=2",
+        # datagen: BM25 near-duplicate removal, and jieba (a PaddleNLP dependency) to cut Chinese into words
+        "rank-bm25>=0.2.2",
+        "jieba>=0.42",
         "gguf==0.19.0",  # GGUF import (paddle-belle convert --from-gguf): llama.cpp's reader and dequantizers
     ],
     extras_require={

@@ -89,6 +89,8 @@ def resolve(name_or_path: str | os.PathLike, *, offline: bool | None = None) -> 
     if path.is_dir() or not isinstance(name_or_path, str):
         return path
     entry = registry.lookup(name_or_path) if "/" not in name_or_path else None
+    if entry is not None and entry.bundled:  # ships inside the package
+        return registry.BUNDLED / entry.name
     if entry is not None:  # a short name from the registry, e.g. belle-7b-2m
         if entry.paddlenlp is None:
             raise FileNotFoundError(f"{entry.name} is not on PaddleNLP's bucket: download {entry.hf} from Hugging Face "

@@ -8,6 +8,7 @@ Shapes use PaddleNLP's config field names.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from paddle_belle.convert.tables import paddle_shapes
@@ -25,6 +26,7 @@ class ModelInfo:
     description: str
     paddlenlp: str | None = None
     hf: str | None = None
+    bundled: bool = False  # ships inside the package (paddle_belle/assets/<name>)
 
     @property
     def parameters(self) -> int:
@@ -48,6 +50,8 @@ REGISTRY = {m.name: m for m in [
     _belle_bloom("0.6M", "0.6M"),
     _belle_bloom("1M", "1M"),
     _belle_bloom("2M", "2M"),
+    ModelInfo("belle-llama-7b-0.6m", "llama", LLAMA_7B, "LLaMA-7B fine-tuned on 0.6M BELLE instructions (encrypted diff)",
+              hf="BelleGroup/BELLE-LLaMA-7B-0.6M-enc"),
     ModelInfo("belle-llama-7b-2m", "llama", LLAMA_7B, "LLaMA-7B fine-tuned on 2M BELLE instructions (encrypted diff)",
               hf="BelleGroup/BELLE-LLaMA-7B-2M-enc"),
     ModelInfo("belle-llama-13b-2m", "llama", LLAMA_13B, "LLaMA-13B fine-tuned on 2M BELLE instructions (encrypted diff)",
@@ -59,7 +63,12 @@ REGISTRY = {m.name: m for m in [
               paddlenlp="bigscience/bloomz-7b1-mt", hf="bigscience/bloomz-7b1-mt"),
     ModelInfo("llama-7b", "llama", LLAMA_7B, "Meta LLaMA-7B, the base of BELLE-LLaMA-7B", hf="huggyllama/llama-7b"),
     ModelInfo("llama-13b", "llama", LLAMA_13B, "Meta LLaMA-13B, the base of BELLE-LLaMA-13B", hf="huggyllama/llama-13b"),
+    ModelInfo("belle-tiny-zh", "bloom", dict(vocab_size=6000, hidden_size=256, n_layer=4, n_head=8),
+              "A 4.7M-parameter Chinese BLOOM trained by tools/build_tiny_model.py (pre-training + BELLE SFT); "
+              "ships inside paddle_belle, the default of chat/generate/serve", bundled=True),
 ]}
+BUNDLED = Path(__file__).parent / "assets"
+DEFAULT_MODEL = "belle-tiny-zh"
 
 
 def lookup(name: str) -> ModelInfo | None:
@@ -74,6 +83,6 @@ def format_table() -> str:
         c = m.config
         rows.append((m.name, m.model_type, str(c.get("n_layer") or c.get("num_hidden_layers")), str(c["hidden_size"]),
                      str(c.get("n_head") or c.get("num_attention_heads")), str(c["vocab_size"]),
-                     f"{m.parameters / 1e9:.2f}B", m.paddlenlp or "-", m.hf or "-"))
+                     f"{m.parameters / 1e9:.2f}B", "(bundled)" if m.bundled else m.paddlenlp or "-", m.hf or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)

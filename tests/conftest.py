@@ -12,3 +12,4 @@ import pytest  # noqa: E402
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("PPNLP_HOME", str(tmp_path_factory.getbasetemp() / "ppnlp_home"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.getbasetemp() / "hf_datasets"))

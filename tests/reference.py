@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import json
 import os
+
 import numpy as np
+import sentencepiece as spm
 import paddle
 import torch
 import transformers
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from paddle_belle import BloomConfig, BloomForCausalLM, LlamaConfig, LlamaForCausalLM
-from paddle_belle.convert.tokenizer import write_paddle_tokenizer
+from paddle_belle.convert.tokenizer import train_bloom_tokenizer, write_paddle_tokenizer
 
 HF_PREFIX = {"bloom": "transformer.", "llama": "model."}
 
@@ -109,34 +110,43 @@ TEXT = "Hello,  world! It's 3.14… 你好，世界。 (测试) a|b\n\n  end？A
 
 
 def bloom_tokenizer_json(directory):
-    """A small byte-level BPE with BLOOM's pre-tokenizer and special tokens, saved as HF tokenizer.json."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(" ?[^(\\s|[.,!?…。，、।۔،])]+"), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    directory.mkdir(parents=True, exist_ok=True)
-    tok.save(str(directory / "tokenizer.json"))
+    """A small byte-level BPE with BLOOM's pre-tokenizer and special tokens, saved as HF tokenizer.json, and
+    transformers' fast tokenizer over it."""
+    train_bloom_tokenizer(CORPUS, 600, directory)
     special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
-    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BloomTokenizerFast", **special}))
     return transformers.PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"), **special)
 
 
-def tiny_belle_dir(directory, seed=0):
+def tiny_belle_dir(directory, seed=0, hidden_size=32, std=0.5):
     """A BELLE-like checkpoint in PaddleNLP's layout (belle-7b-2m's files): a tiny random BLOOM and a real
     byte-level BPE tokenizer trained on Chinese and English text."""
     bloom_tokenizer_json(directory / "hf-tokenizer")
     write_paddle_tokenizer(directory / "hf-tokenizer", directory, "bloom")
     vocab = len(json.loads((directory / "vocab.json").read_text()))
     paddle.seed(seed)
-    model = BloomForCausalLM(BloomConfig(vocab_size=vocab, hidden_size=32, n_layer=2, n_head=4, initializer_range=0.5))
+    model = BloomForCausalLM(BloomConfig(vocab_size=vocab, hidden_size=hidden_size, n_layer=2, n_head=4,
+                                         initializer_range=std))
     model.save_pretrained(directory, safe_serialization=False)
+    return model.eval()
+
+
+def tiny_llama_dir(directory, seed=0, hidden_size=32, std=0.5):
+    """A LLaMA-style checkpoint: a tiny random LLaMA and a real sentencepiece BPE tokenizer (HF's tokenizer.model
+    name; BOS 1, EOS 2, UNK 0)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS), model_prefix=str(directory / "sp"), vocab_size=400, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    (directory / "sp.model").rename(directory / "tokenizer.model")
+    (directory / "sp.vocab").unlink()
+    paddle.seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=400, hidden_size=hidden_size, intermediate_size=hidden_size * 3 // 2, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=std,
+    ))
+    model.save_pretrained(directory)
     return model.eval()
 
 

@@ -121,3 +121,29 @@ def write_hf_tokenizer(src: Path, dst: Path, model_type: str) -> None:
         tokenizer_class = "LlamaTokenizer"
     write_json(dst / "special_tokens_map.json", {k: v for k, v in tokens.items() if k in SPECIAL_TOKENS})
     write_json(dst / "tokenizer_config.json", {"tokenizer_class": tokenizer_class, **tokens})
+
+
+def train_bloom_tokenizer(texts, vocab_size: int, directory: Path) -> Path:
+    """Train a byte-level BPE the way BLOOM's is built (its pre-tokenizer split, ByteLevel without regex, specials
+    <unk> <s> </s> <pad> = 0..3) on ``texts`` and save it as HF ``tokenizer.json`` in ``directory``; convert it with
+    write_paddle_tokenizer for PaddleNLP's BloomTokenizer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(BLOOM_SPLIT_ONIGURUMA), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with atomic_path(directory / "tokenizer.json") as tmp:
+        tok.save(str(tmp))
+    write_json(directory / "tokenizer_config.json", {
+        "tokenizer_class": "BloomTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "pad_token": "<pad>",
+    })
+    return directory

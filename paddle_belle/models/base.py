@@ -55,11 +55,17 @@ def attention_bias(attention_mask: paddle.Tensor, query_length: int) -> paddle.T
 
     ``attention_mask`` is [batch, kv_length] (1 = token, 0 = padding) over cached and new positions; the queries
     are the last ``query_length`` of them, so query i may see keys up to position kv_length - query_length + i.
+    Packed rows number their samples instead (1, 1, 2, 2, 2, 3, 0 = padding): a token sees its own sample only.
     """
     kv_length = attention_mask.shape[1]
     query_pos = paddle.arange(kv_length - query_length, kv_length).unsqueeze(1)
     causal = paddle.arange(kv_length).unsqueeze(0) <= query_pos
-    allowed = causal[None, None] & attention_mask.astype("bool")[:, None, None, :]
+    keys = attention_mask[:, None, None, :]
+    allowed = causal[None, None] & (keys != 0)
+    if query_length > 1:  # packed rows come whole, never one decoding step at a time: no cost per new token
+        queries = attention_mask[:, None, -query_length:, None]
+        # A padding query (0) keeps seeing every real key before it, as unpacked rows always did.
+        allowed = allowed & ((keys == queries) | (queries == 0))
     return (1.0 - allowed.astype("float32")) * MASKED
 
 
@@ -71,7 +77,7 @@ def attend(q, k, v, bias, dropout):
 
 def token_positions(attention_mask: paddle.Tensor, query_length: int) -> paddle.Tensor:
     """Position of each new token counted over real tokens only, so left padding does not shift positions."""
-    positions = (attention_mask.astype("int64").cumsum(-1) - 1).clip(min=0)
+    positions = ((attention_mask != 0).astype("int64").cumsum(-1) - 1).clip(min=0)
     return positions[:, -query_length:]
 
 
@@ -259,13 +265,14 @@ class CausalLM(PretrainedModel):
                 )
 
     # --------------------------------------------------------------------------------------- saving
-    def save_pretrained(self, save_dir, safe_serialization=True, max_shard_size=None, **unused):
+    def save_pretrained(self, save_dir, safe_serialization=True, max_shard_size=None, state_dict=None, **unused):
         """Write config.json and the weights (model.safetensors by default, model_state.pdparams on request),
-        with PaddleNLP's names, so that PaddleNLP's own classes load the directory too.
+        with PaddleNLP's names, so that PaddleNLP's own classes load the directory too. ``state_dict`` replaces
+        the model's own parameters (a merged LoRA model's, say).
         (**unused: PaddleNLP's Trainer passes options such as merge_tensor_parallel and variant.)"""
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
-        state = dict(self.state_dict())
+        state = dict(self.state_dict() if state_dict is None else state_dict)
         quantized = getattr(self, "quantization", None) is not None
         for copy, source in self.tied_copies().items():
             if not quantized:  # the copy is for PaddleNLP's classes, which cannot load a quantized checkpoint anyway

@@ -79,7 +79,7 @@ def alibi_slopes(n_head: int) -> list[float]:
 def alibi_bias(attention_mask: paddle.Tensor, n_head: int) -> paddle.Tensor:
     """[batch, n_head, 1, kv_length] float32: slope × position, positions counted over real tokens only so that
     left padding does not shift them (HF's build_alibi_tensor)."""
-    mask = attention_mask.astype("float32")
+    mask = (attention_mask != 0).astype("float32")  # packed rows number their samples 1, 2, ...
     positions = (mask.cumsum(-1) - 1) * mask
     slopes = paddle.to_tensor(alibi_slopes(n_head), dtype="float32")
     return slopes[None, :, None, None] * positions[:, None, None, :]

@@ -1,0 +1,112 @@
+"""The files of a checkpoint: measured in a local directory, or predicted from the shapes for a model we only know
+by name (what `paddle-belle convert` / `paddle-belle quantize` would write).
+
+The prediction reproduces our writers byte for byte (tests compare it with os.stat of real checkpoints): tensors in
+the order our models hold them (embeddings, blocks, final norm, head), a quantized Linear as bias, qweight, scales
+(zeros, perm) as QuantLinear registers them, shards split by checkpoint.split_shards, and each .safetensors file
+laid out as checkpoint.safetensors_writer does (8-byte length, compact JSON header padded to 8, then the data).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from paddle_belle.checkpoint import _ST_CODES, shard_names, split_shards
+from paddle_belle.convert import tables
+from paddle_belle.quant.estimate import LINEAR_SUFFIXES
+from paddle_belle.quant.format import QuantConfig
+
+# What `paddle-belle convert` writes beside the weights (README "Converting checkpoints"): config.json and the
+# tokenizer in the files PaddleNLP's classes read, with BELLE's chat template.
+TOKENIZER_FILES = {"bloom": ("vocab.json", "merges.txt"), "llama": ("sentencepiece.bpe.model",)}
+SMALL_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.json")
+
+
+def _model_order(shapes: dict) -> list[str]:
+    """paddle_shapes lists the final norm and head before the blocks; our models hold them after."""
+    blocks = [n for n in shapes if ".h." in n or ".layers." in n]
+    embeddings = [n for n in shapes if n not in blocks and "embed" in n]
+    tail = [n for n in shapes if n not in blocks and n not in embeddings]
+    return embeddings + blocks + tail
+
+
+def checkpoint_tensors(model_type: str, config: dict, dtype: str = "float16",
+                       quant: QuantConfig | None = None) -> list[tuple[str, np.dtype, list[int]]]:
+    """(name, dtype, shape) of every tensor our save_pretrained writes for this config, in its order. ``dtype`` is
+    the float dtype (for a quantized model: of everything that is not packed codes and scales)."""
+    shapes = tables.paddle_shapes(model_type, tables.paddle_config(model_type, config))
+    tied_llama = model_type == "llama" and config.get("tie_word_embeddings")
+    if quant is not None and tied_llama:
+        shapes.pop("lm_head.weight")  # the transposed copy of a tied head is for PaddleNLP, never written quantized
+    quantized = set()  # Linears whose weight becomes packed codes (quant/linear.py: the decoder blocks' Linears)
+    if quant is not None:
+        quantized = {n[: -len(".weight")] for n, s in shapes.items() if n.endswith(LINEAR_SUFFIXES) and len(s) == 2}
+        if quant.quantize_lm_head and "lm_head.weight" in shapes:
+            quantized.add("lm_head")
+    float_dtype = np.dtype(dtype)
+    out = []
+    for name in _model_order(shapes):
+        stem = name.rsplit(".", 1)[0]
+        if stem not in quantized:
+            out.append((name, float_dtype, shapes[name]))
+            continue
+        if name.endswith(".bias"):
+            continue  # written with its Linear's codes, below
+        rows, cols = shapes[name]
+        if stem + ".bias" in shapes:  # QuantLinear registers bias, then qweight, scales, zeros, perm
+            out.append((stem + ".bias", float_dtype, shapes[stem + ".bias"]))
+        groups = quant.groups(rows)
+        out.append((stem + ".qweight", np.dtype("uint8"), [-(-rows // quant.per_byte), cols]))
+        out.append((stem + ".scales", np.dtype("float32"), [groups, cols]))
+        if not quant.sym:
+            out.append((stem + ".zeros", np.dtype("uint8"), [groups, cols]))
+        if quant.act_order:
+            out.append((stem + ".perm", np.dtype("int32"), [rows]))
+    return out
+
+
+def nbytes(dtype: np.dtype, shape) -> int:
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def safetensors_size(specs, fmt: str = "np") -> int:
+    """The size of the .safetensors file checkpoint.safetensors_writer makes of these tensors."""
+    header, offset = {"__metadata__": {"format": fmt}}, 0
+    for name, dtype, shape in specs:
+        size = nbytes(dtype, shape)
+        header[name] = {"dtype": _ST_CODES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = len(json.dumps(header, separators=(",", ":")).encode())
+    return 8 + raw + (-raw % 8) + offset
+
+
+def weight_files(specs, max_shard_size=None) -> list[tuple[str, int]]:
+    """(file name, bytes) of the safetensors shards (and index) these tensors are written to."""
+    by_name = {name: (dtype, shape) for name, dtype, shape in specs}
+    shards = split_shards({name: nbytes(*by_name[name]) for name in by_name}, max_shard_size)
+    names, index_name = shard_names(len(shards), True)
+    files = [(file, safetensors_size([(n, *by_name[n]) for n in shard])) for file, shard in zip(names, shards)]
+    if len(shards) > 1:  # written by checkpoint.write_json
+        index = {"metadata": {"total_size": sum(nbytes(*v) for v in by_name.values())},
+                 "weight_map": {n: file for file, shard in zip(names, shards) for n in shard}}
+        files.append((index_name, len((json.dumps(index, indent=2, ensure_ascii=False) + "\n").encode())))
+    return files
+
+
+def predicted_files(model_type: str, config: dict, dtype: str = "float16", quant: QuantConfig | None = None,
+                    max_shard_size="5GB") -> list[tuple[str, int | None]]:
+    """The files of the checkpoint directory; None where the size depends on more than the shapes."""
+    files = weight_files(checkpoint_tensors(model_type, config, dtype, quant), max_shard_size)
+    small = ("config.json", *TOKENIZER_FILES[model_type], *SMALL_FILES)
+    return files + [(name, None) for name in small]
+
+
+def local_files(directory) -> list[tuple[str, int]]:
+    """(name, bytes) of every regular, non-hidden file in the directory (and below), sorted by name."""
+    directory = Path(directory)
+    found = [p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()
+             and not any(part.startswith(".") for part in p.relative_to(directory).parts)]
+    return sorted((p.relative_to(directory).as_posix(), p.stat().st_size) for p in found)

@@ -1,0 +1,64 @@
+"""Generation settings and BELLE's named presets. Framework-free, so that the CLI can list them without
+importing Paddle."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 200
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    repetition_penalty: float = 1.0  # 1.0: off
+    eos_token_id: int | list[int] | None = None  # None: the model config's
+    pad_token_id: int | None = None  # None: the model config's, else the first EOS
+    stop_strings: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, not {self.max_new_tokens}")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
+
+
+# Named settings, selectable everywhere a generation happens (CLI --preset, server, eval).
+PRESETS = {
+    # The belle-7b-2m model card's generate() call.
+    "belle-card": GenerationConfig(max_new_tokens=200, do_sample=True, top_k=30, top_p=0.85, temperature=0.35,
+                                   repetition_penalty=1.2),
+    # BELLE train/src/entry_point/inference.py.
+    "belle-train": GenerationConfig(max_new_tokens=128, do_sample=True, top_k=30, top_p=0.6, temperature=0.9,
+                                    repetition_penalty=1.2),
+    # BELLE's gradio demo.
+    "belle-gradio": GenerationConfig(max_new_tokens=512, do_sample=True, top_k=40, top_p=0.75, temperature=0.1,
+                                     repetition_penalty=1.2),
+    # BELLE's evaluation: temperature 0.001 (their paper, "Exploring the Impact of Instruction Data Scaling"),
+    # i.e. nearly greedy, with the card's top-k/top-p/repetition penalty; longer replies for code and math.
+    "belle-eval": GenerationConfig(max_new_tokens=512, do_sample=True, top_k=30, top_p=0.85, temperature=0.001,
+                                   repetition_penalty=1.2),
+    "greedy": GenerationConfig(max_new_tokens=200, do_sample=False),
+}
+
+
+def make_config(preset: str | GenerationConfig | None = None, **overrides) -> GenerationConfig:
+    """A preset (by name) or config, with keyword overrides; None values leave the preset's setting."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+        preset = PRESETS[preset]
+    base = dataclasses.asdict(preset) if preset is not None else {}
+    fields = {f.name for f in dataclasses.fields(GenerationConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"unknown generation argument(s): {', '.join(unknown)}")
+    return GenerationConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})

@@ -1,0 +1,205 @@
+"""The model side of the server: admission (slots and a bounded queue) and text generation on one compute thread.
+
+Every Paddle and tokenizer call runs on a single worker thread. Paddle's dygraph keeps global state (the tracer,
+``no_grad``) that is not safe to drive from several threads at once, so requests in flight are interleaved token
+by token on that thread rather than run in parallel: ``--max-concurrency`` bounds how many replies are being
+written at the same time (each gets its turn per token), not how many cores they use.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from paddle_belle import generation, prompts
+from paddle_belle.chat import context_length, prepare_tokenizer
+
+
+class QueueFull(Exception):
+    """Every slot is busy and the queue is full: the request gets 429."""
+
+
+@dataclass
+class Stats:
+    active: int = 0
+    queued: int = 0
+    peak_active: int = 0
+    peak_queued: int = 0
+    completed: int = 0
+    disconnected: int = 0  # requests whose client went away before the reply was finished
+    rejected: int = 0  # 429s
+
+
+class Slots:
+    """At most ``max_active`` requests generate at once; up to ``max_queue`` more wait (first come, first served);
+    beyond that a request is refused at once rather than left to time out."""
+
+    def __init__(self, max_active: int, max_queue: int):
+        if max_active < 1 or max_queue < 0:
+            raise ValueError(f"--max-concurrency must be >= 1 and --max-queue >= 0 (got {max_active}, {max_queue})")
+        self.max_active, self.max_queue = max_active, max_queue
+        self.stats = Stats()
+        self._free = None  # made in the server's event loop (Python 3.9 binds it to the loop current at creation)
+
+    @contextlib.asynccontextmanager
+    async def acquire(self):
+        if self._free is None:
+            self._free = asyncio.Semaphore(self.max_active)
+        s = self.stats
+        if self._free.locked():  # every slot busy: wait in the queue, if there is room in it
+            if s.queued >= self.max_queue:
+                s.rejected += 1
+                raise QueueFull(f"{s.active} requests running and {s.queued} queued (limits {self.max_active} and "
+                                f"{self.max_queue}); retry later")
+            s.queued += 1
+            s.peak_queued = max(s.peak_queued, s.queued)
+            try:
+                await self._free.acquire()
+            finally:
+                s.queued -= 1
+        else:
+            await self._free.acquire()  # a free slot: taken at once
+        s.active += 1
+        s.peak_active = max(s.peak_active, s.active)
+        try:
+            yield
+        finally:
+            s.active -= 1
+            self._free.release()
+
+
+@dataclass
+class Reply:
+    """What a generation produced so far; ``finish_reason`` is set when it is over."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None  # "stop" (EOS or a stop string) or "length"
+
+
+class Engine:
+    """A model, its tokenizer and the defaults of the server (prompt style, preset, caps)."""
+
+    def __init__(self, model, tokenizer, style="belle", preset="belle-card", max_tokens_cap=2048, context=None):
+        self.model, self.tokenizer = model, prepare_tokenizer(tokenizer)
+        self.style = style
+        self.stops = prompts.get_style(style).stops
+        self.preset = generation.make_config(preset)
+        self.max_tokens_cap = max_tokens_cap
+        # BLOOM (ALiBi) has no position limit of its own: context_length's 2048 is BELLE's training length
+        self.context = context or context_length(model)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paddle-belle-model")
+
+    # ---------------------------------------------------------------------------------------- prompts
+    def chat_prompt(self, messages: list[dict], max_new_tokens: int) -> str:
+        """OpenAI messages -> a BELLE prompt of the server's style. BELLE has no system role: system text goes
+        before the first user turn that is kept. Consecutive messages of one role are joined; the oldest turns are
+        dropped until prompt and reply fit the context (the system text always stays)."""
+        system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+        turns: list[list] = []  # [role, text], roles alternating
+        for m in messages:
+            if m["role"] == "system":
+                continue
+            if turns and turns[-1][0] == m["role"]:
+                turns[-1][1] += "\n" + m["content"]
+            else:
+                turns.append([m["role"], m["content"]])
+        if not turns or turns[-1][0] != "user":
+            raise ValueError("the last message must come from the user")
+        if turns[0][0] == "assistant":  # a conversation opened by the assistant: it answers an empty user turn
+            turns.insert(0, ["user", ""])
+        history = [(u[1], a[1]) for u, a in zip(turns[:-1:2], turns[1:-1:2])]
+        query = turns[-1][1]
+        eos = self.tokenizer.eos_token or ""
+
+        def render(kept):
+            if system and kept:
+                kept = [(system + "\n" + kept[0][0] if kept[0][0] else system, kept[0][1]), *kept[1:]]
+            return prompts.render(self.style, kept, system + "\n" + query if system and not kept else query, eos)
+
+        # prompts.fit_history cannot see the system text, which moves to whichever turn comes first
+        budget = self.context - max_new_tokens
+        for start in range(len(history) + 1):
+            prompt = render(history[start:])
+            if self.count_tokens(prompt) <= budget:
+                return prompt
+        raise ValueError(f"the last message alone takes more than the {budget} tokens the prompt may use "
+                         f"(context {self.context} - max_tokens {max_new_tokens})")
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text)["input_ids"])
+
+    # ---------------------------------------------------------------------------------------- generation
+    def config(self, max_tokens=None, temperature=None, top_p=None, top_k=None, repetition_penalty=None,
+               seed=None, stop=None, min_tokens=None, chat=True) -> generation.GenerationConfig:
+        """The server's preset with the request's settings. temperature 0 means greedy (as OpenAI's API);
+        any other temperature means sampling."""
+        max_tokens = self.preset.max_new_tokens if max_tokens is None else max_tokens
+        if not 1 <= max_tokens <= self.max_tokens_cap:
+            raise ValueError(f"max_tokens must be between 1 and {self.max_tokens_cap} (this server's cap), "
+                             f"not {max_tokens}")
+        stops = list(self.stops if chat else ()) + ([stop] if isinstance(stop, str) else list(stop or []))
+        overrides = dict(max_new_tokens=max_tokens, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
+                         seed=seed, stop_strings=[s for s in stops if s], min_new_tokens=min_tokens)
+        if temperature is not None:
+            overrides.update(do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0)
+        return generation.make_config(self.preset, **overrides)
+
+    def encode(self, prompt: str, max_new_tokens: int) -> list[int]:
+        ids = self.tokenizer(prompt)["input_ids"]
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) + max_new_tokens > self.context:
+            raise ValueError(f"the prompt ({len(ids)} tokens) and max_tokens ({max_new_tokens}) exceed the "
+                             f"model's context of {self.context} tokens")
+        return ids
+
+    def _steps(self, ids: list[int], config: generation.GenerationConfig, reply: Reply, strip: bool):
+        """A generator run only on the model thread: yields text increments, and fills ``reply``.
+        ``strip``: drop the whitespace a chat reply starts with (after "Assistant:")."""
+        reply.prompt_tokens = len(ids)
+        eos = config.eos_token_id if config.eos_token_id is not None else self.model.config.eos_token_id
+        eos = set([eos] if isinstance(eos, int) else (eos or []))
+        holder, tokens = prompts.StopHolder(tuple(config.stop_strings)), []
+        decode = lambda t: self.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
+        started = not strip
+        for step in generation.stream(self.model, np.array([ids]), config=config, tokenizer=self.tokenizer):
+            token = int(step[0])
+            tokens.append(token)
+            reply.completion_tokens = len(tokens)
+            chunk = holder.push(decode(tokens))
+            if not started:
+                chunk = chunk.lstrip()
+                started = bool(chunk)
+            if chunk:
+                yield chunk
+            if holder.stopped or token in eos:
+                reply.finish_reason = "stop"
+                return
+        tail = holder.flush()
+        if tail:
+            yield tail
+        reply.finish_reason = "stop" if holder.stopped or (tokens and tokens[-1] in eos) else "length"
+
+    async def generate(self, ids: list[int], config: generation.GenerationConfig, reply: Reply, strip=True):
+        """Async text increments of one reply. Each step runs on the model thread, so concurrent replies take
+        turns token by token. If the consumer stops early (a client disconnected), the generator is closed on
+        the model thread after its current step and frees its KV cache."""
+        loop = asyncio.get_running_loop()
+        steps = self._steps(ids, config, reply, strip)
+        done = object()
+        try:
+            while True:
+                chunk = await loop.run_in_executor(self._thread, next, steps, done)
+                if chunk is done:
+                    return
+                yield chunk
+        finally:
+            self._thread.submit(steps.close)
+
+    async def run(self, fn, *args):
+        """Run ``fn`` (tokenizer work: prompts, encoding) on the model thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)

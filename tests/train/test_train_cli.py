@@ -1,0 +1,54 @@
+"""`paddle-belle train` and `paddle-belle merge-lora` as a user runs them, on the shipped tiny configs."""
+import json
+from pathlib import Path
+
+import numpy as np
+import paddle
+from reference import tiny_llama_dir
+from test_cli import run_cli
+
+from paddle_belle import AutoModelForCausalLM
+
+ROOT = Path(__file__).parents[2]
+DATA = ROOT / "tests" / "fixtures" / "belle" / "school_math_40.jsonl"
+
+
+def test_lora_train_then_merge_lora_on_the_command_line(tmp_path):
+    tiny_llama_dir(tmp_path / "base", hidden_size=64, std=0.02)
+    out = run_cli("train", str(ROOT / "configs" / "sft" / "tiny-cpu-lora.yaml"), "--model", str(tmp_path / "base"),
+                  "--train-data", str(DATA), "--training.output_dir", str(tmp_path / "adapter"),
+                  "--training.num_train_epochs", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "training data: 40 records: 0 malformed skipped" in out.stdout
+    assert f"saved to {tmp_path / 'adapter'}" in out.stdout
+    assert "TrainProcess" in out.stderr  # the progress bar
+    log = [json.loads(line) for line in (tmp_path / "adapter" / "loss_log.jsonl").read_text().splitlines()]
+    assert len(log) >= 4 and all(r["loss"] > 0 and r["tokens_per_second"] > 0 for r in log)
+
+    out = run_cli("merge-lora", str(tmp_path / "base"), str(tmp_path / "adapter"), str(tmp_path / "merged"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    ids = paddle.to_tensor([[1, 40, 50, 60]])
+    with paddle.no_grad():
+        assert not np.allclose(merged(ids).logits.numpy(), base(ids).logits.numpy())
+    again = run_cli("merge-lora", str(tmp_path / "base"), str(tmp_path / "adapter"), str(tmp_path / "merged"))
+    assert again.returncode == 1 and "exists; choose a new directory" in again.stderr
+
+
+def test_a_bad_record_stops_training_with_file_and_line_unless_skipped(tmp_path):
+    tiny_llama_dir(tmp_path / "base", hidden_size=64, std=0.02)
+    data = tmp_path / "data.jsonl"
+    lines = DATA.read_text(encoding="utf-8").splitlines()[:8]
+    lines[2] = '{"instruction": "1+1=?", "input": "", "output": ["2"]}'
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    common = [str(ROOT / "configs" / "sft" / "tiny-cpu.yaml"), "--model", str(tmp_path / "base"), "--train_data",
+              str(data), "--training.output_dir", str(tmp_path / "out"), "--training.num_train_epochs", "1"]
+    out = run_cli("train", *common)
+    assert out.returncode == 1
+    assert f"paddle-belle train: error: {data}:3: field 'output' must be a string, not list" in out.stderr
+    out = run_cli("train", *common, "--skip-bad", "--packing", "--max-length", "2048")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "training data: 8 records: 1 malformed skipped" in out.stdout
+    rows = int(out.stdout.split("packed into ")[1].split()[0])
+    assert 1 <= rows < 7  # 7 samples of a few hundred tokens share 2048-token rows

@@ -28,6 +28,11 @@ COPIED = ("vocab.json", "merges.txt", "sentencepiece.bpe.model", "tokenizer.mode
           "added_tokens.json")
 
 
+# Linears quantized together, in order; any other Linear of a block comes last. (LLaMA; BLOOM)
+SEQUENTIAL = (("q_proj", "k_proj", "v_proj", "query_key_value"), ("o_proj", "dense"),
+              ("gate_proj", "up_proj", "dense_h_to_4h"), ("down_proj", "dense_4h_to_h"))
+
+
 class _Captured(Exception):
     """Raised by the hook on block 0 once it has its inputs: the rest of the forward pass is not needed."""
 
@@ -93,17 +98,25 @@ def quantize_model(model, config: QuantConfig, calibration: np.ndarray | None = 
         hook.remove()
 
     # 2. Block by block: accumulate Hessians, quantize, and move the inputs on through the quantized block.
+    # Within a block the Linears go in SEQUENTIAL order ("true sequential", GPTQ reference): a later group's
+    # Hessian comes from the outputs of the groups already quantized, so it can correct their error too.
     for i, block in enumerate(blocks):
         args = tuple(extra[:-1]) + (i,)  # the last argument of our blocks is their layer index
-        wrapped = []
-        for parent, attr, linear in block_linears(block):
-            gptq = GPTQ(linear, quant_bits=config.bits)
-            setattr(parent, attr, gptq)
-            wrapped.append((parent, attr, gptq))
-        for x in inputs:
-            block(x, *args)
-        for parent, attr, gptq in wrapped:
-            setattr(parent, attr, _from_gptq(gptq, config))
+        pending = block_linears(block)
+        for group in SEQUENTIAL + (None,):  # None: the Linears no group names
+            members = [(p, a, l) for p, a, l in pending if group is None or a in group]
+            pending = [m for m in pending if m not in members]
+            if not members:
+                continue
+            wrapped = []
+            for parent, attr, linear in members:
+                gptq = GPTQ(linear, quant_bits=config.bits)
+                setattr(parent, attr, gptq)
+                wrapped.append((parent, attr, gptq))
+            for x in inputs:
+                block(x, *args)
+            for parent, attr, gptq in wrapped:
+                setattr(parent, attr, _from_gptq(gptq, config))
         inputs = [block(x, *args) for x in inputs]
         bar.update()
     if config.quantize_lm_head:

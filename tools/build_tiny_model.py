@@ -150,6 +150,7 @@ def card(directory: Path, info: dict) -> str:
         hyper={"pre-training": _settings(PRETRAIN), "SFT": _settings(SFT)},
     )
     text = build_card(str(directory), card_path=directory / "README.md", **overrides)
+    text = text.replace(repr(str(directory)), "'belle-tiny-zh'")  # the snippet loads it by name, wherever installed
     return (text.rstrip("\n") + "\n\n## Sample answers\n\n"
             "`belle-card` preset, seed 0, prompt `Human: {question}\\n\\nAssistant:`:\n\n| question | answer |\n|---|---|\n"
             + rows + "\n")

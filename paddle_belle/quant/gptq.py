@@ -17,6 +17,8 @@ not crash) and checks that both write the same weights.
 """
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,8 +64,18 @@ class GPTQ(_PaddleSlimGPTQ):
 
         damp = percdamp * paddle.mean(paddle.diag(H))
         diag = paddle.arange(columns)
-        H[diag, diag] += damp
-        Hinv = paddle.linalg.cholesky(paddle.inverse(H), upper=True)
+        for _ in range(4):
+            try:
+                damped = H.clone()
+                damped[diag, diag] += damp
+                Hinv = paddle.linalg.cholesky(paddle.inverse(damped), upper=True)
+                break
+            except ValueError:  # not positive definite in float32 (seen with 48 x 512 calibration tokens): damp more
+                damp = damp * 10
+                warnings.warn(f"GPTQ: Hessian of a {list(W.shape)} weight not positive definite; damping x10")
+        else:
+            raise ValueError(f"GPTQ: the Hessian of a {list(W.shape)} weight is not positive definite even with "
+                             f"{damp / 10:.3g} on its diagonal; try more or other calibration text")
 
         Q = paddle.zeros_like(W)
         codes = paddle.zeros_like(W)

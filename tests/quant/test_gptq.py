@@ -187,3 +187,17 @@ def test_missing_scale_is_a_clear_error(tmp_path):
     save_state_dict(state, tmp_path)
     with pytest.raises(CheckpointError, match="missing 1 tensor.*llama.layers.1.mlp.up_proj.scales"):
         AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+def test_a_hessian_that_is_not_positive_definite_gets_more_damping():
+    layer, _ = linear_pair(16, 8)
+    wrapper = GPTQ(layer, quant_bits=4)
+    h = np.eye(16, dtype="float32")
+    h[-1, -1] = -0.05  # 1 % damping of the mean diagonal leaves it negative; 10 % does not
+    wrapper.hessian = paddle.to_tensor(h)
+    with pytest.warns(UserWarning, match="not positive definite; damping x10"):
+        q = wrapper.quantize(QuantConfig(bits=4, group_size=-1))
+    assert np.isfinite(q.scales).all()
+    wrapper.hessian = paddle.to_tensor(-np.eye(16, dtype="float32"))  # no damping helps
+    with pytest.raises(ValueError, match="not positive definite even with"):
+        wrapper.quantize(QuantConfig(bits=4, group_size=-1))

@@ -2,7 +2,7 @@
 English prose from gensim's lee_background.cor (PyPI gensim wheel), documents split into a calibration part and a
 disjoint evaluation part.
 
-    python benchmarks/quant.py [--work DIR] [--calib-samples 16] [--seqlen 512] [--eval-tokens 8192]
+    python benchmarks/quant.py [--work DIR] [--calib-samples 16] [--seqlen 512] [--eval-tokens 8192] [--configs "GPTQ-4 g128,RTN-4 g128"]
 
 Prints one row per model: perplexity (and its rise over fp32), weight file size, bytes of the quantized layers
 relative to the same layers in fp16, resident memory of the loaded weights (RSS growth in a fresh process), and
@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--calib-samples", type=int, default=16, help="GPTQ calibration windows (default 16)")
     parser.add_argument("--seqlen", type=int, default=512, help="calibration and evaluation window (default 512)")
     parser.add_argument("--eval-tokens", type=int, default=8192, help="evaluation tokens (default 8192)")
+    parser.add_argument("--configs", default=",".join(name for name, _ in CONFIGS),
+                        help="comma-separated rows to run (default: all; fp32 is always run, as the baseline)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -126,8 +128,14 @@ def main() -> None:
     h, i = config["hidden_size"], config["intermediate_size"]
     in_features = {n: h for n in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj")} | {"down_proj": i}
 
+    wanted = {"fp32", *args.configs.split(",")}
+    unknown = wanted - {name for name, _ in CONFIGS}
+    if unknown:
+        parser.error(f"unknown --configs {sorted(unknown)}; choose from {[name for name, _ in CONFIGS]}")
     rows = {}
     for name, quant in CONFIGS:
+        if name not in wanted:
+            continue
         out = work / name.replace(" ", "-").lower()
         if out.exists():
             subprocess.run(["rm", "-rf", str(out)], check=True)
@@ -154,13 +162,19 @@ def main() -> None:
     rise = {n: rows[n]["perplexity"] - base for n in rows}
     print("targets:")
     for suffix in ("", " asym"):
+        if not {f"GPTQ-4 g128{suffix}", f"RTN-4 g128{suffix}"} <= rows.keys():
+            continue
         gptq, rtn = rise[f"GPTQ-4 g128{suffix}"], rise[f"RTN-4 g128{suffix}"]
         print(f"  GPTQ-4{suffix} rise <= 0.5 x RTN-4{suffix} rise: {gptq:.3f} vs {0.5 * rtn:.3f} -> "
               f"{'met' if gptq <= 0.5 * rtn else 'MISSED'}")
     for name in ("RTN-8 g128", "GPTQ-8 g128"):
+        if name not in rows:
+            continue
         rel = abs(rows[name]["perplexity"] / base - 1) * 100
         print(f"  {name} within 0.5 % of fp32: {rel:.3f} % -> {'met' if rel <= 0.5 else 'MISSED'}")
     for name in ("RTN-4 g128", "GPTQ-4 g128"):
+        if name not in rows:
+            continue
         r = rows[name]["quantized_layer_ratio"]
         print(f"  {name} quantized-layer bytes <= 0.30 x fp16: {r:.3f} -> {'met' if r <= 0.30 else 'MISSED'}")
 

@@ -34,7 +34,7 @@ SEQUENTIAL = (("q_proj", "k_proj", "v_proj", "query_key_value"), ("o_proj", "den
 
 
 class _Captured(Exception):
-    """Raised by the hook on block 0 once it has its inputs: the rest of the forward pass is not needed."""
+    """Raised by a hook once a calibration pass has what it came for: the rest of the forward pass is not needed."""
 
 
 def calibration_windows(ids, nsamples: int, seqlen: int, source: str = "calibration data") -> np.ndarray:
@@ -100,24 +100,42 @@ def quantize_model(model, config: QuantConfig, calibration: np.ndarray | None = 
     # 2. Block by block: accumulate Hessians, quantize, and move the inputs on through the quantized block.
     # Within a block the Linears go in SEQUENTIAL order ("true sequential", GPTQ reference): a later group's
     # Hessian comes from the outputs of the groups already quantized, so it can correct their error too.
+    # Two shortcuts keep the calibration passes cheap, neither changing a result: a pass stops as soon as every
+    # Linear of the group has seen its input (nothing after it is needed), and until the block is done its
+    # quantized Linears stay float Linears holding the dequantized weights GPTQ writes back (the same numbers the
+    # QuantLinear computes with, without unpacking the integers on every pass).
     for i, block in enumerate(blocks):
         args = tuple(extra[:-1]) + (i,)  # the last argument of our blocks is their layer index
-        pending = block_linears(block)
+        pending, done = block_linears(block), []
         for group in SEQUENTIAL + (None,):  # None: the Linears no group names
             members = [(p, a, l) for p, a, l in pending if group is None or a in group]
             pending = [m for m in pending if m not in members]
             if not members:
                 continue
-            wrapped = []
+            wrapped, seen = [], set()
+
+            def stop_once_all_seen(layer, layer_inputs, output):
+                seen.add(id(layer))
+                if len(seen) == len(wrapped):
+                    raise _Captured
+
             for parent, attr, linear in members:
                 gptq = GPTQ(linear, quant_bits=config.bits)
                 setattr(parent, attr, gptq)
-                wrapped.append((parent, attr, gptq))
+                wrapped.append((parent, attr, gptq, gptq.register_forward_post_hook(stop_once_all_seen)))
             for x in inputs:
-                block(x, *args)
-            for parent, attr, gptq in wrapped:
-                setattr(parent, attr, _from_gptq(gptq, config))
+                seen.clear()
+                try:
+                    block(x, *args)
+                except _Captured:
+                    pass
+            for parent, attr, gptq, hook in wrapped:
+                hook.remove()
+                done.append((parent, attr, _from_gptq(gptq, config)))
+                setattr(parent, attr, gptq.layer)
         inputs = [block(x, *args) for x in inputs]
+        for parent, attr, quantized in done:
+            setattr(parent, attr, quantized)
         bar.update()
     if config.quantize_lm_head:
         norm = model.base_model.norm

@@ -14,7 +14,7 @@ import paddle.nn.functional as F
 from paddlenlp.transformers import PretrainedConfig
 
 from paddle_belle.convert.tables import BLOOM_CONFIG_ALIASES
-from paddle_belle.models.base import CausalLM, attend, attention_bias
+from paddle_belle.models.base import CausalLM, attend, attention_bias, tied_head
 
 
 class BloomConfig(PretrainedConfig):
@@ -174,4 +174,4 @@ class BloomForCausalLM(CausalLM):
         self.bloom.word_embeddings = value
 
     def lm_logits(self, x):
-        return paddle.matmul(x, self.bloom.word_embeddings.weight, transpose_y=True)  # tied head
+        return tied_head(x, self.bloom.word_embeddings.weight)

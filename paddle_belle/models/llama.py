@@ -11,7 +11,7 @@ import paddle.nn.functional as F
 from paddlenlp.transformers import PretrainedConfig
 
 from paddle_belle.convert.tables import rope_scaling_fields
-from paddle_belle.models.base import CausalLM, attend, attention_bias, token_positions
+from paddle_belle.models.base import CausalLM, attend, attention_bias, tied_head, token_positions
 
 class LlamaConfig(PretrainedConfig):
     """LLaMA hyper-parameters under PaddleNLP's field names.
@@ -212,5 +212,5 @@ class LlamaForCausalLM(CausalLM):
 
     def lm_logits(self, x):
         if self.config.tie_word_embeddings:
-            return paddle.matmul(x, self.llama.embed_tokens.weight, transpose_y=True)
+            return tied_head(x, self.llama.embed_tokens.weight)
         return self.lm_head(x)

@@ -34,7 +34,8 @@ def cmd_chat(args) -> int:
     from paddle_belle.chat import ChatSession
 
     model, tokenizer = _load(args)
-    session = ChatSession(model, tokenizer, style=args.style, preset=args.preset, max_history=args.max_history)
+    session = ChatSession(model, tokenizer, style=args.style, preset=args.preset, max_history=args.max_history,
+                          seed=args.seed)
     print(f"paddle-belle chat: {args.model} (style {args.style}, preset {args.preset}). /reset forgets, /exit quits.")
     while True:
         try:
@@ -60,7 +61,7 @@ def cmd_generate(args) -> int:
     from paddle_belle.chat import generate_batch, generate_file
 
     model, tokenizer = _load(args)
-    options = dict(style=args.style, preset=args.preset)
+    options = dict(style=args.style, preset=args.preset, seed=args.seed)
     if args.prompt is not None:
         print(generate_batch(model, tokenizer, [args.prompt], **options)[0])
         return 0
@@ -248,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--preset", choices=list(PRESETS), default=preset, help=f"sampling settings (default {preset})")
         p.add_argument("--style", choices=list(STYLES), default="belle", help="prompt format (default belle)")
         p.add_argument("--threads", type=int, help="CPU threads (default: every core this process may use)")
+        p.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same replies (default: a "
+                       "fresh one each run)")
 
     p = sub.add_parser("chat", help="talk to a model (streaming, multi-turn)")
     model_options(p)

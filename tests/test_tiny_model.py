@@ -55,10 +55,15 @@ def test_converts_to_hf_and_back_with_the_same_logits(tmp_path):
 
 
 def test_chat_with_no_model_argument_answers_a_chinese_question_in_chinese():
-    out = cli("chat", stdin="中国的首都是哪里？\n/exit\n")
-    assert out.returncode == 0, out.stderr[-2000:]
-    reply = out.stdout.split("Assistant:", 1)[1].split("Human:", 1)[0]
-    assert len(CJK.findall(reply)) >= 3, out.stdout
+    # Seeded: unseeded, a 4.7M model's sampled reply sometimes degenerates into a run of punctuation (measured: 2
+    # of 6 runs), which would make this test flaky. The same seed must give the same reply.
+    replies = []
+    for _ in range(2):
+        out = cli("chat", "--seed", "0", stdin="中国的首都是哪里？\n/exit\n")
+        assert out.returncode == 0, out.stderr[-2000:]
+        replies.append(out.stdout.split("Assistant:", 1)[1].split("Human:", 1)[0])
+    assert len(CJK.findall(replies[0])) >= 3, replies[0]
+    assert replies[0] == replies[1]
 
 
 def test_quantizes_with_gptq_and_still_answers_in_chinese(tmp_path):

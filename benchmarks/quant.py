@@ -129,10 +129,10 @@ def main() -> None:
     h, i = config["hidden_size"], config["intermediate_size"]
     in_features = {n: h for n in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj")} | {"down_proj": i}
 
+    names = [name for name, _ in CONFIGS]
     wanted = {"fp32", *args.configs.split(",")}
-    unknown = wanted - {name for name, _ in CONFIGS}
-    if unknown:
-        parser.error(f"unknown --configs {sorted(unknown)}; choose from {[name for name, _ in CONFIGS]}")
+    if not wanted <= set(names):
+        parser.error(f"unknown --configs {sorted(wanted - set(names))}; choose from {names}")
     rows = {}
     for name, quant in CONFIGS:
         if name not in wanted:
@@ -168,14 +168,10 @@ def main() -> None:
         gptq, rtn = rise[f"GPTQ-4 g128{suffix}"], rise[f"RTN-4 g128{suffix}"]
         print(f"  GPTQ-4{suffix} rise <= 0.5 x RTN-4{suffix} rise: {gptq:.3f} vs {0.5 * rtn:.3f} -> "
               f"{'met' if gptq <= 0.5 * rtn else 'MISSED'}")
-    for name in ("RTN-8 g128", "GPTQ-8 g128"):
-        if name not in rows:
-            continue
+    for name in [n for n in ("RTN-8 g128", "GPTQ-8 g128") if n in rows]:
         rel = abs(rows[name]["perplexity"] / base - 1) * 100
         print(f"  {name} within 0.5 % of fp32: {rel:.3f} % -> {'met' if rel <= 0.5 else 'MISSED'}")
-    for name in ("RTN-4 g128", "GPTQ-4 g128"):
-        if name not in rows:
-            continue
+    for name in [n for n in ("RTN-4 g128", "GPTQ-4 g128") if n in rows]:
         r = rows[name]["quantized_layer_ratio"]
         print(f"  {name} quantized-layer bytes <= 0.30 x fp16: {r:.3f} -> {'met' if r <= 0.30 else 'MISSED'}")
 

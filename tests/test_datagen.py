@@ -188,13 +188,14 @@ def test_kill_and_restart_loses_and_duplicates_nothing(tmp_path):
 
 def test_against_our_own_server(tmp_path):
     tiny_belle_dir(tmp_path / "tiny")
-    # the tiny 600-token vocabulary needs ~3000 tokens for BELLE's prompt (BLOOM's own: ~1000)
-    server = BelleServer(tmp_path / "tiny", "--served-model-name", "belle-tiny", "--context", 4096)
+    # the tiny 600-token vocabulary spends ~3000 tokens on BELLE's prompt (BLOOM's own: ~1000) and up to ~5800
+    # when the three longest seed tasks are drawn: 8192 fits any draw, and the draw is seeded anyway
+    server = BelleServer(tmp_path / "tiny", "--served-model-name", "belle-tiny", "--context", 8192)
     try:
         out = tmp_path / "tasks.jsonl"
         for api in ("completion", "chat"):
             r = datagen(out, server.url + "/v1", "--api", api, "--model", "belle-tiny", "--max-tokens", 48,
-                        "--num-instructions", 5, "--max-requests", 2, "--workers", 2)
+                        "--num-instructions", 5, "--max-requests", 2, "--workers", 2, "--seed", 0)
             assert r.returncode == 0, r.stderr[-3000:]
             assert "2 requests (0 failed)" in r.stdout  # the tiny model's text is noise: what is tested is the loop
         assert server.health()["completed"] == 4

@@ -57,6 +57,8 @@ def attention_bias(attention_mask: paddle.Tensor, query_length: int) -> paddle.T
     are the last ``query_length`` of them, so query i may see keys up to position kv_length - query_length + i.
     Packed rows number their samples instead (1, 1, 2, 2, 2, 3, 0 = padding): a token sees its own sample only.
     """
+    if query_length == 1:  # a decoding step: the one query is the last position and may see every real key
+        return (attention_mask == 0).astype("float32")[:, None, None, :] * MASKED
     kv_length = attention_mask.shape[1]
     query_pos = paddle.arange(kv_length - query_length, kv_length).unsqueeze(1)
     causal = paddle.arange(kv_length).unsqueeze(0) <= query_pos
@@ -71,8 +73,12 @@ def attention_bias(attention_mask: paddle.Tensor, query_length: int) -> paddle.T
 
 def attend(q, k, v, bias, dropout):
     """softmax(q k^T / sqrt(head_dim) + bias) v, with scores and softmax in float32 as the references do."""
-    scores = paddle.matmul(q, k, transpose_y=True).astype("float32") * (q.shape[-1] ** -0.5) + bias
-    return paddle.matmul(dropout(F.softmax(scores, axis=-1).astype(v.dtype)), v)
+    # (A cast or dropout is an op even when it changes nothing; a decoding step is made of such small ops.)
+    scores = paddle.matmul(q, k, transpose_y=True)
+    scores = (scores if scores.dtype == paddle.float32 else scores.astype("float32")) * (q.shape[-1] ** -0.5) + bias
+    probs = F.softmax(scores, axis=-1)
+    probs = probs if probs.dtype == v.dtype else probs.astype(v.dtype)
+    return paddle.matmul(dropout(probs) if dropout.training else probs, v)
 
 
 NUMPY_HEAD_MIN = 1 << 23  # elements (32 MB in float32): beyond any CPU cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -81,13 +82,14 @@ def alibi_bias(attention_mask: paddle.Tensor, n_head: int) -> paddle.Tensor:
     left padding does not shift them (HF's build_alibi_tensor)."""
     mask = (attention_mask != 0).astype("float32")  # packed rows number their samples 1, 2, ...
     positions = (mask.cumsum(-1) - 1) * mask
-    slopes = paddle.to_tensor(alibi_slopes(n_head), dtype="float32")
-    return slopes[None, :, None, None] * positions[:, None, None, :]
+    slopes = paddle.to_tensor(np.reshape(alibi_slopes(n_head), [1, n_head, 1, 1]), dtype="float32")
+    return slopes * positions.unsqueeze([1, 2])
 
 
 def bloom_gelu(x):
-    # BLOOM's tanh GELU with its own rounded constant (HF bloom_gelu_forward), not F.gelu(approximate=True).
-    return x * 0.5 * (1.0 + paddle.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
+    # HF's bloom_gelu_forward is x/2 * (1 + tanh(0.79788456 x (1 + 0.044715 x²))): the tanh GELU, with sqrt(2/pi)
+    # rounded to 8 digits (1e-9 relative, far below float32's 6e-8). One fused op instead of seven eager ones.
+    return F.gelu(x, approximate=True)
 
 
 class BloomAttention(nn.Layer):

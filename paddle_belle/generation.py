@@ -81,8 +81,9 @@ def stream(model, input_ids, attention_mask=None, config: GenerationConfig | Non
     mask = paddle.ones([b, total], dtype="int64")
     if attention_mask is not None:
         mask[:, :prompt_len] = paddle.to_tensor(attention_mask, dtype="int64")
-    ids = paddle.full([b, total], pad, dtype="int64")  # every token so far, for the repetition penalty
-    ids[:, :prompt_len] = input_ids
+    # every token so far, for the repetition penalty; host-side, so a step costs no device writes or slices
+    ids = np.full([b, total], pad, dtype=np.int64)
+    ids[:, :prompt_len] = input_ids.numpy()
     cache = model.new_cache(b, total)
     done = np.zeros(b, dtype=bool)
     generated = [[] for _ in range(b)]
@@ -91,9 +92,11 @@ def stream(model, input_ids, attention_mask=None, config: GenerationConfig | Non
         step_input, length = input_ids, prompt_len
         for step in range(config.max_new_tokens):
             out = model(step_input, attention_mask=mask[:, :length], cache=cache, last_only=True)
-            logits = out.logits[:, -1].astype("float32")
+            logits = out.logits[:, -1]
+            logits = logits if logits.dtype == paddle.float32 else logits.astype("float32")
             if config.repetition_penalty != 1.0:
-                logits = apply_repetition_penalty(logits, ids[:, :length], config.repetition_penalty)
+                seen = paddle.to_tensor(ids[:, :length])
+                logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
             if step < config.min_new_tokens and eos:
                 logits[:, eos] = float("-inf")
             chosen = next_tokens(logits, config, rng)
@@ -107,8 +110,8 @@ def stream(model, input_ids, attention_mask=None, config: GenerationConfig | Non
                     done[row] = True
             if done.all():
                 return
-            ids[:, length] = paddle.to_tensor(token)
-            step_input, length = ids[:, length : length + 1], length + 1
+            ids[:, length] = token
+            step_input, length = paddle.to_tensor(token[:, None]), length + 1
 
 
 def _ends_with_stop(tokenizer, tokens: list[int], stops: list[str]) -> bool:

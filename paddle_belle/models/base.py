@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 import paddle.nn.functional as F
+import threadpoolctl
 from paddlenlp.transformers import PretrainedModel
 from paddlenlp.transformers.model_outputs import CausalLMOutputWithPast
 from paddlenlp.transformers.model_utils import dtype_guard, no_init_weights
@@ -139,9 +140,11 @@ def check_dtype(dtype) -> str:
 
 def set_cpu_threads(n: int | None = None) -> int:
     """Use ``n`` threads (default: every core this process may run on) for Paddle's CPU kernels: Paddle sets
-    OMP_NUM_THREADS=1 at import unless told, which leaves all but one core idle."""
+    OMP_NUM_THREADS=1 at import unless told, which leaves all but one core idle. numpy's BLAS, which computes
+    the large tied heads (tied_head), gets the same count: left alone it would take every core."""
     n = n or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     paddle.base.core.set_num_threads(n)
+    threadpoolctl.threadpool_limits(n, user_api="blas")
     return n
 
 

@@ -4,11 +4,13 @@ import math
 import numpy as np
 import paddle
 import pytest
+import threadpoolctl
 import torch
 from reference import hf_logits, max_rel_diff, our_logits, tiny_bloom
 from transformers.models.bloom.modeling_bloom import build_alibi_tensor
 
 from paddle_belle import BloomConfig, BloomForCausalLM
+from paddle_belle.models.base import set_cpu_threads
 from paddle_belle.models.bloom import alibi_slopes
 
 TOL = 1e-4
@@ -106,3 +108,15 @@ def test_numpy_head_in_inference_matches_hf_and_training_keeps_gradients(monkeyp
     loss = ours(paddle.to_tensor(IDS), labels=paddle.to_tensor(IDS)).loss
     loss.backward()
     assert float(ours.bloom.word_embeddings.weight.grad.abs().sum()) > 0
+
+
+def test_threads_hold_paddle_and_numpy_blas_alike(tmp_path):
+    """from_pretrained(threads=N) gives Paddle's kernels N threads and holds numpy's BLAS (the tied head) to N."""
+    _, ours = tiny_bloom()
+    ours.save_pretrained(tmp_path)
+    try:
+        BloomForCausalLM.from_pretrained(tmp_path, threads=1)
+        blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(i["num_threads"] == 1 for i in blas)
+    finally:
+        set_cpu_threads()  # back to every core, for the tests that follow

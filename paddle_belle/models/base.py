@@ -73,13 +73,24 @@ def attention_bias(attention_mask: paddle.Tensor, query_length: int) -> paddle.T
 
 
 def attend(q, k, v, bias, dropout):
-    """softmax(q k^T / sqrt(head_dim) + bias) v, with scores and softmax in float32 as the references do."""
+    """softmax(q k^T / sqrt(head_dim) + bias) v, with scores and softmax in float32 as the references do.
+
+    ``k`` and ``v`` may have fewer heads than ``q`` (grouped-query attention, ``bias`` then [batch, 1, ...]): each
+    kv head serves n_head / n_kv consecutive query heads, whose rows are folded together rather than the cache
+    copied once per query head (HF's repeat_kv), which would rewrite the whole cache at every decoding step.
+    """
+    b, n_head, s, d = q.shape
+    groups = n_head // k.shape[1]
+    if groups > 1:
+        q = q.reshape([b, k.shape[1], groups * s, d])  # row j * s + i: query head kv * groups + j, position i
+        bias = bias.tile([1, 1, groups, 1]) if s > 1 else bias
     # (A cast or dropout is an op even when it changes nothing; a decoding step is made of such small ops.)
     scores = paddle.matmul(q, k, transpose_y=True)
     scores = (scores if scores.dtype == paddle.float32 else scores.astype("float32")) * (q.shape[-1] ** -0.5) + bias
     probs = F.softmax(scores, axis=-1)
     probs = probs if probs.dtype == v.dtype else probs.astype(v.dtype)
-    return paddle.matmul(dropout(probs) if dropout.training else probs, v)
+    out = paddle.matmul(dropout(probs) if dropout.training else probs, v)
+    return out.reshape([b, n_head, s, d]) if groups > 1 else out
 
 
 NUMPY_HEAD_MIN = 1 << 23  # elements (32 MB in float32): beyond any CPU cache

@@ -82,9 +82,11 @@ class LlamaRMSNorm(nn.Layer):
         self.eps = eps
 
     def forward(self, x):
-        h = x.astype("float32")  # normalise in float32 like HF, then scale in the model's dtype
+        # Normalise in float32 like HF, then scale in the model's dtype (casts skipped where they change nothing:
+        # a no-op cast is still an op, and a decoding step is made of small ops).
+        h = x if x.dtype == paddle.float32 else x.astype("float32")
         h = h * paddle.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.astype(x.dtype)
+        return self.weight * (h if h.dtype == x.dtype else h.astype(x.dtype))
 
 
 def rotate_half(x):
@@ -129,13 +131,11 @@ class LlamaAttention(nn.Layer):
         q = self.q_proj(x).reshape([b, s, self.n_head, self.head_dim]).transpose([0, 2, 1, 3])
         k = self.k_proj(x).reshape([b, s, self.n_kv_head, self.head_dim]).transpose([0, 2, 1, 3])
         v = self.v_proj(x).reshape([b, s, self.n_kv_head, self.head_dim]).transpose([0, 2, 1, 3])
-        cos, sin = cos.astype(q.dtype), sin.astype(q.dtype)
+        if q.dtype != cos.dtype:
+            cos, sin = cos.astype(q.dtype), sin.astype(q.dtype)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # the cache holds kv heads, not repeated ones
-        if self.n_kv_head != self.n_head:  # grouped-query attention: each kv head serves n_head/n_kv_head heads
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, axis=1)
-            v = v.repeat_interleave(self.n_head // self.n_kv_head, axis=1)
+            k, v = cache.update(layer, k, v)  # the cache holds kv heads, not repeated ones (attend groups them)
         out = attend(q, k, v, bias, self.attention_dropout)
         return self.o_proj(out.transpose([0, 2, 1, 3]).reshape([b, s, -1]))
 

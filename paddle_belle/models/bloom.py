@@ -104,7 +104,7 @@ class BloomAttention(nn.Layer):
     def forward(self, x, bias, cache, layer):
         b, s, _ = x.shape
         qkv = self.query_key_value(x).reshape([b, s, self.n_head, 3, self.head_dim])
-        q, k, v = (t.transpose([0, 2, 1, 3]) for t in qkv.unbind(axis=3))  # each [b, n_head, s, head_dim]
+        q, k, v = qkv.transpose([3, 0, 2, 1, 4]).unbind(0)  # each [b, n_head, s, head_dim]
         if cache is not None:
             k, v = cache.update(layer, k, v)
         out = attend(q, k, v, bias, self.attention_dropout)

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,7 +32,7 @@ class BelleServer:
     def __init__(self, model_dir, *args):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(os.path.join(str(model_dir), f"serve-{self.port}.log"), "w+")
+        self.log = tempfile.TemporaryFile("w+")  # not beside the model: that may be the bundled, installed one
         self.proc = subprocess.Popen([cli_path(), "serve", "--model", str(model_dir), "--port", str(self.port),
                                       "--threads", "1", "--log-level", "warning", *map(str, args)],
                                      stdout=self.log, stderr=subprocess.STDOUT)

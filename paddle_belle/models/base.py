@@ -72,6 +72,12 @@ def attention_bias(attention_mask: paddle.Tensor, query_length: int) -> paddle.T
     return (1.0 - allowed.astype("float32")) * MASKED
 
 
+def cast(x: paddle.Tensor, dtype) -> paddle.Tensor:
+    """``x`` as ``dtype``, and no op at all when it already is: a no-op cast is still a dispatched op, and a
+    decoding step is made of small ops."""
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
 def attend(q, k, v, bias, dropout):
     """softmax(q k^T / sqrt(head_dim) + bias) v, with scores and softmax in float32 as the references do.
 
@@ -84,12 +90,9 @@ def attend(q, k, v, bias, dropout):
     if groups > 1:
         q = q.reshape([b, k.shape[1], groups * s, d])  # row j * s + i: query head kv * groups + j, position i
         bias = bias.tile([1, 1, groups, 1]) if s > 1 else bias
-    # (A cast or dropout is an op even when it changes nothing; a decoding step is made of such small ops.)
-    scores = paddle.matmul(q, k, transpose_y=True)
-    scores = (scores if scores.dtype == paddle.float32 else scores.astype("float32")) * (q.shape[-1] ** -0.5) + bias
-    probs = F.softmax(scores, axis=-1)
-    probs = probs if probs.dtype == v.dtype else probs.astype(v.dtype)
-    out = paddle.matmul(dropout(probs) if dropout.training else probs, v)
+    scores = cast(paddle.matmul(q, k, transpose_y=True), paddle.float32) * d**-0.5 + bias
+    probs = cast(F.softmax(scores, axis=-1), v.dtype)
+    out = paddle.matmul(dropout(probs) if dropout.training else probs, v)  # (eval dropout: a call for nothing)
     return out.reshape([b, n_head, s, d]) if groups > 1 else out
 
 

@@ -11,7 +11,7 @@ import paddle.nn.functional as F
 from paddlenlp.transformers import PretrainedConfig
 
 from paddle_belle.convert.tables import rope_scaling_fields
-from paddle_belle.models.base import CausalLM, attend, attention_bias, tied_head, token_positions
+from paddle_belle.models.base import CausalLM, attend, attention_bias, cast, tied_head, token_positions
 
 class LlamaConfig(PretrainedConfig):
     """LLaMA hyper-parameters under PaddleNLP's field names.
@@ -82,11 +82,9 @@ class LlamaRMSNorm(nn.Layer):
         self.eps = eps
 
     def forward(self, x):
-        # Normalise in float32 like HF, then scale in the model's dtype (casts skipped where they change nothing:
-        # a no-op cast is still an op, and a decoding step is made of small ops).
-        h = x if x.dtype == paddle.float32 else x.astype("float32")
+        h = cast(x, paddle.float32)  # normalise in float32 like HF, then scale in the model's dtype
         h = h * paddle.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * (h if h.dtype == x.dtype else h.astype(x.dtype))
+        return self.weight * cast(h, x.dtype)
 
 
 def rotate_half(x):
@@ -131,8 +129,7 @@ class LlamaAttention(nn.Layer):
         q = self.q_proj(x).reshape([b, s, self.n_head, self.head_dim]).transpose([0, 2, 1, 3])
         k = self.k_proj(x).reshape([b, s, self.n_kv_head, self.head_dim]).transpose([0, 2, 1, 3])
         v = self.v_proj(x).reshape([b, s, self.n_kv_head, self.head_dim]).transpose([0, 2, 1, 3])
-        if q.dtype != cos.dtype:
-            cos, sin = cos.astype(q.dtype), sin.astype(q.dtype)
+        cos, sin = cast(cos, q.dtype), cast(sin, q.dtype)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.update(layer, k, v)  # the cache holds kv heads, not repeated ones (attend groups them)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from paddle_belle.checkpoint import safetensors_writer, shard_names, split_shards, write_json
-from paddle_belle.convert import tables
+from paddle_belle import arch
 
 CONFIG = {"model_type": "bloom", "architectures": ["BloomForCausalLM"], "vocab_size": 250880, "hidden_size": 1536,
           "n_layer": 24, "n_head": 16, "torch_dtype": "float16", "layer_norm_epsilon": 1e-5}
@@ -24,10 +24,10 @@ CONFIG = {"model_type": "bloom", "architectures": ["BloomForCausalLM"], "vocab_s
 def make_checkpoint(directory: Path, shard_size: str) -> None:
     """HF names and [out, in] layout, written shard by shard with small random values."""
     directory.mkdir(parents=True)
-    paddle_shapes = tables.paddle_shapes("bloom", CONFIG)
+    paddle_shapes = arch.paddle_shapes("bloom", CONFIG)
     specs = {}
     for name, shape in paddle_shapes.items():
-        hf_name, transpose = tables.rename(name, tables.PADDLE_TO_HF["bloom"])
+        hf_name, transpose = arch.rename(name, arch.PADDLE_TO_HF["bloom"])
         specs[hf_name] = shape[::-1] if transpose else shape
     shards = split_shards({n: int(np.prod(s)) * 2 for n, s in specs.items()}, shard_size)
     names, index = shard_names(len(shards), True)

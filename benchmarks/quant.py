@@ -61,7 +61,8 @@ def worker(args) -> None:
     from paddle_belle import AutoModelForCausalLM
     from paddle_belle.checkpoint import read_safetensors_header
     from paddle_belle.evaluate.perplexity import load_encoder, perplexity
-    from paddle_belle.quant import QuantConfig, quantize_checkpoint
+    from paddle_belle.quant import QuantConfig
+    from paddle_belle.quant.quantize import quantize_checkpoint
 
     spec = json.loads(args.worker)
     if spec["step"] == "quantize":

@@ -1,14 +1,13 @@
 """``AutoModelForCausalLM``: pick the model class from a checkpoint directory's config.json."""
 from __future__ import annotations
 
-from paddle_belle import hub
-from paddle_belle.convert import tables
+from paddle_belle import arch, hub
+from paddle_belle.checkpoint import read_config
 from paddle_belle.models import MODELS
-from paddle_belle.models.base import read_config
 
 
 def model_type_of(path) -> str:
-    return tables.model_type_of(read_config(path), f"{path}/config.json")
+    return arch.model_type_of(read_config(path), f"{path}/config.json")
 
 
 class AutoModelForCausalLM:

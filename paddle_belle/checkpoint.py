@@ -381,3 +381,17 @@ def as_paddle(value):
 def to_paddle(value, dtype):
     """A paddle Tensor of ``dtype`` for a state-dict value."""
     return as_paddle(value).astype(dtype)
+
+
+CONFIG_NAME = "config.json"
+
+
+def read_config(path) -> dict:
+    """config.json of the checkpoint directory ``path``, with errors that name the file."""
+    file = Path(path) / CONFIG_NAME
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (is this a checkpoint directory?)")
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{file}: not valid JSON ({e})") from None

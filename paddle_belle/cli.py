@@ -134,7 +134,8 @@ def cmd_quantize(args) -> int:
     if not args.out:
         raise ValueError("--out is required (unless --estimate)")
     from paddle_belle.hub import resolve
-    from paddle_belle.quant import QuantConfig, quantize_checkpoint
+    from paddle_belle.quant import QuantConfig
+    from paddle_belle.quant.quantize import quantize_checkpoint
 
     config = QuantConfig(bits=args.bits, group_size=args.group_size, method=args.method, sym=args.sym,
                          act_order=args.act_order, quantize_lm_head=args.quantize_lm_head)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from paddle_belle import registry
 from paddle_belle.checkpoint import write_json
-from paddle_belle.convert.tables import model_type_of
+from paddle_belle.arch import model_type_of
 
 DEFAULT_ENDPOINT = "https://bj.bcebos.com/paddlenlp"
 # Alternatives, best first: the first one the server has is downloaded. An index brings the shards it lists.

@@ -7,11 +7,10 @@ Shapes use PaddleNLP's config field names.
 """
 from __future__ import annotations
 
-import math
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from paddle_belle.convert.tables import paddle_shapes
+from paddle_belle.arch import ARCHS
 
 BLOOMZ_7B1 = dict(vocab_size=250880, hidden_size=4096, n_layer=30, n_head=32)
 LLAMA_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32)
@@ -31,10 +30,7 @@ class ModelInfo:
     @property
     def parameters(self) -> int:
         """Distinct parameters (a tied head counts once, as the model holds it)."""
-        shapes = paddle_shapes(self.model_type, self.config)
-        if self.model_type == "llama" and self.config.get("tie_word_embeddings"):
-            shapes.pop("lm_head.weight")
-        return sum(math.prod(shape) for shape in shapes.values())
+        return ARCHS[self.model_type].parameters(self.config)
 
 
 def _belle_bloom(size: str, data: str) -> ModelInfo:
@@ -80,9 +76,8 @@ def lookup(name: str) -> ModelInfo | None:
 def format_table() -> str:
     rows = [("name", "arch", "layers", "hidden", "heads", "vocab", "params", "from_pretrained", "convert from (HF)")]
     for m in REGISTRY.values():
-        c = m.config
-        rows.append((m.name, m.model_type, str(c.get("n_layer") or c.get("num_hidden_layers")), str(c["hidden_size"]),
-                     str(c.get("n_head") or c.get("num_attention_heads")), str(c["vocab_size"]),
+        c, a = m.config, ARCHS[m.model_type]
+        rows.append((m.name, m.model_type, str(a.n_layers(c)), str(c["hidden_size"]), str(a.n_heads(c)), str(c["vocab_size"]),
                      f"{m.parameters / 1e9:.2f}B", "(bundled)" if m.bundled else m.paddlenlp or "-", m.hf or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)

@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from paddle_belle import hub
-from paddle_belle.convert.tables import hf_config
+from paddle_belle.arch import hf_config
 from paddle_belle.registry import REGISTRY, lookup
 
 HF = {"bloom": (transformers.BloomConfig, transformers.BloomForCausalLM),

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from paddle_belle.checkpoint import _ST_CODES, shard_names, split_shards
-from paddle_belle.convert import tables
-from paddle_belle.quant.estimate import LINEAR_SUFFIXES
+from paddle_belle import arch
 from paddle_belle.quant.format import QuantConfig
 
 # What `paddle-belle convert` writes beside the weights (README "Converting checkpoints"): config.json and the
@@ -25,30 +24,21 @@ TOKENIZER_FILES = {"bloom": ("vocab.json", "merges.txt"), "llama": ("sentencepie
 SMALL_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.json")
 
 
-def _model_order(shapes: dict) -> list[str]:
-    """paddle_shapes lists the final norm and head before the blocks; our models hold them after."""
-    blocks = [n for n in shapes if ".h." in n or ".layers." in n]
-    embeddings = [n for n in shapes if n not in blocks and "embed" in n]
-    tail = [n for n in shapes if n not in blocks and n not in embeddings]
-    return embeddings + blocks + tail
-
-
 def checkpoint_tensors(model_type: str, config: dict, dtype: str = "float16",
                        quant: QuantConfig | None = None) -> list[tuple[str, np.dtype, list[int]]]:
     """(name, dtype, shape) of every tensor our save_pretrained writes for this config, in its order. ``dtype`` is
     the float dtype (for a quantized model: of everything that is not packed codes and scales)."""
-    shapes = tables.paddle_shapes(model_type, tables.paddle_config(model_type, config))
-    tied_llama = model_type == "llama" and config.get("tie_word_embeddings")
-    if quant is not None and tied_llama:
-        shapes.pop("lm_head.weight")  # the transposed copy of a tied head is for PaddleNLP, never written quantized
+    spec, config = arch.get(model_type), arch.paddle_config(model_type, config)
+    # The transposed copy of a tied head is for PaddleNLP, never written quantized.
+    shapes = spec.checkpoint_shapes(config) if quant is None else spec.model_shapes(config)
     quantized = set()  # Linears whose weight becomes packed codes (quant/linear.py: the decoder blocks' Linears)
     if quant is not None:
-        quantized = {n[: -len(".weight")] for n, s in shapes.items() if n.endswith(LINEAR_SUFFIXES) and len(s) == 2}
+        quantized = {n[: -len(".weight")] for n in spec.linear_weights(config)}
         if quant.quantize_lm_head and "lm_head.weight" in shapes:
             quantized.add("lm_head")
     float_dtype = np.dtype(dtype)
     out = []
-    for name in _model_order(shapes):
+    for name in shapes:
         stem = name.rsplit(".", 1)[0]
         if stem not in quantized:
             out.append((name, float_dtype, shapes[name]))

@@ -8,14 +8,13 @@ absolute paths, so the cards in model_cards/ can be regenerated and compared byt
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from paddle_belle import registry
 from paddle_belle.cards import facts as F
 from paddle_belle.cards.files import local_files, predicted_files
-from paddle_belle.convert import tables
+from paddle_belle import arch
 from paddle_belle.presets import PRESETS
 from paddle_belle.prompts import STYLES
 from paddle_belle.quant.estimate import GIB, estimate
@@ -74,10 +73,10 @@ def subject(model: str, facts_name: str | None = None) -> Subject:
     if facts_name and found is None:
         raise ValueError(f"--facts {facts_name}: no published facts for that name (known: {', '.join(F.FACTS)})")
     if path.is_dir():
-        from paddle_belle.models.base import read_config
+        from paddle_belle.checkpoint import read_config
 
         config = read_config(path)  # FileNotFoundError naming the directory when config.json is missing
-        model_type = tables.model_type_of(config, f"{path}/config.json")
+        model_type = arch.model_type_of(config, f"{path}/config.json")
         found = found or F.find(path.name)  # a directory named like the model (BELLE-7B-2M/) carries its facts
         info = registry.lookup(path.name)
         s = Subject(found.title if found else path.name, model_type, config, path, str(model), facts=found,
@@ -148,20 +147,11 @@ def _size(n: int | None) -> str:
     return f"{n} B"
 
 
-def _parameters(model_type: str, config: dict) -> int:
-    shapes = tables.paddle_shapes(model_type, tables.paddle_config(model_type, config))
-    if model_type == "llama" and config.get("tie_word_embeddings"):
-        shapes.pop("lm_head.weight")
-    return sum(math.prod(v) for v in shapes.values())
-
-
 def _details(s: Subject) -> list[str]:
-    c = tables.paddle_config(s.model_type, s.config)
-    layers = c.get("n_layer") or c.get("num_hidden_layers")
-    heads = c.get("n_head") or c.get("num_attention_heads")
-    arch = f"{s.model_type.upper() if s.model_type == 'bloom' else 'LLaMA'}: {layers} layers, hidden {c['hidden_size']}, " \
-           f"{heads} heads, vocabulary {c['vocab_size']:,}"
-    rows = [("architecture", arch), ("parameters", f"{_parameters(s.model_type, s.config):,}"),
+    spec, c = arch.get(s.model_type), arch.paddle_config(s.model_type, s.config)
+    shape = f"{s.model_type.upper() if s.model_type == 'bloom' else 'LLaMA'}: {spec.n_layers(c)} layers, hidden " \
+            f"{c['hidden_size']}, {spec.n_heads(c)} heads, vocabulary {c['vocab_size']:,}"
+    rows = [("architecture", shape), ("parameters", f"{arch.parameters(s.model_type, c):,}"),
             ("base model", s.base or s.unknown), ("training data", s.data or s.unknown)]
     if s.data_size:
         rows.append(("data size", s.data_size))
@@ -308,7 +298,7 @@ def _limitations(s: Subject) -> list[str]:
     if s.quant is not None:
         lines.append(f"- {s.quant.bits}-bit weights lose some quality against the float model; measure it on your "
                      "data with `paddle-belle perplexity` on both.")
-    if s.build_info is not None or (s.local is not None and _parameters(s.model_type, s.config) < 50_000_000):
+    if s.build_info is not None or (s.local is not None and arch.parameters(s.model_type, s.config) < 50_000_000):
         lines.append("- This is a small demonstration model: it shows the pipeline working, not a useful assistant.")
     return lines
 

@@ -1,6 +1,6 @@
 """HF <-> PaddleNLP checkpoint conversion in bounded memory.
 
-One engine runs the name tables of convert/tables.py: it lists the source tensors from file headers (no data
+One engine runs the name tables of arch.py: it lists the source tensors from file headers (no data
 read), plans every output tensor (name, transpose, dtype, shape; each checked against the shapes the config
 implies), then streams: one tensor is read, transformed and written at a time (a .pdparams source is a pickle,
 so at most one source shard is in memory). The output is built in a temporary directory beside DST and renamed
@@ -33,7 +33,7 @@ from paddle_belle.checkpoint import (
     write_json,
     write_pdparams,
 )
-from paddle_belle.convert import tables
+from paddle_belle import arch as archs
 from paddle_belle.convert.tokenizer import write_hf_tokenizer, write_paddle_tokenizer
 from paddle_belle.convert.torch_bin import read_torch_bin
 
@@ -147,24 +147,22 @@ def _fingerprint(array: np.ndarray) -> str:
 def plan(model_type: str, config: dict, tensors: list[Tensor], to: str, dtype: str):
     """The output tensors, and the (embedding, head, head is transposed) triple whose equality must be checked
     when the model ties its head to its embedding."""
-    table = tables.HF_TO_PADDLE[model_type] if to == "paddle" else tables.PADDLE_TO_HF[model_type]
-    prefix = tables.HF_BODY_PREFIX[model_type]
-    hf_embed, paddle_embed = tables.EMBEDDING[model_type]
-    hf_head, paddle_head = tables.HEAD[model_type]
-    tied = model_type == "bloom" or bool(config.get("tie_word_embeddings", False))
-    embed_name, head_name = (hf_embed, hf_head) if to == "paddle" else (paddle_embed, paddle_head)
+    arch = archs.get(model_type)
+    table = arch.hf_to_paddle if to == "paddle" else archs.invert(arch.hf_to_paddle)
+    tied = arch.tied(config)
+    embed_name, head_name = (arch.hf_name(arch.embedding), archs.HF_HEAD) if to == "paddle" else (arch.embedding, arch.head)
 
     outputs, by_name = [], {}
     for t in tensors:
         if to == "paddle":
-            if any(p.match(t.name) for p in tables.HF_IGNORED[model_type]):
+            if any(re.match(p, t.name) for p in arch.hf_ignored):
                 continue
-            if not t.name.startswith(prefix) and t.name != hf_head:  # a bare BloomModel / LlamaModel checkpoint
-                t.name = prefix + t.name
+            if not t.name.startswith(arch.hf_body) and t.name != archs.HF_HEAD:  # a bare BloomModel / LlamaModel checkpoint
+                t.name = arch.hf_body + t.name
         by_name[t.name] = t
         if tied and t.name == head_name:
             continue  # checked against the embedding below; written (or not) from the embedding
-        target = tables.rename(t.name, table)
+        target = archs.rename(t.name, table)
         if target is None:
             raise CheckpointError(f"{t.file}: tensor {t.name!r} is not a {model_type} weight this converter knows")
         outputs.append(Output(target[0], t, target[1], target_dtype(t.dtype, dtype)))
@@ -176,16 +174,15 @@ def plan(model_type: str, config: dict, tensors: list[Tensor], to: str, dtype: s
         tie_check = (by_name[embed_name], by_name[head_name], to == "hf")  # a Paddle LLaMA head is [hidden, vocab]
     elif not tied and head_name not in by_name:
         raise CheckpointError(f"checkpoint has no {head_name}, and the config does not tie it to {embed_name}")
-    if tied and model_type == "llama" and to == "paddle":
-        # PaddleNLP 2.8.1 ignores tie_word_embeddings and always loads lm_head: write the embedding transposed.
+    copies = arch.tied_copies(config)
+    if copies and to == "paddle":  # PaddleNLP's classes load this head: write the embedding transposed
         embed = by_name[embed_name]
         outputs.insert(outputs.index(next(o for o in outputs if o.source is embed)) + 1,
-                       Output(paddle_head, embed, True, target_dtype(embed.dtype, dtype)))
+                       Output(arch.head, embed, True, target_dtype(embed.dtype, dtype)))
 
     # Every tensor's shape against what the config implies (Paddle names and layout on either side).
-    expected = tables.paddle_shapes(model_type, tables.paddle_config(model_type, config))
-    if model_type == "llama" and tied and to == "hf":
-        expected.pop(paddle_head)
+    paddle_config = archs.paddle_config(model_type, config)
+    expected = arch.checkpoint_shapes(paddle_config) if to == "paddle" else arch.model_shapes(paddle_config)
     paddle_side = {o.name if to == "paddle" else o.source.name: o for o in outputs}
     for name, o in paddle_side.items():
         shape = o.shape if to == "paddle" else o.source.shape
@@ -216,7 +213,7 @@ def convert(src, dst, to: str = "paddle", dtype: str = "keep", max_shard_size="5
     if dst.resolve().is_relative_to(src.resolve()):
         raise ValueError(f"{dst} is inside {src}; the source is never written to")
     config = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    model_type = tables.model_type_of(config, src / "config.json")
+    model_type = archs.model_type_of(config, src / "config.json")
 
     layouts, shard_pattern = (HF_LAYOUTS, HF_SHARD) if to == "paddle" else (WEIGHT_LAYOUTS, PADDLE_SHARD)
     tensors = list_tensors(src, layouts, shard_pattern)
@@ -230,12 +227,12 @@ def convert(src, dst, to: str = "paddle", dtype: str = "keep", max_shard_size="5
         if tie_check and fingerprints[0] != fingerprints[1]:
             raise CheckpointError(
                 f"{tie_check[1].name} differs from {tie_check[0].name}, but the model ties them "
-                + ("(BLOOM always does)" if model_type == "bloom" else "(tie_word_embeddings is true)")
+                + ("(BLOOM always does)" if archs.get(model_type).head is None else "(tie_word_embeddings is true)")
             )
         floating = next((o.dtype for o in outputs if o.dtype.kind == "f" or o.dtype == np.uint16), np.dtype("float32"))
         out_config = {**config, "dtype": dtype_name(floating), "torch_dtype": dtype_name(floating)}
         out_config.pop("dtype" if to == "hf" else "torch_dtype")
-        convert_config = tables.paddle_config if to == "paddle" else tables.hf_config
+        convert_config = archs.paddle_config if to == "paddle" else archs.hf_config
         write_json(tmp / "config.json", convert_config(model_type, out_config))
         if any((src / n).is_file() for n in ("tokenizer.json", "vocab.json", "tokenizer.model", "sentencepiece.bpe.model")):
             (write_paddle_tokenizer if to == "paddle" else write_hf_tokenizer)(src, tmp, model_type)

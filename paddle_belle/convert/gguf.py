@@ -19,23 +19,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from paddle_belle.checkpoint import CheckpointError, safetensors_writer, write_json
-from paddle_belle.convert import tables
+from paddle_belle import arch as archs
 
-# GGUF tensor name template -> (Paddle name template, transpose to [in, out]).
-GGUF_TO_PADDLE = {
-    "token_embd.weight": ("llama.embed_tokens.weight", False),
-    "output_norm.weight": ("llama.norm.weight", False),
-    "output.weight": ("lm_head.weight", True),
-    "blk.{}.attn_norm.weight": ("llama.layers.{}.input_layernorm.weight", False),
-    "blk.{}.attn_q.weight": ("llama.layers.{}.self_attn.q_proj.weight", True),
-    "blk.{}.attn_k.weight": ("llama.layers.{}.self_attn.k_proj.weight", True),
-    "blk.{}.attn_v.weight": ("llama.layers.{}.self_attn.v_proj.weight", True),
-    "blk.{}.attn_output.weight": ("llama.layers.{}.self_attn.o_proj.weight", True),
-    "blk.{}.ffn_norm.weight": ("llama.layers.{}.post_attention_layernorm.weight", False),
-    "blk.{}.ffn_gate.weight": ("llama.layers.{}.mlp.gate_proj.weight", True),
-    "blk.{}.ffn_up.weight": ("llama.layers.{}.mlp.up_proj.weight", True),
-    "blk.{}.ffn_down.weight": ("llama.layers.{}.mlp.down_proj.weight", True),
-}
 # Not weights: llama.cpp may store precomputed RoPE frequencies.
 IGNORED = ("rope_freqs.weight",)
 # tokenizer.ggml.pre -> pre-tokenizer steps before byte-level BPE (llama.cpp llama-vocab.cpp; the HF tokenizer.json
@@ -91,7 +76,7 @@ def read_config(reader, source: str) -> dict:
         raise CheckpointError(f"{source}: partial RoPE ({rope_dims} of {hidden // heads} dims) is not supported")
     scaling = reader.fields.get("llama.rope.scaling.type")
     if scaling is not None and scaling.contents() not in ("none",):
-        config["rope_scaling_type"], config["rope_scaling_factor"] = tables.rope_scaling_fields(
+        config["rope_scaling_type"], config["rope_scaling_factor"] = archs.rope_scaling_fields(
             {"type": scaling.contents(), "factor": float(_field(reader, "llama.rope.scaling.factor", 1.0, source))})
     for key, name in (("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id"),
                       ("pad_token_id", "tokenizer.ggml.padding_token_id")):
@@ -123,20 +108,20 @@ def convert_gguf(src, dst) -> Path:
     for t in reader.tensors:
         if t.name in IGNORED:
             continue
-        target = tables.rename(t.name, GGUF_TO_PADDLE)
+        target = archs.rename(t.name, archs.LLAMA.gguf_to_paddle)
         if target is None:
             raise CheckpointError(f"{src}: tensor {t.name!r} is not a llama weight this converter knows")
         heads_of = heads if ".attn_q." in t.name else kv_heads if ".attn_k." in t.name else None
         plan.append((target[0], t, target[1], heads_of))
-    if config["tie_word_embeddings"]:  # PaddleNLP 2.8.1 always loads lm_head: write the embedding transposed
-        embed = next(p for p in plan if p[0] == "llama.embed_tokens.weight")
-        plan.insert(plan.index(embed) + 1, ("lm_head.weight", embed[1], True, None))
+    for copy, source in archs.LLAMA.tied_copies(config).items():  # for PaddleNLP: the embedding transposed
+        embed = next(p for p in plan if p[0] == source)
+        plan.insert(plan.index(embed) + 1, (copy, embed[1], True, None))
 
     def shape(t, transpose):  # numpy order of a GGUF tensor is ne reversed: [out, in] for a weight
         s = [int(n) for n in reversed(t.shape)]
         return s[::-1] if transpose else s
 
-    expected = tables.paddle_shapes("llama", config)
+    expected = archs.LLAMA.checkpoint_shapes(config)
     specs = []
     for name, t, transpose, _ in plan:
         if expected.get(name) != shape(t, transpose):

@@ -1,29 +1,19 @@
-"""What BLOOM and LLaMA share: the KV cache, masking, the attention core, the loss, device dtypes, load and save.
+"""What BLOOM and LLaMA share: the KV cache, masking, the attention core, the loss, and the model base class.
 
 Both models subclass PaddleNLP's ``PretrainedModel``/``PretrainedConfig`` so that PaddleNLP's Trainer, peft and
-config machinery work on them. Loading and saving are ours, though: PaddleNLP's ``from_pretrained`` unpickles
-``.pdparams`` with ``paddle.load`` (arbitrary code on a hostile file) and its saves are not atomic.
+config machinery work on them. Loading and saving are ours (models/loading.py); CPU tuning is in cpu.py.
 """
 from __future__ import annotations
-
-import json
-import os
-import warnings
-from pathlib import Path
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
-import threadpoolctl
 from paddlenlp.transformers import PretrainedModel
 from paddlenlp.transformers.model_outputs import CausalLMOutputWithPast
-from paddlenlp.transformers.model_utils import dtype_guard, no_init_weights
-from tqdm.auto import tqdm
 
 from paddle_belle import generation
-from paddle_belle.checkpoint import CheckpointError, iter_state_dict, save_state_dict, to_paddle, write_json
+from paddle_belle.models import loading
 
-CONFIG_NAME = "config.json"
 # Large negative instead of -inf: a fully masked row (a padding query) then softmaxes to uniform, not NaN.
 MASKED = float(np.finfo(np.float32).min)
 
@@ -96,25 +86,6 @@ def attend(q, k, v, bias, dropout):
     return out.reshape([b, n_head, s, d]) if groups > 1 else out
 
 
-NUMPY_HEAD_MIN = 1 << 23  # elements (32 MB in float32): beyond any CPU cache
-
-
-def tied_head(x: paddle.Tensor, embedding: paddle.Tensor) -> paddle.Tensor:
-    """Logits ``x @ embedding^T`` for a head tied to the [vocab, hidden] input embedding.
-
-    In inference on CPU the product goes through numpy's BLAS on a zero-copy view of the embedding: Paddle 3.3.1's
-    CPU matmul streams this, the largest matrix of a decode step (1 GB for bloom-560m, 4 GB for belle-7b-2m), at
-    ~28 GB/s where numpy reaches ~42 GB/s on the same machine (benchmarks/decode.py; the head is ~45% of
-    bloom-560m's bytes per token). With gradients needed, or on any other device, it stays a Paddle matmul.
-    """
-    large = embedding.size >= NUMPY_HEAD_MIN  # a small head is overhead-bound, not bandwidth-bound: no gain there
-    if large and x.place.is_cpu_place() and x.dtype == paddle.float32 and (
-            not paddle.is_grad_enabled() or x.stop_gradient and embedding.stop_gradient):
-        logits = x.numpy() @ np.from_dlpack(embedding.detach()).T
-        return paddle.to_tensor(logits)
-    return paddle.matmul(x, embedding, transpose_y=True)
-
-
 def token_positions(attention_mask: paddle.Tensor, query_length: int) -> paddle.Tensor:
     """Position of each new token counted over real tokens only, so left padding does not shift positions."""
     positions = ((attention_mask != 0).astype("int64").cumsum(-1) - 1).clip(min=0)
@@ -134,45 +105,10 @@ def causal_lm_loss(logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tenso
     return per_token.sum() / (labels != -100).astype("float32").sum().clip(min=1.0)
 
 
-# ------------------------------------------------------------------------------------------------ dtypes
-def check_dtype(dtype) -> str:
-    """The dtype as a string if the current device can run it, else a clear error."""
-    name = str(dtype).replace("paddle.", "")
-    if name not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"dtype must be float32, float16 or bfloat16, not {dtype!r}")
-    if name == "float32":
-        return name
-    device = paddle.get_device()
-    # Paddle's CPU kernels have no fp16/bf16 matmul; elsewhere ask Paddle rather than assume a vendor.
-    supported = device != "cpu" and (
-        paddle.amp.is_float16_supported(device) if name == "float16" else paddle.amp.is_bfloat16_supported(device)
-    )
-    if not supported:
-        raise ValueError(f"dtype {name} cannot run on device {device!r}; use float32 there")
-    return name
-
-
-def set_cpu_threads(n: int | None = None) -> int:
-    """Use ``n`` threads (default: every core this process may run on) for Paddle's CPU kernels: Paddle sets
-    OMP_NUM_THREADS=1 at import unless told, which leaves all but one core idle. numpy's BLAS, which computes
-    the large tied heads (tied_head), gets the same count: left alone it would take every core."""
-    n = n or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    paddle.base.core.set_num_threads(n)
-    threadpoolctl.threadpool_limits(n, user_api="blas")
-    return n
-
-
-def default_dtype(config) -> str:
-    """The checkpoint's own dtype where the device runs it, else float32 (always so on CPU)."""
-    try:
-        return check_dtype(getattr(config, "dtype", None) or "float32")
-    except ValueError:
-        return "float32"
-
-
 # ------------------------------------------------------------------------------------------ model base
 class CausalLM(PretrainedModel):
-    """Base of our causal LMs: PaddleNLP's PretrainedModel with safe, strict, atomic loading and saving."""
+    """Base of our causal LMs: PaddleNLP's PretrainedModel with safe, strict, atomic loading and saving.
+    Subclasses set ``arch``, their entry of arch.py."""
 
     def _init_weights(self, layer):
         # Replaces PaddleNLP BLOOM's _init_weights, which zeroes every Linear weight that has a bias.
@@ -226,113 +162,24 @@ class CausalLM(PretrainedModel):
         config = generation.make_config(preset or generation_config, **kwargs)
         return generation.generate(self, input_ids, attention_mask, config, tokenizer, streamer)
 
-    def tied_copies(self) -> dict[str, str]:
-        """Checkpoint names written as a transposed copy of another parameter (see LlamaForCausalLM)."""
-        return {}
-
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
-        c = self.config
-        return KVCache(c.num_hidden_layers, batch_size, self.kv_heads, max_length, self.head_dim, self.dtype_name)
+        a, c = self.arch, self.config
+        return KVCache(a.n_layers(c), batch_size, a.n_kv_heads(c), max_length, a.head_dim(c), self.dtype_name)
 
     @property
     def dtype_name(self) -> str:
         return str(self.parameters()[0].dtype).replace("paddle.", "")
 
-    # -------------------------------------------------------------------------------------- loading
     @classmethod
     def from_pretrained(cls, path, dtype=None, strict=True, config=None, threads=None, **config_overrides):
         """Build the model from a local checkpoint directory (config.json + weights). On CPU, ``threads``
         (default: all available cores) are given to Paddle's kernels."""
-        path = Path(path)
-        if paddle.get_device() == "cpu":
-            set_cpu_threads(threads)
-        quantization = None
-        if config is None:
-            raw = read_config(path)
-            # Ours (quant/format.py), not PaddleNLP's QuantizationConfig, which would try to parse it.
-            quantization = raw.pop("quantization_config", None)
-            config = cls.config_class.from_dict(raw, **config_overrides)
-        config.dtype = check_dtype(dtype) if dtype is not None else default_dtype(config)
-        # LazyGuard: parameters get memory only when their weights arrive, so a 7B model is not initialised first.
-        with no_init_weights(), dtype_guard(config.dtype), paddle.LazyGuard():
-            model = cls(config)
-            if quantization is not None:  # a quantized checkpoint: integer weights stay integer (QuantLinear)
-                from paddle_belle.quant import QuantConfig, replace_linears
-
-                replace_linears(model, QuantConfig.from_dict(quantization, f"{path / CONFIG_NAME}"))
-        model.load_weights(path, strict=strict)
-        model.eval()
-        return model
+        return loading.load(cls, path, dtype, strict, config, threads, **config_overrides)
 
     def load_weights(self, path, strict=True):
-        """Load every parameter from ``path``; shape mismatches are errors, as are missing/unexpected names
-        (warnings instead when ``strict`` is False)."""
-        params = self.state_dict()
-        tied = self.tied_copies()
-        loaded, unexpected, copies = set(), [], {}
-        progress = tqdm(total=len(params), desc="loading weights", unit="tensor", disable=None)
-        for name, array in iter_state_dict(path):
-            if name in tied:
-                copies[name] = array
-                continue
-            if name not in params:
-                unexpected.append(name)
-                continue
-            param = params[name]
-            if list(array.shape) != list(param.shape):
-                raise CheckpointError(
-                    f"{path}: tensor {name} has shape {list(array.shape)}, the config expects {list(param.shape)}"
-                )
-            param.set_value(to_paddle(array, param.dtype))
-            loaded.add(name)
-            progress.update()
-        progress.close()
-        problems = []
-        missing = sorted(set(params) - loaded)
-        if missing:
-            problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:5])}")
-        if unexpected:
-            problems.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(sorted(unexpected)[:5])}")
-        if problems and (strict or missing):
-            # Missing weights are always fatal: a model with uninitialised parameters is never what anyone wants.
-            raise CheckpointError(f"{path}: " + "; ".join(problems))
-        if problems:
-            warnings.warn(f"{path}: " + "; ".join(problems))
-        for name, array in copies.items():
-            source = params[tied[name]].astype("float32").numpy().T
-            if not np.array_equal(to_paddle(array, paddle.float32).numpy(), source):
-                raise CheckpointError(
-                    f"{path}: {name} differs from {tied[name]}, but the config ties them "
-                    "(set tie_word_embeddings=false to use a separate head)"
-                )
+        loading.load_weights(self, path, strict)
 
-    # --------------------------------------------------------------------------------------- saving
     def save_pretrained(self, save_dir, safe_serialization=True, max_shard_size=None, state_dict=None, **unused):
-        """Write config.json and the weights (model.safetensors by default, model_state.pdparams on request),
-        with PaddleNLP's names, so that PaddleNLP's own classes load the directory too. ``state_dict`` replaces
-        the model's own parameters (a merged LoRA model's, say).
+        """Write config.json and the weights with PaddleNLP's names (see loading.save).
         (**unused: PaddleNLP's Trainer passes options such as merge_tensor_parallel and variant.)"""
-        save_dir = Path(save_dir)
-        save_dir.mkdir(parents=True, exist_ok=True)
-        state = dict(self.state_dict() if state_dict is None else state_dict)
-        quantized = getattr(self, "quantization", None) is not None
-        for copy, source in self.tied_copies().items():
-            if not quantized:  # the copy is for PaddleNLP's classes, which cannot load a quantized checkpoint anyway
-                state[copy] = state[source].T.contiguous()
-        save_state_dict(state, save_dir, safe_serialization=safe_serialization, max_shard_size=max_shard_size)
-        self.config.dtype = self.dtype_name
-        self.config.architectures = [type(self).__name__]
-        config = json.loads(self.config.to_json_string())
-        if getattr(self, "quantization", None) is not None:  # see quant/format.py
-            config["quantization_config"] = self.quantization.to_dict()
-        write_json(save_dir / CONFIG_NAME, config)
-
-
-def read_config(path) -> dict:
-    file = Path(path) / CONFIG_NAME
-    if not file.is_file():
-        raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (is this a checkpoint directory?)")
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise ValueError(f"{file}: not valid JSON ({e})") from None
+        loading.save(self, save_dir, safe_serialization, max_shard_size, state_dict)

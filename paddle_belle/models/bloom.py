@@ -14,8 +14,9 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddlenlp.transformers import PretrainedConfig
 
-from paddle_belle.convert.tables import BLOOM_CONFIG_ALIASES
-from paddle_belle.models.base import CausalLM, attend, attention_bias, tied_head
+from paddle_belle.arch import BLOOM as ARCH
+from paddle_belle.cpu import tied_head
+from paddle_belle.models.base import CausalLM, attend, attention_bias
 
 
 class BloomConfig(PretrainedConfig):
@@ -25,7 +26,7 @@ class BloomConfig(PretrainedConfig):
     """
 
     model_type = "bloom"
-    attribute_map = BLOOM_CONFIG_ALIASES
+    attribute_map = ARCH.config_aliases
 
     def __init__(
         self,
@@ -95,8 +96,7 @@ def bloom_gelu(x):
 class BloomAttention(nn.Layer):
     def __init__(self, config: BloomConfig):
         super().__init__()
-        self.n_head = config.n_head
-        self.head_dim = config.hidden_size // config.n_head
+        self.n_head, self.head_dim = config.n_head, ARCH.head_dim(config)
         self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.attention_dropout = nn.Dropout(config.attention_dropout)
@@ -161,13 +161,12 @@ class BloomModel(nn.Layer):
 
 class BloomForCausalLM(CausalLM):
     config_class = BloomConfig
-    base_model_prefix = "bloom"
+    base_model_prefix = ARCH.body
+    arch = ARCH
 
     def __init__(self, config: BloomConfig):
         super().__init__(config)
         self.bloom = BloomModel(config)
-        self.kv_heads = config.n_head
-        self.head_dim = config.hidden_size // config.n_head
 
     def get_input_embeddings(self):
         return self.bloom.word_embeddings

@@ -10,8 +10,9 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddlenlp.transformers import PretrainedConfig
 
-from paddle_belle.convert.tables import rope_scaling_fields
-from paddle_belle.models.base import CausalLM, attend, attention_bias, cast, tied_head, token_positions
+from paddle_belle.arch import LLAMA as ARCH, rope_scaling_fields
+from paddle_belle.cpu import tied_head
+from paddle_belle.models.base import CausalLM, attend, attention_bias, cast, token_positions
 
 class LlamaConfig(PretrainedConfig):
     """LLaMA hyper-parameters under PaddleNLP's field names.
@@ -114,9 +115,7 @@ def rope_cos_sin(config: LlamaConfig, head_dim: int, position_ids: paddle.Tensor
 class LlamaAttention(nn.Layer):
     def __init__(self, config: LlamaConfig):
         super().__init__()
-        self.n_head = config.num_attention_heads
-        self.n_kv_head = config.num_key_value_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.n_head, self.n_kv_head, self.head_dim = config.num_attention_heads, ARCH.n_kv_heads(config), ARCH.head_dim(config)
         h, kv = config.hidden_size, self.n_kv_head * self.head_dim
         self.q_proj = nn.Linear(h, h, bias_attr=False)
         self.k_proj = nn.Linear(h, kv, bias_attr=False)
@@ -165,7 +164,7 @@ class LlamaModel(nn.Layer):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.config = config
-        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.head_dim = ARCH.head_dim(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.LayerList([LlamaDecoderLayer(config) for _ in range(config.num_hidden_layers)])
         self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -183,20 +182,14 @@ class LlamaModel(nn.Layer):
 
 class LlamaForCausalLM(CausalLM):
     config_class = LlamaConfig
-    base_model_prefix = "llama"
+    base_model_prefix = ARCH.body
+    arch = ARCH
 
     def __init__(self, config: LlamaConfig):
         super().__init__(config)
         self.llama = LlamaModel(config)
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias_attr=False)
-        self.kv_heads = config.num_key_value_heads
-        self.head_dim = config.hidden_size // config.num_attention_heads
-
-    def tied_copies(self):
-        # PaddleNLP 2.8.1 ignores tie_word_embeddings and always builds lm_head, so a tied model still writes the
-        # head (the embedding transposed) for PaddleNLP to load; on our side it must equal the embedding.
-        return {"lm_head.weight": "llama.embed_tokens.weight"} if self.config.tie_word_embeddings else {}
 
     def get_input_embeddings(self):
         return self.llama.embed_tokens

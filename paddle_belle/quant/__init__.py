@@ -1,8 +1,7 @@
-"""Low-bit weight quantization: GPTQ (PaddleSlim) and round-to-nearest, the packed checkpoint format, and the
-QuantLinear that runs it."""
+"""Low-bit weights at run time: the packed checkpoint format (format.py) and the QuantLinear that computes with it
+(linear.py). Making them (GPTQ through PaddleSlim, or RTN) is quantize.py's job, imported on its own: loading a
+quantized checkpoint needs neither PaddleSlim nor the quantizer."""
 from paddle_belle.quant.format import QuantConfig, dequantize, pack, unpack
 from paddle_belle.quant.linear import QuantLinear, replace_linears
-from paddle_belle.quant.quantize import calibration_windows, quantize_checkpoint, quantize_model
 
-__all__ = ["QuantConfig", "QuantLinear", "calibration_windows", "dequantize", "pack", "quantize_checkpoint",
-           "quantize_model", "replace_linears", "unpack"]
+__all__ = ["QuantConfig", "QuantLinear", "dequantize", "pack", "replace_linears", "unpack"]

@@ -9,16 +9,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from paddle_belle.convert import tables
+from paddle_belle import arch
 from paddle_belle.quant.format import QuantConfig
 from paddle_belle.quant.linear import BLOCK_ELEMENTS
 
 GIB = 1024**3
 # BELLE's README (models/gptq): "bloom7b-2m 27G, bloom7b-2m-8bit-128g 9.7G, bloom7b-2m-4bit-128g 6.9G".
 BELLE_TABLE = {"fp32": 27.0, "int8-g128": 9.7, "int4-g128": 6.9}
-LINEAR_SUFFIXES = ("query_key_value.weight", "dense.weight", "dense_h_to_4h.weight", "dense_4h_to_h.weight",
-                   "q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "gate_proj.weight",
-                   "up_proj.weight", "down_proj.weight")
 
 
 @dataclass
@@ -30,10 +27,8 @@ class Estimate:
 
 def estimate(model_type: str, config: dict, group_size: int = 128) -> list[Estimate]:
     """Rows for fp32, fp16, int8-g{group_size} and int4-g{group_size} (rest fp32 and rest fp16)."""
-    shapes = tables.paddle_shapes(model_type, tables.paddle_config(model_type, config))
-    if model_type == "llama" and config.get("tie_word_embeddings"):
-        shapes.pop("lm_head.weight")  # held once, as the embedding
-    linear = {n: s for n, s in shapes.items() if n.endswith(LINEAR_SUFFIXES) and len(s) == 2}
+    spec, config = arch.get(model_type), arch.paddle_config(model_type, config)
+    shapes, linear = spec.model_shapes(config), spec.linear_weights(config)  # a tied head is held once
     n_linear = sum(math.prod(s) for s in linear.values())
     n_rest = sum(math.prod(s) for n, s in shapes.items() if n not in linear)
     rows = [Estimate("fp32", 4 * (n_linear + n_rest), 4 * (n_linear + n_rest)),
@@ -54,7 +49,7 @@ def format_estimate(name: str) -> str:
     """The table for a registry short name (or a local checkpoint directory), checked against BELLE's own."""
     from pathlib import Path
 
-    from paddle_belle.models.base import read_config
+    from paddle_belle.checkpoint import read_config
     from paddle_belle.registry import lookup
 
     info = lookup(name)
@@ -62,7 +57,7 @@ def format_estimate(name: str) -> str:
         model_type, config = info.model_type, dict(info.config)
     elif Path(name).is_dir():
         config = read_config(name)
-        model_type = tables.model_type_of(config, f"{name}/config.json")
+        model_type = arch.model_type_of(config, f"{name}/config.json")
     else:
         raise ValueError(f"{name}: not a registry name (see `paddle-belle models`) or a checkpoint directory")
     rows = estimate(model_type, config)

@@ -1,7 +1,7 @@
 """A Linear whose weight stays resident as packed integers, and swapping it into a model.
 
 Paddle's weight-only kernels (``paddle.nn.quant.weight_only_linear``) exist only for GPUs; on CPU there is no kernel
-that reads integer weights (GUIDE §3), so the CPU path is ours: it dequantizes a block of whole groups at a time
+that reads integer weights, so the CPU path is ours: it dequantizes a block of whole groups at a time
 into float32 and accumulates ``x[:, rows] @ W[rows]``. Memory holds the packed codes plus one block, never the
 whole float weight.
 """
@@ -141,35 +141,38 @@ class QuantLinear(nn.Layer):
 # ----------------------------------------------------------------------------------------- model surgery
 def decoder_blocks(model) -> nn.LayerList:
     """The transformer blocks of our BLOOM (``bloom.h``) or LLaMA (``llama.layers``)."""
-    body = model.base_model
-    return body.h if hasattr(body, "h") else body.layers
+    return getattr(model.base_model, model.arch.blocks)
 
 
-def block_linears(block: nn.Layer) -> list[tuple[nn.Layer, str, nn.Linear]]:
-    """(parent, attribute, Linear) for every plain Linear inside ``block``."""
+def block_linears(model, block: nn.Layer) -> list[tuple[str, nn.Layer, str, nn.Linear]]:
+    """(path in the block, parent, attribute, Linear) for each Linear of ``block``, in the order of the
+    architecture's linear_groups (arch.py)."""
     found = []
-    for _, parent in [("", block)] + list(block.named_sublayers()):
-        for attr, child in parent.named_children():
-            if type(child) is nn.Linear:
-                found.append((parent, attr, child))
+    for group in model.arch.linear_groups:
+        for path in group:
+            *parents, attr = path.split(".")
+            parent = block
+            for name in parents:
+                parent = getattr(parent, name)
+            found.append((path, parent, attr, getattr(parent, attr)))
     return found
 
 
-def quantizable(model, config: QuantConfig) -> list[tuple[nn.Layer, str, nn.Linear]]:
+def quantizable(model, config: QuantConfig) -> list[tuple[str, nn.Layer, str, nn.Linear]]:
     """Every Linear quantization replaces: those of the decoder blocks, and the LM head when asked."""
-    found = [item for block in decoder_blocks(model) for item in block_linears(block)]
+    found = [item for block in decoder_blocks(model) for item in block_linears(model, block)]
     if config.quantize_lm_head:
         head = getattr(model, "lm_head", None)
-        if head is None or model.config.tie_word_embeddings:
+        if head is None or model.arch.tied(model.config):
             raise ValueError("--quantize-lm-head: this model's head is its (tied) embedding, which stays in full "
                              "precision; only a separate lm_head can be quantized")
-        found.append((model, "lm_head", head))
+        found.append(("lm_head", model, "lm_head", head))
     return found
 
 
 def replace_linears(model, config: QuantConfig) -> None:
     """Swap every quantizable Linear for an (empty) QuantLinear of the same shape, ready for load_weights."""
-    for parent, attr, linear in quantizable(model, config):
+    for _, parent, attr, linear in quantizable(model, config):
         in_features, out_features = linear.weight.shape
         bias = linear.bias is not None
         dtype = str(linear.weight.dtype).replace("paddle.", "")

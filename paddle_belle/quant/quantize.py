@@ -28,11 +28,6 @@ COPIED = ("vocab.json", "merges.txt", "sentencepiece.bpe.model", "tokenizer.mode
           "added_tokens.json")
 
 
-# Linears quantized together, in order; any other Linear of a block comes last. (LLaMA; BLOOM)
-SEQUENTIAL = (("q_proj", "k_proj", "v_proj", "query_key_value"), ("o_proj", "dense"),
-              ("gate_proj", "up_proj", "dense_h_to_4h"), ("down_proj", "dense_4h_to_h"))
-
-
 class _Captured(Exception):
     """Raised by a hook once a calibration pass has what it came for: the rest of the forward pass is not needed."""
 
@@ -66,7 +61,7 @@ def quantize_model(model, config: QuantConfig, calibration: np.ndarray | None = 
                unit="block", disable=None if progress else True)
     if config.method == "rtn":
         for block in blocks:
-            for parent, attr, linear in block_linears(block):
+            for _, parent, attr, linear in block_linears(model, block):
                 setattr(parent, attr, _rtn_layer(linear, config))
             bar.update()
         if config.quantize_lm_head:
@@ -98,20 +93,17 @@ def quantize_model(model, config: QuantConfig, calibration: np.ndarray | None = 
         hook.remove()
 
     # 2. Block by block: accumulate Hessians, quantize, and move the inputs on through the quantized block.
-    # Within a block the Linears go in SEQUENTIAL order ("true sequential", GPTQ reference): a later group's
-    # Hessian comes from the outputs of the groups already quantized, so it can correct their error too.
+    # Within a block the Linears go group by group (arch.py linear_groups, "true sequential" in the GPTQ reference):
+    # a later group's Hessian comes from the outputs of the groups already quantized, so it can correct their error.
     # Two shortcuts keep the calibration passes cheap, neither changing a result: a pass stops as soon as every
     # Linear of the group has seen its input (nothing after it is needed), and until the block is done its
     # quantized Linears stay float Linears holding the dequantized weights GPTQ writes back (the same numbers the
     # QuantLinear computes with, without unpacking the integers on every pass).
     for i, block in enumerate(blocks):
         args = tuple(extra[:-1]) + (i,)  # the last argument of our blocks is their layer index
-        pending, done = block_linears(block), []
-        for group in SEQUENTIAL + (None,):  # None: the Linears no group names
-            members = [(p, a, l) for p, a, l in pending if group is None or a in group]
-            pending = [m for m in pending if m not in members]
-            if not members:
-                continue
+        linears, done = block_linears(model, block), []
+        for group in model.arch.linear_groups:
+            members = [(parent, attr, linear) for path, parent, attr, linear in linears if path in group]
             wrapped, seen = [], set()
 
             def stop_once_all_seen(layer, layer_inputs, output):

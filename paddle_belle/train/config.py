@@ -12,19 +12,15 @@ from pathlib import Path
 
 import yaml
 
-# BELLE's LoRA recipe (BELLE train/configs/lora_config_{bloom,llama}.json): r 16, alpha 32, dropout 0.05.
-LORA_TARGETS = {
-    "bloom": [".*query_key_value.*"],
-    "llama": [f".*{name}.*" for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")],
-}
 
 
 @dataclass
 class LoraSettings:
+    # BELLE's LoRA recipe (BELLE train/configs/lora_config_{bloom,llama}.json): r 16, alpha 32, dropout 0.05.
     r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    target_modules: list[str] | None = None  # default: LORA_TARGETS for the model type
+    target_modules: list[str] | None = None  # default: the model's arch.lora_targets
     # Trained in full beside the adapter, e.g. the embeddings of a vocabulary-extended model (BELLE-LLaMA-EXT).
     trainable_modules: list[str] | None = None
 

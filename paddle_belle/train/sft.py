@@ -22,7 +22,7 @@ from paddle_belle.auto import AutoModelForCausalLM
 from paddle_belle.checkpoint import CheckpointError, read_pdparams, write_json
 from paddle_belle.data import IGNORE, build_dataset
 from paddle_belle.tokenizer import AutoTokenizer
-from paddle_belle.train.config import LORA_TARGETS, TrainConfig
+from paddle_belle.train.config import TrainConfig
 
 LOSS_LOG = "loss_log.jsonl"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "sentencepiece.bpe.model", "tokenizer.model", "tokenizer_config.json",
@@ -144,7 +144,7 @@ def load_model(config: TrainConfig, args: TrainingArguments):
     model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
     if config.lora:
         settings = config.lora
-        targets = settings.target_modules or LORA_TARGETS[model.config.model_type]
+        targets = settings.target_modules or list(model.arch.lora_targets)
         lora_config = LoRAConfig(target_modules=targets, r=settings.r, lora_alpha=settings.lora_alpha,
                                  lora_dropout=settings.lora_dropout, trainable_modules=settings.trainable_modules,
                                  dtype=dtype,

@@ -16,7 +16,7 @@ from paddle_belle import cli, registry
 from paddle_belle.cards import FACTS, build_card, stale_model_cards
 from paddle_belle.cards.files import checkpoint_tensors, nbytes, weight_files
 from paddle_belle.checkpoint import read_safetensors_header
-from paddle_belle.models.base import read_config
+from paddle_belle.checkpoint import read_config
 from paddle_belle.models.bloom import BloomConfig, BloomForCausalLM
 from paddle_belle.models.llama import LlamaConfig, LlamaForCausalLM
 from paddle_belle.quant import QuantConfig

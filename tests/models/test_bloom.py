@@ -10,7 +10,7 @@ from reference import hf_logits, max_rel_diff, our_logits, tiny_bloom
 from transformers.models.bloom.modeling_bloom import build_alibi_tensor
 
 from paddle_belle import BloomConfig, BloomForCausalLM
-from paddle_belle.models.base import set_cpu_threads
+from paddle_belle.cpu import set_cpu_threads
 from paddle_belle.models.bloom import alibi_slopes
 
 TOL = 1e-4
@@ -96,9 +96,9 @@ def test_fresh_model_is_initialised_not_zeroed():
 
 
 def test_numpy_head_in_inference_matches_hf_and_training_keeps_gradients(monkeypatch):
-    import paddle_belle.models.base as base
+    import paddle_belle.cpu as cpu
 
-    monkeypatch.setattr(base, "NUMPY_HEAD_MIN", 0)  # every head takes the CPU inference path (numpy's BLAS)
+    monkeypatch.setattr(cpu, "NUMPY_HEAD_MIN", 0)  # every head takes the CPU inference path (numpy's BLAS)
     hf, ours = tiny_bloom(4, 0.5)
     ref = hf_logits(hf, IDS, MASK).logits.numpy()
     out = our_logits(ours, IDS, MASK).logits.numpy()  # under no_grad

@@ -11,7 +11,8 @@ from reference import our_logits, tiny_bloom, tiny_llama
 
 from paddle_belle import AutoModelForCausalLM
 from paddle_belle.checkpoint import CheckpointError, load_state_dict, save_state_dict
-from paddle_belle.quant import QuantConfig, QuantLinear, quantize_model
+from paddle_belle.quant import QuantConfig, QuantLinear
+from paddle_belle.quant.quantize import quantize_model
 from paddle_belle.quant.format import quantize_rtn
 from paddle_belle.quant.gptq import GPTQ
 

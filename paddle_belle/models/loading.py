@@ -1,0 +1,135 @@
+"""Loading and saving our models: safe, strict and atomic, with PaddleNLP's names and layout.
+
+PaddleNLP's own ``from_pretrained`` unpickles ``.pdparams`` with ``paddle.load`` (arbitrary code on a hostile file)
+and its saves are not atomic, so ``CausalLM.from_pretrained`` / ``save_pretrained`` come here instead. A quantized
+checkpoint (``quantization_config`` in config.json) gets QuantLinears from the quantization runtime
+(quant/format.py, quant/linear.py), which imports neither PaddleSlim nor the quantizer.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import paddle
+from paddlenlp.transformers.model_utils import dtype_guard, no_init_weights
+from tqdm.auto import tqdm
+
+from paddle_belle.checkpoint import CONFIG_NAME, CheckpointError, iter_state_dict, read_config, save_state_dict, \
+    to_paddle, write_json
+from paddle_belle.cpu import set_cpu_threads
+
+
+def check_dtype(dtype) -> str:
+    """The dtype as a string if the current device can run it, else a clear error."""
+    name = str(dtype).replace("paddle.", "")
+    if name not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, not {dtype!r}")
+    if name == "float32":
+        return name
+    device = paddle.get_device()
+    # Paddle's CPU kernels have no fp16/bf16 matmul; elsewhere ask Paddle rather than assume a vendor.
+    supported = device != "cpu" and (
+        paddle.amp.is_float16_supported(device) if name == "float16" else paddle.amp.is_bfloat16_supported(device)
+    )
+    if not supported:
+        raise ValueError(f"dtype {name} cannot run on device {device!r}; use float32 there")
+    return name
+
+
+def default_dtype(config) -> str:
+    """The checkpoint's own dtype where the device runs it, else float32 (always so on CPU)."""
+    try:
+        return check_dtype(getattr(config, "dtype", None) or "float32")
+    except ValueError:
+        return "float32"
+
+
+def load(cls, path, dtype=None, strict=True, config=None, threads=None, **config_overrides):
+    """Build a ``cls`` model from a local checkpoint directory (config.json + weights). On CPU, ``threads``
+    (default: all available cores) are given to Paddle's kernels."""
+    path = Path(path)
+    if paddle.get_device() == "cpu":
+        set_cpu_threads(threads)
+    quantization = None
+    if config is None:
+        raw = read_config(path)
+        # Ours (quant/format.py), not PaddleNLP's QuantizationConfig, which would try to parse it.
+        quantization = raw.pop("quantization_config", None)
+        config = cls.config_class.from_dict(raw, **config_overrides)
+    config.dtype = check_dtype(dtype) if dtype is not None else default_dtype(config)
+    # LazyGuard: parameters get memory only when their weights arrive, so a 7B model is not initialised first.
+    with no_init_weights(), dtype_guard(config.dtype), paddle.LazyGuard():
+        model = cls(config)
+        if quantization is not None:  # a quantized checkpoint: integer weights stay integer (QuantLinear)
+            from paddle_belle.quant.format import QuantConfig
+            from paddle_belle.quant.linear import replace_linears
+
+            replace_linears(model, QuantConfig.from_dict(quantization, f"{path / CONFIG_NAME}"))
+    load_weights(model, path, strict=strict)
+    model.eval()
+    return model
+
+
+def load_weights(model, path, strict=True):
+    """Load every parameter of ``model`` from ``path``; shape mismatches are errors, as are missing/unexpected
+    names (warnings instead when ``strict`` is False)."""
+    params = model.state_dict()
+    tied = model.arch.tied_copies(model.config)
+    loaded, unexpected, copies = set(), [], {}
+    progress = tqdm(total=len(params), desc="loading weights", unit="tensor", disable=None)
+    for name, array in iter_state_dict(path):
+        if name in tied:
+            copies[name] = array
+            continue
+        if name not in params:
+            unexpected.append(name)
+            continue
+        param = params[name]
+        if list(array.shape) != list(param.shape):
+            raise CheckpointError(
+                f"{path}: tensor {name} has shape {list(array.shape)}, the config expects {list(param.shape)}"
+            )
+        param.set_value(to_paddle(array, param.dtype))
+        loaded.add(name)
+        progress.update()
+    progress.close()
+    problems = []
+    missing = sorted(set(params) - loaded)
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:5])}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(sorted(unexpected)[:5])}")
+    if problems and (strict or missing):
+        # Missing weights are always fatal: a model with uninitialised parameters is never what anyone wants.
+        raise CheckpointError(f"{path}: " + "; ".join(problems))
+    if problems:
+        warnings.warn(f"{path}: " + "; ".join(problems))
+    for name, array in copies.items():
+        source = params[tied[name]].astype("float32").numpy().T
+        if not np.array_equal(to_paddle(array, paddle.float32).numpy(), source):
+            raise CheckpointError(
+                f"{path}: {name} differs from {tied[name]}, but the config ties them "
+                "(set tie_word_embeddings=false to use a separate head)"
+            )
+
+
+def save(model, save_dir, safe_serialization=True, max_shard_size=None, state_dict=None):
+    """Write config.json and the weights (model.safetensors by default, model_state.pdparams on request), with
+    PaddleNLP's names, so that PaddleNLP's own classes load the directory too. ``state_dict`` replaces the model's
+    own parameters (a merged LoRA model's, say)."""
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    state = dict(model.state_dict() if state_dict is None else state_dict)
+    quantization = getattr(model, "quantization", None)
+    if quantization is None:  # the copy is for PaddleNLP's classes, which cannot load a quantized checkpoint anyway
+        for copy, source in model.arch.tied_copies(model.config).items():
+            state[copy] = state[source].T.contiguous()
+    save_state_dict(state, save_dir, safe_serialization=safe_serialization, max_shard_size=max_shard_size)
+    model.config.dtype = model.dtype_name
+    model.config.architectures = [type(model).__name__]
+    config = json.loads(model.config.to_json_string())
+    if quantization is not None:  # see quant/format.py
+        config["quantization_config"] = quantization.to_dict()
+    write_json(save_dir / CONFIG_NAME, config)

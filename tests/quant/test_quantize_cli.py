@@ -74,3 +74,26 @@ def test_estimate_reproduces_belles_published_sizes(capsys):
     assert main(["quantize", "--model", "belle-7b-2m", "--estimate"]) == 0
     out = capsys.readouterr().out
     assert "int4-g128 (rest fp32)" in out and "BELLE's published" in out
+
+
+
+def test_loading_a_quantized_checkpoint_imports_neither_paddleslim_nor_the_quantizer(belle, tmp_path):
+    """The quantization runtime stands alone. (`import paddlenlp` itself imports part of PaddleSlim, through
+    paddlenlp/quantization/qlora.py: those modules are there before we load anything, and are all that may be.)"""
+    import subprocess
+    import sys
+
+    model_dir, _ = belle
+    out = tmp_path / "q4"
+    assert main(["quantize", "--model", str(model_dir), "--method", "rtn", "--out", str(out)]) == 0
+    code = f"""import sys
+import paddlenlp.transformers
+def ours(): return {{m for m in sys.modules if m.split(".")[0] == "paddleslim" or m.startswith("paddle_belle.quant")}}
+before = ours()
+from paddle_belle import AutoModelForCausalLM
+assert AutoModelForCausalLM.from_pretrained({str(out)!r}).quantization is not None
+print(sorted(ours() - before))"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == str(sorted(["paddle_belle.quant", "paddle_belle.quant.format",
+                                                              "paddle_belle.quant.linear"]))

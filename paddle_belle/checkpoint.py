@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import struct
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -57,6 +58,23 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """Yield a new temporary directory beside ``path`` (which must not exist); rename it to ``path`` only if the
+    block finishes, else remove it, so that a failed or interrupted run leaves nothing that looks finished."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; give a new directory")
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -10,6 +10,7 @@ from reference import Exploit
 from paddle_belle import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from paddle_belle.checkpoint import (
     CheckpointError,
+    atomic_dir,
     atomic_path,
     load_state_dict,
     parse_size,
@@ -112,6 +113,27 @@ def test_interrupted_write_leaves_nothing(tmp_path):
         with atomic_path(target) as tmp:
             open(tmp, "wb").write(b"half")
             raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_appears_only_when_complete(tmp_path):
+    target = tmp_path / "out" / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "config.json").write_text("{}")
+        assert tmp.parent == target.parent and not target.exists()
+    assert [p.name for p in target.iterdir()] == ["config.json"]
+    assert [p.name for p in target.parent.iterdir()] == ["model"]
+    with pytest.raises(FileExistsError, match="model exists; give a new directory"):
+        with atomic_dir(target):
+            pass
+    assert [p.name for p in target.iterdir()] == ["config.json"]
+
+
+def test_interrupted_directory_write_leaves_nothing(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "model.safetensors").write_bytes(b"half")
+            raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from paddle_belle.checkpoint import (
     PADDLE_SHARD,
     WEIGHT_LAYOUTS,
     CheckpointError,
+    atomic_dir,
     check_shard,
     read_pdparams,
     read_safetensors_header,
@@ -219,9 +219,7 @@ def convert(src, dst, to: str = "paddle", dtype: str = "keep", max_shard_size="5
     tensors = list_tensors(src, layouts, shard_pattern)
     outputs, tie_check = plan(model_type, config, tensors, to, dtype)
 
-    tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(dst) as tmp:
         fingerprints = _write_weights(outputs, tmp, safe_serialization or to == "hf", max_shard_size, tie_check,
                                       metadata_format="np" if to == "paddle" else "pt")
         if tie_check and fingerprints[0] != fingerprints[1]:
@@ -239,10 +237,6 @@ def convert(src, dst, to: str = "paddle", dtype: str = "keep", max_shard_size="5
         for name in COPIED:
             if (src / name).is_file():
                 shutil.copyfile(src / name, tmp / name)
-        os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if verify:
         paddle_dir, hf_dir = (dst, src) if to == "paddle" else (src, dst)
         print(f"verify: max |Δlogits| = {verify_logits(paddle_dir, hf_dir):.3g} (relative to max(1, |logits|))")

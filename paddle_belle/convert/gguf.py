@@ -11,14 +11,12 @@ The tokenizer: a byte-level BPE GGUF (``tokenizer.ggml.model == "gpt2"``, e.g. S
 """
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from paddle_belle.checkpoint import CheckpointError, safetensors_writer, write_json
+from paddle_belle.checkpoint import CheckpointError, atomic_dir, safetensors_writer, write_json
 from paddle_belle import arch as archs
 
 # Not weights: llama.cpp may store precomputed RoPE frequencies.
@@ -132,9 +130,7 @@ def convert_gguf(src, dst) -> Path:
     if missing:
         raise CheckpointError(f"{src}: lacks {len(missing)} tensor(s) the metadata implies, e.g. {missing[0]}")
 
-    tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(dst) as tmp:
         with safetensors_writer(tmp / "model.safetensors", specs) as write:
             for name, t, transpose, heads_of in tqdm(plan, desc="converting GGUF", unit="tensor", disable=None):
                 if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
@@ -147,10 +143,6 @@ def convert_gguf(src, dst) -> Path:
                 write(name, array.T if transpose else array)
         write_json(tmp / "config.json", config)
         write_tokenizer(reader, tmp, str(src))
-        os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dst
 
 

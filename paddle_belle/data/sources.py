@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Iterator
 import requests
 
 from paddle_belle import hub
+from paddle_belle.checkpoint import atomic_dir
 
 DEFAULT_ENDPOINT = "https://paddlenlp.bj.bcebos.com/datasets"
 # BELLE's public releases on PaddleNLP's mirror. No MD5 is published next to them; Baidu object storage's ETag
@@ -60,17 +59,12 @@ def fetch_release(name: str) -> Path:
     url = f"{endpoint()}/BelleGroup/{name}.zip"
     archive = target.with_name(name + ".zip")
     hub.download(url, archive, md5=_etag_md5(url), desc=f"belle:{name}")
-    unpacked = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
-    try:
+    with atomic_dir(target) as unpacked:
         with zipfile.ZipFile(archive) as z:
             for member in z.namelist():  # no absolute paths or ".." escaping the target (zip slip)
                 if member.startswith("/") or ".." in Path(member).parts:
                     raise ValueError(f"{archive}: unsafe member path {member!r}")
             z.extractall(unpacked)
-        os.replace(unpacked, target)
-    except BaseException:
-        shutil.rmtree(unpacked, ignore_errors=True)
-        raise
     archive.unlink()
     return target
 

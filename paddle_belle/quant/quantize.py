@@ -9,7 +9,6 @@ cos/sin, or BLOOM's ALiBi + causal bias) is captured with the inputs and passed 
 """
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import paddle
 from tqdm.auto import tqdm
 
+from paddle_belle.checkpoint import atomic_dir
 from paddle_belle.quant.format import QuantConfig, quantize_rtn
 from paddle_belle.quant.gptq import GPTQ
 from paddle_belle.quant.linear import QuantLinear, block_linears, decoder_blocks, quantizable
@@ -171,17 +171,11 @@ def quantize_checkpoint(model_dir, out_dir, config: QuantConfig, calib: str | No
     start = time.perf_counter()
     quantize_model(model, config, calibration)
     seconds = time.perf_counter() - start
-    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         for name in COPIED:
             if (Path(model_dir) / name).is_file():
                 shutil.copyfile(Path(model_dir) / name, tmp / name)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     size = sum(p.stat().st_size for p in out_dir.iterdir() if p.suffix in (".safetensors", ".pdparams"))
     return {"seconds": seconds, "bytes": size}
 

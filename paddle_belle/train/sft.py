@@ -19,7 +19,7 @@ from paddlenlp.trainer.trainer_utils import get_last_checkpoint, has_length
 
 from paddle_belle import hub
 from paddle_belle.auto import AutoModelForCausalLM
-from paddle_belle.checkpoint import CheckpointError, read_pdparams, write_json
+from paddle_belle.checkpoint import CheckpointError, atomic_dir, read_pdparams, write_json
 from paddle_belle.data import IGNORE, build_dataset
 from paddle_belle.tokenizer import AutoTokenizer
 from paddle_belle.train.config import TrainConfig
@@ -230,15 +230,13 @@ def merge_lora(base: str, adapter: str | Path, out: str | Path) -> Path:
     # rebuild the plain Linears from the unmerged weights and lose the adapter (GUIDE §3).
     lora.eval()
     merged = {name: p for name, p in lora.model.state_dict().items() if "lora_" not in name}
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, state_dict=merged)
-    source = hub.resolve(base)
-    for name in TOKENIZER_FILES:
-        for directory in (adapter, source):
-            if directory is not None and (directory / name).is_file():
-                shutil.copy2(directory / name, staging / name)
-                break
-    write_json(staging / "merge_info.json", {"base": str(base), "adapter": str(adapter)})
-    staging.rename(out)
+    with atomic_dir(out) as staging:
+        model.save_pretrained(staging, state_dict=merged)
+        source = hub.resolve(base)
+        for name in TOKENIZER_FILES:
+            for directory in (adapter, source):
+                if directory is not None and (directory / name).is_file():
+                    shutil.copy2(directory / name, staging / name)
+                    break
+        write_json(staging / "merge_info.json", {"base": str(base), "adapter": str(adapter)})
     return out

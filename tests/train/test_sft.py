@@ -90,6 +90,24 @@ def test_lora_overfits_and_the_merged_checkpoint_equals_the_in_memory_merge(base
     assert AutoTokenizer.from_pretrained(merged)("你好")["input_ids"] == AutoTokenizer.from_pretrained(base)("你好")["input_ids"]
 
 
+def test_merge_that_fails_leaves_nothing_behind(base, tmp_path, monkeypatch):
+    from paddlenlp.peft import LoRAConfig, LoRAModel
+
+    import paddle_belle.train.sft as sft
+
+    adapter = tmp_path / "adapter"
+    model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
+    LoRAModel(model, LoRAConfig(r=4, target_modules=[".*query_key_value.*", ".*_proj.*"])).save_pretrained(str(adapter))
+
+    def disk_full(*args):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(sft, "write_json", disk_full)  # the last file merge_lora writes
+    with pytest.raises(OSError, match="No space left"):
+        merge_lora(str(base), adapter, tmp_path / "merged")
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
 class StopAt(TrainerCallback):
     def __init__(self, step):
         self.step = step

@@ -36,6 +36,15 @@ PDPARAMS_INDEX = "model_state.pdparams.index.json"
 # Highest preference first. PaddleNLP writes the pdparams names, HF (and PaddleNLP with safe_serialization) the others.
 WEIGHT_LAYOUTS = [(SAFETENSORS_INDEX, SAFETENSORS), (PDPARAMS_INDEX, PDPARAMS)]
 PADDLE_SHARD = re.compile(r"^(model|model_state)-\d{5}-of-\d{5}\.(safetensors|pdparams)$")
+# Tokenizer files, here because this module imports nothing of the package's. The vocabulary by model type under
+# PaddleNLP's names (what its BloomTokenizer / LlamaTokenizer read) and under HF's (BLOOM's in tokenizer.json,
+# LLaMA's sentencepiece model as tokenizer.model); then special tokens and settings, the same in either layout.
+TOKENIZER_VOCAB = {"bloom": ("vocab.json", "merges.txt"), "llama": ("sentencepiece.bpe.model",)}
+HF_TOKENIZER_VOCAB = {"bloom": ("tokenizer.json",), "llama": ("tokenizer.model",)}
+TOKENIZER_CONFIG = ("tokenizer_config.json", "special_tokens_map.json")
+CHAT_TEMPLATE = "chat_template.json"  # PaddleNLP's
+TOKENIZER_FILES = (*TOKENIZER_VOCAB["bloom"], *TOKENIZER_VOCAB["llama"], *HF_TOKENIZER_VOCAB["bloom"],
+                   *HF_TOKENIZER_VOCAB["llama"], *TOKENIZER_CONFIG, CHAT_TEMPLATE, "added_tokens.json")
 # safetensors dtype codes <-> numpy; BF16 is carried as its uint16 bits.
 _ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "uint16", "I64": "int64",
               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}

@@ -21,7 +21,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from paddle_belle import registry
-from paddle_belle.checkpoint import write_json
+from paddle_belle.checkpoint import CHAT_TEMPLATE, HF_TOKENIZER_VOCAB, TOKENIZER_CONFIG, TOKENIZER_VOCAB, write_json
 from paddle_belle.arch import model_type_of
 
 DEFAULT_ENDPOINT = "https://bj.bcebos.com/paddlenlp"
@@ -31,8 +31,9 @@ WEIGHTS = (
 )
 # Required tokenizer files by model_type, each a tuple of alternatives. PaddleNLP's LlamaTokenizer wants
 # sentencepiece.bpe.model; HF's tokenizer.model is the same format and AutoTokenizer converts the layout.
-TOKENIZER = {"bloom": [("vocab.json",), ("merges.txt",)], "llama": [("sentencepiece.bpe.model", "tokenizer.model")]}
-OPTIONAL = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.json", "generation_config.json")
+TOKENIZER = {"bloom": [(name,) for name in TOKENIZER_VOCAB["bloom"]],
+             "llama": [TOKENIZER_VOCAB["llama"] + HF_TOKENIZER_VOCAB["llama"]]}
+OPTIONAL = (*TOKENIZER_CONFIG, CHAT_TEMPLATE, "generation_config.json")
 ABSENT = ".paddle_belle_absent.json"  # optional files the server lacks: not asked for again
 TIMEOUT = (10, 60)  # seconds to connect, and at most between two reads
 RETRIES = 3  # failed attempts in a row that brought no new bytes, before a download gives up

@@ -13,6 +13,7 @@ from paddlenlp.transformers import BloomTokenizer as _PaddleNLPBloomTokenizer
 from paddlenlp.transformers import LlamaTokenizer as _PaddleNLPLlamaTokenizer
 
 from paddle_belle import hub
+from paddle_belle.checkpoint import HF_TOKENIZER_VOCAB, TOKENIZER_CONFIG, TOKENIZER_VOCAB
 from paddle_belle.convert.tokenizer import tokenizer_type, write_paddle_tokenizer
 
 # BLOOM's pre-tokenizer: the matches of this regex and the text between them are the pieces (Split, behaviour
@@ -74,8 +75,8 @@ def paddle_layout(path: Path, model_type: str) -> Path:
     $PPNLP_HOME (the source directory is never written to)."""
     if _is_paddle_layout(path, model_type):
         return path
-    names = ["vocab.json", "merges.txt", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-             "special_tokens_map.json"]
+    # What the conversion reads, in this order: the digest names caches made before.
+    names = [*TOKENIZER_VOCAB["bloom"], *HF_TOKENIZER_VOCAB["bloom"], *HF_TOKENIZER_VOCAB["llama"], *TOKENIZER_CONFIG]
     sources = [path / n for n in names if (path / n).is_file()]
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()[:16]
     out = Path(os.environ.get("PPNLP_HOME", Path.home() / ".paddlenlp")) / "paddle_belle" / "tokenizers" / digest

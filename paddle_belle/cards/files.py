@@ -14,14 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from paddle_belle.checkpoint import _ST_CODES, shard_names, split_shards
+from paddle_belle.checkpoint import (_ST_CODES, CHAT_TEMPLATE, TOKENIZER_CONFIG, TOKENIZER_VOCAB, shard_names,
+                                     split_shards)
 from paddle_belle import arch
 from paddle_belle.quant.format import QuantConfig
-
-# What `paddle-belle convert` writes beside the weights (README "Converting checkpoints"): config.json and the
-# tokenizer in the files PaddleNLP's classes read, with BELLE's chat template.
-TOKENIZER_FILES = {"bloom": ("vocab.json", "merges.txt"), "llama": ("sentencepiece.bpe.model",)}
-SMALL_FILES = ("tokenizer_config.json", "special_tokens_map.json", "chat_template.json")
 
 
 def checkpoint_tensors(model_type: str, config: dict, dtype: str = "float16",
@@ -90,7 +86,9 @@ def predicted_files(model_type: str, config: dict, dtype: str = "float16", quant
                     max_shard_size="5GB") -> list[tuple[str, int | None]]:
     """The files of the checkpoint directory; None where the size depends on more than the shapes."""
     files = weight_files(checkpoint_tensors(model_type, config, dtype, quant), max_shard_size)
-    small = ("config.json", *TOKENIZER_FILES[model_type], *SMALL_FILES)
+    # What `paddle-belle convert` writes beside the weights (README "Converting checkpoints"): config.json and the
+    # tokenizer in the files PaddleNLP's classes read, with BELLE's chat template.
+    small = ("config.json", *TOKENIZER_VOCAB[model_type], *TOKENIZER_CONFIG, CHAT_TEMPLATE)
     return files + [(name, None) for name in small]
 
 

@@ -17,15 +17,13 @@ import numpy as np
 import paddle
 from tqdm.auto import tqdm
 
-from paddle_belle.checkpoint import atomic_dir
+from paddle_belle.checkpoint import TOKENIZER_FILES, atomic_dir
 from paddle_belle.quant.format import QuantConfig, quantize_rtn
 from paddle_belle.quant.gptq import GPTQ
 from paddle_belle.quant.linear import QuantLinear, block_linears, decoder_blocks, quantizable
 
 # Files of a checkpoint directory that travel unchanged into the quantized one (tokenizers of both layouts).
-COPIED = ("vocab.json", "merges.txt", "sentencepiece.bpe.model", "tokenizer.model", "tokenizer.json",
-          "tokenizer_config.json", "special_tokens_map.json", "chat_template.json", "generation_config.json",
-          "added_tokens.json")
+COPIED = (*TOKENIZER_FILES, "generation_config.json")
 
 
 class _Captured(Exception):

@@ -17,7 +17,7 @@ from paddlenlp.peft import LoRAConfig, LoRAModel
 from paddlenlp.trainer import PdArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 from paddlenlp.trainer.trainer_utils import get_last_checkpoint, has_length
 
-from paddle_belle import hub
+from paddle_belle import checkpoint, hub
 from paddle_belle.auto import AutoModelForCausalLM
 from paddle_belle.checkpoint import CheckpointError, atomic_dir, read_pdparams, write_json
 from paddle_belle.data import IGNORE, build_dataset
@@ -25,8 +25,8 @@ from paddle_belle.tokenizer import AutoTokenizer
 from paddle_belle.train.config import TrainConfig
 
 LOSS_LOG = "loss_log.jsonl"
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "sentencepiece.bpe.model", "tokenizer.model", "tokenizer_config.json",
-                   "special_tokens_map.json", "chat_template.json", "added_tokens.json")
+# What merge-lora copies beside the merged weights: every tokenizer file but tokenizer.json.
+TOKENIZER_FILES = tuple(name for name in checkpoint.TOKENIZER_FILES if name != "tokenizer.json")
 
 
 class LossLog(TrainerCallback):

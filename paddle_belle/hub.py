@@ -72,8 +72,13 @@ def parse_name(name: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+def cache_root() -> Path:
+    """$PPNLP_HOME, PaddleNLP's cache (~/.paddlenlp when unset or empty)."""
+    return Path(os.environ.get("PPNLP_HOME") or Path.home() / ".paddlenlp").expanduser()
+
+
 def cache_dir(org: str, name: str) -> Path:
-    return Path(os.environ.get("PPNLP_HOME") or Path.home() / ".paddlenlp").expanduser() / "models" / org / name
+    return cache_root() / "models" / org / name
 
 
 def model_url(org: str, name: str) -> str:

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import regex
@@ -79,7 +78,7 @@ def paddle_layout(path: Path, model_type: str) -> Path:
     names = [*TOKENIZER_VOCAB["bloom"], *HF_TOKENIZER_VOCAB["bloom"], *HF_TOKENIZER_VOCAB["llama"], *TOKENIZER_CONFIG]
     sources = [path / n for n in names if (path / n).is_file()]
     digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()[:16]
-    out = Path(os.environ.get("PPNLP_HOME", Path.home() / ".paddlenlp")) / "paddle_belle" / "tokenizers" / digest
+    out = hub.cache_root() / "paddle_belle" / "tokenizers" / digest
     if not (out / "tokenizer_config.json").is_file():
         write_paddle_tokenizer(path, out, model_type)
     return out

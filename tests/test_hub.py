@@ -224,6 +224,14 @@ def test_offline_uses_the_cache_and_names_what_is_missing(bucket, files, tmp_pat
     assert AutoTokenizer.from_pretrained(BELLE)("你好")["input_ids"]
 
 
+def test_cache_root_is_ppnlp_home_with_user_expanded_and_empty_means_the_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PPNLP_HOME", "~/cache")
+    assert hub.cache_root() == tmp_path / "cache"
+    monkeypatch.setenv("PPNLP_HOME", "")
+    assert hub.cache_root() == tmp_path / ".paddlenlp"
+
+
 @pytest.mark.parametrize("name", ["../../x", "bellegroup/../x", "/etc/passwd", "a/b/c", "org/na me", "http://evil/x",
                                   "org/name?x=1", "org/name#x", "org/na%2e%2e", "org\\name", "org/a..b", "org/.x",
                                   "org/name\n", "org/", "name"])

@@ -51,7 +51,7 @@ def fetch_release(name: str) -> Path:
     """The unpacked directory of BELLE release ``name``, downloaded and verified on first use."""
     if name not in RELEASES:
         raise ValueError(f"unknown BELLE release {name!r} (known: {', '.join(RELEASES)})")
-    target = Path(os.environ.get("PPNLP_HOME", Path.home() / ".paddlenlp")) / "datasets" / "BelleGroup" / name
+    target = hub.cache_root() / "datasets" / "BelleGroup" / name
     if target.is_dir():
         return target
     if hub.is_offline():

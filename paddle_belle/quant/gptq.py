@@ -5,7 +5,7 @@ Linear, its ``forward`` accumulates the Hessian 2/n Σ x xᵀ of the layer's inp
 used as shipped:
 
 1. on paddle 3.3.1 it crashes at ``H[dead, dead] = 1`` whenever no input column is dead (Paddle rejects the empty
-   index tensor; GUIDE §3), i.e. on nearly every real layer;
+   index tensor; paddleslim/quant/advanced/gptq.py, ``fasterquant``), i.e. on nearly every real layer;
 2. it writes fake-quantized floats back into the layer and throws the scales away: packing needs the integer codes
    and the per-group scales;
 3. its grid is symmetric only (``--asym`` needs GPTQ's zero points), and it prints three lines per layer.

@@ -1,9 +1,9 @@
 """A Linear whose weight stays resident as packed integers, and swapping it into a model.
 
 Paddle's weight-only kernels (``paddle.nn.quant.weight_only_linear``) exist only for GPUs; on CPU there is no kernel
-that reads integer weights, so the CPU path is ours: it dequantizes a block of whole groups at a time
-into float32 and accumulates ``x[:, rows] @ W[rows]``. Memory holds the packed codes plus one block, never the
-whole float weight.
+that reads integer weights (Paddle 3.3.1, python/paddle/nn/quant/quantized_linear.py), so the CPU path is ours: it
+dequantizes a block of whole groups at a time into float32 and accumulates ``x[:, rows] @ W[rows]``. Memory holds
+the packed codes plus one block, never the whole float weight.
 """
 from __future__ import annotations
 

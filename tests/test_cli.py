@@ -1,4 +1,4 @@
-"""The installed `paddle-belle` console script."""
+"""The `paddle-belle` command line: the installed console script, and cli.main in-process."""
 import os
 import shutil
 import subprocess
@@ -40,9 +40,9 @@ def test_no_command_prints_the_help(capsys):
 def test_input_file_needs_output_file(capsys):
     from paddle_belle import cli
 
-    with pytest.raises(SystemExit) as exit:  # a usage error, before any model is loaded
+    with pytest.raises(SystemExit) as stop:  # a usage error, before any model is loaded
         cli.main(["generate", "--model", "no-such-model", "--input-file", "in.jsonl"])
-    assert exit.value.code == 2
+    assert stop.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == "paddle-belle: error: --input-file needs --output-file"
 
 
@@ -71,7 +71,7 @@ def test_every_option_is_named_after_the_keyword_it_feeds():
     from paddle_belle.serve import serve
     from paddle_belle.train import load_config, merge_lora
 
-    load = (CausalLM.from_pretrained, GenerationConfig)  # --threads; --seed and the like go through **overrides
+    load = (CausalLM.from_pretrained, GenerationConfig)  # --threads; --seed, --max-new-tokens via **overrides
     feeds = {  # command: (the callables its options are passed to by name, the dests that are not)
         "convert": ((convert, convert_gguf), {"format", "from_gguf"}),  # --format: safe_serialization
         "quantize": ((QuantConfig, quantize_checkpoint, format_estimate), {"model", "out", "estimate"}),

@@ -16,6 +16,7 @@ import paddle.nn.functional as F
 from paddle_belle.presets import PRESETS, GenerationConfig, make_config  # noqa: F401  (re-exported)
 
 
+
 # ----------------------------------------------------------------------------------------- logits steps
 def apply_repetition_penalty(scores, ids, penalty: float):
     """HF's rule: a seen token's logit is divided by ``penalty`` if positive, multiplied if negative."""
@@ -59,12 +60,13 @@ def next_tokens(scores, config: GenerationConfig, rng: np.random.Generator | Non
 
 # ------------------------------------------------------------------------------------------------ the loop
 def stream(model, input_ids, attention_mask=None, config: GenerationConfig | None = None,
-           tokenizer=None, scores: list | None = None) -> Iterator[np.ndarray]:
+           tokenizer=None, scores: list | None = None, reasons: list | None = None) -> Iterator[np.ndarray]:
     """Yield the next token of every row, [batch] int64 numpy, until every row is done.
 
     A row is done at EOS, at a stop string (needs ``tokenizer``), or at max_new_tokens; done rows yield the pad
-    id. Batches are left-padded: ``attention_mask`` marks the real tokens (default: all of them). If ``scores``
-    is a list, each step appends the log-probability of the chosen tokens (after the repetition penalty).
+    id; a list ``reasons`` gets why each row ended ("eos", "stop", "length"; None till then). Batches are
+    left-padded: ``attention_mask`` marks the real tokens (default: all of them). If ``scores`` is a list, each
+    step appends the log-probability of the chosen tokens (after the repetition penalty).
     """
     config = config or GenerationConfig()
     input_ids = paddle.to_tensor(input_ids, dtype="int64")
@@ -85,8 +87,8 @@ def stream(model, input_ids, attention_mask=None, config: GenerationConfig | Non
     ids = np.full([b, total], pad, dtype=np.int64)
     ids[:, :prompt_len] = input_ids.numpy()
     cache = model.new_cache(b, total)
-    done = np.zeros(b, dtype=bool)
-    generated = [[] for _ in range(b)]
+    reasons = reasons if reasons is not None else []
+    reasons[:] = [None] * b
 
     with paddle.no_grad():
         step_input, length = input_ids, prompt_len
@@ -102,23 +104,27 @@ def stream(model, input_ids, attention_mask=None, config: GenerationConfig | Non
             chosen = next_tokens(logits, config, rng)
             if scores is not None:
                 scores.append(paddle.take_along_axis(F.log_softmax(logits, -1), chosen[:, None], 1)[:, 0].numpy())
+            done = np.array([reason is not None for reason in reasons])
             token = np.where(done, pad, chosen.numpy())
-            yield token
-            for row in np.flatnonzero(~done):
-                generated[row].append(int(token[row]))
-                if token[row] in eos or _ends_with_stop(tokenizer, generated[row], config.stop_strings):
-                    done[row] = True
-            if done.all():
-                return
             ids[:, length] = token
+            for row in np.flatnonzero(~done):  # before the yield, so a consumer sees why a row ended with its token
+                if token[row] in eos:
+                    reasons[row] = "eos"
+                elif _ends_with_stop(tokenizer, ids[row, prompt_len : length + 1], config.stop_strings):
+                    reasons[row] = "stop"
+                elif step == config.max_new_tokens - 1:
+                    reasons[row] = "length"
+            yield token
+            if None not in reasons:
+                return
             step_input, length = paddle.to_tensor(token[:, None]), length + 1
 
 
-def _ends_with_stop(tokenizer, tokens: list[int], stops: list[str]) -> bool:
+def _ends_with_stop(tokenizer, tokens: np.ndarray, stops: list[str]) -> bool:
     if not stops:
         return False
     # Decoding the last few tokens is enough: a stop string spans at most as many tokens as it has characters.
-    tail = tokenizer.decode(tokens[-max(len(s) for s in stops) - 1 :], skip_special_tokens=False)
+    tail = tokenizer.decode(tokens[-max(len(s) for s in stops) - 1 :].tolist(), skip_special_tokens=False)
     return any(s in tail for s in stops)
 
 

@@ -14,6 +14,7 @@ import paddle
 import paddle.nn.functional as F
 
 from paddle_belle.presets import PRESETS, GenerationConfig, make_config  # noqa: F401  (re-exported)
+from paddle_belle.prompts import ReplyText
 
 
 
@@ -118,6 +119,18 @@ def stream(model, input_ids, attention_mask=None, config: GenerationConfig | Non
             if None not in reasons:
                 return
             step_input, length = paddle.to_tensor(token[:, None]), length + 1
+
+
+def replies(model, tokenizer, input_ids, attention_mask=None, config=None, strip=False, texts=None) -> Iterator[list]:
+    """Each step, the newly printable text of every row ("" for none), until every row has ended. ``strip`` drops
+    the whitespace a chat reply begins with. If ``texts`` is a list, it holds each row's prompts.ReplyText."""
+    config, texts, reasons = config or GenerationConfig(), texts if texts is not None else [], []
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    texts[:] = [ReplyText(config.stop_strings, decode, strip) for _ in range(len(input_ids))]
+    for token in stream(model, input_ids, attention_mask, config, tokenizer, reasons=reasons):
+        yield [t.add(token[row], reasons[row]) if t.finish_reason is None else "" for row, t in enumerate(texts)]
+        if all(t.finish_reason for t in texts):  # a stop string in the text, which the loop's check may miss
+            return
 
 
 def _ends_with_stop(tokenizer, tokens: np.ndarray, stops: list[str]) -> bool:

@@ -9,7 +9,8 @@ from paddlenlp.generation import TextIteratorStreamer
 from reference import tiny_belle_dir, tiny_bloom, tiny_llama
 
 from paddle_belle import AutoTokenizer
-from paddle_belle.generation import PRESETS, GenerationConfig, make_config, next_tokens, stream, top_p_filter
+from paddle_belle.generation import (PRESETS, GenerationConfig, make_config, next_tokens, replies, stream,
+                                     top_p_filter)
 
 IDS = np.random.default_rng(0).integers(4, 101, (2, 7))
 MASK = np.ones_like(IDS)
@@ -153,3 +154,9 @@ def test_each_row_says_why_it_ended():
     assert steps == [[3, 3, 3], [4, 5, 4], [2, 6, 4], [0, 0, 4]]  # ended rows yield the pad id
     # a row's reason is there when its last token is
     assert seen == [[None] * 3, [None] * 3, ["eos", "stop", None], ["eos", "stop", "length"]]
+
+    texts = []
+    chunks = list(replies(Scripted(ROWS), Letters(), np.zeros([3, 2]), config=config, texts=texts))
+    assert chunks == [["你", "你", "你"], ["好", "", "好"], ["", "", "好"], ["", "", "好"]]
+    assert [(t.text, t.finish_reason, len(t.tokens)) for t in texts] == [
+        ("你好", "eos", 3), ("你", "stop", 3), ("你好好好", "length", 4)]

@@ -157,46 +157,20 @@ class Engine:
                              f"model's context of {self.context} tokens")
         return ids
 
-    def _steps(self, ids: list[int], config: generation.GenerationConfig, reply: Reply, strip: bool):
-        """A generator run only on the model thread: yields text increments, and fills ``reply``.
-        ``strip``: drop the whitespace a chat reply starts with (after "Assistant:")."""
-        reply.prompt_tokens = len(ids)
-        eos = config.eos_token_id if config.eos_token_id is not None else self.model.config.eos_token_id
-        eos = set([eos] if isinstance(eos, int) else (eos or []))
-        holder, tokens = prompts.StopHolder(tuple(config.stop_strings)), []
-        decode = lambda t: self.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
-        started = not strip
-        for step in generation.stream(self.model, np.array([ids]), config=config, tokenizer=self.tokenizer):
-            token = int(step[0])
-            tokens.append(token)
-            reply.completion_tokens = len(tokens)
-            chunk = holder.push(decode(tokens))
-            if not started:
-                chunk = chunk.lstrip()
-                started = bool(chunk)
-            if chunk:
-                yield chunk
-            if holder.stopped or token in eos:
-                reply.finish_reason = "stop"
-                return
-        tail = holder.flush()
-        if tail:
-            yield tail
-        reply.finish_reason = "stop" if holder.stopped or (tokens and tokens[-1] in eos) else "length"
-
     async def generate(self, ids: list[int], config: generation.GenerationConfig, reply: Reply, strip=True):
-        """Async text increments of one reply. Each step runs on the model thread, so concurrent replies take
-        turns token by token. If the consumer stops early (a client disconnected), the generator is closed on
-        the model thread after its current step and frees its KV cache."""
-        loop = asyncio.get_running_loop()
-        steps = self._steps(ids, config, reply, strip)
-        done = object()
+        """Async text increments of one reply, filling ``reply``; ``strip``: for a chat reply. Each step runs on the
+        model thread, so concurrent replies take turns token by token. If the consumer stops early (a client
+        disconnected), the generator is closed on the model thread after its current step and frees its KV cache."""
+        loop, texts, done = asyncio.get_running_loop(), [], object()
+        steps = generation.replies(self.model, self.tokenizer, np.array([ids]), config=config, strip=strip, texts=texts)
+        reply.prompt_tokens = len(ids)
         try:
-            while True:
-                chunk = await loop.run_in_executor(self._thread, next, steps, done)
-                if chunk is done:
-                    return
-                yield chunk
+            while (chunks := await loop.run_in_executor(self._thread, next, steps, done)) is not done:
+                reply.completion_tokens = len(texts[0].tokens)
+                if chunks[0]:
+                    yield chunks[0]
+            # OpenAI's finish reasons: "stop" for EOS and for a stop string alike
+            reply.finish_reason = "length" if texts[0].finish_reason == "length" else "stop"
         finally:
             self._thread.submit(steps.close)
 

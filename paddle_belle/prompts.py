@@ -32,20 +32,25 @@ def get_style(name: str) -> Style:
     return STYLES[name]
 
 
-def render(style: str, history: list[tuple[str, str]], query: str, eos: str = "") -> str:
-    """The prompt for ``query`` after the (user, assistant) turns of ``history``."""
+def render(style: str, history: list[tuple[str, str]], query: str, eos: str = "", system: str = "") -> str:
+    """The prompt for ``query`` after the (user, assistant) turns of ``history``. BELLE has no system role: a
+    ``system`` text opens the first user turn, on a line of its own (alone if that turn is empty)."""
+    if system and history:
+        history = [(f"{system}\n{history[0][0]}" if history[0][0] else system, history[0][1]), *history[1:]]
+    elif system:
+        query = f"{system}\n{query}"
     s = get_style(style)
     turns = "".join(s.user.format(text=u) + s.assistant.format(text=a, eos=eos) for u, a in history)
     return turns + s.user.format(text=query)
 
 
 def fit_history(style: str, history: list[tuple[str, str]], query: str, count_tokens, max_tokens: int,
-                eos: str = "") -> list[tuple[str, str]]:
-    """The most recent turns of ``history`` whose prompt (with ``query``) takes at most ``max_tokens`` tokens;
-    the oldest turns go first. A query that does not fit on its own is an error."""
+                eos: str = "", system: str = "") -> list[tuple[str, str]]:
+    """The most recent turns of ``history`` whose prompt (with ``query``, and ``system`` which always stays) takes
+    at most ``max_tokens`` tokens; the oldest turns go first. A query that does not fit on its own is an error."""
     for start in range(len(history) + 1):
         kept = history[start:]
-        if count_tokens(render(style, kept, query, eos)) <= max_tokens:
+        if count_tokens(render(style, kept, query, eos, system)) <= max_tokens:
             return kept
     raise ValueError(f"the message alone takes more than the {max_tokens} tokens the prompt may use")
 

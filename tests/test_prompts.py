@@ -45,6 +45,14 @@ def test_stream_text_and_reply_text():
     assert reply_text(" 你好！\nHuman: 再", ["Human:"]) == "你好！"
 
 
+def test_system_text_opens_the_first_kept_turn_and_always_stays():
+    history = [("q1", "a1"), ("q2", "a2")]
+    assert render("belle", history[1:], "q3", system="S") == "Human: S\nq2\n\nAssistant: a2\n\nHuman: q3\n\nAssistant:"
+    assert render("belle", [], "q3", system="S") == "Human: S\nq3\n\nAssistant:"
+    assert fit_history("belle", history, "q3", len, len(render("belle", history[1:], "q3", system="S")),
+                       system="S") == history[1:]
+
+
 TEXTS = [
     "你好，世界！龘靐齉𝄞😀 末尾",  # rare characters: byte tokens, so some steps end inside a character
     "价格是 3 . 5 元 , 对吗 ? It isn 't so .",  # decode's clean-up deletes the space before "." across tokens

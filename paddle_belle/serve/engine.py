@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import groupby
 
 import numpy as np
 
@@ -99,35 +100,20 @@ class Engine:
         before the first user turn that is kept. Consecutive messages of one role are joined; the oldest turns are
         dropped until prompt and reply fit the context (the system text always stays)."""
         system = "\n".join(m["content"] for m in messages if m["role"] == "system")
-        turns: list[list] = []  # [role, text], roles alternating
-        for m in messages:
-            if m["role"] == "system":
-                continue
-            if turns and turns[-1][0] == m["role"]:
-                turns[-1][1] += "\n" + m["content"]
-            else:
-                turns.append([m["role"], m["content"]])
+        chat = (m for m in messages if m["role"] != "system")
+        turns = [[role, "\n".join(m["content"] for m in group)] for role, group in groupby(chat, lambda m: m["role"])]
         if not turns or turns[-1][0] != "user":
             raise ValueError("the last message must come from the user")
         if turns[0][0] == "assistant":  # a conversation opened by the assistant: it answers an empty user turn
             turns.insert(0, ["user", ""])
         history = [(u[1], a[1]) for u, a in zip(turns[:-1:2], turns[1:-1:2])]
-        query = turns[-1][1]
-        eos = self.tokenizer.eos_token or ""
-
-        def render(kept):
-            if system and kept:
-                kept = [(system + "\n" + kept[0][0] if kept[0][0] else system, kept[0][1]), *kept[1:]]
-            return prompts.render(self.style, kept, system + "\n" + query if system and not kept else query, eos)
-
-        # prompts.fit_history cannot see the system text, which moves to whichever turn comes first
-        budget = self.context - max_new_tokens
-        for start in range(len(history) + 1):
-            prompt = render(history[start:])
-            if self.count_tokens(prompt) <= budget:
-                return prompt
-        raise ValueError(f"the last message alone takes more than the {budget} tokens the prompt may use "
-                         f"(context {self.context} - max_tokens {max_new_tokens})")
+        query, eos, budget = turns[-1][1], self.tokenizer.eos_token or "", self.context - max_new_tokens
+        try:
+            kept = prompts.fit_history(self.style, history, query, self.count_tokens, budget, eos, system)
+        except ValueError:
+            raise ValueError(f"the last message alone takes more than the {budget} tokens the prompt may use "
+                             f"(context {self.context} - max_tokens {max_new_tokens})") from None
+        return prompts.render(self.style, kept, query, eos, system)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])

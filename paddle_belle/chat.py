@@ -19,20 +19,12 @@ def context_length(model) -> int:
     return getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT
 
 
-def prepare_tokenizer(tokenizer):
-    """Left padding for batches, and a pad token (PaddleNLP's LlamaTokenizer has none)."""
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    return tokenizer
-
-
 class ChatSession:
     """Multi-turn chat: each ``ask`` renders the history in the chosen style, dropping the oldest turns to fit the
     context, streams the reply, and remembers the turn."""
 
     def __init__(self, model, tokenizer, style="belle", preset="belle-card", max_history=None, **overrides):
-        self.model, self.tokenizer, self.style = model, prepare_tokenizer(tokenizer), style
+        self.model, self.tokenizer, self.style = model, generation.prepare_tokenizer(tokenizer), style
         self.config = generation.make_config(preset, stop_strings=list(prompts.get_style(style).stops), **overrides)
         self.max_history = max_history
         self.history: list[tuple[str, str]] = []
@@ -79,7 +71,7 @@ def query_of(record: dict) -> str:
 
 def generate_batch(model, tokenizer, queries: list[str], style="belle", preset="belle-card", **overrides) -> list[str]:
     """Replies to independent single-turn ``queries``, generated together in a left-padded batch."""
-    tokenizer = prepare_tokenizer(tokenizer)
+    tokenizer = generation.prepare_tokenizer(tokenizer)
     config = generation.make_config(preset, stop_strings=list(prompts.get_style(style).stops), **overrides)
     texts = [prompts.render(style, [], q, tokenizer.eos_token or "") for q in queries]
     enc = tokenizer(texts, padding=True, return_attention_mask=True)

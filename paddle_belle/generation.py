@@ -17,6 +17,14 @@ from paddle_belle.presets import PRESETS, GenerationConfig, make_config  # noqa:
 from paddle_belle.prompts import ReplyText
 
 
+def prepare_tokenizer(tokenizer, padding_side: str | None = "left"):
+    """Left padding for batched generation (None keeps the tokenizer's own, as training does), and a pad token
+    where there is none (PaddleNLP's LlamaTokenizer; padding is masked out anyway)."""
+    tokenizer.padding_side = padding_side or tokenizer.padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
 
 # ----------------------------------------------------------------------------------------- logits steps
 def apply_repetition_penalty(scores, ids, penalty: float):

@@ -16,7 +16,7 @@ from itertools import groupby
 import numpy as np
 
 from paddle_belle import generation, prompts
-from paddle_belle.chat import context_length, prepare_tokenizer
+from paddle_belle.chat import context_length
 
 
 class QueueFull(Exception):
@@ -85,7 +85,7 @@ class Engine:
     """A model, its tokenizer and the defaults of the server (prompt style, preset, caps)."""
 
     def __init__(self, model, tokenizer, style="belle", preset="belle-card", max_tokens_cap=2048, context=None):
-        self.model, self.tokenizer = model, prepare_tokenizer(tokenizer)
+        self.model, self.tokenizer = model, generation.prepare_tokenizer(tokenizer)
         self.style = style
         self.stops = prompts.get_style(style).stops
         self.preset = generation.make_config(preset)

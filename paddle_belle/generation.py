@@ -179,8 +179,7 @@ def generate_paddlenlp_style(model, input_ids, attention_mask=None, decode_strat
     steps = np.stack(list(stream(model, input_ids, attention_mask, config, scores=logprobs)), axis=1)
     logprobs = np.stack(logprobs, axis=1)
     # a row's steps after its EOS are padding, not part of its score
-    eos = set(np.atleast_1d(eos_token_id if eos_token_id is not None else model.config.eos_token_id).tolist())
-    ended = np.cumsum(np.isin(steps, list(eos)), axis=1)
-    live = (ended == 0) | ((ended == 1) & np.isin(steps, list(eos)))
+    is_eos = np.isin(steps, np.atleast_1d(eos_token_id if eos_token_id is not None else model.config.eos_token_id))
+    live = np.cumsum(is_eos, axis=1) - is_eos == 0  # no EOS before this step
     mean = (logprobs * live).sum(1, keepdims=True) / live.sum(1, keepdims=True)
     return paddle.to_tensor(steps), paddle.to_tensor(mean.astype("float32"))

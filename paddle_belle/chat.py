@@ -19,22 +19,13 @@ def context_length(model) -> int:
     return getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT
 
 
-def prepare_tokenizer(tokenizer):
-    """Left padding for batches, and a pad token (PaddleNLP's LlamaTokenizer has none)."""
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    return tokenizer
-
-
 class ChatSession:
     """Multi-turn chat: each ``ask`` renders the history in the chosen style, dropping the oldest turns to fit the
     context, streams the reply, and remembers the turn."""
 
     def __init__(self, model, tokenizer, style="belle", preset="belle-card", max_history=None, **overrides):
-        self.model, self.tokenizer, self.style = model, prepare_tokenizer(tokenizer), style
-        self.stops = prompts.get_style(style).stops
-        self.config = generation.make_config(preset, stop_strings=list(self.stops), **overrides)
+        self.model, self.tokenizer, self.style = model, generation.prepare_tokenizer(tokenizer), style
+        self.config = generation.make_config(preset, stop_strings=list(prompts.get_style(style).stops), **overrides)
         self.max_history = max_history
         self.history: list[tuple[str, str]] = []
 
@@ -42,23 +33,17 @@ class ChatSession:
         self.history = []
 
     def ask(self, query: str) -> Iterator[str]:
-        eos = self.tokenizer.eos_token or ""
+        eos, budget = self.tokenizer.eos_token or "", context_length(self.model) - self.config.max_new_tokens
         history = self.history if self.max_history is None else self.history[len(self.history) - self.max_history:]
-        budget = context_length(self.model) - self.config.max_new_tokens
         count = lambda text: len(self.tokenizer(text)["input_ids"])  # noqa: E731
         history = prompts.fit_history(self.style, history if self.max_history != 0 else [], query, count, budget, eos)
         ids = self.tokenizer(prompts.render(self.style, history, query, eos))["input_ids"]
-        steps = (t[0] for t in generation.stream(self.model, np.array([ids]), config=self.config, tokenizer=self.tokenizer))
-        decode = lambda tokens: self.tokenizer.decode(tokens, skip_special_tokens=True)  # noqa: E731
-        reply, started = "", False
-        for chunk in prompts.stream_text(steps, decode, self.stops):
-            if not started:  # the reply begins after "Assistant:", usually with a space or newline
-                chunk = chunk.lstrip()
-                started = bool(chunk)
-            reply += chunk
+        reply = []
+        for (chunk,) in generation.replies(self.model, self.tokenizer, np.array([ids]), config=self.config,
+                                           strip=True, texts=reply):
             if chunk:
                 yield chunk
-        self.history.append((query, reply.strip()))
+        self.history.append((query, reply[0].text.strip()))
 
 
 def read_records(path: Path):
@@ -86,14 +71,15 @@ def query_of(record: dict) -> str:
 
 def generate_batch(model, tokenizer, queries: list[str], style="belle", preset="belle-card", **overrides) -> list[str]:
     """Replies to independent single-turn ``queries``, generated together in a left-padded batch."""
-    tokenizer = prepare_tokenizer(tokenizer)
-    stops = prompts.get_style(style).stops
-    config = generation.make_config(preset, stop_strings=list(stops), **overrides)
+    tokenizer = generation.prepare_tokenizer(tokenizer)
+    config = generation.make_config(preset, stop_strings=list(prompts.get_style(style).stops), **overrides)
     texts = [prompts.render(style, [], q, tokenizer.eos_token or "") for q in queries]
     enc = tokenizer(texts, padding=True, return_attention_mask=True)
-    ids, mask = np.array(enc["input_ids"]), np.array(enc["attention_mask"])
-    out = generation.generate(model, ids, mask, config, tokenizer).numpy()[:, ids.shape[1]:]
-    return [prompts.reply_text(tokenizer.decode(row.tolist(), skip_special_tokens=True), stops) for row in out]
+    replies = []
+    for _ in generation.replies(model, tokenizer, np.array(enc["input_ids"]), np.array(enc["attention_mask"]), config,
+                                strip=True, texts=replies):
+        pass
+    return [reply.text.rstrip() for reply in replies]
 
 
 def generate_file(model, tokenizer, in_path, out_path, batch_size=8, **kwargs) -> int:

@@ -14,6 +14,16 @@ import paddle
 import paddle.nn.functional as F
 
 from paddle_belle.presets import PRESETS, GenerationConfig, make_config  # noqa: F401  (re-exported)
+from paddle_belle.prompts import ReplyText
+
+
+def prepare_tokenizer(tokenizer, padding_side: str | None = "left"):
+    """Left padding for batched generation (None keeps the tokenizer's own, as training does), and a pad token
+    where there is none (PaddleNLP's LlamaTokenizer; padding is masked out anyway)."""
+    tokenizer.padding_side = padding_side or tokenizer.padding_side
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
 
 
 # ----------------------------------------------------------------------------------------- logits steps
@@ -59,12 +69,13 @@ def next_tokens(scores, config: GenerationConfig, rng: np.random.Generator | Non
 
 # ------------------------------------------------------------------------------------------------ the loop
 def stream(model, input_ids, attention_mask=None, config: GenerationConfig | None = None,
-           tokenizer=None, scores: list | None = None) -> Iterator[np.ndarray]:
+           tokenizer=None, scores: list | None = None, reasons: list | None = None) -> Iterator[np.ndarray]:
     """Yield the next token of every row, [batch] int64 numpy, until every row is done.
 
     A row is done at EOS, at a stop string (needs ``tokenizer``), or at max_new_tokens; done rows yield the pad
-    id. Batches are left-padded: ``attention_mask`` marks the real tokens (default: all of them). If ``scores``
-    is a list, each step appends the log-probability of the chosen tokens (after the repetition penalty).
+    id; a list ``reasons`` gets why each row ended ("eos", "stop", "length"; None till then). Batches are
+    left-padded: ``attention_mask`` marks the real tokens (default: all of them). If ``scores`` is a list, each
+    step appends the log-probability of the chosen tokens (after the repetition penalty).
     """
     config = config or GenerationConfig()
     input_ids = paddle.to_tensor(input_ids, dtype="int64")
@@ -85,8 +96,8 @@ def stream(model, input_ids, attention_mask=None, config: GenerationConfig | Non
     ids = np.full([b, total], pad, dtype=np.int64)
     ids[:, :prompt_len] = input_ids.numpy()
     cache = model.new_cache(b, total)
-    done = np.zeros(b, dtype=bool)
-    generated = [[] for _ in range(b)]
+    reasons = reasons if reasons is not None else []
+    reasons[:] = [None] * b
 
     with paddle.no_grad():
         step_input, length = input_ids, prompt_len
@@ -102,23 +113,39 @@ def stream(model, input_ids, attention_mask=None, config: GenerationConfig | Non
             chosen = next_tokens(logits, config, rng)
             if scores is not None:
                 scores.append(paddle.take_along_axis(F.log_softmax(logits, -1), chosen[:, None], 1)[:, 0].numpy())
+            done = np.array([reason is not None for reason in reasons])
             token = np.where(done, pad, chosen.numpy())
-            yield token
-            for row in np.flatnonzero(~done):
-                generated[row].append(int(token[row]))
-                if token[row] in eos or _ends_with_stop(tokenizer, generated[row], config.stop_strings):
-                    done[row] = True
-            if done.all():
-                return
             ids[:, length] = token
+            for row in np.flatnonzero(~done):  # before the yield, so a consumer sees why a row ended with its token
+                if token[row] in eos:
+                    reasons[row] = "eos"
+                elif _ends_with_stop(tokenizer, ids[row, prompt_len : length + 1], config.stop_strings):
+                    reasons[row] = "stop"
+                elif step == config.max_new_tokens - 1:
+                    reasons[row] = "length"
+            yield token
+            if None not in reasons:
+                return
             step_input, length = paddle.to_tensor(token[:, None]), length + 1
 
 
-def _ends_with_stop(tokenizer, tokens: list[int], stops: list[str]) -> bool:
+def replies(model, tokenizer, input_ids, attention_mask=None, config=None, strip=False, texts=None) -> Iterator[list]:
+    """Each step, the newly printable text of every row ("" for none), until every row has ended. ``strip`` drops
+    the whitespace a chat reply begins with. If ``texts`` is a list, it holds each row's prompts.ReplyText."""
+    config, texts, reasons = config or GenerationConfig(), texts if texts is not None else [], []
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    texts[:] = [ReplyText(config.stop_strings, decode, strip) for _ in range(len(input_ids))]
+    for token in stream(model, input_ids, attention_mask, config, tokenizer, reasons=reasons):
+        yield [t.add(token[row], reasons[row]) if t.finish_reason is None else "" for row, t in enumerate(texts)]
+        if all(t.finish_reason for t in texts):  # a stop string in the text, which the loop's check may miss
+            return
+
+
+def _ends_with_stop(tokenizer, tokens: np.ndarray, stops: list[str]) -> bool:
     if not stops:
         return False
     # Decoding the last few tokens is enough: a stop string spans at most as many tokens as it has characters.
-    tail = tokenizer.decode(tokens[-max(len(s) for s in stops) - 1 :], skip_special_tokens=False)
+    tail = tokenizer.decode(tokens[-max(len(s) for s in stops) - 1 :].tolist(), skip_special_tokens=False)
     return any(s in tail for s in stops)
 
 
@@ -152,8 +179,7 @@ def generate_paddlenlp_style(model, input_ids, attention_mask=None, decode_strat
     steps = np.stack(list(stream(model, input_ids, attention_mask, config, scores=logprobs)), axis=1)
     logprobs = np.stack(logprobs, axis=1)
     # a row's steps after its EOS are padding, not part of its score
-    eos = set(np.atleast_1d(eos_token_id if eos_token_id is not None else model.config.eos_token_id).tolist())
-    ended = np.cumsum(np.isin(steps, list(eos)), axis=1)
-    live = (ended == 0) | ((ended == 1) & np.isin(steps, list(eos)))
+    is_eos = np.isin(steps, np.atleast_1d(eos_token_id if eos_token_id is not None else model.config.eos_token_id))
+    live = np.cumsum(is_eos, axis=1) - is_eos == 0  # no EOS before this step
     mean = (logprobs * live).sum(1, keepdims=True) / live.sum(1, keepdims=True)
     return paddle.to_tensor(steps), paddle.to_tensor(mean.astype("float32"))

@@ -1,4 +1,4 @@
-"""BELLE's prompt formats, multi-turn history, and stop strings that hold back streamed text.
+"""BELLE's prompt formats, multi-turn history, and a reply's text built token by token (stop strings hold it back).
 
 Styles:
 - ``belle``: the belle-7b-2m card, ``Human: {input}\\n\\nAssistant:``; earlier turns are concatenated as
@@ -9,7 +9,7 @@ Both stop when the model starts the next ``Human:`` turn itself (BELLE issue #28
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 
@@ -32,20 +32,25 @@ def get_style(name: str) -> Style:
     return STYLES[name]
 
 
-def render(style: str, history: list[tuple[str, str]], query: str, eos: str = "") -> str:
-    """The prompt for ``query`` after the (user, assistant) turns of ``history``."""
+def render(style: str, history: list[tuple[str, str]], query: str, eos: str = "", system: str = "") -> str:
+    """The prompt for ``query`` after the (user, assistant) turns of ``history``. BELLE has no system role: a
+    ``system`` text opens the first user turn, on a line of its own (alone if that turn is empty)."""
+    if system and history:
+        history = [(f"{system}\n{history[0][0]}" if history[0][0] else system, history[0][1]), *history[1:]]
+    elif system:
+        query = f"{system}\n{query}"
     s = get_style(style)
     turns = "".join(s.user.format(text=u) + s.assistant.format(text=a, eos=eos) for u, a in history)
     return turns + s.user.format(text=query)
 
 
 def fit_history(style: str, history: list[tuple[str, str]], query: str, count_tokens, max_tokens: int,
-                eos: str = "") -> list[tuple[str, str]]:
-    """The most recent turns of ``history`` whose prompt (with ``query``) takes at most ``max_tokens`` tokens;
-    the oldest turns go first. A query that does not fit on its own is an error."""
+                eos: str = "", system: str = "") -> list[tuple[str, str]]:
+    """The most recent turns of ``history`` whose prompt (with ``query``, and ``system`` which always stays) takes
+    at most ``max_tokens`` tokens; the oldest turns go first. A query that does not fit on its own is an error."""
     for start in range(len(history) + 1):
         kept = history[start:]
-        if count_tokens(render(style, kept, query, eos)) <= max_tokens:
+        if count_tokens(render(style, kept, query, eos, system)) <= max_tokens:
             return kept
     raise ValueError(f"the message alone takes more than the {max_tokens} tokens the prompt may use")
 
@@ -56,15 +61,24 @@ def cut_at_stop(text: str, stops) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
-@dataclass
-class StopHolder:
-    """Turns a growing decoded text into printable increments, holding back any tail that could still become a
-    stop string (``Hum`` might be the start of ``Human:``) or an incomplete UTF-8 character, until decided."""
+# Tails the next token may change: an incomplete UTF-8 character, and beginnings of what decode()'s default clean-up
+# (clean_up_tokenization_spaces) deletes a space of: " .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're"
+_UNSETTLED = ("\ufffd", " ", " n", " n'", " '", " 'v", " 'r")
 
-    stops: tuple[str, ...]
-    printed: int = 0
-    stopped: bool = False
-    _text: str = field(default="", repr=False)
+
+class ReplyText:
+    """A reply's text, from its tokens (``add``; ``decode``: ids -> text, special tokens skipped) or from the whole
+    text decoded so far (``push``): the newly printable part at each step, less any tail that could still become a
+    stop string (``Hum`` might begin ``Human:``) or an incomplete character; ``strip`` drops a chat reply's leading
+    whitespace; ``finish_reason`` says why it ended. Decoding is incremental, as vLLM's detokenize_incrementally
+    (vllm/transformers_utils/detokenizer_utils.py): a step decodes only the tokens since the text last settled (no
+    _UNSETTLED tail), after the ones before them as context (SentencePiece drops a leading space). So the whole
+    text is exactly ``decode(tokens)``, cut at a stop string."""
+
+    def __init__(self, stops=(), decode=None, strip=False):
+        self.stops, self.decode, self.strip = tuple(stops), decode, strip
+        self.text, self.stopped, self.finish_reason, self.tokens = "", False, None, []  # text: printed so far
+        self._text, self._settled, self._context, self._ctx, self._start = "", "", "", 0, 0
 
     def push(self, text: str) -> str:
         """The new printable part of ``text`` (the whole reply decoded so far)."""
@@ -78,14 +92,32 @@ class StopHolder:
                 if any(s.startswith(text[-n:]) for s in self.stops):
                     text = text[:-n]
                     break
-        out, self.printed = text[self.printed :], max(self.printed, len(text))
+        out, self.text = text[len(self.text) :], self._text[: max(len(self.text), len(text))]
         return out
 
     def flush(self) -> str:
         """At the end of generation: whatever was held back and is not a stop string."""
         text, _ = cut_at_stop(self._text, self.stops)
-        out, self.printed = text[self.printed :], len(text)
+        out, self.text = text[len(self.text) :], text
         return out if not self.stopped else ""
+
+    def add(self, token, reason: str | None = None) -> str:
+        """The newly printable text after ``token``, with the rest if it ended generation for ``reason``."""
+        self.tokens.append(int(token))
+        new = self.decode(self.tokens[self._ctx :])
+        if len(new) > len(self._context) and not new.endswith(_UNSETTLED):
+            self._settled += new[len(self._context) :]
+            self._ctx, self._start = self._start, len(self.tokens)
+            self._context = self.decode(self.tokens[self._ctx :])
+        out = self.push(self._settled.lstrip() if self.strip else self._settled)
+        return out + self.end(reason) if reason or self.stopped else out
+
+    def end(self, reason: str | None) -> str:
+        """The rest of the text once generation ended for ``reason`` (or "stop" at a stop string in the text)."""
+        self._settled += self.decode(self.tokens[self._ctx :])[len(self._context) :]
+        out = self.push(self._settled.lstrip() if self.strip else self._settled) + self.flush()
+        self.finish_reason = "stop" if self.stopped else reason
+        return out
 
 
 def reply_text(text: str, stops) -> str:
@@ -94,15 +126,10 @@ def reply_text(text: str, stops) -> str:
 
 
 def stream_text(token_steps: Iterator, decode, stops) -> Iterator[str]:
-    """Printable text increments from a stream of token ids (one int per step) of a single reply."""
-    holder, tokens = StopHolder(tuple(stops)), []
+    """Printable text increments ("" while held back) from the token ids (one per step) of a single reply."""
+    reply = ReplyText(stops, decode)
     for token in token_steps:
-        tokens.append(int(token))
-        chunk = holder.push(decode(tokens))
-        if chunk:
-            yield chunk
-        if holder.stopped:
+        yield reply.add(token)
+        if reply.stopped:
             return
-    tail = holder.flush()
-    if tail:
-        yield tail
+    yield reply.end(None)  # why the tokens ended is not known here

@@ -1,4 +1,6 @@
-"""generate() against transformers' generate, and the sampling steps by construction."""
+"""generate() against transformers' generate, the sampling steps by construction, and why each row ended."""
+from types import SimpleNamespace
+
 import numpy as np
 import paddle
 import pytest
@@ -7,7 +9,8 @@ from paddlenlp.generation import TextIteratorStreamer
 from reference import tiny_belle_dir, tiny_bloom, tiny_llama
 
 from paddle_belle import AutoTokenizer
-from paddle_belle.generation import PRESETS, GenerationConfig, make_config, next_tokens, top_p_filter
+from paddle_belle.generation import (PRESETS, GenerationConfig, make_config, next_tokens, replies, stream,
+                                     top_p_filter)
 
 IDS = np.random.default_rng(0).integers(4, 101, (2, 7))
 MASK = np.ones_like(IDS)
@@ -112,3 +115,48 @@ def test_streamer_and_stop_strings(tmp_path):
     assert stop in stopped_text and len(stopped[0]) < len(full.numpy()[0])
     with pytest.raises(ValueError, match="stop_strings need the tokenizer"):
         model.generate(ids, max_new_tokens=3, stop_strings=["x"])
+
+
+class Scripted:
+    """A stand-in model whose rows generate fixed tokens (greedy), to end each row a different way."""
+
+    config = SimpleNamespace(eos_token_id=2, pad_token_id=0)
+
+    def __init__(self, rows):
+        self.rows, self.step = np.array(rows), 0
+
+    def new_cache(self, batch, length):
+        return None
+
+    def __call__(self, input_ids, attention_mask=None, cache=None, last_only=True):
+        logits = np.zeros([len(self.rows), 1, 16], dtype="float32")
+        logits[np.arange(len(self.rows)), 0, self.rows[:, self.step]] = 1.0
+        self.step += 1
+        return SimpleNamespace(logits=paddle.to_tensor(logits))
+
+
+class Letters:
+    """A stand-in tokenizer: token i is the i-th character (0, pad, and 2, EOS, are special)."""
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join("_a_你好Hu!xyz"[i] for i in ids if not (skip_special_tokens and i in (0, 2)))
+
+
+ROWS = [[3, 4, 2, 4, 4], [3, 5, 6, 4, 4], [3, 4, 4, 4, 4]]  # 你好 then EOS; 你 then "Hu"; 你好好好 to the end
+
+
+def test_each_row_says_why_it_ended():
+    config = GenerationConfig(max_new_tokens=4, stop_strings=["Hu"])
+    reasons, steps, seen = [], [], []
+    for token in stream(Scripted(ROWS), np.zeros([3, 2]), config=config, tokenizer=Letters(), reasons=reasons):
+        steps.append(token.tolist())
+        seen.append(list(reasons))
+    assert steps == [[3, 3, 3], [4, 5, 4], [2, 6, 4], [0, 0, 4]]  # ended rows yield the pad id
+    # a row's reason is there when its last token is
+    assert seen == [[None] * 3, [None] * 3, ["eos", "stop", None], ["eos", "stop", "length"]]
+
+    texts = []
+    chunks = list(replies(Scripted(ROWS), Letters(), np.zeros([3, 2]), config=config, texts=texts))
+    assert chunks == [["你", "你", "你"], ["好", "", "好"], ["", "", "好"], ["", "", "好"]]
+    assert [(t.text, t.finish_reason, len(t.tokens)) for t in texts] == [
+        ("你好", "eos", 3), ("你", "stop", 3), ("你好好好", "length", 4)]

@@ -1,7 +1,10 @@
-"""BELLE prompt styles, history truncation, stop-string holdback."""
+"""BELLE prompt styles, history truncation, stop-string holdback, a reply's text built token by token."""
+import numpy as np
 import pytest
 
-from paddle_belle.prompts import StopHolder, fit_history, render, reply_text, stream_text
+from paddle_belle import AutoTokenizer
+from paddle_belle.prompts import ReplyText, fit_history, render, reply_text, stream_text
+from paddle_belle.prompts import ReplyText as StopHolder  # StopHolder became ReplyText's whole-text side
 
 
 def test_styles_render_belle_formats():
@@ -40,3 +43,44 @@ def test_stream_text_and_reply_text():
     decode = lambda tokens: "".join(pieces[t] for t in tokens)  # noqa: E731
     assert "".join(stream_text(iter(range(len(pieces))), decode, ["Human:"])) == "你好！\n"
     assert reply_text(" 你好！\nHuman: 再", ["Human:"]) == "你好！"
+
+
+def test_system_text_opens_the_first_kept_turn_and_always_stays():
+    history = [("q1", "a1"), ("q2", "a2")]
+    assert render("belle", history[1:], "q3", system="S") == "Human: S\nq2\n\nAssistant: a2\n\nHuman: q3\n\nAssistant:"
+    assert render("belle", [], "q3", system="S") == "Human: S\nq3\n\nAssistant:"
+    assert fit_history("belle", history, "q3", len, len(render("belle", history[1:], "q3", system="S")),
+                       system="S") == history[1:]
+
+
+TEXTS = [
+    "你好，世界！龘靐齉𝄞😀 末尾",  # rare characters: byte tokens, so some steps end inside a character
+    "价格是 3 . 5 元 , 对吗 ? It isn 't so .",  # decode's clean-up deletes the space before "." across tokens
+    "代码：\n    return x  # 注释\n\n答：好",
+]
+
+
+def test_reply_text_decodes_incrementally_exactly_as_a_whole_decode():
+    tok = AutoTokenizer.from_pretrained("belle-tiny-zh")
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+    cases = [tok(t)["input_ids"] for t in TEXTS]
+    assert any(decode(cases[0][:k]).endswith("\ufffd") for k in range(len(cases[0])))  # the case is exercised
+    rng = np.random.default_rng(0)  # and arbitrary token sequences: invalid UTF-8, special tokens, spaces
+    cases += [rng.integers(0, len(tok), rng.integers(1, 40)).tolist() for _ in range(200)]
+    for ids in cases:
+        windows = []
+        reply = ReplyText(decode=lambda t: windows.append(len(t)) or decode(t))  # noqa: B023
+        assert "".join([reply.add(t) for t in ids] + [reply.end("length")]) == decode(ids), ids
+        assert max(windows) <= 16  # each step decodes a few tokens, not the reply so far
+
+
+def test_reply_text_holds_back_stops_strips_and_says_why_it_ended():
+    pieces = [" ", "\n你", "好", "\ufffd", "！", "Hu", "man", ":", "再"]
+    decode = lambda ids: "".join(pieces[i] for i in ids).replace("\ufffd！", "！")  # noqa: E731
+    reply = ReplyText(["Human:"], decode, strip=True)
+    chunks = [reply.add(i) for i in range(8)]
+    assert chunks == ["", "你", "好", "", "！", "", "", ""] and reply.stopped
+    assert reply.end("length") == "" and (reply.text, reply.finish_reason) == ("你好！", "stop")
+    ended = ReplyText(["Human:"], decode)
+    assert [ended.add(i) for i in (1, 2, 5)] == ["\n你", "好", ""]
+    assert ended.end("eos") == "Hu" and (ended.text, ended.finish_reason) == ("\n你好Hu", "eos")

@@ -11,11 +11,12 @@ import asyncio
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import groupby
 
 import numpy as np
 
 from paddle_belle import generation, prompts
-from paddle_belle.chat import context_length, prepare_tokenizer
+from paddle_belle.chat import context_length
 
 
 class QueueFull(Exception):
@@ -84,7 +85,7 @@ class Engine:
     """A model, its tokenizer and the defaults of the server (prompt style, preset, caps)."""
 
     def __init__(self, model, tokenizer, style="belle", preset="belle-card", max_tokens_cap=2048, context=None):
-        self.model, self.tokenizer = model, prepare_tokenizer(tokenizer)
+        self.model, self.tokenizer = model, generation.prepare_tokenizer(tokenizer)
         self.style = style
         self.stops = prompts.get_style(style).stops
         self.preset = generation.make_config(preset)
@@ -99,35 +100,20 @@ class Engine:
         before the first user turn that is kept. Consecutive messages of one role are joined; the oldest turns are
         dropped until prompt and reply fit the context (the system text always stays)."""
         system = "\n".join(m["content"] for m in messages if m["role"] == "system")
-        turns: list[list] = []  # [role, text], roles alternating
-        for m in messages:
-            if m["role"] == "system":
-                continue
-            if turns and turns[-1][0] == m["role"]:
-                turns[-1][1] += "\n" + m["content"]
-            else:
-                turns.append([m["role"], m["content"]])
+        chat = (m for m in messages if m["role"] != "system")
+        turns = [[role, "\n".join(m["content"] for m in group)] for role, group in groupby(chat, lambda m: m["role"])]
         if not turns or turns[-1][0] != "user":
             raise ValueError("the last message must come from the user")
         if turns[0][0] == "assistant":  # a conversation opened by the assistant: it answers an empty user turn
             turns.insert(0, ["user", ""])
         history = [(u[1], a[1]) for u, a in zip(turns[:-1:2], turns[1:-1:2])]
-        query = turns[-1][1]
-        eos = self.tokenizer.eos_token or ""
-
-        def render(kept):
-            if system and kept:
-                kept = [(system + "\n" + kept[0][0] if kept[0][0] else system, kept[0][1]), *kept[1:]]
-            return prompts.render(self.style, kept, system + "\n" + query if system and not kept else query, eos)
-
-        # prompts.fit_history cannot see the system text, which moves to whichever turn comes first
-        budget = self.context - max_new_tokens
-        for start in range(len(history) + 1):
-            prompt = render(history[start:])
-            if self.count_tokens(prompt) <= budget:
-                return prompt
-        raise ValueError(f"the last message alone takes more than the {budget} tokens the prompt may use "
-                         f"(context {self.context} - max_tokens {max_new_tokens})")
+        query, eos, budget = turns[-1][1], self.tokenizer.eos_token or "", self.context - max_new_tokens
+        try:
+            kept = prompts.fit_history(self.style, history, query, self.count_tokens, budget, eos, system)
+        except ValueError:
+            raise ValueError(f"the last message alone takes more than the {budget} tokens the prompt may use "
+                             f"(context {self.context} - max_tokens {max_new_tokens})") from None
+        return prompts.render(self.style, kept, query, eos, system)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])
@@ -157,46 +143,20 @@ class Engine:
                              f"model's context of {self.context} tokens")
         return ids
 
-    def _steps(self, ids: list[int], config: generation.GenerationConfig, reply: Reply, strip: bool):
-        """A generator run only on the model thread: yields text increments, and fills ``reply``.
-        ``strip``: drop the whitespace a chat reply starts with (after "Assistant:")."""
-        reply.prompt_tokens = len(ids)
-        eos = config.eos_token_id if config.eos_token_id is not None else self.model.config.eos_token_id
-        eos = set([eos] if isinstance(eos, int) else (eos or []))
-        holder, tokens = prompts.StopHolder(tuple(config.stop_strings)), []
-        decode = lambda t: self.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
-        started = not strip
-        for step in generation.stream(self.model, np.array([ids]), config=config, tokenizer=self.tokenizer):
-            token = int(step[0])
-            tokens.append(token)
-            reply.completion_tokens = len(tokens)
-            chunk = holder.push(decode(tokens))
-            if not started:
-                chunk = chunk.lstrip()
-                started = bool(chunk)
-            if chunk:
-                yield chunk
-            if holder.stopped or token in eos:
-                reply.finish_reason = "stop"
-                return
-        tail = holder.flush()
-        if tail:
-            yield tail
-        reply.finish_reason = "stop" if holder.stopped or (tokens and tokens[-1] in eos) else "length"
-
     async def generate(self, ids: list[int], config: generation.GenerationConfig, reply: Reply, strip=True):
-        """Async text increments of one reply. Each step runs on the model thread, so concurrent replies take
-        turns token by token. If the consumer stops early (a client disconnected), the generator is closed on
-        the model thread after its current step and frees its KV cache."""
-        loop = asyncio.get_running_loop()
-        steps = self._steps(ids, config, reply, strip)
-        done = object()
+        """Async text increments of one reply, filling ``reply``; ``strip``: for a chat reply. Each step runs on the
+        model thread, so concurrent replies take turns token by token. If the consumer stops early (a client
+        disconnected), the generator is closed on the model thread after its current step and frees its KV cache."""
+        loop, texts, done = asyncio.get_running_loop(), [], object()
+        steps = generation.replies(self.model, self.tokenizer, np.array([ids]), config=config, strip=strip, texts=texts)
+        reply.prompt_tokens = len(ids)
         try:
-            while True:
-                chunk = await loop.run_in_executor(self._thread, next, steps, done)
-                if chunk is done:
-                    return
-                yield chunk
+            while (chunks := await loop.run_in_executor(self._thread, next, steps, done)) is not done:
+                reply.completion_tokens = len(texts[0].tokens)
+                if chunks[0]:
+                    yield chunks[0]
+            # OpenAI's finish reasons: "stop" for EOS and for a stop string alike
+            reply.finish_reason = "length" if texts[0].finish_reason == "length" else "stop"
         finally:
             self._thread.submit(steps.close)
 

@@ -21,6 +21,7 @@ from paddle_belle import checkpoint, hub
 from paddle_belle.auto import AutoModelForCausalLM
 from paddle_belle.checkpoint import CheckpointError, atomic_dir, read_pdparams, write_json
 from paddle_belle.data import IGNORE, build_dataset
+from paddle_belle.generation import prepare_tokenizer
 from paddle_belle.tokenizer import AutoTokenizer
 from paddle_belle.train.config import TrainConfig
 
@@ -160,8 +161,7 @@ def train(config: TrainConfig, callbacks=()):
     are extra PaddleNLP TrainerCallbacks."""
     args = training_arguments(config)
     tokenizer = AutoTokenizer.from_pretrained(config.model)
-    if tokenizer.pad_token_id is None:  # PaddleNLP's LlamaTokenizer has none; padding is masked out anyway
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    prepare_tokenizer(tokenizer, padding_side=None)  # a pad token; training keeps the tokenizer's padding side
     if config.streaming and args.max_steps <= 0:
         raise ValueError("streaming data has no length: set training.max_steps")
     train_set, summary = build_dataset(config.train_data, tokenizer, config.style, config.max_length,

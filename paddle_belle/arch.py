@@ -20,8 +20,7 @@ _LAYER = re.compile(r"\.(\d+)\.")
 HF_HEAD = "lm_head.weight"  # the LM head's name in HF checkpoints of every architecture (tied or not)
 
 
-def _get(config, key, default=None):
-    """A config field from a config.json dict or a config object."""
+def _get(config, key, default=None):  # a field of a config.json dict or of a config object
     return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
 
 
@@ -48,10 +47,9 @@ class Arch:
     gguf_to_paddle: dict[str, tuple[str, bool]] | None = None  # llama.cpp's names; None: no GGUF import
 
     def hf_name(self, name: str) -> str:
-        """The HF name of a Paddle weight name."""
         return rename(name, invert(self.hf_to_paddle))[0]
 
-    # ----------------------------------------------------------------------------------------- dimensions
+    # Dimensions, from a PaddleNLP-field config.json dict or a config object.
     def n_layers(self, config) -> int:
         return _get(config, self.layers_field)
 
@@ -64,7 +62,6 @@ class Arch:
     def head_dim(self, config) -> int:
         return _get(config, "hidden_size") // self.n_heads(config)
 
-    # ---------------------------------------------------------------------------------------------- heads
     def tied(self, config) -> bool:
         """Whether the LM head is the (transposed) input embedding."""
         return self.head is None or bool(_get(config, "tie_word_embeddings", False))
@@ -75,7 +72,6 @@ class Arch:
         so a tied LLaMA checkpoint still carries the head, equal to the embedding. BLOOM saves no head at all."""
         return {self.head: self.embedding} if self.head and self.tied(config) else {}
 
-    # --------------------------------------------------------------------------------------------- shapes
     def checkpoint_shapes(self, config) -> dict[str, list[int]]:
         """Every tensor name and shape of a PaddleNLP checkpoint for a (PaddleNLP-field) config, in the order
         our models hold them: embeddings, blocks, the final norm and head."""

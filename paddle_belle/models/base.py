@@ -12,6 +12,7 @@ from paddlenlp.transformers import PretrainedModel
 from paddlenlp.transformers.model_outputs import CausalLMOutputWithPast
 
 from paddle_belle import generation
+from paddle_belle.cpu import tied_head
 from paddle_belle.models import loading
 
 # Large negative instead of -inf: a fully masked row (a padding query) then softmaxes to uniform, not NaN.
@@ -161,6 +162,17 @@ class CausalLM(PretrainedModel):
             kwargs["max_new_tokens"] = max_length - paddle.to_tensor(input_ids).shape[1]
         config = generation.make_config(preset or generation_config, **kwargs)
         return generation.generate(self, input_ids, attention_mask, config, tokenizer, streamer)
+
+    def get_input_embeddings(self):
+        return getattr(self.base_model, self.arch.embedding.split(".")[1])  # "bloom.word_embeddings.weight"
+
+    def set_input_embeddings(self, value):
+        setattr(self.base_model, self.arch.embedding.split(".")[1], value)
+
+    def lm_logits(self, x):
+        if self.arch.tied(self.config):
+            return tied_head(x, self.get_input_embeddings().weight)
+        return self.lm_head(x)
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
         a, c = self.arch, self.config

@@ -15,7 +15,6 @@ import paddle.nn.functional as F
 from paddlenlp.transformers import PretrainedConfig
 
 from paddle_belle.arch import BLOOM as ARCH
-from paddle_belle.cpu import tied_head
 from paddle_belle.models.base import CausalLM, attend, attention_bias
 
 
@@ -167,12 +166,3 @@ class BloomForCausalLM(CausalLM):
     def __init__(self, config: BloomConfig):
         super().__init__(config)
         self.bloom = BloomModel(config)
-
-    def get_input_embeddings(self):
-        return self.bloom.word_embeddings
-
-    def set_input_embeddings(self, value):
-        self.bloom.word_embeddings = value
-
-    def lm_logits(self, x):
-        return tied_head(x, self.bloom.word_embeddings.weight)

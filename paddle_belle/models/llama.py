@@ -11,7 +11,6 @@ import paddle.nn.functional as F
 from paddlenlp.transformers import PretrainedConfig
 
 from paddle_belle.arch import LLAMA as ARCH, rope_scaling_fields
-from paddle_belle.cpu import tied_head
 from paddle_belle.models.base import CausalLM, attend, attention_bias, cast, token_positions
 
 class LlamaConfig(PretrainedConfig):
@@ -191,16 +190,5 @@ class LlamaForCausalLM(CausalLM):
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias_attr=False)
 
-    def get_input_embeddings(self):
-        return self.llama.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.llama.embed_tokens = value
-
     def get_output_embeddings(self):
         return None if self.config.tie_word_embeddings else self.lm_head
-
-    def lm_logits(self, x):
-        if self.config.tie_word_embeddings:
-            return tied_head(x, self.llama.embed_tokens.weight)
-        return self.lm_head(x)

@@ -1,10 +1,6 @@
-"""Loading and saving our models: safe, strict and atomic, with PaddleNLP's names and layout.
-
-PaddleNLP's own ``from_pretrained`` unpickles ``.pdparams`` with ``paddle.load`` (arbitrary code on a hostile file)
-and its saves are not atomic, so ``CausalLM.from_pretrained`` / ``save_pretrained`` come here instead. A quantized
-checkpoint (``quantization_config`` in config.json) gets QuantLinears from the quantization runtime
-(quant/format.py, quant/linear.py), which imports neither PaddleSlim nor the quantizer.
-"""
+"""Loading and saving our models: safe, strict and atomic, with PaddleNLP's names and layout. (PaddleNLP's own
+``from_pretrained`` unpickles ``.pdparams`` with ``paddle.load``, running any code a hostile file holds, and its
+saves are not atomic.) A quantized checkpoint gets QuantLinears from the quantization runtime."""
 from __future__ import annotations
 
 import json
@@ -16,8 +12,8 @@ import paddle
 from paddlenlp.transformers.model_utils import dtype_guard, no_init_weights
 from tqdm.auto import tqdm
 
-from paddle_belle.checkpoint import CONFIG_NAME, CheckpointError, iter_state_dict, read_config, save_state_dict, \
-    to_paddle, write_json
+from paddle_belle.checkpoint import CONFIG_NAME, CheckpointError, iter_state_dict, read_config, save_state_dict
+from paddle_belle.checkpoint import to_paddle, write_json
 from paddle_belle.cpu import set_cpu_threads
 
 

@@ -44,7 +44,7 @@ class QuantLinear(nn.Layer):
         layer.scales.set_value(paddle.to_tensor(scales).astype("float32"))
         if layer.zeros is not None:
             layer.zeros.set_value(paddle.to_tensor(zeros).astype("uint8"))
-        if layer.perm is not None:
+        if layer.perm is not None and perm is not None:  # else the identity (RTN keeps the input order)
             layer.perm.set_value(paddle.to_tensor(perm).astype("int32"))
         if bias is not None:
             layer.bias.set_value(bias)

@@ -1,5 +1,8 @@
 """Quantize a model block by block (GPTQ or round-to-nearest) and save the quantized checkpoint.
 
+RTN of a checkpoint never builds the model (``stream_rtn``): tensors are read from the source one at a time and
+written, packed or as they were, into the new checkpoint, so memory holds one tensor, whatever the model's size.
+
 GPTQ runs the way the reference (IST-DASLab/gptq llama.py ``llama_sequential``) does, so that memory holds one
 block's calibration activations, never the whole model's: the inputs of block 0 are captured by stopping the
 forward pass at it; for each block, every Linear gets PaddleSlim's Hessian-accumulating wrapper, the calibration
@@ -17,8 +20,10 @@ import numpy as np
 import paddle
 from tqdm.auto import tqdm
 
-from paddle_belle.checkpoint import TOKENIZER_FILES, atomic_dir
-from paddle_belle.quant.format import QuantConfig, quantize_rtn
+from paddle_belle import arch
+from paddle_belle.checkpoint import PADDLE_SHARD, TOKENIZER_FILES, WEIGHT_LAYOUTS, CheckpointError, atomic_dir, \
+    read_config, safetensors_writer, to_paddle, write_json
+from paddle_belle.quant.format import QuantConfig, pack, quantize_rtn
 from paddle_belle.quant.gptq import GPTQ
 from paddle_belle.quant.linear import QuantLinear, block_linears, decoder_blocks, quantizable
 
@@ -156,6 +161,14 @@ def quantize_checkpoint(model_dir, out_dir, config: QuantConfig, calib: str | No
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} exists; give a new directory")
+    if "quantization_config" in read_config(model_dir):
+        raise ValueError(f"{model_dir} is already quantized")
+    if config.method == "rtn":
+        start = time.perf_counter()
+        with atomic_dir(out_dir) as tmp:
+            stream_rtn(model_dir, tmp, config)
+            _copy_side_files(model_dir, tmp)
+        return {"seconds": time.perf_counter() - start, "bytes": _weight_bytes(out_dir)}
     calibration = None
     if config.method == "gptq":
         if calib is None:
@@ -164,18 +177,75 @@ def quantize_checkpoint(model_dir, out_dir, config: QuantConfig, calib: str | No
         calibration = calibration_windows(encode(_read_text(calib)), nsamples, seqlen, source=calib)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32" if paddle.get_device() == "cpu" else None,
                                                  threads=threads)
-    if getattr(model, "quantization", None) is not None:
-        raise ValueError(f"{model_dir} is already quantized")
     start = time.perf_counter()
     quantize_model(model, config, calibration)
     seconds = time.perf_counter() - start
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
-        for name in COPIED:
-            if (Path(model_dir) / name).is_file():
-                shutil.copyfile(Path(model_dir) / name, tmp / name)
-    size = sum(p.stat().st_size for p in out_dir.iterdir() if p.suffix in (".safetensors", ".pdparams"))
-    return {"seconds": seconds, "bytes": size}
+        _copy_side_files(model_dir, tmp)
+    return {"seconds": seconds, "bytes": _weight_bytes(out_dir)}
+
+
+def _copy_side_files(model_dir, out: Path) -> None:
+    for name in COPIED:
+        if (Path(model_dir) / name).is_file():
+            shutil.copyfile(Path(model_dir) / name, out / name)
+
+
+def _weight_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir() if p.suffix in (".safetensors", ".pdparams"))
+
+
+def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
+    """Round-to-nearest of the PaddleNLP-layout checkpoint ``model_dir`` into ``out`` (model.safetensors +
+    config.json), one tensor in memory at a time. The packed tensors are those ``quantize_model`` makes (the same
+    quantize_rtn on the same float32 values); every other tensor keeps the source's dtype."""
+    from paddle_belle.convert.engine import Reader, list_tensors
+
+    model_dir, source = Path(model_dir), read_config(model_dir)
+    model_type = arch.model_type_of(source, f"{model_dir}/config.json")
+    spec, dims = arch.get(model_type), arch.paddle_config(model_type, source)
+    quantized = set(spec.linear_weights(dims))
+    if config.quantize_lm_head:
+        if spec.tied(dims):
+            raise ValueError("--quantize-lm-head: this model's head is its (tied) embedding, which stays in full "
+                             "precision; only a separate lm_head can be quantized")
+        quantized.add(spec.head)
+    expected = spec.model_shapes(dims)  # a tied head's PaddleNLP copy is not written quantized (models/loading.py)
+    tensors = [t for t in list_tensors(model_dir, WEIGHT_LAYOUTS, PADDLE_SHARD) if t.name not in spec.tied_copies(dims)]
+    specs = []
+    for t in tensors:
+        if expected.get(t.name) != t.shape:
+            raise CheckpointError(f"{t.file}: tensor {t.name} " + (f"has shape {t.shape}, the config implies "
+                                  f"{expected[t.name]}" if t.name in expected else f"is not a {model_type} weight"))
+        if t.name not in quantized:
+            specs.append((t.name, t.dtype, t.shape))
+            continue
+        (rows, cols), stem = t.shape, t.name[: -len(".weight")]
+        specs += [(f"{stem}.qweight", np.dtype("uint8"), [-(-rows // config.per_byte), cols]),
+                  (f"{stem}.scales", np.dtype("float32"), [config.groups(rows), cols])]
+        specs += [(f"{stem}.zeros", np.dtype("uint8"), [config.groups(rows), cols])] if not config.sym else []
+        specs += [(f"{stem}.perm", np.dtype("int32"), [rows])] if config.act_order else []  # RTN keeps the order
+    missing = sorted(set(expected) - {t.name for t in tensors})
+    if missing:
+        raise CheckpointError(f"{model_dir}: lacks {len(missing)} tensor(s) the config implies, e.g. {missing[0]}")
+
+    reader = Reader()
+    with safetensors_writer(out / "model.safetensors", specs) as write:
+        for t in tqdm(tensors, desc=f"rtn-{config.bits}", unit="tensor", disable=None):
+            array = reader.read(t)
+            if t.name not in quantized:
+                write(t.name, array)
+                continue
+            codes, scales, zeros = quantize_rtn(to_paddle(array, "float32"), config)
+            stem = t.name[: -len(".weight")]
+            write(f"{stem}.qweight", pack(codes.numpy(), config.bits))
+            write(f"{stem}.scales", scales.numpy())
+            if not config.sym:
+                write(f"{stem}.zeros", zeros.numpy())
+            if config.act_order:
+                write(f"{stem}.perm", np.arange(t.shape[0], dtype=np.int32))
+    write_json(out / "config.json", {**source, "architectures": [spec.class_name], "quantization_config": config.to_dict()})
 
 
 def _read_text(path) -> str:

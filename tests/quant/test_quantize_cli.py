@@ -1,13 +1,15 @@
 """`paddle-belle quantize`: end to end on a BELLE-like checkpoint (tiny BLOOM + real BPE tokenizer), bad inputs."""
+import json
+
 import numpy as np
 import paddle
 import pytest
-from reference import CORPUS, tiny_belle_dir
+from reference import CORPUS, tiny_belle_dir, tiny_llama_dir
 
 from paddle_belle import AutoModelForCausalLM, AutoTokenizer
 from paddle_belle.chat import generate_batch
 from paddle_belle.cli import main
-from paddle_belle.quant import QuantLinear
+from paddle_belle.quant import QuantConfig, QuantLinear
 from paddle_belle.quant.estimate import BELLE_TABLE, GIB, estimate
 
 
@@ -97,3 +99,57 @@ print(sorted(ours() - before))"""
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().splitlines()[-1] == str(sorted(["paddle_belle.quant", "paddle_belle.quant.format",
                                                               "paddle_belle.quant.linear"]))
+
+
+def _tied_llama_fp16(directory):
+    """A tied LLaMA stored in float16, with PaddleNLP's copy of the head (the embedding transposed)."""
+    from paddle_belle import LlamaConfig, LlamaForCausalLM
+    from paddle_belle.checkpoint import load_state_dict, save_state_dict, write_json
+
+    paddle.seed(1)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                         num_attention_heads=4, tie_word_embeddings=True, initializer_range=0.5))
+    model.save_pretrained(directory)
+    state = {k: v.astype(np.float16) for k, v in load_state_dict(directory).items()}
+    save_state_dict(state, directory)
+    write_json(directory / "config.json", {**json.loads((directory / "config.json").read_text()), "dtype": "float16"})
+
+
+@pytest.mark.parametrize("source, config", [
+    ("bloom", QuantConfig(bits=4, group_size=16, method="rtn")),
+    ("bloom", QuantConfig(bits=8, group_size=-1, method="rtn", sym=False)),
+    ("llama", QuantConfig(bits=4, group_size=24, method="rtn", act_order=True, quantize_lm_head=True)),
+    ("tied-llama-fp16", QuantConfig(bits=4, group_size=16, method="rtn", sym=False)),
+])
+def test_streaming_rtn_writes_what_quantizing_the_loaded_model_writes(source, config, tmp_path):
+    from paddle_belle.checkpoint import load_state_dict, read_config
+    from paddle_belle.quant.quantize import quantize_checkpoint, quantize_model
+
+    src = tmp_path / "src"
+    {"bloom": tiny_belle_dir, "llama": tiny_llama_dir, "tied-llama-fp16": _tied_llama_fp16}[source](src)
+    quantize_checkpoint(src, tmp_path / "streamed", config)  # RTN: the model is never built
+    model = quantize_model(AutoModelForCausalLM.from_pretrained(src), config)
+    model.save_pretrained(tmp_path / "in-model")
+    streamed, in_model = load_state_dict(tmp_path / "streamed"), load_state_dict(tmp_path / "in-model")
+    assert streamed.keys() == in_model.keys()
+    for name, array in streamed.items():  # packed tensors bit for bit; the rest keep the source's dtype
+        assert np.array_equal(array.astype(in_model[name].dtype), in_model[name]), name
+    assert {a.dtype for n, a in streamed.items() if n.endswith("norm.weight")} == \
+        {np.dtype("float16" if source.endswith("fp16") else "float32")}
+    assert read_config(tmp_path / "streamed")["quantization_config"] == config.to_dict()
+    ids = paddle.to_tensor([[1, 5, 9, 2]])
+    logits = AutoModelForCausalLM.from_pretrained(tmp_path / "streamed")(ids).logits.numpy()
+    np.testing.assert_allclose(logits, model(ids).logits.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_streaming_rtn_names_a_tensor_of_the_wrong_shape(tmp_path):
+    from paddle_belle.checkpoint import CheckpointError, load_state_dict, save_state_dict
+    from paddle_belle.quant.quantize import quantize_checkpoint
+
+    tiny_llama_dir(tmp_path / "src")
+    state = load_state_dict(tmp_path / "src")
+    state["llama.layers.1.mlp.up_proj.weight"] = state["llama.layers.1.mlp.up_proj.weight"][:, :5]
+    save_state_dict(state, tmp_path / "src")
+    with pytest.raises(CheckpointError, match=r"llama.layers.1.mlp.up_proj.weight has shape \[32, 5\]"):
+        quantize_checkpoint(tmp_path / "src", tmp_path / "out", QuantConfig(bits=4, group_size=16, method="rtn"))
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]

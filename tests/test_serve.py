@@ -100,6 +100,15 @@ def test_auth_and_limits(server, client):
     assert e.value.status_code == 413 and e.value.body["code"] == "request_too_large"
     with pytest.raises(openai.BadRequestError, match="max_tokens must be between 1 and 256"):
         chat(client, "你好", max_tokens=257)
+    # the context (BELLE's 2048 for BLOOM) is in /v1/models and /health; a prompt over it gets OpenAI's code, and a
+    # message naming the prompt's tokens, for both APIs
+    assert client.models.list().data[0].model_extra["max_model_len"] == server.health()["context"] == 2048
+    with pytest.raises(openai.BadRequestError, match=r"the prompt \(\d+ tokens, the last message alone\)") as e:
+        chat(client, "长" * 3000, max_tokens=8)
+    assert e.value.code == "context_length_exceeded" and e.value.param == "messages"
+    with pytest.raises(openai.BadRequestError, match=r"the prompt \(\d+ tokens\) and max_tokens \(8\) exceed") as e:
+        client.completions.create(model="belle-tiny", prompt="长" * 3000, max_tokens=8)
+    assert e.value.code == "context_length_exceeded"
     with pytest.raises(openai.NotFoundError, match="model 'gpt-4' is not served here"):
         client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="last message must come from the user"):
@@ -216,7 +225,7 @@ def test_messages_become_belle_prompts(belle_dir):
     newest = "Human: 你是BELLE\n再见\n\nAssistant:"
     small = Engine(model, tok, context=engine.count_tokens(newest) + 16)
     assert small.chat_prompt(messages, 16) == newest
-    with pytest.raises(ValueError, match="the last message alone takes more than"):
+    with pytest.raises(ValueError, match=r"the prompt \(\d+ tokens, the last message alone\) and max_tokens \(17\)"):
         small.chat_prompt(messages, 17)
 
 

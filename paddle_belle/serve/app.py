@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 
-from paddle_belle.serve.engine import Engine, QueueFull, Reply, Slots
+from paddle_belle.serve.engine import ContextExceeded, Engine, QueueFull, Reply, Slots
 
 
 class APIError(Exception):
@@ -182,8 +182,10 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
     async def encode(prompt: str, config):
         try:
             return await engine.run(engine.encode, prompt, config.max_new_tokens)
-        except ValueError as e:
+        except ContextExceeded as e:
             raise APIError(400, str(e), code="context_length_exceeded") from None
+        except ValueError as e:
+            raise APIError(400, str(e), param="prompt") from None
 
     async def admitted(stack: contextlib.AsyncExitStack):
         try:
@@ -246,13 +248,14 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
         return {"status": "ok", "model": model_name, "active": s.active, "queued": s.queued,
                 "peak_active": s.peak_active, "peak_queued": s.peak_queued, "completed": s.completed,
                 "disconnected": s.disconnected, "rejected": s.rejected,
-                "max_concurrency": slots.max_active, "max_queue": slots.max_queue}
+                "max_concurrency": slots.max_active, "max_queue": slots.max_queue, "context": engine.context}
 
     @app.get("/v1/models")
     async def models(request: Request):
         authorize(request)
+        # max_model_len: the context in tokens, under vLLM's name, for clients that size max_tokens to it
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "paddle-belle"}]}
+                                            "owned_by": "paddle-belle", "max_model_len": engine.context}]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -262,6 +265,8 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
                     for m in req.messages]
         try:
             prompt = await engine.run(engine.chat_prompt, messages, config.max_new_tokens)
+        except ContextExceeded as e:
+            raise APIError(400, str(e), code="context_length_exceeded", param="messages") from None
         except ValueError as e:
             raise APIError(400, str(e), param="messages") from None
         ids = await encode(prompt, config)

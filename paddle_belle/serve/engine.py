@@ -23,6 +23,11 @@ class QueueFull(Exception):
     """Every slot is busy and the queue is full: the request gets 429."""
 
 
+class ContextExceeded(ValueError):
+    """The prompt and max_tokens do not fit the context: 400 ``context_length_exceeded``, whose message names the
+    prompt's tokens so that a client can ask again with a max_tokens that fits (paddle_belle.api does)."""
+
+
 @dataclass
 class Stats:
     active: int = 0
@@ -111,8 +116,9 @@ class Engine:
         try:
             kept = prompts.fit_history(self.style, history, query, self.count_tokens, budget, eos, system)
         except ValueError:
-            raise ValueError(f"the last message alone takes more than the {budget} tokens the prompt may use "
-                             f"(context {self.context} - max_tokens {max_new_tokens})") from None
+            alone = self.count_tokens(prompts.render(self.style, [], query, eos, system))
+            raise ContextExceeded(f"the prompt ({alone} tokens, the last message alone) and max_tokens "
+                                  f"({max_new_tokens}) exceed the model's context of {self.context} tokens") from None
         return prompts.render(self.style, kept, query, eos, system)
 
     def count_tokens(self, text: str) -> int:
@@ -139,8 +145,8 @@ class Engine:
         if not ids:
             raise ValueError("the prompt is empty")
         if len(ids) + max_new_tokens > self.context:
-            raise ValueError(f"the prompt ({len(ids)} tokens) and max_tokens ({max_new_tokens}) exceed the "
-                             f"model's context of {self.context} tokens")
+            raise ContextExceeded(f"the prompt ({len(ids)} tokens) and max_tokens ({max_new_tokens}) exceed the "
+                                  f"model's context of {self.context} tokens")
         return ids
 
     async def generate(self, ids: list[int], config: generation.GenerationConfig, reply: Reply, strip=True):

@@ -255,30 +255,40 @@ def cmd_serve(args):
 @command("datagen self-instruct", help="BELLE's self-instruct: new tasks from 3 sampled seed tasks a request",
          description="Asks the model for new tasks shown 3 seed tasks at a time, parses and filters them as BELLE "
          "did, drops BM25 near-duplicates, and appends them to --out. Run it again with the same --out to resume. "
-         "OPENAI_API_KEY and OPENAI_BASE_URL are honoured.")
+         "OPENAI_API_KEY and OPENAI_BASE_URL are honoured. Exits 1 when --out holds fewer records than asked for.")
 @arg("--out", required=True, help="JSONL output (appended to; resumed from)")
 @arg("--seeds", default=None, help="seed tasks, JSONL (default: BELLE's zh_seed_tasks.json, shipped)")
 @arg("--prompt", default=None, help="request prompt (default: BELLE's prompt_cn.txt, shipped)")
 @arg("--api", choices=["chat", "completion"], default="chat")
 @arg("--model", default="gpt-3.5-turbo", help="model name on the API (default gpt-3.5-turbo)")
 @arg("--base-url", help="API base URL, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL or OpenAI)")
+@arg("--api-key", help="API key (default: $OPENAI_API_KEY)")
 @arg("--num-instructions", type=int, default=100, help="records --out should hold at the end")
 @arg("--workers", type=int, default=1, help="requests in flight at once")
 @arg("--max-requests", type=int, help="stop after this many requests even if short of the target")
 @arg("--temperature", type=float, default=1.0)
 @arg("--top-p", type=float, default=1.0)
-@arg("--max-tokens", type=int, default=1024)
+@arg("--max-tokens", type=int, default=1024, help="reply budget per request (default 1024; lowered to fit "
+     "the context when the server reports it and a prompt would not leave room)")
 @arg("--threshold", type=float, default=18.0, help="BM25 score above which a task is a near-duplicate")
 @arg("--max-retries", type=int, default=5, help="retries of a request on 429, 5xx, dropped connections")
 @arg("--timeout", type=float, default=600.0, help="seconds per request")
 @arg("--seed", type=int, help="seed for sampling the seed tasks")
 def cmd_self_instruct(args):
-    from paddle_belle.api import make_client
+    from paddle_belle.api import KeyRefused, make_client
     from paddle_belle.datagen.self_instruct import self_instruct
 
     client = make_client(**options(args, make_client))
-    stats = self_instruct(args.out, client, args.model, args.num_instructions, **options(args, self_instruct))
-    print(f"self-instruct: {stats.line()}; {args.out} holds {stats.kept + stats.resumed} records")
+    try:
+        stats = self_instruct(args.out, client, args.model, args.num_instructions, **options(args, self_instruct))
+    except KeyRefused as e:
+        raise RuntimeError(f"{e}; pass the key with --api-key or set OPENAI_API_KEY") from None
+    held = stats.kept + stats.resumed
+    print(f"self-instruct: {stats.line()}; {args.out} holds {held} records")
+    if held < args.num_instructions:  # only --max-requests ends a run short without an error of its own
+        print(f"paddle-belle datagen: error: {args.out} holds {held} of the {args.num_instructions} records asked "
+              f"for (--max-requests {args.max_requests} reached)", file=sys.stderr)
+        return 1
 
 
 @command("eval", help="BELLE's eval: answer its 1000 questions, score them with a judge model",

@@ -69,11 +69,15 @@ class ScriptedOpenAI:
     """A minimal OpenAI-compatible endpoint: POST /v1/chat/completions and /v1/completions answered by
     ``reply(body) -> str | (str, finish_reason)``. ``faults`` is a list consumed one per request, each None (answer
     normally), an int status (429, 500, ...), "drop" (close the connection without answering) or "malformed"
-    (a 200 whose JSON has no choices). Every request body is kept in ``requests``."""
+    (a 200 whose JSON has no choices). Every request body is kept in ``requests``. GET /v1/models lists ``models``
+    (with ``context`` as vLLM's max_model_len when set), or answers ``models_fault`` (a status) when that is set;
+    its Authorization headers are kept in ``model_lists``."""
 
-    def __init__(self, reply, faults=(), delay: float = 0.0):
+    def __init__(self, reply, faults=(), delay: float = 0.0, models=("m", "judge"), context=None):
         self.reply, self.faults, self.delay = reply, list(faults), delay
+        self.models, self.context, self.models_fault = list(models), context, None
         self.requests: list[dict] = []
+        self.model_lists: list[str | None] = []
         self.lock = threading.Lock()
         outer = self
 
@@ -83,6 +87,19 @@ class ScriptedOpenAI:
 
             def log_message(self, *args):
                 pass
+
+            def do_GET(self):
+                outer.model_lists.append(self.headers.get("authorization"))
+                if self.path != "/v1/models":
+                    return self._send(404, {"error": {"message": "no such route", "type": "invalid_request_error",
+                                                      "param": None, "code": None}})
+                if outer.models_fault:
+                    return self._send(outer.models_fault, {"error": {"message": f"injected {outer.models_fault}",
+                                                                     "type": "server_error", "param": None,
+                                                                     "code": None}})
+                extra = {"max_model_len": outer.context} if outer.context else {}
+                self._send(200, {"object": "list", "data": [{"id": m, "object": "model", "created": 0,
+                                                             "owned_by": "test", **extra} for m in outer.models]})
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from reference import tiny_belle_dir
-from servers import BelleServer, ScriptedOpenAI, cli_path
+from servers import BelleServer, ScriptedOpenAI, cli_path, free_port
 
 from paddle_belle import jsonl
 from paddle_belle.data_files import EVAL_SET
@@ -186,20 +186,51 @@ def test_kill_and_restart_loses_and_duplicates_nothing(tmp_path):
         server.stop()
 
 
-def test_against_our_own_server(tmp_path):
-    tiny_belle_dir(tmp_path / "tiny")
-    # the tiny 600-token vocabulary spends ~3000 tokens on BELLE's prompt (BLOOM's own: ~1000) and up to ~5800
-    # when the three longest seed tasks are drawn: 8192 fits any draw, and the draw is seeded anyway
-    server = BelleServer(tmp_path / "tiny", "--served-model-name", "belle-tiny", "--context", 8192)
+def test_against_our_own_server_out_of_the_box(tmp_path):
+    # `paddle-belle serve` as it comes: the bundled belle-tiny-zh, BELLE's context of 2048 tokens. BELLE's prompt
+    # takes 700-1750 of them with its tokenizer, so the default --max-tokens 1024 does not always fit: seed 1's first
+    # request (1369 tokens) is sent again with the max_tokens that does (it was a failed request)
+    server = BelleServer("belle-tiny-zh", "--served-model-name", "belle-tiny")
     try:
-        out = tmp_path / "tasks.jsonl"
         for api in ("completion", "chat"):
-            r = datagen(out, server.url + "/v1", "--api", api, "--model", "belle-tiny", "--max-tokens", 48,
-                        "--num-instructions", 5, "--max-requests", 2, "--workers", 2, "--seed", 0)
-            assert r.returncode == 0, r.stderr[-3000:]
-            assert "2 requests (0 failed)" in r.stdout  # the tiny model's text is noise: what is tested is the loop
+            out = tmp_path / f"{api}.jsonl"
+            r = datagen(out, server.url + "/v1", "--api", api, "--model", "belle-tiny", "--num-instructions", 5,
+                        "--max-requests", 2, "--workers", 2, "--seed", 1)
+            assert "2 requests (0 failed)" in r.stdout, r.stderr[-3000:]
+            records = jsonl.load(out)  # the tiny model's text is noise: what is tested is the loop
+            assert all({"instruction", "input", "output"} <= set(record) for record in records)
+            # fewer records than asked for is a failure, whatever the reason
+            assert r.returncode == (0 if len(records) == 5 else 1), r.stderr[-3000:]
         assert server.health()["completed"] == 4
-        for record in jsonl.load(out):
-            assert {"instruction", "input", "output"} <= set(record)
+    finally:
+        server.stop()
+
+
+def test_an_unusable_api_stops_the_run_at_once(tmp_path):
+    out = tmp_path / "tasks.jsonl"
+    # nothing listens: one line naming the URL, before any request is retried for minutes
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    r = datagen(out, url, "--num-instructions", 5, "--max-requests", 2, "--max-retries", 0, timeout=60)
+    assert r.returncode == 1 and r.stderr.splitlines()[-1].startswith(f"paddle-belle datagen: error: cannot reach {url}")
+    assert not out.exists()
+
+    server = ScriptedOpenAI(lambda body: " " + item(4, "说出中国的首都")[len("4. 指令: "):])
+    try:
+        # a refused key: the message names where the key comes from; --api-key sends it
+        server.models_fault = 401
+        r = datagen(out, server.url, "--num-instructions", 5, "--api-key", "sk-flag")
+        assert r.returncode == 1 and server.model_lists == ["Bearer sk-flag"] and not server.requests
+        assert r.stderr.splitlines()[-1] == (f"paddle-belle datagen: error: {server.url}: it refused the API key (401); "
+                                             f"pass the key with --api-key or set OPENAI_API_KEY")
+        server.models_fault = None
+        r = datagen(out, server.url, "--num-instructions", 5, "--model", "gpt-4")
+        assert r.returncode == 1 and f"{server.url} does not serve model 'gpt-4' (it serves judge, m)" in r.stderr
+        assert not server.requests
+
+        # --max-requests reached short of the target: not a success
+        r = datagen(out, server.url, "--num-instructions", 5, "--max-requests", 2)
+        assert "2 requests (0 failed)" in r.stdout and len(jsonl.read(out)) == 1
+        assert r.returncode == 1 and r.stderr.splitlines()[-1] == (
+            f"paddle-belle datagen: error: {out} holds 1 of the 5 records asked for (--max-requests 2 reached)")
     finally:
         server.stop()

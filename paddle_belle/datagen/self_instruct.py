@@ -30,6 +30,7 @@ from rank_bm25 import BM25Okapi
 from tqdm.auto import tqdm
 
 from paddle_belle import jsonl
+from paddle_belle.api import check_endpoint, create_within
 from paddle_belle.data_files import SEED_TASKS, SELF_INSTRUCT_PROMPT
 
 # BELLE's filters (generate_instruction.py): tasks a text model cannot do, and mentions of the generator itself.
@@ -210,8 +211,9 @@ def self_instruct(out, client, model: str, num_instructions: int, api: str = "ch
                   seed: int | None = None) -> Stats:
     """Generate until ``out`` (JSONL, appended to) holds ``num_instructions`` records, or ``max_requests`` were
     made. ``client``: an ``openai.OpenAI``; its own retries (``max_retries``, exponential backoff, Retry-After)
-    handle rate limits, 5xx and dropped connections. A request that still fails is reported with the request
-    and skipped; a refused key or unknown model stops the run."""
+    handle rate limits, 5xx and dropped connections. The API is checked first (api.check_endpoint): one that
+    cannot be reached, refuses the key or lacks the model stops the run before any request. A request that still
+    fails is reported with the request and skipped; a refused key or unknown model stops the run."""
     if api not in ("chat", "completion"):
         raise ValueError(f"api must be 'chat' or 'completion', not {api!r}")
     seed_tasks, request_prompt = load_seed_tasks(seeds or SEED_TASKS), load_prompt(prompt or SELF_INSTRUCT_PROMPT)
@@ -222,16 +224,20 @@ def self_instruct(out, client, model: str, num_instructions: int, api: str = "ch
         if not isinstance(r.get("instruction"), str):
             raise ValueError(f"{out}:{n}: not a self-instruct record (no \"instruction\")")
     stats = Stats(resumed=len(done))
+    # an API that cannot be used is found now, in one request, not after each request's retries
+    context = check_endpoint(client, model) if len(done) < num_instructions else None
     dedup = NearDuplicates([t["instruction"] for t in seed_tasks] + [r["instruction"] for r in done], threshold)
     rng = random.Random(seed)
 
     def request(tasks):
         text = encode_prompt(request_prompt, tasks)
-        args = dict(model=model, max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=STOP)
+        # a request over the server's context is sent again with a max_tokens that fits (api.create_within)
+        args = dict(model=model, temperature=temperature, top_p=top_p, stop=STOP)
         if api == "chat":
-            r = client.chat.completions.create(messages=[{"role": "user", "content": text}], **args)
+            r = create_within(client.chat.completions.create, context, max_tokens,
+                              messages=[{"role": "user", "content": text}], **args)
         else:
-            r = client.completions.create(prompt=text, **args)
+            r = create_within(client.completions.create, context, max_tokens, prompt=text, **args)
         choices = getattr(r, "choices", None)
         if not choices:
             raise ValueError("malformed response: no choices")

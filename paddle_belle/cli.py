@@ -299,6 +299,8 @@ def cmd_self_instruct(args):
 @adds(model_options, preset="belle-eval")
 @arg("--judge-model", required=True, help="the judge's model name on its API (BELLE: gpt-4)")
 @arg("--judge-base-url", help="the judge's API base URL (default: $OPENAI_BASE_URL or OpenAI)")
+@arg("--judge-api-key", dest="api_key", metavar="JUDGE_API_KEY", help="the judge's API key (default: "
+     "$OPENAI_API_KEY)")
 @arg("--eval-set", help="questions, JSONL (default: BELLE's eval_set.json, shipped)")
 @arg("--judge-prompts", help="judge prompt per class, JSONL (default: BELLE's eval_prompt.json)")
 @arg("--out", default="belle-eval", help="output directory (default ./belle-eval)")
@@ -306,16 +308,20 @@ def cmd_self_instruct(args):
 @arg("--batch-size", type=int, default=8, help="questions answered together")
 @arg("--max-new-tokens", type=int, help="answer length limit (default: the preset's)")
 @arg("--workers", type=int, default=4, help="judge requests in flight at once")
-@arg("--judge-max-tokens", type=int, default=1024)
+@arg("--judge-max-tokens", type=int, default=1024, help="reply budget per judge request (default 1024; lowered "
+     "to fit the context when the judge's server reports it and a prompt would not leave room)")
 @arg("--max-retries", type=int, default=5, help="retries of a judge request on 429, 5xx, drops")
 @arg("--timeout", type=float, default=600.0, help="seconds per judge request")
 def cmd_eval(args):
-    from paddle_belle.api import make_client
+    from paddle_belle.api import KeyRefused, make_client
     from paddle_belle.evaluate.judge import evaluate
 
     client = make_client(args.judge_base_url, **options(args, make_client))
-    report = evaluate(lambda: _load(args), client, args.judge_model, args.out, max_new_tokens=args.max_new_tokens,
-                      **options(args, evaluate))  # max_new_tokens: an override of the preset
+    try:
+        report = evaluate(lambda: _load(args), client, args.judge_model, args.out,
+                          max_new_tokens=args.max_new_tokens, **options(args, evaluate))  # an override of the preset
+    except KeyRefused as e:
+        raise RuntimeError(f"{e}; pass the judge's key with --judge-api-key or set OPENAI_API_KEY") from None
     show = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     print(f"eval: {report['scored']} scored, {report['unscored']} unscored, {report['not_judged']} not judged; "
           f"overall mean {show(report['overall_mean'])}, Score_w/o_others {show(report['score_wo_others'])}; "

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from reference import tiny_belle_dir
-from servers import ScriptedOpenAI, cli_path
+from servers import BelleServer, ScriptedOpenAI, cli_path, free_port
 
 from paddle_belle import jsonl
 from paddle_belle.evaluate.judge import load_eval_set, load_judge_prompts, normalize_class, parse_score, report
@@ -136,3 +136,50 @@ def test_eval_end_to_end_with_kill_and_restart(tmp_path):
         assert again.returncode == 0 and len(judge.requests) == n  # complete: no request at all
     finally:
         judge.stop()
+
+
+def write_eval_set(path, cases):
+    path.write_text("".join(json.dumps({"question": q, "class": c, "std_answer": a}, ensure_ascii=False) + "\n"
+                            for c, q, a in cases), encoding="utf-8")
+
+
+def test_an_unusable_judge_is_found_before_answering(tmp_path):
+    eval_set, out = tmp_path / "eval_set.json", tmp_path / "out"
+    write_eval_set(eval_set, [c[:3] for c in CASES[:2]])
+    # no model is loaded and no question answered: a judge that cannot be used fails the run first, in one line
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    r = subprocess.run(run_eval(tmp_path / "no-model", out, eval_set, url), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.splitlines()[-1].startswith(f"paddle-belle eval: error: cannot reach {url}")
+    assert not (out / "answers.jsonl").exists()
+
+    judge = ScriptedOpenAI(Judge())
+    try:
+        judge.models_fault = 401
+        r = subprocess.run(run_eval(tmp_path / "no-model", out, eval_set, judge.url, "--judge-api-key", "sk-judge"),
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and judge.model_lists == ["Bearer sk-judge"]
+        assert r.stderr.splitlines()[-1] == (f"paddle-belle eval: error: {judge.url}: it refused the API key (401); "
+                                             f"pass the judge's key with --judge-api-key or set OPENAI_API_KEY")
+        assert not (out / "answers.jsonl").exists()
+    finally:
+        judge.stop()
+
+
+def test_judged_by_our_own_server_out_of_the_box(tmp_path):
+    """`paddle-belle serve` as it comes (the bundled belle-tiny-zh, context 2048) as the judge: a judge prompt of
+    ~1250 tokens leaves no room for the default --judge-max-tokens 1024, so the request is sent again with the
+    max_tokens that fits (it was a 400 and the answer was not judged)."""
+    model_dir = tmp_path / "tiny"
+    tiny_belle_dir(model_dir)
+    long_reference = "".join(q["std_answer"] for q in load_eval_set() if q["class"] == "open qa")[:1600]
+    eval_set, out = tmp_path / "eval_set.json", tmp_path / "out"
+    write_eval_set(eval_set, [("open qa", "中国的首都是哪里？", long_reference), ("math", "1+1等于几？", "2")])
+    server = BelleServer("belle-tiny-zh", "--served-model-name", "belle-tiny")
+    try:
+        cmd = run_eval(model_dir, out, eval_set, server.url + "/v1")
+        cmd[cmd.index("--judge-model") + 1] = "belle-tiny"
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert ", 0 not judged" in r.stdout and server.health()["completed"] == 2  # its replies are noise: unscored
+    finally:
+        server.stop()

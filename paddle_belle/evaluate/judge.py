@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from paddle_belle import jsonl
+from paddle_belle.api import check_endpoint, create_within
 from paddle_belle.checkpoint import atomic_path, write_json
 from paddle_belle.data_files import EVAL_PROMPTS, EVAL_SET
 
@@ -149,14 +150,15 @@ def answer_questions(model, tokenizer, questions: list[dict], path, style="belle
 
 
 def judge_answers(client, judge_model: str, todo: list[dict], prompts: dict[str, str], path, workers=4,
-                  max_tokens=1024) -> int:
+                  max_tokens=1024, context=None) -> int:
     """Judge every answer in ``todo`` (records with question, std_answer, answer), appending to ``path``.
-    Returns the number that failed (reported on stderr, left for the next run)."""
+    Returns the number that failed (reported on stderr, left for the next run). ``context``: the judge's, when its
+    server reports it; a request over it is sent again with a max_tokens that fits (api.create_within)."""
 
     def judge(record):
         request = judge_prompt(prompts[record["class"]], record, record["answer"])
-        r = client.chat.completions.create(model=judge_model, messages=[{"role": "user", "content": request}],
-                                           temperature=0, max_tokens=max_tokens)
+        r = create_within(client.chat.completions.create, context, max_tokens, model=judge_model,
+                          messages=[{"role": "user", "content": request}], temperature=0)
         choices = getattr(r, "choices", None)
         if not choices or not isinstance(choices[0].message.content, str):
             raise ValueError("malformed response: no reply text")
@@ -198,7 +200,8 @@ def evaluate(load_model, client, judge_model: str, out_dir, eval_set=None, judge
              style="belle", preset="belle-eval", batch_size=8, workers=4, judge_max_tokens=1024,
              **overrides) -> dict:
     """The whole evaluation into ``out_dir``; returns the report. ``load_model()`` gives (model, tokenizer) and
-    is only called if some question still needs its answer."""
+    is only called if some question still needs its answer, and after the judge was found usable
+    (api.check_endpoint) if some answer still needs judging."""
     eval_set, judge_prompts = eval_set or EVAL_SET, judge_prompts or EVAL_PROMPTS
     questions = load_eval_set(eval_set)[:limit]
     prompts = load_judge_prompts(judge_prompts)
@@ -210,6 +213,9 @@ def evaluate(load_model, client, judge_model: str, out_dir, eval_set=None, judge
     by_id = {q["id"]: q for q in questions}
 
     answers_path, judged_path = out_dir / "answers.jsonl", out_dir / "judged.jsonl"
+    judged = {r["id"]: r for r in _load_own(judged_path, by_id)}
+    # a judge that cannot be used is found now, not after answering (hours on a CPU)
+    context = check_endpoint(client, judge_model) if len(judged) < len(by_id) else None
     answered = {r["id"]: r for r in _load_own(answers_path, by_id)}
     todo = [q for q in questions if q["id"] not in answered]
     if todo:
@@ -218,9 +224,9 @@ def evaluate(load_model, client, judge_model: str, out_dir, eval_set=None, judge
                          **overrides)
         answered = {r["id"]: r for r in _load_own(answers_path, by_id)}
 
-    judged = {r["id"]: r for r in _load_own(judged_path, by_id)}
     todo = [{**by_id[i], "answer": answered[i]["answer"]} for i in by_id if i not in judged]
-    failed = judge_answers(client, judge_model, todo, prompts, judged_path, workers, judge_max_tokens) if todo else 0
+    failed = judge_answers(client, judge_model, todo, prompts, judged_path, workers, judge_max_tokens,
+                           context) if todo else 0
     judged = {r["id"]: r for r in _load_own(judged_path, by_id)}
 
     rep = report([judged[i] for i in by_id if i in judged])

@@ -150,7 +150,7 @@ def test_an_unusable_judge_is_found_before_answering(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/v1"
     r = subprocess.run(run_eval(tmp_path / "no-model", out, eval_set, url), capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and r.stderr.splitlines()[-1].startswith(f"paddle-belle eval: error: cannot reach {url}")
-    assert not (out / "answers.jsonl").exists()
+    assert not out.exists()
 
     judge = ScriptedOpenAI(Judge())
     try:
@@ -160,7 +160,7 @@ def test_an_unusable_judge_is_found_before_answering(tmp_path):
         assert r.returncode == 1 and judge.model_lists == ["Bearer sk-judge"]
         assert r.stderr.splitlines()[-1] == (f"paddle-belle eval: error: {judge.url}: it refused the API key (401); "
                                              f"pass the judge's key with --judge-api-key or set OPENAI_API_KEY")
-        assert not (out / "answers.jsonl").exists()
+        assert not out.exists()
     finally:
         judge.stop()
 

@@ -209,13 +209,13 @@ def evaluate(load_model, client, judge_model: str, out_dir, eval_set=None, judge
     if missing:
         raise ValueError(f"{judge_prompts}: no judge prompt for class(es) {', '.join(missing)} of {eval_set}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     by_id = {q["id"]: q for q in questions}
 
     answers_path, judged_path = out_dir / "answers.jsonl", out_dir / "judged.jsonl"
     judged = {r["id"]: r for r in _load_own(judged_path, by_id)}
     # a judge that cannot be used is found now, not after answering (hours on a CPU)
     context = check_endpoint(client, judge_model) if len(judged) < len(by_id) else None
+    out_dir.mkdir(parents=True, exist_ok=True)
     answered = {r["id"]: r for r in _load_own(answers_path, by_id)}
     todo = [q for q in questions if q["id"] not in answered]
     if todo:

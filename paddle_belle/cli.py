@@ -185,19 +185,24 @@ def cmd_chat(args):
 @adds(model_options)
 @one_of(arg("--prompt", help="one message"),
         arg("--input-file", help='JSONL with a "prompt" (or BELLE "instruction" [+ "input"]) per line'), required=True)
-@arg("--output-file", help="JSONL written with each record plus its \"output\"")
+@arg("--output-file", help="JSONL written with each record plus its \"output\" (must not exist unless --force)")
+@arg("--force", action="store_true", help="replace --output-file if it exists")
 @arg("--batch-size", type=int, default=8)
 def cmd_generate(args):
     if args.input_file and not args.output_file:  # before loading the model; main() reports it as a usage error
         raise argparse.ArgumentError(None, "--input-file needs --output-file")
-    from paddle_belle.chat import generate_batch, generate_file
+    from paddle_belle.chat import check_output_file, generate_batch, generate_file
+
+    if args.output_file:
+        check_output_file(args.output_file, args.force)  # before minutes of model loading
 
     model, tokenizer = _load(args)
     sampling = options(args, generate_batch, seed=args.seed)  # seed: an override of the preset
     if args.prompt is not None:
         print(generate_batch(model, tokenizer, [args.prompt], **sampling)[0])
         return 0
-    failures = generate_file(model, tokenizer, args.input_file, args.output_file, args.batch_size, **sampling)
+    failures = generate_file(model, tokenizer, args.input_file, args.output_file, args.batch_size, args.force,
+                             **sampling)
     print(f"wrote {args.output_file}" + (f"; {failures} record(s) failed (see above)" if failures else ""))
     return 1 if failures else 0
 

@@ -97,3 +97,18 @@ def test_every_option_is_named_after_the_keyword_it_feeds():
         accepted = {n for f in callables for n, p in inspect.signature(f).parameters.items()
                     if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
         assert dests - own <= accepted, f"{name}: no parameter named {sorted(dests - own - accepted)}"
+
+
+def test_generate_refuses_to_overwrite_the_output_file_without_force(tmp_path, capsys):
+    from paddle_belle import cli
+
+    (tmp_path / "in.jsonl").write_text('{"prompt": "你好"}\n', encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    out.write_text("earlier results\n", encoding="utf-8")
+    argv = ["generate", "--model", str(tmp_path / "no-such-model"), "--input-file", str(tmp_path / "in.jsonl"),
+            "--output-file", str(out)]
+    assert cli.main(argv) == 1  # refused before the model is looked for
+    assert capsys.readouterr().err.strip() == f"paddle-belle generate: error: {out} exists (use --force to replace it)"
+    assert out.read_text(encoding="utf-8") == "earlier results\n"
+    assert cli.main([*argv, "--force"]) == 1  # now it gets as far as the (missing) model
+    assert "no-such-model" in capsys.readouterr().err

@@ -46,7 +46,22 @@ def one_of(*args, **group_kwargs):
     return adds(add)
 
 
-def model_options(p, preset="belle-card"):
+def setting(name, convert):
+    """argparse type of the flag for generation setting ``name``: ``convert``ed, then checked by the library's rule
+    (presets.RULES), so that a bad value is a usage error naming the flag, before any model loads."""
+    def parse(text):
+        from paddle_belle.presets import check
+
+        value = convert(text)
+        problem = check(name, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+    parse.__name__ = convert.__name__  # argparse names the type in "invalid int value: 'x'"
+    return parse
+
+
+def model_options(p, preset="belle-card", seed=True):
     """The flags of the commands that load a model and generate with it."""
     from paddle_belle.presets import PRESETS
     from paddle_belle.prompts import STYLES
@@ -54,11 +69,30 @@ def model_options(p, preset="belle-card"):
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint directory, community name (org/name) or short "
                    f"name (default {DEFAULT_MODEL}, which ships inside paddle_belle)")
-    p.add_argument("--preset", choices=list(PRESETS), default=preset, help=f"sampling settings (default {preset})")
+    p.add_argument("--preset", choices=list(PRESETS), default=preset, help=f"sampling settings (default {preset}); "
+                   "the flags below override single settings of it")
+    p.add_argument("--temperature", type=setting("temperature", float),
+                   help="sampling temperature; 0: greedy (default: the preset's)")
+    p.add_argument("--top-k", type=setting("top_k", int), help="sample from the K most likely tokens; 0: all")
+    p.add_argument("--top-p", type=setting("top_p", float),
+                   help="sample from the most likely tokens that make up probability P, in (0, 1]; 1: all")
+    p.add_argument("--repetition-penalty", type=setting("repetition_penalty", float),
+                   help="> 1 makes tokens already in the prompt or reply less likely; 1: off")
+    p.add_argument("--max-new-tokens", type=setting("max_new_tokens", int), help="reply length limit in tokens")
     p.add_argument("--style", choices=list(STYLES), default="belle", help="prompt format (default belle)")
     p.add_argument("--threads", **THREADS)
-    p.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same replies (default: a "
-                   "fresh one each run)")
+    if seed:
+        p.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same replies (default: a "
+                       "fresh one each run)")
+
+
+def sampling(args) -> dict:
+    """The generation settings the flags of model_options set, for the library's ``**overrides`` of the preset
+    (None: the preset's)."""
+    from paddle_belle.presets import GenerationConfig, temperature_settings
+
+    given = options(args, GenerationConfig)
+    return {**given, **temperature_settings(given.pop("temperature", None))}
 
 
 def options(args, *functions, **given) -> dict:
@@ -161,7 +195,7 @@ def cmd_chat(args):
     from paddle_belle.chat import ChatSession
 
     model, tokenizer = _load(args)
-    session = ChatSession(model, tokenizer, seed=args.seed, **options(args, ChatSession))  # seed: an override
+    session = ChatSession(model, tokenizer, **options(args, ChatSession), **sampling(args))
     print(f"paddle-belle chat: {args.model} (style {args.style}, preset {args.preset}). /reset forgets, /exit quits.")
     while True:
         try:
@@ -197,12 +231,12 @@ def cmd_generate(args):
         check_output_file(args.output_file, args.force)  # before minutes of model loading
 
     model, tokenizer = _load(args)
-    sampling = options(args, generate_batch, seed=args.seed)  # seed: an override of the preset
+    settings = {**options(args, generate_batch), **sampling(args)}
     if args.prompt is not None:
-        print(generate_batch(model, tokenizer, [args.prompt], **sampling)[0])
+        print(generate_batch(model, tokenizer, [args.prompt], **settings)[0])
         return 0
     failures = generate_file(model, tokenizer, args.input_file, args.output_file, args.batch_size, args.force,
-                             **sampling)
+                             **settings)
     print(f"wrote {args.output_file}" + (f"; {failures} record(s) failed (see above)" if failures else ""))
     return 1 if failures else 0
 
@@ -235,7 +269,7 @@ def cmd_merge_lora(args):
          description="/v1/models, /v1/chat/completions, /v1/completions (streaming by SSE) and /health. Chat "
          "messages are rendered in the --style prompt format; requests may set max_tokens, temperature, top_p, "
          "seed, stop, and BELLE's top_k, repetition_penalty as extra body fields.")
-@adds(model_options)
+@adds(model_options, seed=False)  # no --seed: requests bring their own
 @arg("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
 @arg("--port", type=int, default=8000)
 @adds(lambda p: p.add_argument("--api-key", default=os.environ.get("PADDLE_BELLE_API_KEY"), help="require "
@@ -254,7 +288,7 @@ def cmd_merge_lora(args):
 def cmd_serve(args):
     from paddle_belle.serve import serve
 
-    serve(args.model, **options(args, serve))
+    serve(args.model, **options(args, serve), **sampling(args))  # sampling: the defaults of requests
 
 
 @command("datagen self-instruct", help="BELLE's self-instruct: new tasks from 3 sampled seed tasks a request",
@@ -299,7 +333,6 @@ def cmd_self_instruct(args):
 @arg("--out", default="belle-eval", help="output directory (default ./belle-eval)")
 @arg("--limit", type=int, help="only the first N questions")
 @arg("--batch-size", type=int, default=8, help="questions answered together")
-@arg("--max-new-tokens", type=int, help="answer length limit (default: the preset's)")
 @arg("--workers", type=int, default=4, help="judge requests in flight at once")
 @arg("--judge-max-tokens", type=int, default=1024)
 @arg("--max-retries", type=int, default=5, help="retries of a judge request on 429, 5xx, drops")
@@ -309,8 +342,8 @@ def cmd_eval(args):
     from paddle_belle.evaluate.judge import evaluate
 
     client = make_client(args.judge_base_url, **options(args, make_client))
-    report = evaluate(lambda: _load(args), client, args.judge_model, args.out, max_new_tokens=args.max_new_tokens,
-                      **options(args, evaluate))  # max_new_tokens: an override of the preset
+    report = evaluate(lambda: _load(args), client, args.judge_model, args.out, **options(args, evaluate),
+                      **sampling(args))
     show = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     print(f"eval: {report['scored']} scored, {report['unscored']} unscored, {report['not_judged']} not judged; "
           f"overall mean {show(report['overall_mean'])}, Score_w/o_others {show(report['score_wo_others'])}; "

@@ -196,23 +196,36 @@ def cmd_chat(args):
 
     model, tokenizer = _load(args)
     session = ChatSession(model, tokenizer, **options(args, ChatSession), **sampling(args))
-    print(f"paddle-belle chat: {args.model} (style {args.style}, preset {args.preset}). /reset forgets, /exit quits.")
+    print(f"paddle-belle chat: {args.model} (style {args.style}, preset {args.preset}). /help lists the commands.")
     while True:
         try:
             line = input("Human: ").strip()
         except EOFError:
             print()
             return 0
-        if line == "/exit":
+        # A line that starts with "/" is a command, never sent to the model (a mistyped one would be, unnoticed);
+        # "//" sends the rest as text starting with "/".
+        command = line if line.startswith("/") and not line.startswith("//") else None
+        if command in ("/exit", "/quit"):
             return 0
-        if line == "/reset":
+        if command == "/reset":
             session.reset()
             print("(history cleared)")
+        elif command == "/help":
+            print(CHAT_HELP)
+        elif command:
+            print(f"unknown command {command.split()[0]}; /help lists the commands")
         elif line:
             print("Assistant: ", end="", flush=True)
-            for chunk in session.ask(line):
+            for chunk in session.ask(line[1:] if line.startswith("//") else line):
                 print(chunk, end="", flush=True)
             print(flush=True)
+
+
+CHAT_HELP = """/reset  forget the conversation so far
+/exit   quit (also /quit, or end of input: Ctrl-D)
+/help   this list
+//text  send the message /text (a line starting with / is a command)"""
 
 
 @command("generate", help="answer one prompt, or every record of a JSONL file")

@@ -169,3 +169,34 @@ def test_generate_with_flags_equals_the_greedy_preset(capsys):
     assert cli.main(["generate", "--prompt", "你好", "--preset", "greedy", "--repetition-penalty", "1.2",
                      "--max-new-tokens", "6"]) == 0  # belle-card's penalty, greedy
     assert capsys.readouterr().out == flagged
+
+
+def test_models_lists_small_counts_readably():
+    from paddle_belle.registry import format_count
+
+    assert [format_count(n) for n in (7_069_016_064, 4_718_848, 350_000, 12)] == ["7.07B", "4.7M", "350K", "12"]
+    out = subprocess.run([sys.executable, "-m", "paddle_belle.cli", "models"], capture_output=True, text=True)
+    line = next(line for line in out.stdout.splitlines() if line.startswith("belle-tiny-zh "))
+    assert line.split()[6] == "4.7M"  # was 0.00B
+
+
+def test_a_mistyped_model_name_gets_a_suggestion(capsys):
+    from paddle_belle import cli
+
+    assert cli.main(["chat", "--model", "belle-7b-2n"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "paddle-belle chat: error: 'belle-7b-2n' is neither a local directory nor a model name like 'org/name' "
+        "(did you mean belle-7b-2m? `paddle-belle models` lists the short names)")
+
+
+def test_chat_commands_are_not_sent_to_the_model(monkeypatch, capsys):
+    import io
+
+    from paddle_belle import cli
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("/help\n/frobnicate now\n//\n/quit\n你好\n"))
+    assert cli.main(["chat", "--preset", "greedy", "--max-new-tokens", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "/reset  forget the conversation so far" in out and "(also /quit" in out
+    assert "unknown command /frobnicate; /help lists the commands" in out
+    assert out.count("Assistant: ") == 1  # "//" sent "/"; /quit ended the session before 你好

@@ -46,6 +46,19 @@ def one_of(*args, **group_kwargs):
     return adds(add)
 
 
+def whole(low: int, high: int | None = None):
+    """argparse type: a whole number from ``low`` to ``high`` (None: no limit); out of range is a usage error
+    naming the flag, found before anything is imported or loaded."""
+    def parse(text):
+        value = int(text)
+        if value < low or high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, not {value}" if high is not None
+                                             else f"must be >= {low}, not {value}")
+        return value
+    parse.__name__ = "int"  # argparse names the type in "invalid int value: 'x'"
+    return parse
+
+
 def setting(name, convert):
     """argparse type of the flag for generation setting ``name``: ``convert``ed, then checked by the library's rule
     (presets.RULES), so that a bad value is a usage error naming the flag, before any model loads."""
@@ -284,7 +297,7 @@ def cmd_merge_lora(args):
          "seed, stop, and BELLE's top_k, repetition_penalty as extra body fields.")
 @adds(model_options, seed=False)  # no --seed: requests bring their own
 @arg("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-@arg("--port", type=int, default=8000)
+@arg("--port", type=whole(1, 65535), default=8000)
 @adds(lambda p: p.add_argument("--api-key", default=os.environ.get("PADDLE_BELLE_API_KEY"), help="require "
       "'Authorization: Bearer KEY' on every /v1 request (default: $PADDLE_BELLE_API_KEY)"))  # read at parse time
 @arg("--max-concurrency", type=int, default=1, help="replies generated at once (default 1)")

@@ -12,7 +12,6 @@ from paddle_belle import __version__
 
 COMMANDS = []  # (name, handler, add_parser keywords), in the order --help lists them
 GROUPS = {"datagen": "generate instruction data through an OpenAI-compatible API"}  # "datagen METHOD" commands
-THREADS = dict(type=int, help="CPU threads (default: every core this process may use)")
 
 
 def command(name, **parser_kwargs):
@@ -59,6 +58,9 @@ def whole(low: int, high: int | None = None):
     return parse
 
 
+THREADS = dict(type=whole(1), help="CPU threads (default: every core this process may use)")
+
+
 def setting(name, convert):
     """argparse type of the flag for generation setting ``name``: ``convert``ed, then checked by the library's rule
     (presets.RULES), so that a bad value is a usage error naming the flag, before any model loads."""
@@ -95,7 +97,7 @@ def model_options(p, preset="belle-card", seed=True):
     p.add_argument("--style", choices=list(STYLES), default="belle", help="prompt format (default belle)")
     p.add_argument("--threads", **THREADS)
     if seed:
-        p.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same replies (default: a "
+        p.add_argument("--seed", type=setting("seed", int), help="sampling seed: the same seed gives the same replies (default: a "
                        "fresh one each run)")
 
 
@@ -155,11 +157,12 @@ def cmd_convert(args):
          "--estimate prints sizes instead, for any registry model.")
 @arg("--model", required=True, help="checkpoint directory, community name or short name")
 @arg("--method", choices=["gptq", "rtn"], default="gptq")
-@arg("--bits", type=int, default=4, help="2, 3, 4 or 8 (default 4)")
+@arg("--bits", type=int, choices=[2, 3, 4, 8], default=4,  # quant.format.BITS, which would import Paddle
+     help="2, 3, 4 or 8 (default 4)")
 @arg("--group-size", type=int, default=128, help="input rows per scale; -1: per channel (default 128)")
 @arg("--calib", help="calibration text file (UTF-8), needed by gptq")
-@arg("--nsamples", type=int, default=128, help="calibration windows (default 128)")
-@arg("--seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
+@arg("--nsamples", type=whole(1), default=128, help="calibration windows (default 128)")
+@arg("--seqlen", type=whole(1), default=2048, help="tokens per calibration window (default 2048)")
 @arg("--act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian diagonal")
 @one_of(arg("--sym", dest="sym", action="store_true", default=True, help="symmetric grid (default)"),
         arg("--asym", dest="sym", action="store_false", help="asymmetric grid with zero points"))
@@ -188,8 +191,8 @@ def cmd_quantize(args):
 @command("perplexity", help="sliding-window perplexity of a model on a text file")
 @arg("--model", required=True, help="checkpoint directory, community name or short name")
 @arg("--data", required=True, help="UTF-8 text file")
-@arg("--seqlen", type=int, default=2048, help="window length in tokens (default 2048)")
-@arg("--stride", type=int, help="tokens between window starts (default: seqlen, disjoint windows)")
+@arg("--seqlen", type=whole(1), default=2048, help="window length in tokens (default 2048)")
+@arg("--stride", type=whole(1), help="tokens between window starts (default: seqlen, disjoint windows)")
 @arg("--json", action="store_true", help='print {"perplexity": ..., "tokens": ...}')
 @arg("--threads", **THREADS)
 def cmd_perplexity(args):
@@ -203,7 +206,7 @@ def cmd_perplexity(args):
 
 @command("chat", help="talk to a model (streaming, multi-turn)")
 @adds(model_options)
-@arg("--max-history", type=int, help="turns of history to keep (default: as many as fit)")
+@arg("--max-history", type=whole(0), help="turns of history to keep (default: as many as fit)")
 def cmd_chat(args):
     from paddle_belle.chat import ChatSession
 
@@ -247,7 +250,7 @@ CHAT_HELP = """/reset  forget the conversation so far
         arg("--input-file", help='JSONL with a "prompt" (or BELLE "instruction" [+ "input"]) per line'), required=True)
 @arg("--output-file", help="JSONL written with each record plus its \"output\" (must not exist unless --force)")
 @arg("--force", action="store_true", help="replace --output-file if it exists")
-@arg("--batch-size", type=int, default=8)
+@arg("--batch-size", type=whole(1), default=8, help="prompts answered together (default 8)")
 def cmd_generate(args):
     if args.input_file and not args.output_file:  # before loading the model; main() reports it as a usage error
         raise argparse.ArgumentError(None, "--input-file needs --output-file")
@@ -300,13 +303,13 @@ def cmd_merge_lora(args):
 @arg("--port", type=whole(1, 65535), default=8000)
 @adds(lambda p: p.add_argument("--api-key", default=os.environ.get("PADDLE_BELLE_API_KEY"), help="require "
       "'Authorization: Bearer KEY' on every /v1 request (default: $PADDLE_BELLE_API_KEY)"))  # read at parse time
-@arg("--max-concurrency", type=int, default=1, help="replies generated at once (default 1)")
-@arg("--max-queue", type=int, default=64,
+@arg("--max-concurrency", type=whole(1), default=1, help="replies generated at once (default 1)")
+@arg("--max-queue", type=whole(0), default=64,
      help="requests that may wait for a slot; beyond them requests get 429 (default 64)")
-@arg("--max-tokens", dest="max_tokens_cap", metavar="MAX_TOKENS", type=int, default=2048,
+@arg("--max-tokens", dest="max_tokens_cap", metavar="MAX_TOKENS", type=whole(1), default=2048,
      help="the largest max_tokens a request may ask for")
-@arg("--max-request-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
-@arg("--context", type=int, help="prompt + reply tokens allowed (default: the model's "
+@arg("--max-request-bytes", type=whole(1), default=1 << 20, help="request body limit (default 1 MiB)")
+@arg("--context", type=whole(1), help="prompt + reply tokens allowed (default: the model's "
      "max_position_embeddings, or 2048, BELLE's training length, for BLOOM)")
 @arg("--served-model-name", dest="served_name", metavar="SERVED_MODEL_NAME",
      help="the model id clients use (default: the --model directory's name)")
@@ -327,14 +330,14 @@ def cmd_serve(args):
 @arg("--api", choices=["chat", "completion"], default="chat")
 @arg("--model", default="gpt-3.5-turbo", help="model name on the API (default gpt-3.5-turbo)")
 @arg("--base-url", help="API base URL, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL or OpenAI)")
-@arg("--num-instructions", type=int, default=100, help="records --out should hold at the end")
-@arg("--workers", type=int, default=1, help="requests in flight at once")
-@arg("--max-requests", type=int, help="stop after this many requests even if short of the target")
+@arg("--num-instructions", type=whole(1), default=100, help="records --out should hold at the end")
+@arg("--workers", type=whole(1), default=1, help="requests in flight at once")
+@arg("--max-requests", type=whole(1), help="stop after this many requests even if short of the target")
 @arg("--temperature", type=float, default=1.0)
 @arg("--top-p", type=float, default=1.0)
-@arg("--max-tokens", type=int, default=1024)
+@arg("--max-tokens", type=whole(1), default=1024)
 @arg("--threshold", type=float, default=18.0, help="BM25 score above which a task is a near-duplicate")
-@arg("--max-retries", type=int, default=5, help="retries of a request on 429, 5xx, dropped connections")
+@arg("--max-retries", type=whole(0), default=5, help="retries of a request on 429, 5xx, dropped connections")
 @arg("--timeout", type=float, default=600.0, help="seconds per request")
 @arg("--seed", type=int, help="seed for sampling the seed tasks")
 def cmd_self_instruct(args):
@@ -357,11 +360,11 @@ def cmd_self_instruct(args):
 @arg("--eval-set", help="questions, JSONL (default: BELLE's eval_set.json, shipped)")
 @arg("--judge-prompts", help="judge prompt per class, JSONL (default: BELLE's eval_prompt.json)")
 @arg("--out", default="belle-eval", help="output directory (default ./belle-eval)")
-@arg("--limit", type=int, help="only the first N questions")
-@arg("--batch-size", type=int, default=8, help="questions answered together")
-@arg("--workers", type=int, default=4, help="judge requests in flight at once")
-@arg("--judge-max-tokens", type=int, default=1024)
-@arg("--max-retries", type=int, default=5, help="retries of a judge request on 429, 5xx, drops")
+@arg("--limit", type=whole(1), help="only the first N questions")
+@arg("--batch-size", type=whole(1), default=8, help="questions answered together")
+@arg("--workers", type=whole(1), default=4, help="judge requests in flight at once")
+@arg("--judge-max-tokens", type=whole(1), default=1024)
+@arg("--max-retries", type=whole(0), default=5, help="retries of a judge request on 429, 5xx, drops")
 @arg("--timeout", type=float, default=600.0, help="seconds per judge request")
 def cmd_eval(args):
     from paddle_belle.api import make_client

@@ -44,6 +44,7 @@ RULES = {
     "top_k": (lambda v: _whole(v) and v >= 0, "must be a whole number >= 0 (0: off)"),
     "top_p": (lambda v: 0 < v <= 1, "must be in (0, 1] (1: off)"),
     "repetition_penalty": (lambda v: v > 0, "must be > 0 (1: off)"),
+    "seed": (lambda v: v is None or _whole(v) and v >= 0, "must be a whole number >= 0"),  # numpy's default_rng
 }
 
 

@@ -200,3 +200,29 @@ def test_chat_commands_are_not_sent_to_the_model(monkeypatch, capsys):
     assert "/reset  forget the conversation so far" in out and "(also /quit" in out
     assert "unknown command /frobnicate; /help lists the commands" in out
     assert out.count("Assistant: ") == 1  # "//" sent "/"; /quit ended the session before 你好
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--prompt", "hi", "--batch-size", "0"], "argument --batch-size: must be >= 1, not 0"),
+    (["chat", "--seed", "-1"], "argument --seed: must be a whole number >= 0, not -1"),
+    (["quantize", "--model", "m", "--out", "o", "--bits", "5"], "argument --bits: invalid choice: 5 (choose from 2, 3, 4, 8)"),
+    (["serve", "--max-concurrency", "0"], "argument --max-concurrency: must be >= 1, not 0"),
+    (["chat", "--threads", "0"], "argument --threads: must be >= 1, not 0"),
+])
+def test_bad_numbers_are_usage_errors_naming_the_flag_before_any_import(argv, message):
+    """Before: --batch-size 0 was "range() arg 3 must not be zero" after the model loaded, --seed -1 numpy's error
+    without the flag, --bits 5 refused only after importing Paddle (~4 s)."""
+    code = f"import sys\nfrom paddle_belle import cli\ntry:\n    cli.main({argv!r})\nexcept SystemExit as e:\n" \
+           "    print(e.code, 'paddle' in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "False"], out.stderr[-2000:]
+    assert out.stderr.splitlines()[-1] == f"paddle-belle {argv[0]}: error: {message}"
+
+
+def test_bits_choices_are_the_formats():
+    from paddle_belle import cli
+    from paddle_belle.quant.format import BITS
+
+    parser = cli.build_parser()
+    quantize = parser._subparsers._group_actions[0].choices["quantize"]
+    assert next(a for a in quantize._actions if a.dest == "bits").choices == list(BITS)

@@ -98,6 +98,7 @@ def test_presets_and_overrides():
     (dict(max_new_tokens=0), "max_new_tokens must be a whole number >= 1, not 0"),
     (dict(min_new_tokens=-1), "min_new_tokens must be a whole number >= 0, not -1"),
     (dict(temperature=0), "temperature must be > 0 when sampling (do_sample=False is greedy)"),
+    (dict(seed=-1), "seed must be a whole number >= 0, not -1"),
 ])
 def test_bad_settings_are_refused_by_name(setting, message):
     """Before, top_k=-3 reached paddle.topk and came back as Paddle's own error."""

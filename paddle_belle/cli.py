@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import os
 import sys
+import warnings
 
 from paddle_belle import __version__
 
@@ -422,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paddle-belle",
                                      description="BELLE chat models (BLOOM and LLaMA families) on PaddlePaddle.")
     parser.add_argument("--version", action="version", version=f"paddle-belle {__version__}")
+    verbose = dict(action="store_true", help="also show the libraries' warnings and log lines (Paddle, PaddleNLP, ...)")
+    parser.add_argument("-v", "--verbose", **verbose)
     parser.set_defaults(run=lambda args: parser.print_help())  # no command
     subparsers = {"": parser.add_subparsers(dest="command", metavar="COMMAND")}
     for name, run, kwargs in COMMANDS:
@@ -432,13 +436,32 @@ def build_parser() -> argparse.ArgumentParser:
         p = subparsers[group].add_parser(name, **kwargs)
         for add in getattr(run, "arguments", []):
             add(p)
+        p.add_argument("-v", "--verbose", **verbose, default=argparse.SUPPRESS)  # also after the command's name
         p.set_defaults(run=run)
     return parser
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' chatter that does not concern the user off the terminal (`--verbose` shows it). Called
+    before anything imports Paddle: the first three warnings come at import time."""
+    for message in ("No ccache found",  # paddle/utils/cpp_extension/extension_utils.py: nothing is compiled here
+                    "Setuptools is replacing distutils",  # setuptools' _distutils_hack, as Paddle imports distutils
+                    "pkg_resources is deprecated as an API"):  # jieba 0.42.1's jieba/_compat.py, via PaddleNLP
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
+    # Paddle's paddle/distributed/utils/log_utils.py get_logger(name="root") gives Python's root logger an INFO
+    # handler at import unless it has one, so every library's INFO lines (datasets' "PyTorch version ... available")
+    # reached the terminal: a WARNING handler first.
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+    # PaddleNLP's logger (paddlenlp/utils/log.py) has its own handler and sets itself to DEBUG when paddlenlp is
+    # imported; a filter on it, installed now, outlasts that.
+    logging.getLogger("PaddleNLP").addFilter(lambda record: record.levelno >= logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not getattr(args, "verbose", False):
+        quiet_libraries()
     try:
         return args.run(args) or 0  # a handler returns its exit status, or None when it succeeded
     except argparse.ArgumentError as e:  # a usage error a handler found: reported as argparse reports its own

@@ -34,7 +34,15 @@ def test_no_command_prints_the_help(capsys):
     from paddle_belle import cli
 
     assert cli.main([]) == 0
-    assert capsys.readouterr().out.startswith("usage: paddle-belle [-h] [--version] COMMAND ...")
+    assert capsys.readouterr().out.startswith("usage: paddle-belle [-h] [--version] [-v] COMMAND ...")
+
+
+def test_verbose_before_or_after_the_command():
+    from paddle_belle import cli
+
+    parse = cli.build_parser().parse_args
+    assert parse(["--verbose", "models"]).verbose and parse(["models", "-v"]).verbose
+    assert not parse(["models"]).verbose
 
 
 def test_input_file_needs_output_file(capsys):

@@ -99,8 +99,8 @@ def model_options(p, preset="belle-card", seed=True):
     p.add_argument("--style", choices=list(STYLES), default="belle", help="prompt format (default belle)")
     p.add_argument("--threads", **THREADS)
     if seed:
-        p.add_argument("--seed", type=setting("seed", int), help="sampling seed: the same seed gives the same replies (default: a "
-                       "fresh one each run)")
+        p.add_argument("--seed", type=setting("seed", int), help="sampling seed: the same seed gives the same "
+                       "replies (default: a fresh one each run)")
 
 
 def sampling(args) -> dict:

@@ -13,7 +13,8 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from paddle_belle.presets import PRESETS, GenerationConfig, make_config, temperature_settings  # noqa: F401  (re-exported)
+from paddle_belle.presets import (PRESETS, GenerationConfig, make_config,  # noqa: F401  (re-exported)
+                                  temperature_settings)
 from paddle_belle.prompts import ReplyText
 
 

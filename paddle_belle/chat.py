@@ -82,9 +82,17 @@ def generate_batch(model, tokenizer, queries: list[str], style="belle", preset="
     return [reply.text.rstrip() for reply in replies]
 
 
-def generate_file(model, tokenizer, in_path, out_path, batch_size=8, **kwargs) -> int:
+def check_output_file(out_path, force: bool = False) -> None:
+    """An existing output file is replaced only with ``force`` (as `card`; checkpoints never are)."""
+    if Path(out_path).exists() and not force:
+        raise FileExistsError(f"{out_path} exists (use --force to replace it)")
+
+
+def generate_file(model, tokenizer, in_path, out_path, batch_size=8, force=False, **kwargs) -> int:
     """Answer every record of a JSONL file into another (record + "output"). Bad records are reported on stderr
-    with their line number and skipped; the rest are written. Returns the number of failures."""
+    with their line number and skipped; the rest are written. Returns the number of failures. An existing
+    ``out_path`` is replaced only with ``force``."""
+    check_output_file(out_path, force)
     records = list(read_records(Path(in_path)))
     failures = 0
     with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as out:

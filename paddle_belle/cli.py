@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import logging
 import os
 import sys
+import warnings
 
 from paddle_belle import __version__
 
 COMMANDS = []  # (name, handler, add_parser keywords), in the order --help lists them
 GROUPS = {"datagen": "generate instruction data through an OpenAI-compatible API"}  # "datagen METHOD" commands
-THREADS = dict(type=int, help="CPU threads (default: every core this process may use)")
 
 
 def command(name, **parser_kwargs):
@@ -46,7 +47,38 @@ def one_of(*args, **group_kwargs):
     return adds(add)
 
 
-def model_options(p, preset="belle-card"):
+def whole(low: int, high: int | None = None):
+    """argparse type: a whole number from ``low`` to ``high`` (None: no limit); out of range is a usage error
+    naming the flag, found before anything is imported or loaded."""
+    def parse(text):
+        value = int(text)
+        if value < low or high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, not {value}" if high is not None
+                                             else f"must be >= {low}, not {value}")
+        return value
+    parse.__name__ = "int"  # argparse names the type in "invalid int value: 'x'"
+    return parse
+
+
+THREADS = dict(type=whole(1), help="CPU threads (default: every core this process may use)")
+
+
+def setting(name, convert):
+    """argparse type of the flag for generation setting ``name``: ``convert``ed, then checked by the library's rule
+    (presets.RULES), so that a bad value is a usage error naming the flag, before any model loads."""
+    def parse(text):
+        from paddle_belle.presets import check
+
+        value = convert(text)
+        problem = check(name, value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+    parse.__name__ = convert.__name__  # argparse names the type in "invalid int value: 'x'"
+    return parse
+
+
+def model_options(p, preset="belle-card", seed=True):
     """The flags of the commands that load a model and generate with it."""
     from paddle_belle.presets import PRESETS
     from paddle_belle.prompts import STYLES
@@ -54,11 +86,30 @@ def model_options(p, preset="belle-card"):
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint directory, community name (org/name) or short "
                    f"name (default {DEFAULT_MODEL}, which ships inside paddle_belle)")
-    p.add_argument("--preset", choices=list(PRESETS), default=preset, help=f"sampling settings (default {preset})")
+    p.add_argument("--preset", choices=list(PRESETS), default=preset, help=f"sampling settings (default {preset}); "
+                   "the flags below override single settings of it")
+    p.add_argument("--temperature", type=setting("temperature", float),
+                   help="sampling temperature; 0: greedy (default: the preset's)")
+    p.add_argument("--top-k", type=setting("top_k", int), help="sample from the K most likely tokens; 0: all")
+    p.add_argument("--top-p", type=setting("top_p", float),
+                   help="sample from the most likely tokens that make up probability P, in (0, 1]; 1: all")
+    p.add_argument("--repetition-penalty", type=setting("repetition_penalty", float),
+                   help="> 1 makes tokens already in the prompt or reply less likely; 1: off")
+    p.add_argument("--max-new-tokens", type=setting("max_new_tokens", int), help="reply length limit in tokens")
     p.add_argument("--style", choices=list(STYLES), default="belle", help="prompt format (default belle)")
     p.add_argument("--threads", **THREADS)
-    p.add_argument("--seed", type=int, help="sampling seed: the same seed gives the same replies (default: a "
-                   "fresh one each run)")
+    if seed:
+        p.add_argument("--seed", type=setting("seed", int), help="sampling seed: the same seed gives the same "
+                       "replies (default: a fresh one each run)")
+
+
+def sampling(args) -> dict:
+    """The generation settings the flags of model_options set, for the library's ``**overrides`` of the preset
+    (None: the preset's)."""
+    from paddle_belle.presets import GenerationConfig, temperature_settings
+
+    given = options(args, GenerationConfig)
+    return {**given, **temperature_settings(given.pop("temperature", None))}
 
 
 def options(args, *functions, **given) -> dict:
@@ -108,11 +159,12 @@ def cmd_convert(args):
          "--estimate prints sizes instead, for any registry model.")
 @arg("--model", required=True, help="checkpoint directory, community name or short name")
 @arg("--method", choices=["gptq", "rtn"], default="gptq")
-@arg("--bits", type=int, default=4, help="2, 3, 4 or 8 (default 4)")
+@arg("--bits", type=int, choices=[2, 3, 4, 8], default=4,  # quant.format.BITS, which would import Paddle
+     help="2, 3, 4 or 8 (default 4)")
 @arg("--group-size", type=int, default=128, help="input rows per scale; -1: per channel (default 128)")
 @arg("--calib", help="calibration text file (UTF-8), needed by gptq")
-@arg("--nsamples", type=int, default=128, help="calibration windows (default 128)")
-@arg("--seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
+@arg("--nsamples", type=whole(1), default=128, help="calibration windows (default 128)")
+@arg("--seqlen", type=whole(1), default=2048, help="tokens per calibration window (default 2048)")
 @arg("--act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian diagonal")
 @one_of(arg("--sym", dest="sym", action="store_true", default=True, help="symmetric grid (default)"),
         arg("--asym", dest="sym", action="store_false", help="asymmetric grid with zero points"))
@@ -141,8 +193,8 @@ def cmd_quantize(args):
 @command("perplexity", help="sliding-window perplexity of a model on a text file")
 @arg("--model", required=True, help="checkpoint directory, community name or short name")
 @arg("--data", required=True, help="UTF-8 text file")
-@arg("--seqlen", type=int, default=2048, help="window length in tokens (default 2048)")
-@arg("--stride", type=int, help="tokens between window starts (default: seqlen, disjoint windows)")
+@arg("--seqlen", type=whole(1), default=2048, help="window length in tokens (default 2048)")
+@arg("--stride", type=whole(1), help="tokens between window starts (default: seqlen, disjoint windows)")
 @arg("--json", action="store_true", help='print {"perplexity": ..., "tokens": ...}')
 @arg("--threads", **THREADS)
 def cmd_perplexity(args):
@@ -156,48 +208,66 @@ def cmd_perplexity(args):
 
 @command("chat", help="talk to a model (streaming, multi-turn)")
 @adds(model_options)
-@arg("--max-history", type=int, help="turns of history to keep (default: as many as fit)")
+@arg("--max-history", type=whole(0), help="turns of history to keep (default: as many as fit)")
 def cmd_chat(args):
     from paddle_belle.chat import ChatSession
 
     model, tokenizer = _load(args)
-    session = ChatSession(model, tokenizer, seed=args.seed, **options(args, ChatSession))  # seed: an override
-    print(f"paddle-belle chat: {args.model} (style {args.style}, preset {args.preset}). /reset forgets, /exit quits.")
+    session = ChatSession(model, tokenizer, **options(args, ChatSession), **sampling(args))
+    print(f"paddle-belle chat: {args.model} (style {args.style}, preset {args.preset}). /help lists the commands.")
     while True:
         try:
             line = input("Human: ").strip()
         except EOFError:
             print()
             return 0
-        if line == "/exit":
+        # A line that starts with "/" is a command, never sent to the model (a mistyped one would be, unnoticed);
+        # "//" sends the rest as text starting with "/".
+        command = line if line.startswith("/") and not line.startswith("//") else None
+        if command in ("/exit", "/quit"):
             return 0
-        if line == "/reset":
+        if command == "/reset":
             session.reset()
             print("(history cleared)")
+        elif command == "/help":
+            print(CHAT_HELP)
+        elif command:
+            print(f"unknown command {command.split()[0]}; /help lists the commands")
         elif line:
             print("Assistant: ", end="", flush=True)
-            for chunk in session.ask(line):
+            for chunk in session.ask(line[1:] if line.startswith("//") else line):
                 print(chunk, end="", flush=True)
             print(flush=True)
+
+
+CHAT_HELP = """/reset  forget the conversation so far
+/exit   quit (also /quit, or end of input: Ctrl-D)
+/help   this list
+//text  send the message /text (a line starting with / is a command)"""
 
 
 @command("generate", help="answer one prompt, or every record of a JSONL file")
 @adds(model_options)
 @one_of(arg("--prompt", help="one message"),
         arg("--input-file", help='JSONL with a "prompt" (or BELLE "instruction" [+ "input"]) per line'), required=True)
-@arg("--output-file", help="JSONL written with each record plus its \"output\"")
-@arg("--batch-size", type=int, default=8)
+@arg("--output-file", help="JSONL written with each record plus its \"output\" (must not exist unless --force)")
+@arg("--force", action="store_true", help="replace --output-file if it exists")
+@arg("--batch-size", type=whole(1), default=8, help="prompts answered together (default 8)")
 def cmd_generate(args):
     if args.input_file and not args.output_file:  # before loading the model; main() reports it as a usage error
         raise argparse.ArgumentError(None, "--input-file needs --output-file")
-    from paddle_belle.chat import generate_batch, generate_file
+    from paddle_belle.chat import check_output_file, generate_batch, generate_file
+
+    if args.output_file:
+        check_output_file(args.output_file, args.force)  # before minutes of model loading
 
     model, tokenizer = _load(args)
-    sampling = options(args, generate_batch, seed=args.seed)  # seed: an override of the preset
+    settings = {**options(args, generate_batch), **sampling(args)}
     if args.prompt is not None:
-        print(generate_batch(model, tokenizer, [args.prompt], **sampling)[0])
+        print(generate_batch(model, tokenizer, [args.prompt], **settings)[0])
         return 0
-    failures = generate_file(model, tokenizer, args.input_file, args.output_file, args.batch_size, **sampling)
+    failures = generate_file(model, tokenizer, args.input_file, args.output_file, args.batch_size, args.force,
+                             **settings)
     print(f"wrote {args.output_file}" + (f"; {failures} record(s) failed (see above)" if failures else ""))
     return 1 if failures else 0
 
@@ -230,18 +300,18 @@ def cmd_merge_lora(args):
          description="/v1/models, /v1/chat/completions, /v1/completions (streaming by SSE) and /health. Chat "
          "messages are rendered in the --style prompt format; requests may set max_tokens, temperature, top_p, "
          "seed, stop, and BELLE's top_k, repetition_penalty as extra body fields.")
-@adds(model_options)
+@adds(model_options, seed=False)  # no --seed: requests bring their own
 @arg("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-@arg("--port", type=int, default=8000)
+@arg("--port", type=whole(1, 65535), default=8000)
 @adds(lambda p: p.add_argument("--api-key", default=os.environ.get("PADDLE_BELLE_API_KEY"), help="require "
       "'Authorization: Bearer KEY' on every /v1 request (default: $PADDLE_BELLE_API_KEY)"))  # read at parse time
-@arg("--max-concurrency", type=int, default=1, help="replies generated at once (default 1)")
-@arg("--max-queue", type=int, default=64,
+@arg("--max-concurrency", type=whole(1), default=1, help="replies generated at once (default 1)")
+@arg("--max-queue", type=whole(0), default=64,
      help="requests that may wait for a slot; beyond them requests get 429 (default 64)")
-@arg("--max-tokens", dest="max_tokens_cap", metavar="MAX_TOKENS", type=int, default=2048,
+@arg("--max-tokens", dest="max_tokens_cap", metavar="MAX_TOKENS", type=whole(1), default=2048,
      help="the largest max_tokens a request may ask for")
-@arg("--max-request-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
-@arg("--context", type=int, help="prompt + reply tokens allowed (default: the model's "
+@arg("--max-request-bytes", type=whole(1), default=1 << 20, help="request body limit (default 1 MiB)")
+@arg("--context", type=whole(1), help="prompt + reply tokens allowed (default: the model's "
      "max_position_embeddings, or 2048, BELLE's training length, for BLOOM)")
 @arg("--served-model-name", dest="served_name", metavar="SERVED_MODEL_NAME",
      help="the model id clients use (default: the --model directory's name)")
@@ -249,7 +319,7 @@ def cmd_merge_lora(args):
 def cmd_serve(args):
     from paddle_belle.serve import serve
 
-    serve(args.model, **options(args, serve))
+    serve(args.model, **options(args, serve), **sampling(args))  # sampling: the defaults of requests
 
 
 @command("datagen self-instruct", help="BELLE's self-instruct: new tasks from 3 sampled seed tasks a request",
@@ -263,15 +333,15 @@ def cmd_serve(args):
 @arg("--model", default="gpt-3.5-turbo", help="model name on the API (default gpt-3.5-turbo)")
 @arg("--base-url", help="API base URL, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL or OpenAI)")
 @arg("--api-key", help="API key (default: $OPENAI_API_KEY)")
-@arg("--num-instructions", type=int, default=100, help="records --out should hold at the end")
-@arg("--workers", type=int, default=1, help="requests in flight at once")
-@arg("--max-requests", type=int, help="stop after this many requests even if short of the target")
+@arg("--num-instructions", type=whole(1), default=100, help="records --out should hold at the end")
+@arg("--workers", type=whole(1), default=1, help="requests in flight at once")
+@arg("--max-requests", type=whole(1), help="stop after this many requests even if short of the target")
 @arg("--temperature", type=float, default=1.0)
 @arg("--top-p", type=float, default=1.0)
-@arg("--max-tokens", type=int, default=1024, help="reply budget per request (default 1024; lowered to fit "
+@arg("--max-tokens", type=whole(1), default=1024, help="reply budget per request (default 1024; lowered to fit "
      "the context when the server reports it and a prompt would not leave room)")
 @arg("--threshold", type=float, default=18.0, help="BM25 score above which a task is a near-duplicate")
-@arg("--max-retries", type=int, default=5, help="retries of a request on 429, 5xx, dropped connections")
+@arg("--max-retries", type=whole(0), default=5, help="retries of a request on 429, 5xx, dropped connections")
 @arg("--timeout", type=float, default=600.0, help="seconds per request")
 @arg("--seed", type=int, help="seed for sampling the seed tasks")
 def cmd_self_instruct(args):
@@ -304,13 +374,12 @@ def cmd_self_instruct(args):
 @arg("--eval-set", help="questions, JSONL (default: BELLE's eval_set.json, shipped)")
 @arg("--judge-prompts", help="judge prompt per class, JSONL (default: BELLE's eval_prompt.json)")
 @arg("--out", default="belle-eval", help="output directory (default ./belle-eval)")
-@arg("--limit", type=int, help="only the first N questions")
-@arg("--batch-size", type=int, default=8, help="questions answered together")
-@arg("--max-new-tokens", type=int, help="answer length limit (default: the preset's)")
-@arg("--workers", type=int, default=4, help="judge requests in flight at once")
-@arg("--judge-max-tokens", type=int, default=1024, help="reply budget per judge request (default 1024; lowered "
+@arg("--limit", type=whole(1), help="only the first N questions")
+@arg("--batch-size", type=whole(1), default=8, help="questions answered together")
+@arg("--workers", type=whole(1), default=4, help="judge requests in flight at once")
+@arg("--judge-max-tokens", type=whole(1), default=1024, help="reply budget per judge request (default 1024; lowered "
      "to fit the context when the judge's server reports it and a prompt would not leave room)")
-@arg("--max-retries", type=int, default=5, help="retries of a judge request on 429, 5xx, drops")
+@arg("--max-retries", type=whole(0), default=5, help="retries of a judge request on 429, 5xx, drops")
 @arg("--timeout", type=float, default=600.0, help="seconds per judge request")
 def cmd_eval(args):
     from paddle_belle.api import KeyRefused, make_client
@@ -318,8 +387,8 @@ def cmd_eval(args):
 
     client = make_client(args.judge_base_url, **options(args, make_client))
     try:
-        report = evaluate(lambda: _load(args), client, args.judge_model, args.out,
-                          max_new_tokens=args.max_new_tokens, **options(args, evaluate))  # an override of the preset
+        report = evaluate(lambda: _load(args), client, args.judge_model, args.out, **options(args, evaluate),
+                          **sampling(args))
     except KeyRefused as e:
         raise RuntimeError(f"{e}; pass the judge's key with --judge-api-key or set OPENAI_API_KEY") from None
     show = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
@@ -371,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paddle-belle",
                                      description="BELLE chat models (BLOOM and LLaMA families) on PaddlePaddle.")
     parser.add_argument("--version", action="version", version=f"paddle-belle {__version__}")
+    verbose = dict(action="store_true", help="also show the libraries' warnings and log lines (Paddle, PaddleNLP, ...)")
+    parser.add_argument("-v", "--verbose", **verbose)
     parser.set_defaults(run=lambda args: parser.print_help())  # no command
     subparsers = {"": parser.add_subparsers(dest="command", metavar="COMMAND")}
     for name, run, kwargs in COMMANDS:
@@ -381,13 +452,32 @@ def build_parser() -> argparse.ArgumentParser:
         p = subparsers[group].add_parser(name, **kwargs)
         for add in getattr(run, "arguments", []):
             add(p)
+        p.add_argument("-v", "--verbose", **verbose, default=argparse.SUPPRESS)  # also after the command's name
         p.set_defaults(run=run)
     return parser
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' chatter that does not concern the user off the terminal (`--verbose` shows it). Called
+    before anything imports Paddle: the first three warnings come at import time."""
+    for message in ("No ccache found",  # paddle/utils/cpp_extension/extension_utils.py: nothing is compiled here
+                    "Setuptools is replacing distutils",  # setuptools' _distutils_hack, as Paddle imports distutils
+                    "pkg_resources is deprecated as an API"):  # jieba 0.42.1's jieba/_compat.py, via PaddleNLP
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
+    # Paddle's paddle/distributed/utils/log_utils.py get_logger(name="root") gives Python's root logger an INFO
+    # handler at import unless it has one, so every library's INFO lines (datasets' "PyTorch version ... available")
+    # reached the terminal: a WARNING handler first.
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+    # PaddleNLP's logger (paddlenlp/utils/log.py) has its own handler and sets itself to DEBUG when paddlenlp is
+    # imported; a filter on it, installed now, outlasts that.
+    logging.getLogger("PaddleNLP").addFilter(lambda record: record.levelno >= logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not getattr(args, "verbose", False):
+        quiet_libraries()
     try:
         return args.run(args) or 0  # a handler returns its exit status, or None when it succeeded
     except argparse.ArgumentError as e:  # a usage error a handler found: reported as argparse reports its own

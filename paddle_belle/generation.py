@@ -13,7 +13,8 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from paddle_belle.presets import PRESETS, GenerationConfig, make_config  # noqa: F401  (re-exported)
+from paddle_belle.presets import (PRESETS, GenerationConfig, make_config,  # noqa: F401  (re-exported)
+                                  temperature_settings)
 from paddle_belle.prompts import ReplyText
 
 
@@ -24,6 +25,14 @@ def prepare_tokenizer(tokenizer, padding_side: str | None = "left"):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
+
+
+def as_ids(ids):
+    """int64 token ids as a paddle Tensor. A Tensor is not passed through paddle.to_tensor again: Paddle warns
+    ("To copy construct from a tensor ...", paddle/tensor/creation.py) and copies it."""
+    if isinstance(ids, paddle.Tensor):
+        return ids if ids.dtype == paddle.int64 else ids.astype("int64")
+    return paddle.to_tensor(ids, dtype="int64")
 
 
 # ----------------------------------------------------------------------------------------- logits steps
@@ -78,7 +87,7 @@ def stream(model, input_ids, attention_mask=None, config: GenerationConfig | Non
     step appends the log-probability of the chosen tokens (after the repetition penalty).
     """
     config = config or GenerationConfig()
-    input_ids = paddle.to_tensor(input_ids, dtype="int64")
+    input_ids = as_ids(input_ids)
     b, prompt_len = input_ids.shape
     eos = config.eos_token_id if config.eos_token_id is not None else model.config.eos_token_id
     eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -91,7 +100,7 @@ def stream(model, input_ids, attention_mask=None, config: GenerationConfig | Non
     total = prompt_len + config.max_new_tokens
     mask = paddle.ones([b, total], dtype="int64")
     if attention_mask is not None:
-        mask[:, :prompt_len] = paddle.to_tensor(attention_mask, dtype="int64")
+        mask[:, :prompt_len] = as_ids(attention_mask)
     # every token so far, for the repetition penalty; host-side, so a step costs no device writes or slices
     ids = np.full([b, total], pad, dtype=np.int64)
     ids[:, :prompt_len] = input_ids.numpy()
@@ -152,7 +161,7 @@ def _ends_with_stop(tokenizer, tokens: np.ndarray, stops: list[str]) -> bool:
 def generate(model, input_ids, attention_mask=None, config: GenerationConfig | None = None, tokenizer=None,
              streamer=None):
     """HF-style: the full sequences [batch, prompt + new] (done rows padded), as a paddle Tensor."""
-    input_ids = paddle.to_tensor(input_ids, dtype="int64")
+    input_ids = as_ids(input_ids)
     if streamer is not None:
         streamer.put(input_ids.cpu())
     steps = []

@@ -68,7 +68,8 @@ def parse_name(name: str) -> tuple[str, str]:
     """('org', 'name') for 'org/name'; ValueError for anything else."""
     parts = name.split("/")
     if len(parts) != 2 or not all(map(_is_plain_name, parts)):
-        raise ValueError(f"{name!r} is neither a local directory nor a model name like 'org/name'")
+        raise ValueError(f"{name!r} is neither a local directory nor a model name like 'org/name' "
+                         f"({registry.did_you_mean(name)})")
     return parts[0], parts[1]
 
 

@@ -3,6 +3,7 @@ importing Paddle."""
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 
 
@@ -21,14 +22,40 @@ class GenerationConfig:
     seed: int | None = None
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, not {self.max_new_tokens}")
-        if self.do_sample and self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, not {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, not {self.repetition_penalty}")
+        for name in RULES:
+            problem = check(name, getattr(self, name))
+            if problem:
+                raise ValueError(f"{name} {problem}")
+        if self.do_sample and self.temperature == 0:
+            raise ValueError("temperature must be > 0 when sampling (do_sample=False is greedy)")
+
+
+def _whole(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+# What each setting admits, in words for the error: checked by GenerationConfig, and by the CLI as it parses the
+# flags of the same names (so a bad --top-k is refused before a model loads, naming the flag). Without these,
+# top_k=-3 or top_p=1.5 reached Paddle's kernels and came back as their own errors.
+RULES = {
+    "max_new_tokens": (lambda v: _whole(v) and v >= 1, "must be a whole number >= 1"),
+    "min_new_tokens": (lambda v: _whole(v) and v >= 0, "must be a whole number >= 0"),
+    "temperature": (lambda v: v >= 0, "must be >= 0"),  # NaN fails every comparison, so it is refused too
+    "top_k": (lambda v: _whole(v) and v >= 0, "must be a whole number >= 0 (0: off)"),
+    "top_p": (lambda v: 0 < v <= 1, "must be in (0, 1] (1: off)"),
+    "repetition_penalty": (lambda v: v > 0, "must be > 0 (1: off)"),
+    "seed": (lambda v: v is None or _whole(v) and v >= 0, "must be a whole number >= 0"),  # numpy's default_rng
+}
+
+
+def check(name: str, value) -> str | None:
+    """What is wrong with ``value`` for the setting ``name`` ("must be ..., not VALUE"), or None."""
+    admits, rule = RULES[name]
+    try:
+        ok = admits(value)
+    except TypeError:  # e.g. None or a string compared with a number
+        ok = False
+    return None if ok else f"{rule}, not {value!r}"
 
 
 # Named settings, selectable everywhere a generation happens (CLI --preset, server, eval).
@@ -62,3 +89,11 @@ def make_config(preset: str | GenerationConfig | None = None, **overrides) -> Ge
     if unknown:
         raise TypeError(f"unknown generation argument(s): {', '.join(unknown)}")
     return GenerationConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def temperature_settings(temperature: float | None) -> dict:
+    """OpenAI's convention, which the server and the CLI's --temperature follow: 0 means greedy, any other
+    temperature means sampling at it (whatever the preset says); None leaves the preset's."""
+    if temperature is None:
+        return {}
+    return dict(do_sample=temperature != 0, temperature=temperature if temperature != 0 else 1.0)

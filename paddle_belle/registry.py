@@ -7,6 +7,7 @@ Shapes use PaddleNLP's config field names.
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,11 +74,25 @@ def lookup(name: str) -> ModelInfo | None:
     return next((m for m in REGISTRY.values() if key in (m.name, (m.paddlenlp or "").lower(), (m.hf or "").lower())), None)
 
 
+def did_you_mean(name: str) -> str:
+    """The hint for a name that is not a model: the registry's close matches, and where the names are listed."""
+    close = difflib.get_close_matches(name.lower(), REGISTRY, n=1)
+    return (f"did you mean {close[0]}? " if close else "") + "`paddle-belle models` lists the short names"
+
+
+def format_count(n: int) -> str:
+    """7.07B, 4.7M, 350K: a parameter count in the largest unit it reaches (not 0.00B for a small model)."""
+    for unit, scale, digits in (("B", 1e9, 2), ("M", 1e6, 1), ("K", 1e3, 0)):
+        if n >= scale:
+            return f"{n / scale:.{digits}f}{unit}"
+    return str(n)
+
+
 def format_table() -> str:
     rows = [("name", "arch", "layers", "hidden", "heads", "vocab", "params", "from_pretrained", "convert from (HF)")]
     for m in REGISTRY.values():
         c, a = m.config, ARCHS[m.model_type]
         rows.append((m.name, m.model_type, str(a.n_layers(c)), str(c["hidden_size"]), str(a.n_heads(c)), str(c["vocab_size"]),
-                     f"{m.parameters / 1e9:.2f}B", "(bundled)" if m.bundled else m.paddlenlp or "-", m.hf or "-"))
+                     format_count(m.parameters), "(bundled)" if m.bundled else m.paddlenlp or "-", m.hf or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)

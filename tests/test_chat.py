@@ -50,6 +50,7 @@ def test_card_snippet_runs(belle_dir):
     out = subprocess.run([sys.executable, str(script)], cwd=belle_dir, input="你好，请介绍一下你自己\n\n",
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "To copy construct" not in out.stderr  # generate() took the tokenizer's Tensor through paddle.to_tensor
     reply = out.stdout.split("Assistant:\n", 1)[1].split("\n------")[0]
     assert reply.strip() and "Human:" not in reply.split("\n")[0]
 
@@ -59,6 +60,17 @@ def test_chat_repl_over_pipes(belle_dir):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("Assistant: ") == 3 and "(history cleared)" in out.stdout
     assert out.stdout.rstrip().endswith("Human:")  # the prompt of the /exit line
+
+
+def test_plain_chat_shows_only_the_conversation():
+    """The bundled model on a CPU, one piped question: no library warnings (Paddle's "No ccache found", setuptools'
+    and jieba's pkg_resources ones) and no INFO/DEBUG log lines (Paddle gave the root logger an INFO handler);
+    --verbose shows them."""
+    out = cli("chat", "--seed", "0", stdin="你好\n")
+    assert out.returncode == 0 and out.stderr == ""
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("paddle-belle chat: belle-tiny-zh (") and lines[1].startswith("Human: Assistant: ")
+    assert lines[2:] == ["Human: "] and not any(w in out.stdout for w in ("Warning", "INFO]", "DEBUG]"))
 
 
 def test_session_remembers_turns_and_honours_max_history(belle_dir):

@@ -89,6 +89,24 @@ def test_presets_and_overrides():
         make_config(None, beams=3)
 
 
+@pytest.mark.parametrize("setting, message", [
+    (dict(top_k=-3), "top_k must be a whole number >= 0 (0: off), not -3"),
+    (dict(top_k=2.5), "top_k must be a whole number >= 0 (0: off), not 2.5"),
+    (dict(top_p=1.5), "top_p must be in (0, 1] (1: off), not 1.5"),
+    (dict(temperature=float("nan")), "temperature must be >= 0, not nan"),
+    (dict(repetition_penalty=0), "repetition_penalty must be > 0 (1: off), not 0"),
+    (dict(max_new_tokens=0), "max_new_tokens must be a whole number >= 1, not 0"),
+    (dict(min_new_tokens=-1), "min_new_tokens must be a whole number >= 0, not -1"),
+    (dict(temperature=0), "temperature must be > 0 when sampling (do_sample=False is greedy)"),
+    (dict(seed=-1), "seed must be a whole number >= 0, not -1"),
+])
+def test_bad_settings_are_refused_by_name(setting, message):
+    """Before, top_k=-3 reached paddle.topk and came back as Paddle's own error."""
+    with pytest.raises(ValueError) as error:
+        make_config("belle-card", **setting)
+    assert str(error.value) == message
+
+
 def test_paddlenlp_style_call_keeps_its_return_convention():
     _, ours = tiny_llama(0.5)
     hf_style = ours.generate(IDS, attention_mask=MASK, max_new_tokens=5, do_sample=False).numpy()

@@ -277,3 +277,26 @@ def test_slots_queue_then_refuse():
     asyncio.run(scenario())
     with pytest.raises(ValueError, match="--max-concurrency must be >= 1"):
         Slots(0, 4)
+
+
+def test_a_bad_or_busy_port_is_refused_before_the_model_loads(capsys):
+    """Port 99999 was a 79-line OverflowError traceback; a port in use failed only after the model had loaded and
+    "serving on ..." had been printed. The model here does not exist: the port must be the first complaint."""
+    import socket
+
+    from paddle_belle import cli
+    from paddle_belle.serve import serve
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["serve", "--model", "no-such-model", "--port", "99999"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == ("paddle-belle serve: error: argument --port: must be between "
+                                                        "1 and 65535, not 99999")
+    with pytest.raises(ValueError, match="^port must be between 1 and 65535, not 99999$"):
+        serve("no-such-model", port=99999)  # the library checks it too
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        assert cli.main(["serve", "--model", "no-such-model", "--port", str(port)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"paddle-belle serve: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert "serving" not in captured.out and "on http" not in captured.out

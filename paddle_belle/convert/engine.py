@@ -139,6 +139,18 @@ class Reader:
         return self.contents[t.stored]
 
 
+def in_paddle_layout(directory: Path, model_type: str) -> bool:
+    """Whether ``directory`` holds PaddleNLP's layout: .pdparams weights, or tensors named under the Paddle body
+    (bloom.…, llama.…), which HF checkpoints never are. Anything unreadable is left to the conversion to report."""
+    try:
+        files, _ = weight_files(directory)  # PaddleNLP's layouts (model.safetensors is both worlds' name)
+        if files[0].suffix == ".pdparams":
+            return True
+        return any(name.startswith(archs.get(model_type).body + ".") for name in read_safetensors_header(files[0])[0])
+    except CheckpointError:
+        return False
+
+
 # ------------------------------------------------------------------------------------------------ planning
 def _fingerprint(array: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
@@ -212,8 +224,12 @@ def convert(src, dst, to: str = "paddle", dtype: str = "keep", max_shard_size="5
         raise FileExistsError(f"{dst} exists; give a new directory")
     if dst.resolve().is_relative_to(src.resolve()):
         raise ValueError(f"{dst} is inside {src}; the source is never written to")
+    if verify:
+        verify_imports()  # before writing: a failure after it left DST behind, so a rerun failed with "exists"
     config = json.loads((src / "config.json").read_text(encoding="utf-8"))
     model_type = archs.model_type_of(config, src / "config.json")
+    if to == "paddle" and in_paddle_layout(src, model_type):  # else: "tensor 'transformer.bloom...' is not known"
+        raise CheckpointError(f"{src} is already in PaddleNLP's layout (use --to hf to go the other way)")
 
     layouts, shard_pattern = (HF_LAYOUTS, HF_SHARD) if to == "paddle" else (WEIGHT_LAYOUTS, PADDLE_SHARD)
     tensors = list_tensors(src, layouts, shard_pattern)
@@ -282,13 +298,19 @@ def _write_weights(outputs: list[Output], directory: Path, safe: bool, max_shard
 
 
 # ------------------------------------------------------------------------------------------------ verifying
-def verify_logits(paddle_dir: Path, hf_dir: Path, n_tokens: int = 8) -> float:
-    """Max |Δlogits| / max(1, |logits|) between our model on ``paddle_dir`` and transformers on ``hf_dir``."""
+def verify_imports():
+    """torch and transformers, which verifying needs (the test extra), or a one-line error."""
     try:
         import torch
         import transformers
     except ImportError:
         raise RuntimeError("--verify needs torch and transformers: pip install 'paddle_belle[test]'") from None
+    return torch, transformers
+
+
+def verify_logits(paddle_dir: Path, hf_dir: Path, n_tokens: int = 8) -> float:
+    """Max |Δlogits| / max(1, |logits|) between our model on ``paddle_dir`` and transformers on ``hf_dir``."""
+    torch, transformers = verify_imports()
     import paddle
 
     from paddle_belle.auto import AutoModelForCausalLM

@@ -159,7 +159,7 @@ class CausalLM(PretrainedModel):
         kwargs.pop("use_cache", None)
         max_length = kwargs.pop("max_length", None)  # HF: prompt + new tokens
         if max_length is not None and kwargs.get("max_new_tokens") is None:
-            kwargs["max_new_tokens"] = max_length - paddle.to_tensor(input_ids).shape[1]
+            kwargs["max_new_tokens"] = max_length - generation.as_ids(input_ids).shape[1]
         config = generation.make_config(preset or generation_config, **kwargs)
         return generation.generate(self, input_ids, attention_mask, config, tokenizer, streamer)
 

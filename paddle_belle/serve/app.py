@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import socket
 import time
 import uuid
 from typing import Literal, Optional, Union
@@ -19,7 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 
-from paddle_belle.serve.engine import ContextExceeded, Engine, QueueFull, Reply, Slots
+from paddle_belle.serve.engine import ContextExceeded, Engine, QueueFull, Reply, Slots, defaults
 
 
 class APIError(Exception):
@@ -322,19 +323,36 @@ def _usage(reply: Reply) -> dict:
             "total_tokens": reply.prompt_tokens + reply.completion_tokens}
 
 
+def check_listen(host: str, port: int) -> None:
+    """Fail in one line now if ``host``:``port`` cannot be listened on: uvicorn would find out only after the model
+    has loaded (and a port out of range was an OverflowError from deep inside asyncio). The socket is closed
+    again, so that clients are refused, not left waiting, while the model loads."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port must be between 1 and 65535, not {port}")
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: only a port in use fails
+            s.bind((host, port))
+    except OSError as e:
+        raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def serve(model: str, host="127.0.0.1", port=8000, api_key=None, preset="belle-card", style="belle",
           max_concurrency=1, max_queue=64, max_tokens_cap=2048, max_request_bytes=1 << 20, served_name=None,
-          threads=None, log_level="info", context=None) -> None:
-    """Load ``model`` and serve it until interrupted."""
+          threads=None, log_level="info", context=None, **overrides) -> None:
+    """Load ``model`` and serve it until interrupted. ``overrides`` (GenerationConfig's temperature, top_k,
+    max_new_tokens, ...) change the preset: the defaults of requests that do not set their own."""
     import os
 
     import uvicorn
 
     from paddle_belle import AutoModelForCausalLM, AutoTokenizer
 
-    Slots(max_concurrency, max_queue)  # bad limits fail here, before minutes of model loading
+    Slots(max_concurrency, max_queue)  # bad limits and settings fail here, before minutes of model loading
+    defaults(preset, max_tokens_cap, **overrides)
+    check_listen(host, port)
     engine = Engine(AutoModelForCausalLM.from_pretrained(model, threads=threads), AutoTokenizer.from_pretrained(model),
-                    style=style, preset=preset, max_tokens_cap=max_tokens_cap, context=context)
+                    style=style, preset=preset, max_tokens_cap=max_tokens_cap, context=context, **overrides)
     name = served_name or os.path.basename(os.path.normpath(str(model)))
     app = create_app(engine, name, api_key=api_key, max_concurrency=max_concurrency, max_queue=max_queue,
                      max_request_bytes=max_request_bytes)

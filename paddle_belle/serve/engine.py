@@ -86,14 +86,27 @@ class Reply:
     finish_reason: str | None = None  # "stop" (EOS or a stop string) or "length"
 
 
+def defaults(preset="belle-card", max_tokens_cap=2048, **overrides) -> generation.GenerationConfig:
+    """The server's settings for requests that bring none: the preset with ``overrides``. Checked at start-up, so
+    that a bad top_k or a default reply longer than the cap does not fail every request instead."""
+    config = generation.make_config(preset, **overrides)
+    if config.max_new_tokens > max_tokens_cap:
+        raise ValueError(f"the default reply length ({config.max_new_tokens} tokens, --max-new-tokens or the preset's) "
+                         f"is over --max-tokens ({max_tokens_cap})")
+    return config
+
+
 class Engine:
     """A model, its tokenizer and the defaults of the server (prompt style, preset, caps)."""
 
-    def __init__(self, model, tokenizer, style="belle", preset="belle-card", max_tokens_cap=2048, context=None):
+    def __init__(self, model, tokenizer, style="belle", preset="belle-card", max_tokens_cap=2048, context=None,
+                 **overrides):
+        """``overrides`` (top_k, max_new_tokens, ...) change the preset: the defaults of requests that do not set
+        their own."""
         self.model, self.tokenizer = model, generation.prepare_tokenizer(tokenizer)
         self.style = style
         self.stops = prompts.get_style(style).stops
-        self.preset = generation.make_config(preset)
+        self.preset = defaults(preset, max_tokens_cap, **overrides)
         self.max_tokens_cap = max_tokens_cap
         # BLOOM (ALiBi) has no position limit of its own: context_length's 2048 is BELLE's training length
         self.context = context or context_length(model)
@@ -136,9 +149,7 @@ class Engine:
         stops = list(self.stops if chat else ()) + ([stop] if isinstance(stop, str) else list(stop or []))
         overrides = dict(max_new_tokens=max_tokens, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
                          seed=seed, stop_strings=[s for s in stops if s], min_new_tokens=min_tokens)
-        if temperature is not None:
-            overrides.update(do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0)
-        return generation.make_config(self.preset, **overrides)
+        return generation.make_config(self.preset, **overrides, **generation.temperature_settings(temperature))
 
     def encode(self, prompt: str, max_new_tokens: int) -> list[int]:
         ids = self.tokenizer(prompt)["input_ids"]

@@ -1,6 +1,7 @@
 """End to end: HF checkpoints made by transformers -> `paddle-belle convert` -> our model and PaddleNLP's classes
 give the reference logits -> `--to hf` -> transformers gives them again."""
 import json
+import sys
 
 import numpy as np
 import paddle
@@ -190,3 +191,23 @@ def test_src_is_never_written_and_dst_must_be_new(tmp_path, capsys):
     assert cli(tmp_path / "hf", tmp_path / "taken") == 1
     assert "exists" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == before
+
+
+def test_verify_without_torch_fails_before_writing(tmp_path, capsys, monkeypatch):
+    """It used to write all of DST and then exit 1, so that the rerun after installing torch failed with "exists"."""
+    hf_bloom().save_pretrained(tmp_path / "hf")
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    assert cli(tmp_path / "hf", tmp_path / "pd", "--verify") == 1
+    assert capsys.readouterr().err.strip() == ("paddle-belle convert: error: --verify needs torch and transformers: "
+                                               "pip install 'paddle_belle[test]'")
+    assert only_dst_candidates(tmp_path) == []
+
+
+@pytest.mark.parametrize("safe", [True, False])
+def test_a_paddle_checkpoint_is_recognised(tmp_path, capsys, safe):
+    hf_bloom().save_pretrained(tmp_path / "hf")
+    assert cli(tmp_path / "hf", tmp_path / "pd", "--format", "safetensors" if safe else "pdparams") == 0
+    assert cli(tmp_path / "pd", tmp_path / "again") == 1
+    assert capsys.readouterr().err.strip() == (f"paddle-belle convert: error: {tmp_path / 'pd'} is already in "
+                                               "PaddleNLP's layout (use --to hf to go the other way)")
+    assert not (tmp_path / "again").exists()

@@ -52,7 +52,6 @@ def test_rtn_needs_no_calibration(belle, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--bits", "5"], "bits must be one of 2, 3, 4, 8, not 5"),
     (["--nsamples", "64", "--seqlen", "2048"], "too short for nsamples × seqlen = 64 × 2048"),
     (["--group-size", "9"], "group_size must be -1 or a positive multiple of 2"),
     (["--calib", "/nonexistent/calib.txt"], "/nonexistent/calib.txt"),

@@ -143,6 +143,7 @@ struct Args {  // one call, all row-major and contiguous
   const float* scales;           // [n_groups, N]            (quantized only)
   const uint8_t* zeros;          // [n_groups, N], or null: every zero is `zero` (symmetric)
   int32_t zero;
+  const float* bias;             // [N] or null: added to y
   std::vector<Chunk> chunks;
 };
 
@@ -221,7 +222,8 @@ static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
     const V s = F::quantized ? I::loadf(a.scales + chunk.g * a.N + n) : I::set1(1.0f);
     for (int i = 0; i < MB; ++i) {
       float* y = a.y + (m0 + i) * a.N + n;
-      I::storef(y, I::fma(s, acc[i][j], c == 0 ? I::zero() : I::loadf(y)));  // y (+)= scale * acc
+      const V before = c ? I::loadf(y) : a.bias ? I::loadf(a.bias + n) : I::zero();
+      I::storef(y, I::fma(s, acc[i][j], before));  // y (+)= scale * acc
     }
   }
 }
@@ -335,10 +337,24 @@ static void check_x(const paddle::Tensor& x, const char* op) {
   PD_CHECK(x.is_contiguous(), op, ": x must be contiguous");
 }
 
+static const float* check_bias(const paddle::optional<paddle::Tensor>& bias, int64_t n, const char* op) {
+  if (!bias) return nullptr;
+  PD_CHECK(bias->is_cpu() && bias->dtype() == paddle::DataType::FLOAT32 && bias->numel() == n &&
+               bias->is_contiguous(),
+           op, ": bias must be float32 [", n, "], got ", bias->dtype(), " ", shape_str(bias->shape()));
+  return bias->data<float>();
+}
+
+// y = bias (or 0) where K = 0: there is nothing to multiply.
+static void fill_bias(float* y, int64_t m, int64_t n, const float* bias) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) y[i * n + j] = bias ? bias[j] : 0.0f;
+}
+
 // y = x @ dequant(qweight, scales, zeros): the packed checkpoint format of paddle_belle/quant/format.py.
 std::vector<paddle::Tensor> QuantMatmul(const paddle::Tensor& x, const paddle::Tensor& qweight,
                                         const paddle::Tensor& scales, const paddle::optional<paddle::Tensor>& zeros,
-                                        int bits, int group_size) {
+                                        const paddle::optional<paddle::Tensor>& bias, int bits, int group_size) {
   const char* op = "belle_quant_matmul";
   check_x(x, op);
   PD_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, op, ": bits must be 2, 3, 4 or 8, got ", bits);
@@ -361,16 +377,14 @@ std::vector<paddle::Tensor> QuantMatmul(const paddle::Tensor& x, const paddle::T
              ": zeros must be uint8 ", shape_str(gn), ", got ", zeros->dtype(), " ", shape_str(zeros->shape()));
   PD_CHECK(qweight.is_contiguous() && scales.is_contiguous() && (!zeros || zeros->is_contiguous()), op,
            ": qweight, scales and zeros must be contiguous");
+  const float* b = check_bias(bias, N, op);
 
   auto y = paddle::empty(out_shape(x.shape(), N), paddle::DataType::FLOAT32, x.place());
   const int64_t M = K ? x.numel() / K : 0;
   if (M == 0 || N == 0) return {y};
-  if (K == 0) {
-    std::fill(y.data<float>(), y.data<float>() + M * N, 0.0f);
-    return {y};
-  }
+  if (K == 0) return fill_bias(y.data<float>(), M, N, b), std::vector<paddle::Tensor>{y};
   Args a{x.data<float>(), y.data<float>(), M, K, N, qweight.data<uint8_t>(), scales.data<float>(),
-         zeros ? zeros->data<uint8_t>() : nullptr, 1 << (bits - 1)};
+         zeros ? zeros->data<uint8_t>() : nullptr, 1 << (bits - 1), b};
   if (storage == 8) run<Packed<8>>(a, group_size);
   if (storage == 4) run<Packed<4>>(a, group_size);
   if (storage == 2) run<Packed<2>>(a, group_size);
@@ -378,7 +392,8 @@ std::vector<paddle::Tensor> QuantMatmul(const paddle::Tensor& x, const paddle::T
 }
 
 // y = x @ w for a dense weight [K, N] in float32, bfloat16 or float16 (for small M: decode).
-std::vector<paddle::Tensor> DenseMatmul(const paddle::Tensor& x, const paddle::Tensor& w) {
+std::vector<paddle::Tensor> DenseMatmul(const paddle::Tensor& x, const paddle::Tensor& w,
+                                        const paddle::optional<paddle::Tensor>& bias) {
   const char* op = "belle_dense_matmul";
   check_x(x, op);
   const int64_t K = x.shape().back();
@@ -389,13 +404,11 @@ std::vector<paddle::Tensor> DenseMatmul(const paddle::Tensor& x, const paddle::T
                dtype == paddle::DataType::FLOAT16,
            op, ": w must be float32, bfloat16 or float16, got ", dtype);
   const int64_t N = w.shape()[1], M = K ? x.numel() / K : 0;
+  const float* b = check_bias(bias, N, op);
   auto y = paddle::empty(out_shape(x.shape(), N), paddle::DataType::FLOAT32, x.place());
   if (M == 0 || N == 0) return {y};
-  if (K == 0) {
-    std::fill(y.data<float>(), y.data<float>() + M * N, 0.0f);
-    return {y};
-  }
-  Args a{x.data<float>(), y.data<float>(), M, K, N, w.data(), nullptr, nullptr, 0};
+  if (K == 0) return fill_bias(y.data<float>(), M, N, b), std::vector<paddle::Tensor>{y};
+  Args a{x.data<float>(), y.data<float>(), M, K, N, w.data(), nullptr, nullptr, 0, b};
   if (dtype == paddle::DataType::FLOAT32) run<Float32>(a, K);
   if (dtype == paddle::DataType::BFLOAT16) run<BFloat16>(a, K);
   if (dtype == paddle::DataType::FLOAT16) run<Float16>(a, K);
@@ -404,22 +417,26 @@ std::vector<paddle::Tensor> DenseMatmul(const paddle::Tensor& x, const paddle::T
 
 std::vector<std::vector<int64_t>> QuantMatmulShape(const std::vector<int64_t>& x, const std::vector<int64_t>& qweight,
                                                    const std::vector<int64_t>&,
+                                                   const paddle::optional<std::vector<int64_t>>&,
                                                    const paddle::optional<std::vector<int64_t>>&) {
   return {out_shape(x, qweight.back())};
 }
-std::vector<std::vector<int64_t>> DenseMatmulShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w) {
+std::vector<std::vector<int64_t>> DenseMatmulShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
+                                                   const paddle::optional<std::vector<int64_t>>&) {
   return {out_shape(x, w.back())};
 }
 std::vector<paddle::DataType> QuantMatmulDtype(const paddle::DataType&, const paddle::DataType&,
-                                               const paddle::DataType&, const paddle::optional<paddle::DataType>&) {
+                                               const paddle::DataType&, const paddle::optional<paddle::DataType>&,
+                                               const paddle::optional<paddle::DataType>&) {
   return {paddle::DataType::FLOAT32};
 }
-std::vector<paddle::DataType> DenseMatmulDtype(const paddle::DataType&, const paddle::DataType&) {
+std::vector<paddle::DataType> DenseMatmulDtype(const paddle::DataType&, const paddle::DataType&,
+                                               const paddle::optional<paddle::DataType>&) {
   return {paddle::DataType::FLOAT32};
 }
 
 PD_BUILD_OP(belle_quant_matmul)
-    .Inputs({"X", "QWeight", "Scales", paddle::Optional("Zeros")})
+    .Inputs({"X", "QWeight", "Scales", paddle::Optional("Zeros"), paddle::Optional("Bias")})
     .Outputs({"Out"})
     .Attrs({"bits: int", "group_size: int"})
     .SetKernelFn(PD_KERNEL(QuantMatmul))
@@ -427,7 +444,7 @@ PD_BUILD_OP(belle_quant_matmul)
     .SetInferDtypeFn(PD_INFER_DTYPE(QuantMatmulDtype));
 
 PD_BUILD_OP(belle_dense_matmul)
-    .Inputs({"X", "W"})
+    .Inputs({"X", "W", paddle::Optional("Bias")})
     .Outputs({"Out"})
     .SetKernelFn(PD_KERNEL(DenseMatmul))
     .SetInferShapeFn(PD_INFER_SHAPE(DenseMatmulShape))

@@ -105,8 +105,8 @@ class QuantLinear(nn.Layer):
         """The native CPU kernel (paddle_belle/kernels): reads the packed codes directly, every bit width."""
         if not x.is_contiguous():
             x = x.contiguous()
-        out = kernels.quant_matmul(x, self.qweight, self.scales, self.zeros, self.config.bits, self.group_size)
-        return out if self.bias is None else out + self.bias
+        return kernels.quant_matmul(x, self.qweight, self.scales, self.zeros, self.config.bits, self.group_size,
+                                    self.bias)
 
     def _blockwise_forward(self, x):
         """Dequantize whole groups a block at a time and accumulate their matmuls (any device, any dtype)."""

@@ -96,6 +96,8 @@ def test_dense_kernel_equals_float32_matmul(dtype, m, isa):
         x = rng.standard_normal((m, k)).astype(np.float32)
         expected = x.astype(np.float64) @ w.astype("float32").numpy().astype(np.float64)
         assert_close(kernels.dense_matmul(paddle.to_tensor(x), w).numpy(), expected)
+        bias = rng.standard_normal(n).astype(np.float32)
+        assert_close(kernels.dense_matmul(paddle.to_tensor(x), w, paddle.to_tensor(bias)).numpy(), expected + bias)
 
 
 def test_half_subnormals_inf_and_nan_decode_exactly(ops, monkeypatch):
@@ -172,6 +174,8 @@ def test_bad_inputs_are_one_line_errors(ops):
         (lambda: kernels.dense_matmul(x, paddle.zeros([200, 37], "int32")),
          "w must be float32, bfloat16 or float16, got int32"),
         (lambda: kernels.dense_matmul(x, paddle.zeros([199, 37])), r"w must be a contiguous CPU tensor \[200, N\]"),
+        (lambda: kernels.dense_matmul(x, paddle.zeros([200, 37]), paddle.zeros([36])),
+         r"bias must be float32 \[37\], got float32 \[36\]"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message) as error:

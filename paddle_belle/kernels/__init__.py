@@ -94,7 +94,9 @@ def _load():
         from paddle.utils.cpp_extension import get_build_directory, load
 
     ldflags = _link_flags()
-    digest = hashlib.sha256(SOURCE.read_bytes() + repr((CXX_FLAGS, ldflags)).encode()).hexdigest()[:12]
+    # A changed source, flags or Paddle build (its custom-op ABI) is a new name, hence a new build.
+    built_for = (CXX_FLAGS, ldflags, paddle.__version__, paddle.version.commit, sys.version_info[:2])
+    digest = hashlib.sha256(SOURCE.read_bytes() + repr(built_for).encode()).hexdigest()[:12]
     name = f"belle_cpu_kernels_{digest}"
     root = get_build_directory()
     library = Path(root, name, name + ".so")

@@ -55,7 +55,7 @@ static inline float half_to_float(uint16_t h) {  // exact, without F16C (the sca
 
 struct Scalar {
   using V = float;
-  static constexpr int W = 1, MB = 4, NV = 1;  // MB rows of x by NV vectors of columns per tile
+  static constexpr int W = 1, MB = 4, NV = 1;  // a tile: MB rows of x by NV vectors of columns
   static inline V zero() { return 0.0f; }
   static inline V set1(float v) { return v; }
   static inline V fma(V a, V b, V c) { return a * b + c; }
@@ -81,7 +81,7 @@ struct Scalar {
 #define AVX2 __attribute__((target("avx2,fma,f16c"))) static inline
 struct Avx2 {
   using V = __m256;
-  static constexpr int W = 8, MB = 4, NV = 2;  // 8 accumulators + 2 weight vectors + x: within 16 registers
+  static constexpr int W = 8, MB = 4, NV = 2;  // 8 accumulators, 2 x (codes, zeros, weights), x: 15 of 16 registers
   AVX2 V zero() { return _mm256_setzero_ps(); }
   AVX2 V set1(float v) { return _mm256_set1_ps(v); }
   AVX2 V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
@@ -104,7 +104,7 @@ struct Avx2 {
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl"))) static inline
 struct Avx512 {
   using V = __m512;
-  static constexpr int W = 16, MB = 4, NV = 4;  // 16 accumulators + 4 weight vectors of 32 registers
+  static constexpr int W = 16, MB = 4, NV = 4;  // 16 accumulators, 4 x (codes, zeros, weights), x: 29 of 32
   AVX512 V zero() { return _mm512_setzero_ps(); }
   AVX512 V set1(float v) { return _mm512_set1_ps(v); }
   AVX512 V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }

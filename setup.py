@@ -17,8 +17,11 @@ setup(
     packages=find_packages(include=["paddle_belle", "paddle_belle.*"]),
     # belle-tiny-zh (the default model) and BELLE's data files (ODC-By, attribution in data_files/README.md) ship
     # inside the package.
+    # The native CPU kernels ship as C++ source, compiled on first use (paddle_belle/kernels): installing never
+    # needs a compiler.
     package_data={"paddle_belle": ["assets/*/*"],
-                  "paddle_belle.data_files": ["*.json", "*.txt", "*.md", "DATA_LICENSE"]},
+                  "paddle_belle.data_files": ["*.json", "*.txt", "*.md", "DATA_LICENSE"],
+                  "paddle_belle.kernels": ["*.cc"]},
     # PaddleNLP 2.8.1 is frozen and picky: newer huggingface_hub, aistudio-sdk, datasets, pyarrow or numpy 2 each
     # break `import paddlenlp`, and setuptools >= 81 drops pkg_resources, which paddleslim imports.
     # Paddle itself is an extra: the build differs by hardware (paddlepaddle, paddlepaddle-gpu, -xpu, custom

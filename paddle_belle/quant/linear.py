@@ -1,15 +1,17 @@
 """A Linear whose weight stays resident as packed integers, and swapping it into a model.
 
 Paddle's weight-only kernels (``paddle.nn.quant.weight_only_linear``) exist only for GPUs; on CPU there is no kernel
-that reads integer weights (Paddle 3.3.1, python/paddle/nn/quant/quantized_linear.py), so the CPU path is ours: it
+that reads integer weights (Paddle 3.3.1, python/paddle/nn/quant/quantized_linear.py), so the CPU path is ours: the
+native kernel of paddle_belle/kernels (float32 inputs, when it could be built), else a pure-Paddle path that
 dequantizes a block of whole groups at a time into float32 and accumulates ``x[:, rows] @ W[rows]``. Memory holds
-the packed codes plus one block, never the whole float weight.
+the packed codes plus (on the Paddle path) one block, never the whole float weight.
 """
 from __future__ import annotations
 
 import paddle
 import paddle.nn as nn
 
+from paddle_belle import kernels
 from paddle_belle.quant.format import QuantConfig, pack
 
 # A dequantized block holds at most this many weights (16 MB in float32) before its matmul.
@@ -94,7 +96,17 @@ class QuantLinear(nn.Layer):
             out = self._gpu_forward(x)
             if out is not None:
                 return out
+        elif x.place.is_cpu_place() and x.dtype == paddle.float32 and (x.stop_gradient or not paddle.is_grad_enabled()):
+            if kernels.cpu_kernels() is not None:  # the native kernel has no gradient: inference only
+                return self._kernel_forward(x)
         return self._blockwise_forward(x)
+
+    def _kernel_forward(self, x):
+        """The native CPU kernel (paddle_belle/kernels): reads the packed codes directly, every bit width."""
+        if not x.is_contiguous():
+            x = x.contiguous()
+        return kernels.quant_matmul(x, self.qweight, self.scales, self.zeros, self.config.bits, self.group_size,
+                                    self.bias)
 
     def _blockwise_forward(self, x):
         """Dequantize whole groups a block at a time and accumulate their matmuls (any device, any dtype)."""

@@ -50,3 +50,16 @@ def test_quantized_linear_keeps_integer_weights_resident():
     assert state["scales"].shape == [5, 1536]  # 576 = 4 x 128 + 64: five groups
     held = sum(int(np.prod(t.shape)) * t.element_size() for t in state.values())
     assert held <= 0.27 * 576 * 1536 * 2  # int4 + float32 scales per 128 vs fp16
+
+
+def test_paddle_path_equals_dequantized_matmul(monkeypatch):
+    """The same on the pure-Paddle path, which CPU float32 inputs take only without the native kernels
+    (PADDLE_BELLE_KERNELS=0, or no compiler); the test above goes through them where they build."""
+    monkeypatch.setenv("PADDLE_BELLE_KERNELS", "0")
+    for config in [QuantConfig(bits=4, group_size=32, method="rtn"),
+                   QuantConfig(bits=4, group_size=32, method="rtn", sym=False),
+                   QuantConfig(bits=8, group_size=-1, method="rtn"),
+                   QuantConfig(bits=3, group_size=16, method="gptq", act_order=True),
+                   QuantConfig(bits=2, group_size=32, method="gptq", sym=False, act_order=True)]:
+        for block_elements in (1 << 22, 1):
+            test_quantized_linear_equals_dequantized_matmul(config, block_elements, monkeypatch)

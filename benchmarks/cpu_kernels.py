@@ -1,0 +1,110 @@
+"""Decode-shaped (M = 1) matmuls on CPU: Paddle's float32 matmul, numpy's gemv, the native kernels of
+paddle_belle/kernels (float32, bfloat16, int8, int4) and QuantLinear's pure-Paddle block-wise path (int8, int4).
+
+    python benchmarks/cpu_kernels.py [--threads 2] [--m 1] [--repeats 30] [--rounds 3]
+
+Shapes: bloom-560m's Linears (K=1024 -> N=3072 query_key_value, N=4096 dense_h_to_4h; K=4096 -> N=1024
+dense_4h_to_h) and bloom-7b's dense_h_to_4h (K=4096 -> N=16384). Prints the median ms per call and GB/s = bytes of
+weight read per call (codes + scales for the integer formats, group 128) / time, and the GB/s of the fastest call
+(the machine may be shared: the best call shows what an idle one does). The methods take turns, round
+after round, so that drift in the machine's speed spreads over all of them; each cell is the median of all rounds.
+Before its turn each method waits 0.3 s, for the previous one's threads to stop spinning (numpy's BLAS threads
+keep 2 cores busy well after their call returns).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SHAPES = [(1024, 3072), (1024, 4096), (4096, 1024), (4096, 16384)]
+GROUP = 128
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--m", type=int, default=1, help="rows of x (1: one decoded token)")
+    parser.add_argument("--repeats", type=int, default=30, help="calls per method per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    import paddle_belle  # noqa: F401  (before paddle: MKL's fast path on AMD, as the CLI does)
+    import paddle
+    import threadpoolctl
+
+    from paddle_belle import kernels
+    from paddle_belle.quant import QuantConfig, QuantLinear
+
+    paddle.base.core.set_num_threads(args.threads)
+    threadpoolctl.threadpool_limits(args.threads, user_api="blas")
+    t0 = time.perf_counter()
+    ops = kernels.cpu_kernels()
+    print(f"kernels: {'loaded' if ops else 'UNAVAILABLE'} in {time.perf_counter() - t0:.1f} s; "
+          f"threads {args.threads}, M={args.m}, MKL_DEBUG_CPU_TYPE={os.environ.get('MKL_DEBUG_CPU_TYPE')}")
+    rng = np.random.RandomState(0)
+    rows = []
+    for k, n in SHAPES:
+        x_np = rng.standard_normal((args.m, k)).astype(np.float32)
+        x = paddle.to_tensor(x_np)
+        w_np = (rng.standard_normal((k, n)) * 0.02).astype(np.float32)
+        w = paddle.to_tensor(w_np)
+        w_bf16 = w.astype("bfloat16")
+        layers = {}
+        for bits in (8, 4):
+            config = QuantConfig(bits=bits, group_size=GROUP, method="rtn")
+            codes = rng.randint(0, 1 << bits, (k, n)).astype(np.uint8)
+            scales = rng.uniform(0.001, 0.01, (k // GROUP, n)).astype(np.float32)
+            layers[bits] = QuantLinear.from_codes(codes, scales, None, config)
+
+        def quant(layer):
+            return kernels.quant_matmul(x, layer.qweight, layer.scales, None, layer.config.bits, layer.group_size)
+
+        def quant_bytes(bits):
+            return k * n * bits // 8 + (k // GROUP) * n * 4
+
+        methods = [  # name, call, bytes of weight read
+            ("paddle fp32", lambda: paddle.matmul(x, w), k * n * 4),
+            ("numpy fp32", lambda: x_np @ w_np, k * n * 4),
+        ]
+        if ops:
+            methods += [
+                ("kernel fp32", lambda: kernels.dense_matmul(x, w), k * n * 4),
+                ("kernel bf16", lambda: kernels.dense_matmul(x, w_bf16), k * n * 2),
+                ("kernel int8", lambda: quant(layers[8]), quant_bytes(8)),
+                ("kernel int4", lambda: quant(layers[4]), quant_bytes(4)),
+            ]
+        methods += [
+            ("blockwise int8", lambda: layers[8]._blockwise_forward(x), quant_bytes(8)),
+            ("blockwise int4", lambda: layers[4]._blockwise_forward(x), quant_bytes(4)),
+        ]
+        times = {name: [] for name, _, _ in methods}
+        with paddle.no_grad():
+            for _ in range(args.rounds):
+                for name, call, _ in methods:
+                    repeats = max(3, args.repeats // 10) if name.startswith("blockwise") else args.repeats
+                    # Let the previous method's thread pool go idle first: numpy's BLAS threads spin for a while after
+                    # a call, and on a 2-core machine they take the cores from the next method's threads.
+                    time.sleep(0.3)
+                    call()  # warm (wakes this method's threads)
+                    for _ in range(repeats):
+                        start = time.perf_counter()
+                        call()
+                        times[name].append(time.perf_counter() - start)
+        for name, _, nbytes in methods:
+            seconds, best = float(np.median(times[name])), float(np.min(times[name]))
+            rows.append((f"{k}x{n}", name, seconds * 1e3, nbytes / seconds / 1e9, nbytes / best / 1e9))
+
+    print(f"\n{'shape KxN':<11} {'method':<15} {'ms':>9} {'GB/s':>7} {'best GB/s':>10}")
+    for shape, name, ms, gbs, best in rows:
+        print(f"{shape:<11} {name:<15} {ms:9.3f} {gbs:7.1f} {best:10.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Native CPU kernels: weight-only matmuls as a Paddle custom operator (cpu_matmul.cc), compiled on first use.
+
+``cpu_kernels()`` returns the loaded operator module, or None when the kernels are off
+(``PADDLE_BELLE_KERNELS=0``) or cannot be built here (no C++ compiler, a failed build: one warning, then the
+pure-Paddle paths run). The build goes to Paddle's extension cache (``PADDLE_EXTENSION_DIR``, by default
+~/.cache/paddle_extensions) under a name carrying a hash of the source and flags, so it happens once per machine
+and again only when the source changes; a later process loads the cached library directly.
+
+The library links the OpenMP runtime Paddle's own CPU kernels use (Intel's libiomp5, shipped in Paddle's x86
+wheels) where there is one: a second runtime (GCC's libgomp) would keep its own threads, which then contend with
+MKL's spinning ones (measured on 2 cores: 10x slower), and would ignore ``paddle.base.core.set_num_threads``.
+With one runtime the kernels use exactly the threads Paddle's matmul would.
+
+Ops (float32 x [..., K] -> float32 [..., N]):
+
+- ``quant_matmul(x, qweight, scales, zeros, bits, group_size, bias=None)``: the packed format of quant/format.py,
+  all bit widths (2, 3, 4, 8), symmetric (zeros None) or asymmetric; act-order is the caller's (permute x first);
+- ``dense_matmul(x, w, bias=None)``: w [K, N] float32, bfloat16 or float16, meant for small M (decode).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import paddle
+
+SOURCE = Path(__file__).with_name("cpu_matmul.cc")
+CXX_FLAGS = ["-fopenmp", "-O3", "-std=c++17", "-g0"]  # -g0: Python's own flags ask for debug info
+
+_loaded = {}  # "module": the op module or None, once a load was tried in this process
+
+
+def enabled() -> bool:
+    return os.environ.get("PADDLE_BELLE_KERNELS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def cpu_kernels():
+    """The compiled kernel module, or None (kernels disabled, or no build possible here: warned once)."""
+    if not enabled():
+        return None
+    if "module" not in _loaded:
+        try:
+            _loaded["module"] = _load()
+        except Exception as e:  # noqa: BLE001 (any build failure means: run without the kernels)
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            warnings.warn(f"paddle_belle: native CPU kernels unavailable ({reason}); using the slower Paddle path",
+                          RuntimeWarning, stacklevel=2)
+            _loaded["module"] = None
+    return _loaded["module"]
+
+
+def quant_matmul(x, qweight, scales, zeros, bits: int, group_size: int, bias=None):
+    """x [..., K] @ the packed weight (quant/format.py) + bias, with the native kernel; group_size > 0 (K per
+    channel). A bias that is not float32 is added afterwards."""
+    fused = bias is None or bias.dtype == paddle.float32
+    out = _call("belle_quant_matmul", x, qweight, scales, zeros, bias if fused else None, bits, group_size)
+    return out if fused else out + bias
+
+
+def dense_matmul(x, w, bias=None):
+    """x [..., K] @ w [K, N] (float32, bfloat16 or float16) + bias (float32 [N]), with the native kernel."""
+    return _call("belle_dense_matmul", x, w, bias)
+
+
+def _call(op: str, *args):
+    if _loaded.get("module") is None and cpu_kernels() is None:
+        raise RuntimeError("paddle_belle: the native CPU kernels are not available")
+    try:
+        # What the generated op module does, without its wrapper (8 us a call, a third of a small layer's time).
+        return paddle._C_ops._run_custom_op(op, *args)[0]
+    except OSError as e:  # the op's own checks: "belle_...: what is wrong\n  [file:line]" -> one line
+        raise ValueError(str(e).strip().splitlines()[0]) from None
+
+
+# ------------------------------------------------------------------------------------------------ building
+def _link_flags() -> list[str]:
+    libs = Path(paddle.__file__).parent / "libs"
+    own_runtime = ["-L" + str(libs), "-liomp5", "-Wl,-rpath," + str(libs)] if (libs / "libiomp5.so").exists() else []
+    # -fopenmp stays: without libiomp5 it links libgomp; with it, libiomp5 comes first and serves the GOMP calls.
+    return own_runtime + ["-fopenmp"]
+
+
+def _load():
+    import filelock
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # importing it warns "No ccache found"
+        from paddle.utils.cpp_extension import get_build_directory, load
+
+    ldflags = _link_flags()
+    # A changed source, flags or Paddle build (its custom-op ABI) is a new name, hence a new build.
+    built_for = (CXX_FLAGS, ldflags, paddle.__version__, paddle.version.commit, sys.version_info[:2])
+    digest = hashlib.sha256(SOURCE.read_bytes() + repr(built_for).encode()).hexdigest()[:12]
+    name = f"belle_cpu_kernels_{digest}"
+    root = get_build_directory()
+    library = Path(root, name, name + ".so")
+    with filelock.FileLock(os.path.join(root, name + ".lock")):
+        if library.exists():  # built before (same source and flags): load it without Paddle's rebuild check
+            try:
+                from paddle.utils.cpp_extension.extension_utils import _import_module_from_library
+                with _quiet():
+                    return _import_module_from_library(name, str(library.parent))
+            except Exception:  # noqa: BLE001 (a private helper that may change: fall back to a full load)
+                pass
+        with _quiet() as log:
+            try:
+                return load(name=name, sources=[str(SOURCE)], extra_cxx_cflags=list(CXX_FLAGS),
+                            extra_ldflags=ldflags, build_directory=root)
+            except Exception as e:
+                log.seek(0)
+                errors = [line for line in log.read().splitlines() if "error" in line.lower()]
+                raise RuntimeError(f"{type(e).__name__}: {errors[0] if errors else e}") from None
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Paddle's build prints progress, setuptools' log and compiler output (a subprocess writing to our file
+    descriptors): send them all to a temporary file, read on failure."""
+    with tempfile.TemporaryFile("w+", errors="replace") as log:
+        saved = [os.dup(1), os.dup(2)]
+        sys.stdout.flush()
+        sys.stderr.flush()
+        level = logging.root.manager.disable
+        logging.disable(logging.INFO)
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield log
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            logging.disable(level)

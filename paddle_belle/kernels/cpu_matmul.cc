@@ -1,0 +1,451 @@
+// Weight-only matmul on CPU: y[M, N] = x[M, K] @ W[K, N] in float32, with W read in its stored form
+// (packed integer codes with per-group scales, or bfloat16/float16/float32) and never expanded in memory.
+//
+// Decoding one token is bound by memory bandwidth: every weight byte is read once per call, so the kernels read
+// as few bytes as the format allows and do all the rows of x (M, small in decode) while a tile of the weight is in
+// registers or L1. Layout (paddle_belle/quant/format.py): codes packed along K, 8/S codes of S bits to a byte,
+// lowest bits first; weight[k, n] = (code[k, n] - zero[g, n]) * scale[g, n] with g = k / group_size. For rows
+// k0..k1 of one group
+//   y[m, n] += scale[g, n] * sum_k x[m, k] * (code[k, n] - zero[g, n])
+// with the integer subtraction exact, and the scale applied once per such chunk. (Subtracting zero * sum x at the
+// end instead would save one integer op per 16 codes, but loses digits to cancellation: 4e-5 off on int8.)
+//
+// The kernel is written once (tile/block below) against a few vector helpers, one set per instruction set
+// (Scalar, Avx2, Avx512). Each instruction set gets an entry point carrying its target attribute and `flatten`,
+// which inlines the generic code into it, so the same source compiles to AVX-512, AVX2 and portable code in one
+// object without -march=native (the extension cache may be shared between machines). The choice is made at run
+// time from the CPU's features.
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define BELLE_X86 1
+#endif
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "paddle/extension.h"
+
+// ------------------------------------------------------------------------------------------ vector helpers
+// V: a vector of W floats, Vi: of W 32-bit integers. bytes: W bytes zero-extended; shr, mask, tofloat: on Vi.
+
+static inline float half_to_float(uint16_t h) {  // exact, without F16C (the scalar path)
+  const uint32_t sign = uint32_t(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+  uint32_t u;
+  if (exp == 0x1f) {
+    u = sign | 0x7f800000 | (man << 13);  // inf, nan
+  } else if (exp == 0) {
+    float f = float(man) * (1.0f / 16777216.0f);  // subnormal: man * 2^-24
+    std::memcpy(&u, &f, 4);
+    u |= sign;
+  } else {
+    u = sign | ((exp + 112) << 23) | (man << 13);  // rebias 15 -> 127
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+struct Scalar {
+  using V = float;
+  static constexpr int W = 1, MB = 4, NV = 1;  // a tile: MB rows of x by NV vectors of columns
+  static inline V zero() { return 0.0f; }
+  static inline V set1(float v) { return v; }
+  static inline V fma(V a, V b, V c) { return a * b + c; }
+  static inline V loadf(const float* p) { return *p; }
+  static inline void storef(float* p, V v) { *p = v; }
+  using Vi = int32_t;
+  static inline Vi bytes(const uint8_t* p) { return *p; }
+  static inline Vi shr(Vi v, int n) { return v >> n; }
+  static inline Vi mask(Vi v, int32_t m) { return v & m; }
+  static inline Vi sub(Vi a, Vi b) { return a - b; }
+  static inline Vi set1i(int32_t v) { return v; }
+  static inline V tofloat(Vi v) { return float(v); }
+  static inline V bf16(const uint16_t* p) {
+    const uint32_t u = uint32_t(*p) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  static inline V f16(const uint16_t* p) { return half_to_float(*p); }
+};
+
+#ifdef BELLE_X86
+#define AVX2 __attribute__((target("avx2,fma,f16c"))) static inline
+struct Avx2 {
+  using V = __m256;
+  static constexpr int W = 8, MB = 4, NV = 2;  // 8 accumulators, 2 x (codes, zeros, weights), x: 15 of 16 registers
+  AVX2 V zero() { return _mm256_setzero_ps(); }
+  AVX2 V set1(float v) { return _mm256_set1_ps(v); }
+  AVX2 V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  AVX2 V loadf(const float* p) { return _mm256_loadu_ps(p); }
+  AVX2 void storef(float* p, V v) { _mm256_storeu_ps(p, v); }
+  using Vi = __m256i;
+  AVX2 Vi bytes(const uint8_t* p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))); }
+  AVX2 Vi shr(Vi v, int n) { return _mm256_srli_epi32(v, n); }
+  AVX2 Vi mask(Vi v, int32_t m) { return _mm256_and_si256(v, _mm256_set1_epi32(m)); }
+  AVX2 Vi sub(Vi a, Vi b) { return _mm256_sub_epi32(a, b); }
+  AVX2 Vi set1i(int32_t v) { return _mm256_set1_epi32(v); }
+  AVX2 V tofloat(Vi v) { return _mm256_cvtepi32_ps(v); }
+  AVX2 V bf16(const uint16_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  AVX2 V f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+};
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl"))) static inline
+struct Avx512 {
+  using V = __m512;
+  static constexpr int W = 16, MB = 4, NV = 4;  // 16 accumulators, 4 x (codes, zeros, weights), x: 29 of 32
+  AVX512 V zero() { return _mm512_setzero_ps(); }
+  AVX512 V set1(float v) { return _mm512_set1_ps(v); }
+  AVX512 V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  AVX512 V loadf(const float* p) { return _mm512_loadu_ps(p); }
+  AVX512 void storef(float* p, V v) { _mm512_storeu_ps(p, v); }
+  using Vi = __m512i;
+  AVX512 Vi bytes(const uint8_t* p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  AVX512 Vi shr(Vi v, int n) { return _mm512_srli_epi32(v, n); }
+  AVX512 Vi mask(Vi v, int32_t m) { return _mm512_and_si512(v, _mm512_set1_epi32(m)); }
+  AVX512 Vi sub(Vi a, Vi b) { return _mm512_sub_epi32(a, b); }
+  AVX512 Vi set1i(int32_t v) { return _mm512_set1_epi32(v); }
+  AVX512 V tofloat(Vi v) { return _mm512_cvtepi32_ps(v); }
+  AVX512 V bf16(const uint16_t* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  AVX512 V f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+};
+#endif
+
+// ------------------------------------------------------------------------------------------ weight formats
+// Rows are taken a chunk at a time: at most CHUNK rows of one group, with a tile's accumulators in registers over
+// them. Few rows at a time keep the weight streaming row after row (bloom-7b's 4096 x 16384, int8, 2 threads:
+// 128 rows 12 GB/s, 32 rows 30 GB/s), and each row's tile PREFETCH_TILES tiles ahead is prefetched, which the
+// hardware prefetchers do not do for this pattern (32 rows without it: 8 GB/s).
+constexpr int64_t CHUNK = 32, PREFETCH_TILES = 2;
+struct Chunk {
+  int64_t k0, k1, g;  // rows [k0, k1) of group g
+};
+
+struct Args {  // one call, all row-major and contiguous
+  const float* x;
+  float* y;
+  int64_t M, K, N;
+  const void* w;                 // codes [ceil(K / (8/S)), N] uint8, or a dense [K, N] weight
+  const float* scales;           // [n_groups, N]            (quantized only)
+  const uint8_t* zeros;          // [n_groups, N], or null: every zero is `zero` (symmetric)
+  int32_t zero;
+  const float* bias;             // [N] or null: added to y
+  std::vector<Chunk> chunks;
+};
+
+// A format reads stored row kb (PER weight rows: PER codes to a byte, or one dense row), columns [n, n + W), as a
+// Raw vector, and decode(raw, r, zero) gives weight row kb * PER + r as floats (quantized: code - zero, unscaled).
+// Reading a byte once for all its codes halves the work of decoding 4-bit codes.
+template <int S> struct Packed {
+  static constexpr bool quantized = true;
+  static constexpr int PER = 8 / S, column_bytes = 1;
+  template <class I> using Raw = typename I::Vi;
+  static const void* at(const Args& a, int64_t kb, int64_t n) { return static_cast<const uint8_t*>(a.w) + kb * a.N + n; }
+  template <class I> static inline Raw<I> load(const Args& a, int64_t kb, int64_t n) {
+    return I::bytes(static_cast<const uint8_t*>(a.w) + kb * a.N + n);
+  }
+  template <class I> static inline typename I::V decode(Raw<I> c, int r, typename I::Vi zero) {
+    if (r) c = I::shr(c, S * r);
+    if (S * (r + 1) < 8) c = I::mask(c, (1 << S) - 1);  // the top slot of a byte needs no mask
+    return I::tofloat(I::sub(c, zero));
+  }
+};
+template <class T, int Bytes> struct Dense {
+  static constexpr bool quantized = false;
+  static constexpr int PER = 1, column_bytes = Bytes;
+  template <class I> using Raw = typename I::V;
+  static const void* at(const Args& a, int64_t k, int64_t n) { return static_cast<const T*>(a.w) + k * a.N + n; }
+  template <class I> static inline typename I::V decode(typename I::V w, int, typename I::Vi) { return w; }
+};
+struct Float32 : Dense<float, 4> {
+  template <class I> static inline typename I::V load(const Args& a, int64_t k, int64_t n) {
+    return I::loadf(static_cast<const float*>(at(a, k, n)));
+  }
+};
+struct BFloat16 : Dense<uint16_t, 2> {
+  template <class I> static inline typename I::V load(const Args& a, int64_t k, int64_t n) {
+    return I::bf16(static_cast<const uint16_t*>(at(a, k, n)));
+  }
+};
+struct Float16 : Dense<uint16_t, 2> {
+  template <class I> static inline typename I::V load(const Args& a, int64_t k, int64_t n) {
+    return I::f16(static_cast<const uint16_t*>(at(a, k, n)));
+  }
+};
+
+// ------------------------------------------------------------------------------------------ the kernel
+// Chunk c's contribution to y[m0 : m0 + MB, n0 : n0 + NV * W], with MB x NV accumulators in registers. The first
+// chunk stores y, later ones add to it; quantized formats apply the group's scale and zero here, once per chunk.
+template <class I, class F, int MB, int NV>
+static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
+  using V = typename I::V;
+  const Chunk& chunk = a.chunks[c];
+  typename I::Vi zero[NV];
+  for (int j = 0; j < NV; ++j)
+    zero[j] = !F::quantized ? I::set1i(0) : a.zeros ? I::bytes(a.zeros + chunk.g * a.N + n0 + j * I::W) : I::set1i(a.zero);
+  V acc[MB][NV];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = I::zero();
+  for (int64_t kb = chunk.k0 / F::PER; kb * F::PER < chunk.k1; ++kb) {  // chunks start on a whole byte
+    // (past the end of a row or of the weight, a prefetch is only a hint: it never faults)
+    const char* ahead = static_cast<const char*>(F::at(a, kb, n0 + PREFETCH_TILES * NV * I::W));
+    for (int line = 0; line < NV * I::W * F::column_bytes; line += 64) __builtin_prefetch(ahead + line);
+    typename F::template Raw<I> raw[NV];
+    for (int j = 0; j < NV; ++j) raw[j] = F::template load<I>(a, kb, n0 + j * I::W);
+    for (int r = 0; r < F::PER; ++r) {
+      const int64_t k = kb * F::PER + r;
+      if (F::PER > 1 && k >= chunk.k1) break;  // K odd: the last byte's upper codes are padding
+      V w[NV];
+      for (int j = 0; j < NV; ++j) w[j] = F::template decode<I>(raw[j], r, zero[j]);
+      for (int i = 0; i < MB; ++i) {
+        const V xk = I::set1(a.x[(m0 + i) * a.K + k]);
+        for (int j = 0; j < NV; ++j) acc[i][j] = I::fma(xk, w[j], acc[i][j]);
+      }
+    }
+  }
+  for (int j = 0; j < NV; ++j) {
+    const int64_t n = n0 + j * I::W;
+    const V s = F::quantized ? I::loadf(a.scales + chunk.g * a.N + n) : I::set1(1.0f);
+    for (int i = 0; i < MB; ++i) {
+      float* y = a.y + (m0 + i) * a.N + n;
+      const V before = c ? I::loadf(y) : a.bias ? I::loadf(a.bias + n) : I::zero();
+      I::storef(y, I::fma(s, acc[i][j], before));  // y (+)= scale * acc
+    }
+  }
+}
+
+// The tiles of rows [m0, m0 + mb), mb <= MB, with the register-resident row count as a template argument.
+template <class I, class F, int NV>
+static inline void tiles(const Args& a, int64_t c, int64_t m0, int64_t mb, int64_t n) {
+  static_assert(I::MB == 4, "the switch below covers 1..4 rows");
+  switch (mb) {
+    case 1: tile<I, F, 1, NV>(a, c, m0, n); break;
+    case 2: tile<I, F, 2, NV>(a, c, m0, n); break;
+    case 3: tile<I, F, 3, NV>(a, c, m0, n); break;
+    default: tile<I, F, 4, NV>(a, c, m0, n); break;
+  }
+}
+
+// Columns [n0, n1) (one thread's share) for every row of x. Chunk by chunk, so that the weight is read row after
+// row, in long runs of contiguous bytes (a tile's K rows at a time would touch a new page per row). A panel of
+// columns bounds the slice of y that each chunk revisits (M x panel floats) when M is large.
+template <class I, class F>
+static inline void block(const Args& a, int64_t n0, int64_t n1) {
+  constexpr int64_t tile_width = I::NV * I::W;
+  const int64_t panel = std::max<int64_t>(tile_width, (16384 / a.M) / tile_width * tile_width);
+  for (int64_t p0 = n0; p0 < n1; p0 += panel) {
+    const int64_t p1 = std::min(n1, p0 + panel);
+    for (int64_t c = 0; c < int64_t(a.chunks.size()); ++c) {
+      int64_t n = p0;
+      for (; n + tile_width <= p1; n += tile_width)
+        for (int64_t m0 = 0; m0 < a.M; m0 += I::MB) tiles<I, F, I::NV>(a, c, m0, std::min<int64_t>(I::MB, a.M - m0), n);
+      for (; n + I::W <= p1; n += I::W)  // odd N: single vectors, then single columns
+        for (int64_t m0 = 0; m0 < a.M; m0 += I::MB) tiles<I, F, 1>(a, c, m0, std::min<int64_t>(I::MB, a.M - m0), n);
+      for (; n < p1; ++n)
+        for (int64_t m0 = 0; m0 < a.M; m0 += I::MB) tiles<Scalar, F, 1>(a, c, m0, std::min<int64_t>(I::MB, a.M - m0), n);
+    }
+  }
+}
+
+// One entry point per instruction set; `flatten` compiles everything above into it for that target.
+template <class F> __attribute__((flatten)) static void block_scalar(const Args& a, int64_t n0, int64_t n1) {
+  block<Scalar, F>(a, n0, n1);
+}
+#ifdef BELLE_X86
+template <class F> __attribute__((target("avx2,fma,f16c"), flatten))
+static void block_avx2(const Args& a, int64_t n0, int64_t n1) {
+  block<Avx2, F>(a, n0, n1);
+}
+template <class F> __attribute__((target("avx512f,avx512bw,avx512vl"), flatten))
+static void block_avx512(const Args& a, int64_t n0, int64_t n1) {
+  block<Avx512, F>(a, n0, n1);
+}
+#endif
+
+// 2: AVX-512, 1: AVX2, 0: portable. PADDLE_BELLE_KERNELS_ISA=avx2|scalar caps it (tests run every path).
+static int isa_level() {
+  int level = 0;
+#ifdef BELLE_X86
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) level = 1;
+  if (level && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl"))
+    level = 2;
+#endif
+  const char* cap = std::getenv("PADDLE_BELLE_KERNELS_ISA");
+  if (cap && std::string(cap) == "avx2") level = std::min(level, 1);
+  if (cap && std::string(cap) == "scalar") level = 0;
+  return level;
+}
+
+// Chunks of at most CHUNK rows within each group (dense weights: one group of K rows); then each thread takes an
+// equal contiguous share of the column tiles.
+template <class F>
+static void run(Args& a, int64_t group) {
+  for (int64_t g = 0; g * group < a.K; ++g)
+    for (int64_t k = g * group; k < std::min(a.K, (g + 1) * group); k += CHUNK)
+      a.chunks.push_back({k, std::min({k + CHUNK, (g + 1) * group, a.K}), g});
+  using Fn = void (*)(const Args&, int64_t, int64_t);
+  Fn fn = block_scalar<F>;
+  int64_t width = 64;
+#ifdef BELLE_X86
+  const int level = isa_level();
+  if (level == 2) fn = block_avx512<F>, width = Avx512::NV * Avx512::W;
+  if (level == 1) fn = block_avx2<F>, width = Avx2::NV * Avx2::W;
+#endif
+  const int64_t tiles = (a.N + width - 1) / width;
+#pragma omp parallel
+  {
+    int64_t threads = 1, t = 0;
+#ifdef _OPENMP
+    threads = omp_get_num_threads(), t = omp_get_thread_num();
+#endif
+    const int64_t b0 = tiles * t / threads, b1 = tiles * (t + 1) / threads;
+    if (b0 < b1) fn(a, b0 * width, std::min(a.N, b1 * width));
+  }
+}
+
+// ------------------------------------------------------------------------------------------ the operators
+static std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+static std::vector<int64_t> out_shape(std::vector<int64_t> x_shape, int64_t n) {
+  x_shape.back() = n;
+  return x_shape;
+}
+
+static void check_x(const paddle::Tensor& x, const char* op) {
+  PD_CHECK(x.is_cpu(), op, ": x must be on the CPU");
+  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, op, ": x must be float32, got ", x.dtype());
+  PD_CHECK(x.shape().size() >= 1, op, ": x must have at least one dimension");
+  PD_CHECK(x.is_contiguous(), op, ": x must be contiguous");
+}
+
+static const float* check_bias(const paddle::optional<paddle::Tensor>& bias, int64_t n, const char* op) {
+  if (!bias) return nullptr;
+  PD_CHECK(bias->is_cpu() && bias->dtype() == paddle::DataType::FLOAT32 && bias->numel() == n &&
+               bias->is_contiguous(),
+           op, ": bias must be float32 [", n, "], got ", bias->dtype(), " ", shape_str(bias->shape()));
+  return bias->data<float>();
+}
+
+// y = bias (or 0) where K = 0: there is nothing to multiply.
+static void fill_bias(float* y, int64_t m, int64_t n, const float* bias) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) y[i * n + j] = bias ? bias[j] : 0.0f;
+}
+
+// y = x @ dequant(qweight, scales, zeros): the packed checkpoint format of paddle_belle/quant/format.py.
+std::vector<paddle::Tensor> QuantMatmul(const paddle::Tensor& x, const paddle::Tensor& qweight,
+                                        const paddle::Tensor& scales, const paddle::optional<paddle::Tensor>& zeros,
+                                        const paddle::optional<paddle::Tensor>& bias, int bits, int group_size) {
+  const char* op = "belle_quant_matmul";
+  check_x(x, op);
+  PD_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, op, ": bits must be 2, 3, 4 or 8, got ", bits);
+  const int storage = bits == 3 ? 4 : bits, per = 8 / storage;
+  const int64_t K = x.shape().back();
+  PD_CHECK(qweight.is_cpu() && qweight.dtype() == paddle::DataType::UINT8 && qweight.shape().size() == 2 &&
+               qweight.shape()[0] == (K + per - 1) / per,
+           op, ": qweight must be uint8 [", (K + per - 1) / per, ", N] for ", K, " inputs at ", bits,
+           " bits, got ", qweight.dtype(), " ", shape_str(qweight.shape()));
+  const int64_t N = qweight.shape()[1];
+  PD_CHECK(group_size > 0, op, ": group_size must be positive (the number of inputs for one group), got ", group_size);
+  PD_CHECK(group_size % per == 0 || group_size >= K, op, ": group_size must be a multiple of ", per,
+           " for ", bits, "-bit codes (groups start on a whole byte), got ", group_size);
+  const int64_t groups = (K + group_size - 1) / group_size;
+  const std::vector<int64_t> gn = {groups, N};
+  PD_CHECK(scales.is_cpu() && scales.dtype() == paddle::DataType::FLOAT32 && scales.shape() == gn, op,
+           ": scales must be float32 ", shape_str(gn), ", got ", scales.dtype(), " ", shape_str(scales.shape()));
+  if (zeros)
+    PD_CHECK(zeros->is_cpu() && zeros->dtype() == paddle::DataType::UINT8 && zeros->shape() == gn, op,
+             ": zeros must be uint8 ", shape_str(gn), ", got ", zeros->dtype(), " ", shape_str(zeros->shape()));
+  PD_CHECK(qweight.is_contiguous() && scales.is_contiguous() && (!zeros || zeros->is_contiguous()), op,
+           ": qweight, scales and zeros must be contiguous");
+  const float* b = check_bias(bias, N, op);
+
+  auto y = paddle::empty(out_shape(x.shape(), N), paddle::DataType::FLOAT32, x.place());
+  const int64_t M = K ? x.numel() / K : 0;
+  if (M == 0 || N == 0) return {y};
+  if (K == 0) return fill_bias(y.data<float>(), M, N, b), std::vector<paddle::Tensor>{y};
+  Args a{x.data<float>(), y.data<float>(), M, K, N, qweight.data<uint8_t>(), scales.data<float>(),
+         zeros ? zeros->data<uint8_t>() : nullptr, 1 << (bits - 1), b};
+  if (storage == 8) run<Packed<8>>(a, group_size);
+  if (storage == 4) run<Packed<4>>(a, group_size);
+  if (storage == 2) run<Packed<2>>(a, group_size);
+  return {y};
+}
+
+// y = x @ w for a dense weight [K, N] in float32, bfloat16 or float16 (for small M: decode).
+std::vector<paddle::Tensor> DenseMatmul(const paddle::Tensor& x, const paddle::Tensor& w,
+                                        const paddle::optional<paddle::Tensor>& bias) {
+  const char* op = "belle_dense_matmul";
+  check_x(x, op);
+  const int64_t K = x.shape().back();
+  PD_CHECK(w.is_cpu() && w.shape().size() == 2 && w.shape()[0] == K && w.is_contiguous(), op,
+           ": w must be a contiguous CPU tensor [", K, ", N] ([in, out]), got ", shape_str(w.shape()));
+  const auto dtype = w.dtype();
+  PD_CHECK(dtype == paddle::DataType::FLOAT32 || dtype == paddle::DataType::BFLOAT16 ||
+               dtype == paddle::DataType::FLOAT16,
+           op, ": w must be float32, bfloat16 or float16, got ", dtype);
+  const int64_t N = w.shape()[1], M = K ? x.numel() / K : 0;
+  const float* b = check_bias(bias, N, op);
+  auto y = paddle::empty(out_shape(x.shape(), N), paddle::DataType::FLOAT32, x.place());
+  if (M == 0 || N == 0) return {y};
+  if (K == 0) return fill_bias(y.data<float>(), M, N, b), std::vector<paddle::Tensor>{y};
+  Args a{x.data<float>(), y.data<float>(), M, K, N, w.data(), nullptr, nullptr, 0, b};
+  if (dtype == paddle::DataType::FLOAT32) run<Float32>(a, K);
+  if (dtype == paddle::DataType::BFLOAT16) run<BFloat16>(a, K);
+  if (dtype == paddle::DataType::FLOAT16) run<Float16>(a, K);
+  return {y};
+}
+
+std::vector<std::vector<int64_t>> QuantMatmulShape(const std::vector<int64_t>& x, const std::vector<int64_t>& qweight,
+                                                   const std::vector<int64_t>&,
+                                                   const paddle::optional<std::vector<int64_t>>&,
+                                                   const paddle::optional<std::vector<int64_t>>&) {
+  return {out_shape(x, qweight.back())};
+}
+std::vector<std::vector<int64_t>> DenseMatmulShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
+                                                   const paddle::optional<std::vector<int64_t>>&) {
+  return {out_shape(x, w.back())};
+}
+std::vector<paddle::DataType> QuantMatmulDtype(const paddle::DataType&, const paddle::DataType&,
+                                               const paddle::DataType&, const paddle::optional<paddle::DataType>&,
+                                               const paddle::optional<paddle::DataType>&) {
+  return {paddle::DataType::FLOAT32};
+}
+std::vector<paddle::DataType> DenseMatmulDtype(const paddle::DataType&, const paddle::DataType&,
+                                               const paddle::optional<paddle::DataType>&) {
+  return {paddle::DataType::FLOAT32};
+}
+
+PD_BUILD_OP(belle_quant_matmul)
+    .Inputs({"X", "QWeight", "Scales", paddle::Optional("Zeros"), paddle::Optional("Bias")})
+    .Outputs({"Out"})
+    .Attrs({"bits: int", "group_size: int"})
+    .SetKernelFn(PD_KERNEL(QuantMatmul))
+    .SetInferShapeFn(PD_INFER_SHAPE(QuantMatmulShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(QuantMatmulDtype));
+
+PD_BUILD_OP(belle_dense_matmul)
+    .Inputs({"X", "W", paddle::Optional("Bias")})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(DenseMatmul))
+    .SetInferShapeFn(PD_INFER_SHAPE(DenseMatmulShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(DenseMatmulDtype));

@@ -76,6 +76,15 @@ class BelleTrainer(Trainer):
                 callback.tokens += tokens * max(self.args.dataset_world_size, 1)
         return super().training_step(model, inputs)
 
+    def _save_checkpoint(self, model, metrics=None):
+        super()._save_checkpoint(model, metrics)
+        # PaddleNLP 2.8.1 (trainer/trainer.py, Trainer._save_checkpoint) rotates checkpoints only when
+        # `args.local_rank == 0`, and a process not started by paddle.distributed.launch has local_rank -1: one
+        # process kept every checkpoint, optimizer state included, whatever save_total_limit said. Sorted by step,
+        # not by mtime (PaddleNLP's choice), which a coarse file-system clock can tie.
+        if self.args.local_rank == -1 and self.args.should_save:
+            self._rotate_checkpoints(use_mtime=False, output_dir=self.args.output_dir)
+
     def _get_train_sampler(self):
         # PaddleNLP 2.8.1 shuffles a single process's data with the global NumPy RNG, drawn before a resumed run
         # restores that RNG: the resumed epoch then sees another order than the unbroken run. The distributed

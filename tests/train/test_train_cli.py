@@ -52,3 +52,12 @@ def test_a_bad_record_stops_training_with_file_and_line_unless_skipped(tmp_path)
     assert "training data: 8 records: 1 malformed skipped" in out.stdout
     rows = int(out.stdout.split("packed into ")[1].split()[0])
     assert 1 <= rows < 7  # 7 samples of a few hundred tokens share 2048-token rows
+
+
+def test_an_empty_training_file_is_named(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    out = run_cli("train", str(ROOT / "configs" / "sft" / "tiny-cpu.yaml"), "--train_data", str(empty),
+                  "--training.output_dir", str(tmp_path / "out"))
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == f"paddle-belle train: error: {empty}: no records (the file is empty)"

@@ -147,6 +147,15 @@ def global_batch_accumulation(global_batch: int | None, per_device: int, data_pa
     return accumulation
 
 
+def check_trainable(model: str) -> None:
+    """Refuse a quantized checkpoint: its QuantLinears hold integer codes that get no gradients, so a run would
+    train only the float parameters around them (embeddings, norms) and report success."""
+    config_file = hub.resolve(model) / checkpoint.CONFIG_NAME
+    if config_file.is_file() and "quantization_config" in checkpoint.read_config(config_file.parent):
+        raise ValueError(f"{config_file}: a quantized checkpoint (quantization_config) cannot be trained, its integer "
+                         "weights get no gradients; train the float checkpoint it was made from")
+
+
 def load_model(config: TrainConfig, args: TrainingArguments):
     dtype = config.dtype
     if dtype == "auto":
@@ -168,6 +177,7 @@ def load_model(config: TrainConfig, args: TrainingArguments):
 def train(config: TrainConfig, callbacks=()):
     """Run the configured training; returns the Trainer (its model holds the trained weights). ``callbacks``
     are extra PaddleNLP TrainerCallbacks."""
+    check_trainable(config.model)
     args = training_arguments(config)
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     prepare_tokenizer(tokenizer, padding_side=None)  # a pad token; training keeps the tokenizer's padding side

@@ -61,3 +61,18 @@ def test_an_empty_training_file_is_named(tmp_path):
                   "--training.output_dir", str(tmp_path / "out"))
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1] == f"paddle-belle train: error: {empty}: no records (the file is empty)"
+
+
+def test_a_quantized_checkpoint_is_refused(tmp_path):
+    from paddle_belle.quant.format import QuantConfig
+    from paddle_belle.quant.quantize import quantize_checkpoint
+
+    tiny_llama_dir(tmp_path / "base", hidden_size=64, std=0.02)
+    quantize_checkpoint(tmp_path / "base", tmp_path / "q8", QuantConfig(bits=8, group_size=16, method="rtn"))
+    out = run_cli("train", str(ROOT / "configs" / "sft" / "tiny-cpu.yaml"), "--model", str(tmp_path / "q8"),
+                  "--training.output_dir", str(tmp_path / "out"))
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"paddle-belle train: error: {tmp_path / 'q8' / 'config.json'}: a quantized checkpoint (quantization_config) "
+        "cannot be trained, its integer weights get no gradients; train the float checkpoint it was made from")
+    assert not (tmp_path / "out").exists()

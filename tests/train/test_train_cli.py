@@ -1,5 +1,8 @@
 """`paddle-belle train` and `paddle-belle merge-lora` as a user runs them, on the shipped tiny configs."""
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +79,23 @@ def test_a_quantized_checkpoint_is_refused(tmp_path):
         f"paddle-belle train: error: {tmp_path / 'q8' / 'config.json'}: a quantized checkpoint (quantization_config) "
         "cannot be trained, its integer weights get no gradients; train the float checkpoint it was made from")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_training_output_chats_and_its_card_lists_only_the_model_files(tmp_path):
+    tiny_llama_dir(tmp_path / "base", hidden_size=64, std=0.02)
+    out = tmp_path / "out"
+    trained = run_cli("train", str(ROOT / "configs" / "sft" / "tiny-cpu.yaml"), "--model", str(tmp_path / "base"),
+                      "--training.output_dir", str(out), "--training.num_train_epochs", "1")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert (out / "sentencepiece.bpe.model").is_file() and list(out.glob("checkpoint-*/optimizer.pdopt"))
+    exe = shutil.which("paddle-belle", path=str(Path(sys.executable).parent))
+    chat = subprocess.run([exe, "chat", "--model", str(out), "--seed", "1"], input="你好\n/exit\n",
+                          capture_output=True, text=True, timeout=120)
+    assert chat.returncode == 0 and "Assistant: " in chat.stdout, chat.stderr[-3000:]
+    card = run_cli("card", "--model", str(out), "--out", str(out / "README.md"))
+    assert card.returncode == 0, card.stderr[-3000:]
+    text = (out / "README.md").read_text(encoding="utf-8")
+    listed = [line.split("|")[1].strip() for line in text.split("## Files")[1].split("## ")[0].splitlines()
+              if line.startswith("| ") and not line.startswith(("| file", "| **total"))]
+    assert "model.safetensors" in listed and "sentencepiece.bpe.model" in listed
+    assert not [name for name in listed if "/" in name or name in ("training_args.bin", "loss_log.jsonl")], listed

@@ -161,6 +161,9 @@ def load_model(config: TrainConfig, args: TrainingArguments):
     if dtype == "auto":
         dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
     model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
+    # Recorded in config.json (of every checkpoint, and of a LoRA adapter, which saves the base's config): chat,
+    # serve, eval and card then prompt the model as it was trained (prompts.recorded_style).
+    model.config.prompt_style = config.style
     if config.lora:
         settings = config.lora
         targets = settings.target_modules or list(model.arch.lora_targets)
@@ -229,6 +232,10 @@ def merge_lora(base: str, adapter: str | Path, out: str | Path) -> Path:
         if not (adapter / name).is_file():
             raise FileNotFoundError(f"{adapter}: no {name} (is this a LoRA adapter directory?)")
     model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
+    if (adapter / checkpoint.CONFIG_NAME).is_file():  # the prompt style the adapter was trained in (load_model)
+        style = checkpoint.read_config(adapter).get("prompt_style")
+        if style:
+            model.config.prompt_style = style
     lora_config = LoRAConfig.from_pretrained(str(adapter))
     lora_config.merge_weights = True  # else eval() keeps adding B·A at run time and the weights stay unmerged
     lora = LoRAModel(model, lora_config)

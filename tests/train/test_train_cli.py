@@ -30,6 +30,9 @@ def test_lora_train_then_merge_lora_on_the_command_line(tmp_path):
 
     out = run_cli("merge-lora", str(tmp_path / "base"), str(tmp_path / "adapter"), str(tmp_path / "merged"))
     assert out.returncode == 0, out.stderr[-3000:]
+    # the style the config trained in (belle-v2) is recorded with the adapter and the merged model
+    for directory in ("adapter", "merged"):
+        assert json.loads((tmp_path / directory / "config.json").read_text())["prompt_style"] == "belle-v2"
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
     ids = paddle.to_tensor([[1, 40, 50, 60]])
@@ -92,10 +95,12 @@ def test_the_training_output_chats_and_its_card_lists_only_the_model_files(tmp_p
     chat = subprocess.run([exe, "chat", "--model", str(out), "--seed", "1"], input="你好\n/exit\n",
                           capture_output=True, text=True, timeout=120)
     assert chat.returncode == 0 and "Assistant: " in chat.stdout, chat.stderr[-3000:]
+    assert "(style belle-v2, " in chat.stdout  # the style tiny-cpu.yaml trains in, recorded in config.json
     card = run_cli("card", "--model", str(out), "--out", str(out / "README.md"))
     assert card.returncode == 0, card.stderr[-3000:]
     text = (out / "README.md").read_text(encoding="utf-8")
     listed = [line.split("|")[1].strip() for line in text.split("## Files")[1].split("## ")[0].splitlines()
               if line.startswith("| ") and not line.startswith(("| file", "| **total"))]
     assert "model.safetensors" in listed and "sentencepiece.bpe.model" in listed
+    assert f"paddle-belle chat --model {out} --style belle-v2" in text and "Human: \n{input}\n\nAssistant: \n" in text
     assert not [name for name in listed if "/" in name or name in ("training_args.bin", "loss_log.jsonl")], listed

@@ -212,7 +212,10 @@ def train(config: TrainConfig, callbacks=()):
             resume = get_last_checkpoint(args.output_dir)  # None: nothing to resume, start afresh
         if resume:
             trainer.add_callback(RestoreRngOnResume(trainer, resume))
-        trainer.train(resume_from_checkpoint=resume)
+        result = trainer.train(resume_from_checkpoint=resume)
+    if args.process_index == 0:
+        print(f"trained {result.global_step} steps in {result.metrics['train_runtime']:.1f} s, mean loss "
+              f"{result.training_loss:.4f}", flush=True)
     trainer.save_model()  # the final weights (or LoRA adapter) and the tokenizer, as from_pretrained reads them
     if eval_set is not None:
         trainer.evaluate()

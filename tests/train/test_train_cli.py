@@ -1,5 +1,7 @@
 """`paddle-belle train` and `paddle-belle merge-lora` as a user runs them, on the shipped tiny configs."""
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -104,3 +106,25 @@ def test_the_training_output_chats_and_its_card_lists_only_the_model_files(tmp_p
     assert "model.safetensors" in listed and "sentencepiece.bpe.model" in listed
     assert f"paddle-belle chat --model {out} --style belle-v2" in text and "Human: \n{input}\n\nAssistant: \n" in text
     assert not [name for name in listed if "/" in name or name in ("training_args.bin", "loss_log.jsonl")], listed
+
+
+def test_train_prints_a_progress_bar_and_a_summary_and_the_library_logs_only_when_verbose(tmp_path):
+    tiny_llama_dir(tmp_path / "base", hidden_size=64, std=0.02)
+    exe = shutil.which("paddle-belle", path=str(Path(sys.executable).parent))
+    env = {k: v for k, v in os.environ.items() if k != "GLOG_minloglevel"}  # as a user runs it
+    outputs = {}
+    for verbose in ([], ["--verbose"]):
+        out = subprocess.run([exe, *verbose, "train", str(ROOT / "configs" / "sft" / "tiny-cpu.yaml"), "--model",
+                              str(tmp_path / "base"), "--training.output_dir", str(tmp_path / f"out{len(verbose)}"),
+                              "--training.num_train_epochs", "1"], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        outputs[bool(verbose)] = out
+    quiet = outputs[False]
+    noise = [line for line in quiet.stderr.replace("\r", "\n").splitlines()
+             if re.search(r"\[ *(DEBUG|INFO|WARNING)\]|Warning:|^\s*warnings\.warn|^\s*import ", line)]
+    assert not noise, noise
+    assert "TrainProcess" in quiet.stderr  # the progress bar
+    lines = quiet.stdout.splitlines()
+    assert lines[0].startswith("training data: 40 records") and lines[1].startswith("trained 5 steps in ")
+    assert lines[2:] == [f"saved to {tmp_path / 'out0'}"]
+    assert "Training Configuration Arguments" in outputs[True].stderr  # PaddleNLP's DEBUG lines, when verbose

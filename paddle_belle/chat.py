@@ -23,7 +23,9 @@ class ChatSession:
     """Multi-turn chat: each ``ask`` renders the history in the chosen style, dropping the oldest turns to fit the
     context, streams the reply, and remembers the turn."""
 
-    def __init__(self, model, tokenizer, style="belle", preset="belle-card", max_history=None, **overrides):
+    def __init__(self, model, tokenizer, style=None, preset="belle-card", max_history=None, **overrides):
+        # style None: the one the model was trained in (prompts.recorded_style)
+        style = style or prompts.recorded_style(model.config)
         self.model, self.tokenizer, self.style = model, generation.prepare_tokenizer(tokenizer), style
         self.config = generation.make_config(preset, stop_strings=list(prompts.get_style(style).stops), **overrides)
         self.max_history = max_history
@@ -69,8 +71,10 @@ def query_of(record: dict) -> str:
     return "\n".join(t for t in (record["instruction"], record.get("input") or "") if t)
 
 
-def generate_batch(model, tokenizer, queries: list[str], style="belle", preset="belle-card", **overrides) -> list[str]:
-    """Replies to independent single-turn ``queries``, generated together in a left-padded batch."""
+def generate_batch(model, tokenizer, queries: list[str], style=None, preset="belle-card", **overrides) -> list[str]:
+    """Replies to independent single-turn ``queries``, generated together in a left-padded batch (``style`` None:
+    the model's recorded one)."""
+    style = style or prompts.recorded_style(model.config)
     tokenizer = generation.prepare_tokenizer(tokenizer)
     config = generation.make_config(preset, stop_strings=list(prompts.get_style(style).stops), **overrides)
     texts = [prompts.render(style, [], q, tokenizer.eos_token or "") for q in queries]

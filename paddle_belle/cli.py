@@ -96,7 +96,8 @@ def model_options(p, preset="belle-card", seed=True):
     p.add_argument("--repetition-penalty", type=setting("repetition_penalty", float),
                    help="> 1 makes tokens already in the prompt or reply less likely; 1: off")
     p.add_argument("--max-new-tokens", type=setting("max_new_tokens", int), help="reply length limit in tokens")
-    p.add_argument("--style", choices=list(STYLES), default="belle", help="prompt format (default belle)")
+    p.add_argument("--style", choices=list(STYLES), help="prompt format (default: the one the model was trained in, "
+                   "as its config.json records it; else belle)")
     p.add_argument("--threads", **THREADS)
     if seed:
         p.add_argument("--seed", type=setting("seed", int), help="sampling seed: the same seed gives the same "
@@ -214,7 +215,7 @@ def cmd_chat(args):
 
     model, tokenizer = _load(args)
     session = ChatSession(model, tokenizer, **options(args, ChatSession), **sampling(args))
-    print(f"paddle-belle chat: {args.model} (style {args.style}, preset {args.preset}). /help lists the commands.")
+    print(f"paddle-belle chat: {args.model} (style {session.style}, preset {args.preset}). /help lists the commands.")
     while True:
         try:
             line = input("Human: ").strip()

@@ -110,11 +110,36 @@ def resolve(name_or_path: str | os.PathLike, *, offline: bool | None = None) -> 
         if missing:
             raise FileNotFoundError(f"offline mode is on and {cache} lacks: {', '.join(missing)}")
         return cache
+    created = [d for d in (cache, *cache.parents) if not d.exists()]  # deepest first
     cache.mkdir(parents=True, exist_ok=True)
+    lock = cache / ".lock"
     # Two processes resolving the same model would otherwise append to the same .part files.
-    with FileLock(str(cache / ".lock")):
-        _fill_cache(model_url(org, name), cache)
+    with FileLock(str(lock)):
+        try:
+            _fill_cache(model_url(org, name), cache)
+        except BaseException:
+            _remove_if_empty(created, lock)
+            raise
     return cache
+
+
+def _remove_if_empty(created: list[Path], lock: Path) -> None:
+    """After a failed download: if the model's directory holds nothing to resume from (its lock, empty .part
+    files), remove them and the directories this call made, so that a mistyped name or an unreachable server
+    leaves no trace in $PPNLP_HOME. A cache with files in it, or made earlier, stays as it is."""
+    if not created:
+        return
+    cache = created[0]
+    leftovers = [p for p in cache.iterdir() if p != lock]
+    if any(not p.name.endswith(".part") or p.stat().st_size for p in leftovers):
+        return
+    for p in (*leftovers, lock):
+        p.unlink(missing_ok=True)
+    for directory in created:
+        try:
+            directory.rmdir()  # only if empty: another process may have started filling it meanwhile
+        except OSError:
+            return
 
 
 def missing_files(cache: Path) -> list[str]:

@@ -32,6 +32,16 @@ def get_style(name: str) -> Style:
     return STYLES[name]
 
 
+def recorded_style(config) -> str:
+    """The style a model was trained in, as its config.json's ``prompt_style`` records it (``paddle-belle train``
+    and ``merge-lora`` write it), else ``belle``: the format of BELLE's published models, which record none.
+    ``config``: a model config object or config.json's dict."""
+    style = (config.get("prompt_style") if isinstance(config, dict) else getattr(config, "prompt_style", None))
+    style = style or "belle"
+    get_style(style)  # a recorded name this version does not know is an error, not a silent fallback
+    return style
+
+
 def render(style: str, history: list[tuple[str, str]], query: str, eos: str = "", system: str = "") -> str:
     """The prompt for ``query`` after the (user, assistant) turns of ``history``. BELLE has no system role: a
     ``system`` text opens the first user turn, on a line of its own (alone if that turn is empty)."""

@@ -102,3 +102,35 @@ def test_generate_file_reports_bad_lines_and_writes_the_rest(belle_dir, tmp_path
     assert all(isinstance(r["output"], str) for r in rows)
     one = cli("generate", "--model", belle_dir, "--prompt", "你好", "--preset", "greedy")
     assert one.returncode == 0 and one.stdout.strip() == rows[0]["output"]
+
+
+def test_the_recorded_prompt_style_is_the_default_everywhere(belle_dir, tmp_path, monkeypatch):
+    from paddle_belle import AutoModelForCausalLM, prompts
+    from paddle_belle.chat import generate_batch
+    from paddle_belle.evaluate.judge import answer_questions
+    from paddle_belle.serve.engine import Engine
+
+    recorded = tmp_path / "recorded"
+    shutil.copytree(belle_dir, recorded)
+    config = json.loads((recorded / "config.json").read_text())
+    (recorded / "config.json").write_text(json.dumps({**config, "prompt_style": "belle-v2"}))
+    tok = AutoTokenizer.from_pretrained(belle_dir)
+    rendered = []
+    render = prompts.render
+    monkeypatch.setattr(prompts, "render", lambda style, *a, **k: rendered.append(style) or render(style, *a, **k))
+    for directory, style in ((belle_dir, "belle"), (recorded, "belle-v2")):  # no record: belle, as before
+        model = AutoModelForCausalLM.from_pretrained(directory)
+        assert ChatSession(model, tok).style == Engine(model, tok).style == style
+        assert ChatSession(model, tok, style="belle").style == "belle"  # an explicit style wins
+        rendered.clear()
+        generate_batch(model, tok, ["你好"], preset="greedy", max_new_tokens=2)
+        answer_questions(model, tok, [{"id": 1, "class": "qa", "question": "你好"}], tmp_path / f"{style}.jsonl",
+                         preset="greedy", max_new_tokens=2)
+        assert rendered == [style, style]
+    out = cli("chat", "--model", recorded, "--preset", "greedy", stdin="/exit\n")
+    assert out.returncode == 0 and "(style belle-v2, preset greedy)" in out.stdout, out.stderr[-2000:]
+    bad = tmp_path / "bad"
+    shutil.copytree(recorded, bad)
+    (bad / "config.json").write_text(json.dumps({**config, "prompt_style": "chatml"}))
+    out = cli("chat", "--model", bad, stdin="/exit\n")
+    assert out.returncode == 1 and "unknown prompt style 'chatml'" in out.stderr.strip().splitlines()[-1]

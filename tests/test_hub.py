@@ -281,3 +281,27 @@ def test_concurrent_resolves_download_each_file_once(bucket, tmp_path):
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(hub.resolve, [BELLE] * 4)) == [cached(tmp_path)] * 4
     assert bucket.requests()["model_state.pdparams"] == 1 and bucket.requests()["config.json"] == 1
+
+
+@pytest.mark.parametrize("fault", ["404", "dropped"])
+def test_a_failed_download_leaves_no_lock_or_empty_directories(bucket, files, tmp_path, fault):
+    home = tmp_path / "home"
+    name = "nobody/nothing" if fault == "404" else BELLE
+    bucket.short["config.json"] = 0  # (dropped) every response for config.json closes before its first byte
+    with pytest.raises(FileNotFoundError if fault == "404" else ConnectionError):
+        hub.resolve(name)
+    assert not home.exists()  # $PPNLP_HOME, models/, the org and the model directory were all made by the call
+    # A cache someone already filled keeps its files and lock when a later call fails.
+    (home / "models" / "keep").mkdir(parents=True)
+    bucket.short.clear()
+    path = hub.resolve(BELLE)
+    before = sorted(p.name for p in path.iterdir())
+    (path / "merges.txt").unlink()
+    bucket.short["merges.txt"] = 100
+    with pytest.raises(ConnectionError):
+        hub.resolve(BELLE)
+    # what was there stays, and the 100 bytes that came are kept for the next call to resume from
+    assert sorted(p.name for p in path.iterdir()) == sorted(set(before) - {"merges.txt"} | {"merges.txt.part"})
+    with pytest.raises(FileNotFoundError):
+        hub.resolve("nobody/nothing")
+    assert sorted(p.name for p in (home / "models").iterdir()) == ["bellegroup", "keep"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +93,25 @@ def predicted_files(model_type: str, config: dict, dtype: str = "float16", quant
     return files + [(name, None) for name in small]
 
 
+# What `paddle-belle train` leaves beside the model in its output directory: PaddleNLP's Trainer checkpoints
+# (checkpoint-N/, with optimizer states; its trainer_utils.PREFIX_CHECKPOINT_DIR), the pickled TrainingArguments
+# and our loss log (train/sft.py LOSS_LOG). None of it is part of the model.
+TRAINER_CHECKPOINT = re.compile(r"checkpoint-\d+")
+TRAINING_RECORDS = ("training_args.bin", "loss_log.jsonl")
+
+
 def local_files(directory) -> list[tuple[str, int]]:
-    """(name, bytes) of every regular, non-hidden file in the directory (and below), sorted by name."""
+    """(name, bytes) of every regular, non-hidden file of the model in the directory (and below), sorted by name;
+    a training run's checkpoints and records are not the model's."""
     directory = Path(directory)
+
+    def of_the_model(parts) -> bool:
+        if any(part.startswith(".") for part in parts):
+            return False
+        if len(parts) == 1:
+            return parts[0] not in TRAINING_RECORDS
+        return not TRAINER_CHECKPOINT.fullmatch(parts[0])
+
     found = [p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()
-             and not any(part.startswith(".") for part in p.relative_to(directory).parts)]
+             and of_the_model(p.relative_to(directory).parts)]
     return sorted((p.relative_to(directory).as_posix(), p.stat().st_size) for p in found)

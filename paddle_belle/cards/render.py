@@ -16,7 +16,7 @@ from paddle_belle.cards import facts as F
 from paddle_belle.cards.files import local_files, predicted_files
 from paddle_belle import arch
 from paddle_belle.presets import PRESETS
-from paddle_belle.prompts import STYLES
+from paddle_belle.prompts import STYLES, recorded_style
 from paddle_belle.quant.estimate import GIB, estimate
 from paddle_belle.quant.format import QuantConfig
 
@@ -174,9 +174,19 @@ def _hyper(s: Subject) -> list[str]:
             f"Source: {s.hyper_source}."]
 
 
+def _style(s: Subject) -> str:
+    """The prompt style of the model: recorded in its config.json (a fine-tune of ours), else BELLE's facts."""
+    if s.config.get("prompt_style"):
+        return recorded_style(s.config)
+    return s.facts.prompt_style if s.facts else "belle"
+
+
 def _prompt(s: Subject) -> list[str]:
-    style = s.facts.prompt_style if s.facts else "belle"
-    source = s.facts.prompt_source if s.facts else "paddle_belle's `belle` style (BELLE's BLOOM cards)"
+    style = _style(s)
+    if s.config.get("prompt_style"):
+        source = "`prompt_style` in the model's config.json, as `paddle-belle train` recorded it"
+    else:
+        source = s.facts.prompt_source if s.facts else "paddle_belle's `belle` style (BELLE's BLOOM cards)"
     st = STYLES[style]
     one = st.user.format(text="{input}")
     return ["The model expects each turn in this form, in training and in use (`--style " + style + "`):", "",
@@ -211,7 +221,7 @@ def snippet(model_path: str, style: str = "belle") -> str:
 
 
 def _usage(s: Subject) -> list[str]:
-    style = s.facts.prompt_style if s.facts else "belle"
+    style = _style(s)
     lines = []
     if s.get_weights:
         lines += ["Get the weights first:", "", "```bash", *s.get_weights, "```", ""]

@@ -40,7 +40,16 @@ def load_conversations(sources: list[str], skip_bad: bool = False, streaming: bo
     if streaming:
         ds = datasets.IterableDataset.from_generator(_rows, features=FEATURES, gen_kwargs={"files": files})
         return ds if skip_bad else ds.map(_raise_error)
-    ds = datasets.Dataset.from_generator(_rows, features=FEATURES, gen_kwargs={"files": files})
+    try:
+        ds = datasets.Dataset.from_generator(_rows, features=FEATURES, gen_kwargs={"files": files})
+    except ValueError:
+        # datasets' message for a generator that yields nothing ('Instruction "train" corresponds to no data!')
+        # names no file; looked for only here, so that a non-empty run never reads a file twice.
+        empty = [name for name, _size, _mtime in files if next(read_records(name), None) is None]
+        if len(empty) == len(files):
+            raise ValueError(f"{', '.join(empty)}: no records (the file{'s are' if len(empty) > 1 else ' is'} "
+                             "empty)") from None
+        raise
     if not skip_bad:
         first = next((e for e in ds["error"] if e), None)
         if first:

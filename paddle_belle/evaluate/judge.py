@@ -135,9 +135,9 @@ def report_markdown(rep: dict, title: str) -> str:
 FATAL = ("AuthenticationError", "PermissionDeniedError", "NotFoundError")  # retrying cannot help
 
 
-def answer_questions(model, tokenizer, questions: list[dict], path, style="belle", preset="belle-eval",
+def answer_questions(model, tokenizer, questions: list[dict], path, style=None, preset="belle-eval",
                      batch_size=8, **overrides) -> None:
-    """Append the model's answer to every question not yet in ``path``."""
+    """Append the model's answer to every question not yet in ``path`` (``style`` None: the model's recorded one)."""
     from paddle_belle.chat import generate_batch
 
     with jsonl.Appender(path) as out:
@@ -197,7 +197,7 @@ def judge_answers(client, judge_model: str, todo: list[dict], prompts: dict[str,
 
 
 def evaluate(load_model, client, judge_model: str, out_dir, eval_set=None, judge_prompts=None, limit=None,
-             style="belle", preset="belle-eval", batch_size=8, workers=4, judge_max_tokens=1024,
+             style=None, preset="belle-eval", batch_size=8, workers=4, judge_max_tokens=1024,
              **overrides) -> dict:
     """The whole evaluation into ``out_dir``; returns the report. ``load_model()`` gives (model, tokenizer) and
     is only called if some question still needs its answer, and after the judge was found usable

@@ -337,7 +337,7 @@ def check_listen(host: str, port: int) -> None:
         raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
-def serve(model: str, host="127.0.0.1", port=8000, api_key=None, preset="belle-card", style="belle",
+def serve(model: str, host="127.0.0.1", port=8000, api_key=None, preset="belle-card", style=None,
           max_concurrency=1, max_queue=64, max_tokens_cap=2048, max_request_bytes=1 << 20, served_name=None,
           threads=None, log_level="info", context=None, **overrides) -> None:
     """Load ``model`` and serve it until interrupted. ``overrides`` (GenerationConfig's temperature, top_k,
@@ -356,6 +356,6 @@ def serve(model: str, host="127.0.0.1", port=8000, api_key=None, preset="belle-c
     name = served_name or os.path.basename(os.path.normpath(str(model)))
     app = create_app(engine, name, api_key=api_key, max_concurrency=max_concurrency, max_queue=max_queue,
                      max_request_bytes=max_request_bytes)
-    print(f"paddle-belle serve: {name} on http://{host}:{port}/v1 (style {style}, preset {preset}, "
+    print(f"paddle-belle serve: {name} on http://{host}:{port}/v1 (style {engine.style}, preset {preset}, "
           f"{max_concurrency} at a time, {max_queue} queued{', API key required' if api_key else ''})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

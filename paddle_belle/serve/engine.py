@@ -99,13 +99,13 @@ def defaults(preset="belle-card", max_tokens_cap=2048, **overrides) -> generatio
 class Engine:
     """A model, its tokenizer and the defaults of the server (prompt style, preset, caps)."""
 
-    def __init__(self, model, tokenizer, style="belle", preset="belle-card", max_tokens_cap=2048, context=None,
+    def __init__(self, model, tokenizer, style=None, preset="belle-card", max_tokens_cap=2048, context=None,
                  **overrides):
         """``overrides`` (top_k, max_new_tokens, ...) change the preset: the defaults of requests that do not set
         their own."""
         self.model, self.tokenizer = model, generation.prepare_tokenizer(tokenizer)
-        self.style = style
-        self.stops = prompts.get_style(style).stops
+        self.style = style or prompts.recorded_style(model.config)  # None: the style the model was trained in
+        self.stops = prompts.get_style(self.style).stops
         self.preset = defaults(preset, max_tokens_cap, **overrides)
         self.max_tokens_cap = max_tokens_cap
         # BLOOM (ALiBi) has no position limit of its own: context_length's 2048 is BELLE's training length

@@ -76,6 +76,15 @@ class BelleTrainer(Trainer):
                 callback.tokens += tokens * max(self.args.dataset_world_size, 1)
         return super().training_step(model, inputs)
 
+    def _save_checkpoint(self, model, metrics=None):
+        super()._save_checkpoint(model, metrics)
+        # PaddleNLP 2.8.1 (trainer/trainer.py, Trainer._save_checkpoint) rotates checkpoints only when
+        # `args.local_rank == 0`, and a process not started by paddle.distributed.launch has local_rank -1: one
+        # process kept every checkpoint, optimizer state included, whatever save_total_limit said. Sorted by step,
+        # not by mtime (PaddleNLP's choice), which a coarse file-system clock can tie.
+        if self.args.local_rank == -1 and self.args.should_save:
+            self._rotate_checkpoints(use_mtime=False, output_dir=self.args.output_dir)
+
     def _get_train_sampler(self):
         # PaddleNLP 2.8.1 shuffles a single process's data with the global NumPy RNG, drawn before a resumed run
         # restores that RNG: the resumed epoch then sees another order than the unbroken run. The distributed
@@ -138,11 +147,23 @@ def global_batch_accumulation(global_batch: int | None, per_device: int, data_pa
     return accumulation
 
 
+def check_trainable(model: str) -> None:
+    """Refuse a quantized checkpoint: its QuantLinears hold integer codes that get no gradients, so a run would
+    train only the float parameters around them (embeddings, norms) and report success."""
+    config_file = hub.resolve(model) / checkpoint.CONFIG_NAME
+    if config_file.is_file() and "quantization_config" in checkpoint.read_config(config_file.parent):
+        raise ValueError(f"{config_file}: a quantized checkpoint (quantization_config) cannot be trained, its integer "
+                         "weights get no gradients; train the float checkpoint it was made from")
+
+
 def load_model(config: TrainConfig, args: TrainingArguments):
     dtype = config.dtype
     if dtype == "auto":
         dtype = "bfloat16" if args.bf16 else "float16" if args.fp16 else "float32"
     model = AutoModelForCausalLM.from_pretrained(config.model, dtype=dtype)
+    # Recorded in config.json (of every checkpoint, and of a LoRA adapter, which saves the base's config): chat,
+    # serve, eval and card then prompt the model as it was trained (prompts.recorded_style).
+    model.config.prompt_style = config.style
     if config.lora:
         settings = config.lora
         targets = settings.target_modules or list(model.arch.lora_targets)
@@ -159,6 +180,7 @@ def load_model(config: TrainConfig, args: TrainingArguments):
 def train(config: TrainConfig, callbacks=()):
     """Run the configured training; returns the Trainer (its model holds the trained weights). ``callbacks``
     are extra PaddleNLP TrainerCallbacks."""
+    check_trainable(config.model)
     args = training_arguments(config)
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     prepare_tokenizer(tokenizer, padding_side=None)  # a pad token; training keeps the tokenizer's padding side
@@ -190,7 +212,10 @@ def train(config: TrainConfig, callbacks=()):
             resume = get_last_checkpoint(args.output_dir)  # None: nothing to resume, start afresh
         if resume:
             trainer.add_callback(RestoreRngOnResume(trainer, resume))
-        trainer.train(resume_from_checkpoint=resume)
+        result = trainer.train(resume_from_checkpoint=resume)
+    if args.process_index == 0:
+        print(f"trained {result.global_step} steps in {result.metrics['train_runtime']:.1f} s, mean loss "
+              f"{result.training_loss:.4f}", flush=True)
     trainer.save_model()  # the final weights (or LoRA adapter) and the tokenizer, as from_pretrained reads them
     if eval_set is not None:
         trainer.evaluate()
@@ -210,6 +235,10 @@ def merge_lora(base: str, adapter: str | Path, out: str | Path) -> Path:
         if not (adapter / name).is_file():
             raise FileNotFoundError(f"{adapter}: no {name} (is this a LoRA adapter directory?)")
     model = AutoModelForCausalLM.from_pretrained(base, dtype="float32")
+    if (adapter / checkpoint.CONFIG_NAME).is_file():  # the prompt style the adapter was trained in (load_model)
+        style = checkpoint.read_config(adapter).get("prompt_style")
+        if style:
+            model.config.prompt_style = style
     lora_config = LoRAConfig.from_pretrained(str(adapter))
     lora_config.merge_weights = True  # else eval() keeps adding B·A at run time and the weights stay unmerged
     lora = LoRAModel(model, lora_config)

@@ -138,3 +138,14 @@ def test_resume_continues_from_the_checkpoint_and_ends_where_an_unbroken_run_end
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_save_total_limit_keeps_that_many_checkpoints_in_one_process(base, data, tmp_path):
+    # A checkpoint every 2 steps of at least 6: PaddleNLP alone keeps them all.
+    out = tmp_path / "out"
+    config = load_config(write_config(tmp_path / "c.yaml", base, data, out, training={
+        "per_device_train_batch_size": 4, "save_strategy": "steps", "save_steps": 2, "save_total_limit": 2}))
+    steps = train(config).state.global_step
+    assert steps >= 6
+    kept = sorted((p.name for p in out.glob("checkpoint-*")), key=lambda name: int(name.split("-")[1]))
+    assert kept == [f"checkpoint-{steps // 2 * 2 - 2}", f"checkpoint-{steps // 2 * 2}"]

@@ -22,7 +22,7 @@ def prepare_tokenizer(tokenizer, padding_side: str | None = "left"):
     """Left padding for batched generation (None keeps the tokenizer's own, as training does), and a pad token
     where there is none (PaddleNLP's LlamaTokenizer; padding is masked out anyway)."""
     tokenizer.padding_side = padding_side or tokenizer.padding_side
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token_id is None:  # not pad_token: PaddleNLP logs an ERROR line when it is unset
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
 

@@ -51,6 +51,14 @@ def tied_head(x, embedding):
     import numpy as np
     import paddle
 
+    if embedding.dtype in (paddle.bfloat16, paddle.float16):  # CPU half weights (quant/linear.py keep_half)
+        from paddle_belle import kernels
+
+        if kernels.cpu_kernels() is not None and x.place.is_cpu_place():
+            return kernels.rows_matmul(x if x.is_contiguous() else x.contiguous(), embedding)
+        rows = max(1, (1 << 22) // embedding.shape[1])  # without the kernels: a block of rows widened at a time
+        return paddle.concat([paddle.matmul(x, embedding[r : r + rows].astype(x.dtype), transpose_y=True)
+                              for r in range(0, embedding.shape[0], rows)], axis=-1)
     large = embedding.size >= NUMPY_HEAD_MIN  # a small head is overhead-bound, not bandwidth-bound: no gain there
     if large and x.place.is_cpu_place() and x.dtype == paddle.float32 and (
             not paddle.is_grad_enabled() or x.stop_gradient and embedding.stop_gradient):

@@ -68,6 +68,12 @@ def dense_matmul(x, w, bias=None):
     return _call("belle_dense_matmul", x, w, bias)
 
 
+def rows_matmul(x, e, bias=None):
+    """x [..., K] @ e^T for e [N, K] (float32, bfloat16 or float16; a tied LM head's embedding) + bias, with the
+    native kernel."""
+    return _call("belle_rows_matmul", x, e, bias)
+
+
 def _call(op: str, *args):
     if _loaded.get("module") is None and cpu_kernels() is None:
         raise RuntimeError("paddle_belle: the native CPU kernels are not available")

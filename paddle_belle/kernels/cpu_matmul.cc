@@ -75,6 +75,7 @@ struct Scalar {
     return f;
   }
   static inline V f16(const uint16_t* p) { return half_to_float(*p); }
+  static inline float hsum(V v) { return v; }
 };
 
 #ifdef BELLE_X86
@@ -99,6 +100,11 @@ struct Avx2 {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   }
   AVX2 V f16(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  AVX2 float hsum(V v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_hadd_ps(s, s);
+    return _mm_cvtss_f32(_mm_hadd_ps(s, s));
+  }
 };
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl"))) static inline
@@ -122,6 +128,7 @@ struct Avx512 {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }
   AVX512 V f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  AVX512 float hsum(V v) { return _mm512_reduce_add_ps(v); }
 };
 #endif
 
@@ -171,20 +178,24 @@ template <class T, int Bytes> struct Dense {
   static const void* at(const Args& a, int64_t k, int64_t n) { return static_cast<const T*>(a.w) + k * a.N + n; }
   template <class I> static inline typename I::V decode(typename I::V w, int, typename I::Vi) { return w; }
 };
+// vec(w, i): W floats from element i of a dense weight, whatever its layout.
 struct Float32 : Dense<float, 4> {
-  template <class I> static inline typename I::V load(const Args& a, int64_t k, int64_t n) {
-    return I::loadf(static_cast<const float*>(at(a, k, n)));
+  template <class I> static inline typename I::V vec(const void* w, int64_t i) {
+    return I::loadf(static_cast<const float*>(w) + i);
   }
+  template <class I> static inline typename I::V load(const Args& a, int64_t k, int64_t n) { return vec<I>(a.w, k * a.N + n); }
 };
 struct BFloat16 : Dense<uint16_t, 2> {
-  template <class I> static inline typename I::V load(const Args& a, int64_t k, int64_t n) {
-    return I::bf16(static_cast<const uint16_t*>(at(a, k, n)));
+  template <class I> static inline typename I::V vec(const void* w, int64_t i) {
+    return I::bf16(static_cast<const uint16_t*>(w) + i);
   }
+  template <class I> static inline typename I::V load(const Args& a, int64_t k, int64_t n) { return vec<I>(a.w, k * a.N + n); }
 };
 struct Float16 : Dense<uint16_t, 2> {
-  template <class I> static inline typename I::V load(const Args& a, int64_t k, int64_t n) {
-    return I::f16(static_cast<const uint16_t*>(at(a, k, n)));
+  template <class I> static inline typename I::V vec(const void* w, int64_t i) {
+    return I::f16(static_cast<const uint16_t*>(w) + i);
   }
+  template <class I> static inline typename I::V load(const Args& a, int64_t k, int64_t n) { return vec<I>(a.w, k * a.N + n); }
 };
 
 // ------------------------------------------------------------------------------------------ the kernel
@@ -276,6 +287,43 @@ static void block_avx512(const Args& a, int64_t n0, int64_t n1) {
 }
 #endif
 
+// ------------------------------------------------------------------------------------------ x @ E^T
+// The LM head tied to the input embedding E [N, K] (BLOOM: 250,880 x 4096) reads E as stored: y[m, n] is the dot
+// product of x's row m with E's row n, one contiguous run of K weights, so no transposed copy of E is ever made.
+// Four accumulators hide the FMA latency of one long dot product.
+template <class I, class F>
+static inline void rows(const Args& a, int64_t n0, int64_t n1) {
+  using V = typename I::V;
+  for (int64_t n = n0; n < n1; ++n) {
+    const int64_t row = n * a.K;
+    for (int64_t m = 0; m < a.M; ++m) {
+      const float* x = a.x + m * a.K;
+      V acc[4] = {I::zero(), I::zero(), I::zero(), I::zero()};
+      int64_t k = 0;
+      for (; k + 4 * I::W <= a.K; k += 4 * I::W)
+        for (int j = 0; j < 4; ++j)
+          acc[j] = I::fma(I::loadf(x + k + j * I::W), F::template vec<I>(a.w, row + k + j * I::W), acc[j]);
+      for (; k + I::W <= a.K; k += I::W) acc[0] = I::fma(I::loadf(x + k), F::template vec<I>(a.w, row + k), acc[0]);
+      float s = I::hsum(acc[0]) + I::hsum(acc[1]) + I::hsum(acc[2]) + I::hsum(acc[3]);
+      for (; k < a.K; ++k) s += x[k] * F::template vec<Scalar>(a.w, row + k);
+      a.y[m * a.N + n] = s + (a.bias ? a.bias[n] : 0.0f);
+    }
+  }
+}
+template <class F> __attribute__((flatten)) static void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
+  rows<Scalar, F>(a, n0, n1);
+}
+#ifdef BELLE_X86
+template <class F> __attribute__((target("avx2,fma,f16c"), flatten))
+static void rows_avx2(const Args& a, int64_t n0, int64_t n1) {
+  rows<Avx2, F>(a, n0, n1);
+}
+template <class F> __attribute__((target("avx512f,avx512bw,avx512vl"), flatten))
+static void rows_avx512(const Args& a, int64_t n0, int64_t n1) {
+  rows<Avx512, F>(a, n0, n1);
+}
+#endif
+
 // 2: AVX-512, 1: AVX2, 0: portable. PADDLE_BELLE_KERNELS_ISA=avx2|scalar caps it (tests run every path).
 static int isa_level() {
   int level = 0;
@@ -315,6 +363,27 @@ static void run(Args& a, int64_t group) {
 #endif
     const int64_t b0 = tiles * t / threads, b1 = tiles * (t + 1) / threads;
     if (b0 < b1) fn(a, b0 * width, std::min(a.N, b1 * width));
+  }
+}
+
+// Each thread takes an equal contiguous share of E's rows.
+template <class F>
+static void run_rows(const Args& a) {
+  using Fn = void (*)(const Args&, int64_t, int64_t);
+  Fn fn = rows_scalar<F>;
+#ifdef BELLE_X86
+  const int level = isa_level();
+  if (level == 2) fn = rows_avx512<F>;
+  if (level == 1) fn = rows_avx2<F>;
+#endif
+#pragma omp parallel
+  {
+    int64_t threads = 1, t = 0;
+#ifdef _OPENMP
+    threads = omp_get_num_threads(), t = omp_get_thread_num();
+#endif
+    const int64_t r0 = a.N * t / threads, r1 = a.N * (t + 1) / threads;
+    if (r0 < r1) fn(a, r0, r1);
   }
 }
 
@@ -415,6 +484,34 @@ std::vector<paddle::Tensor> DenseMatmul(const paddle::Tensor& x, const paddle::T
   return {y};
 }
 
+// y = x @ e^T for e [N, K] in float32, bfloat16 or float16: the LM head tied to the input embedding.
+std::vector<paddle::Tensor> RowsMatmul(const paddle::Tensor& x, const paddle::Tensor& e,
+                                       const paddle::optional<paddle::Tensor>& bias) {
+  const char* op = "belle_rows_matmul";
+  check_x(x, op);
+  const int64_t K = x.shape().back();
+  PD_CHECK(e.is_cpu() && e.shape().size() == 2 && e.shape()[1] == K && e.is_contiguous(), op,
+           ": e must be a contiguous CPU tensor [N, ", K, "] ([out, in]), got ", shape_str(e.shape()));
+  const auto dtype = e.dtype();
+  PD_CHECK(dtype == paddle::DataType::FLOAT32 || dtype == paddle::DataType::BFLOAT16 ||
+               dtype == paddle::DataType::FLOAT16,
+           op, ": e must be float32, bfloat16 or float16, got ", dtype);
+  const int64_t N = e.shape()[0], M = K ? x.numel() / K : 0;
+  const float* b = check_bias(bias, N, op);
+  auto y = paddle::empty(out_shape(x.shape(), N), paddle::DataType::FLOAT32, x.place());
+  if (M == 0 || N == 0) return {y};
+  Args a{x.data<float>(), y.data<float>(), M, K, N, e.data(), nullptr, nullptr, 0, b};
+  if (dtype == paddle::DataType::FLOAT32) run_rows<Float32>(a);
+  if (dtype == paddle::DataType::BFLOAT16) run_rows<BFloat16>(a);
+  if (dtype == paddle::DataType::FLOAT16) run_rows<Float16>(a);
+  return {y};
+}
+
+std::vector<std::vector<int64_t>> RowsMatmulShape(const std::vector<int64_t>& x, const std::vector<int64_t>& e,
+                                                  const paddle::optional<std::vector<int64_t>>&) {
+  return {out_shape(x, e.front())};
+}
+
 std::vector<std::vector<int64_t>> QuantMatmulShape(const std::vector<int64_t>& x, const std::vector<int64_t>& qweight,
                                                    const std::vector<int64_t>&,
                                                    const paddle::optional<std::vector<int64_t>>&,
@@ -448,4 +545,11 @@ PD_BUILD_OP(belle_dense_matmul)
     .Outputs({"Out"})
     .SetKernelFn(PD_KERNEL(DenseMatmul))
     .SetInferShapeFn(PD_INFER_SHAPE(DenseMatmulShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(DenseMatmulDtype));
+
+PD_BUILD_OP(belle_rows_matmul)
+    .Inputs({"X", "E", paddle::Optional("Bias")})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(RowsMatmul))
+    .SetInferShapeFn(PD_INFER_SHAPE(RowsMatmulShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(DenseMatmulDtype));

@@ -180,7 +180,9 @@ class CausalLM(PretrainedModel):
 
     @property
     def dtype_name(self) -> str:
-        return str(self.parameters()[0].dtype).replace("paddle.", "")
+        """The dtype activations and the KV cache use: the norms'. (Not the first parameter's: on the CPU, half
+        weights keep only the Linears and the embedding in bfloat16/float16, quant/linear.py keep_half.)"""
+        return str(next(p.dtype for n, p in self.named_parameters() if "norm" in n)).replace("paddle.", "")
 
     @classmethod
     def from_pretrained(cls, path, dtype=None, strict=True, config=None, threads=None, **config_overrides):

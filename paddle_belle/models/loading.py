@@ -15,6 +15,8 @@ from tqdm.auto import tqdm
 from paddle_belle.checkpoint import CONFIG_NAME, CheckpointError, iter_state_dict, read_config, save_state_dict
 from paddle_belle.checkpoint import to_paddle, write_json
 from paddle_belle.cpu import set_cpu_threads
+from paddle_belle.quant.format import QuantConfig
+from paddle_belle.quant.linear import keep_half, replace_linears
 
 
 def check_dtype(dtype) -> str:
@@ -25,6 +27,8 @@ def check_dtype(dtype) -> str:
     if name == "float32":
         return name
     device = paddle.get_device()
+    if device == "cpu":  # half weights, float32 arithmetic (quant/linear.py keep_half): on request only, see load
+        return name
     # Paddle's CPU kernels have no fp16/bf16 matmul; elsewhere ask Paddle rather than assume a vendor.
     supported = device != "cpu" and (
         paddle.amp.is_float16_supported(device) if name == "float16" else paddle.amp.is_bfloat16_supported(device)
@@ -35,7 +39,10 @@ def check_dtype(dtype) -> str:
 
 
 def default_dtype(config) -> str:
-    """The checkpoint's own dtype where the device runs it, else float32 (always so on CPU)."""
+    """The checkpoint's own dtype where the device computes in it, else float32. On the CPU float32 unless asked:
+    half weights there are read through the native kernels, whose float32 path is not yet the faster one."""
+    if paddle.get_device() == "cpu":
+        return "float32"
     try:
         return check_dtype(getattr(config, "dtype", None) or "float32")
     except ValueError:
@@ -54,15 +61,17 @@ def load(cls, path, dtype=None, strict=True, config=None, threads=None, **config
         # Ours (quant/format.py), not PaddleNLP's QuantizationConfig, which would try to parse it.
         quantization = raw.pop("quantization_config", None)
         config = cls.config_class.from_dict(raw, **config_overrides)
-    config.dtype = check_dtype(dtype) if dtype is not None else default_dtype(config)
-    # LazyGuard: parameters get memory only when their weights arrive, so a 7B model is not initialised first.
+    weights = check_dtype(dtype) if dtype is not None else default_dtype(config)
+    half_on_cpu = weights != "float32" and paddle.get_device() == "cpu"
+    config.dtype = "float32" if half_on_cpu else weights  # what the model computes in
+    # LazyGuard: parameters get memory only when their weights arrive, so a 7B model is not initialised first, and
+    # half weights are loaded as they are stored, without a float32 copy of the model ever existing.
     with no_init_weights(), dtype_guard(config.dtype), paddle.LazyGuard():
         model = cls(config)
         if quantization is not None:  # a quantized checkpoint: integer weights stay integer (QuantLinear)
-            from paddle_belle.quant.format import QuantConfig
-            from paddle_belle.quant.linear import replace_linears
-
             replace_linears(model, QuantConfig.from_dict(quantization, f"{path / CONFIG_NAME}"))
+        if half_on_cpu:
+            keep_half(model, weights)
     load_weights(model, path, strict=strict)
     model.eval()
     return model
@@ -123,7 +132,7 @@ def save(model, save_dir, safe_serialization=True, max_shard_size=None, state_di
         for copy, source in model.arch.tied_copies(model.config).items():
             state[copy] = state[source].T.contiguous()
     save_state_dict(state, save_dir, safe_serialization=safe_serialization, max_shard_size=max_shard_size)
-    model.config.dtype = model.dtype_name
+    model.config.dtype = str(model.get_input_embeddings().weight.dtype).replace("paddle.", "")  # as stored
     model.config.architectures = [type(model).__name__]
     config = json.loads(model.config.to_json_string())
     if quantization is not None:  # see quant/format.py

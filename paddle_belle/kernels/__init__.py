@@ -137,7 +137,9 @@ def _quiet():
         try:
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
-            with warnings.catch_warnings():
+            # Python-level streams too: a caller may have replaced sys.stdout (contextlib.redirect_stdout), and
+            # Paddle's load() print()s "Compiling user custom op..." there.
+            with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 warnings.simplefilter("ignore")
                 yield log
         finally:

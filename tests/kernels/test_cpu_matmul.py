@@ -211,3 +211,22 @@ def test_a_failed_build_warns_once_and_layers_still_work(monkeypatch):
         layer, weight, bias = random_layer(QuantConfig(bits=4, group_size=64, method="rtn"), 200, 37)
         x = np.random.RandomState(5).standard_normal((3, 200)).astype(np.float32)
         assert_close(layer(paddle.to_tensor(x)).numpy(), x.astype(np.float64) @ weight + bias)
+
+
+
+def test_a_first_build_prints_nothing(ops, tmp_path):
+    """A fresh machine builds the op once; Paddle's load() print()s progress, which must reach neither a caller's
+    redirected sys.stdout (the card snippet's transcript) nor the process's own streams. In a subprocess: one
+    process cannot register the same ops twice."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import contextlib, io\nout = io.StringIO()\nwith contextlib.redirect_stdout(out):\n"
+            "    from paddle_belle import kernels\n    assert kernels.cpu_kernels() is not None\n"
+            "assert out.getvalue() == '', out.getvalue()")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PADDLE_EXTENSION_DIR": str(tmp_path)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert list(tmp_path.glob("belle_cpu_kernels_*/*.so"))  # really built there
+    assert run.stdout == "" and "Compiling" not in run.stderr

@@ -1,4 +1,5 @@
-"""A Linear whose weight stays resident as packed integers, and swapping it into a model.
+"""Linears whose weights stay resident in compact form -- packed integers (QuantLinear) or, on the CPU, bfloat16 /
+float16 (HalfLinear) -- and swapping them into a model.
 
 Paddle's weight-only kernels (``paddle.nn.quant.weight_only_linear``) exist only for GPUs; on CPU there is no kernel
 that reads integer weights (Paddle 3.3.1, python/paddle/nn/quant/quantized_linear.py), so the CPU path is ours: the
@@ -169,20 +170,6 @@ class HalfLinear(nn.Layer):
         return out if self.bias is None else out + self.bias
 
 
-def keep_half(model, dtype: str) -> None:
-    """Make ``model`` (built in float32, not yet loaded) hold its Linear weights and input embedding in ``dtype``
-    (bfloat16 or float16) for the CPU: Linears become HalfLinears, the embedding's rows are widened as they are
-    looked up, a tied head goes through the native kernel (cpu.tied_head); norms and biases stay float32."""
-    for _, parent, attr, linear in quantizable(model, QuantConfig(quantize_lm_head=False)):
-        if type(linear) is nn.Linear:  # a quantized checkpoint's Linears are QuantLinears already
-            setattr(parent, attr, HalfLinear(*linear.weight.shape, dtype, linear.bias is not None))
-    if not model.arch.tied(model.config):
-        model.lm_head = HalfLinear(*model.lm_head.weight.shape, dtype)
-    embedding = model.get_input_embeddings()
-    embedding.weight = embedding.create_parameter(embedding.weight.shape, dtype=dtype)
-    embedding.register_forward_post_hook(lambda layer, inputs, out: out.astype("float32"))
-
-
 # ----------------------------------------------------------------------------------------- model surgery
 def decoder_blocks(model) -> nn.LayerList:
     """The transformer blocks of our BLOOM (``bloom.h``) or LLaMA (``llama.layers``)."""
@@ -223,3 +210,18 @@ def replace_linears(model, config: QuantConfig) -> None:
         dtype = str(linear.weight.dtype).replace("paddle.", "")
         setattr(parent, attr, QuantLinear(in_features, out_features, config, bias, dtype))
     model.quantization = config
+
+
+def keep_half(model, dtype: str) -> None:
+    """Make ``model`` (built in float32, not yet loaded) hold its Linear weights and input embedding in ``dtype``
+    (bfloat16 or float16) for the CPU: Linears become HalfLinears, the embedding's rows are widened as they are
+    looked up, a tied head goes through the native kernel (cpu.tied_head); norms and biases stay float32."""
+    for block in decoder_blocks(model):
+        for _, parent, attr, linear in block_linears(model, block):
+            if type(linear) is nn.Linear:  # a quantized checkpoint's Linears are QuantLinears already
+                setattr(parent, attr, HalfLinear(*linear.weight.shape, dtype, linear.bias is not None))
+    if not model.arch.tied(model.config) and type(model.lm_head) is nn.Linear:
+        model.lm_head = HalfLinear(*model.lm_head.weight.shape, dtype)
+    embedding = model.get_input_embeddings()
+    embedding.weight = embedding.create_parameter(embedding.weight.shape, dtype=dtype)
+    embedding.register_forward_post_hook(lambda layer, inputs, out: out.astype("float32"))

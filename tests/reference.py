@@ -12,6 +12,7 @@ import transformers
 
 from paddle_belle import BloomConfig, BloomForCausalLM, LlamaConfig, LlamaForCausalLM
 from paddle_belle.convert.tokenizer import train_bloom_tokenizer, write_paddle_tokenizer
+from paddle_belle.quant import QuantLinear, dequantize
 
 HF_PREFIX = {"bloom": "transformer.", "llama": "model."}
 
@@ -158,3 +159,21 @@ class Exploit:
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
+
+
+def random_quant_layer(config, in_features, out_features, seed=0, bias=True):
+    """A QuantLinear of random codes, scales and zeros, and its exact float32 weight [in, out] in input order."""
+    rng = np.random.RandomState(seed)
+    codes = rng.randint(0, 1 << config.bits, (in_features, out_features)).astype(np.uint8)
+    groups = config.groups(in_features)
+    scales = rng.uniform(0.01, 0.1, (groups, out_features)).astype(np.float32)
+    zeros = rng.randint(0, 1 << config.bits, (groups, out_features)).astype(np.uint8)
+    perm = rng.permutation(in_features).astype(np.int32) if config.act_order else None
+    b = paddle.to_tensor(rng.standard_normal(out_features).astype(np.float32)) if bias else None
+    layer = QuantLinear.from_codes(codes, scales, zeros, config, perm=perm, bias=b)
+    if config.sym:
+        zeros = np.full_like(zeros, 1 << (config.bits - 1))
+    weight = dequantize(codes, scales, zeros, config.group_size)
+    if perm is not None:
+        weight = weight[np.argsort(perm)]  # stored row i is input row perm[i]
+    return layer, weight, None if b is None else b.numpy()

@@ -183,19 +183,25 @@ struct Float32 : Dense<float, 4> {
   template <class I> static inline typename I::V vec(const void* w, int64_t i) {
     return I::loadf(static_cast<const float*>(w) + i);
   }
-  template <class I> static inline typename I::V load(const Args& a, int64_t k, int64_t n) { return vec<I>(a.w, k * a.N + n); }
+  template <class I> static inline typename I::V load(const Args& a, int64_t k, int64_t n) {
+    return vec<I>(a.w, k * a.N + n);
+  }
 };
 struct BFloat16 : Dense<uint16_t, 2> {
   template <class I> static inline typename I::V vec(const void* w, int64_t i) {
     return I::bf16(static_cast<const uint16_t*>(w) + i);
   }
-  template <class I> static inline typename I::V load(const Args& a, int64_t k, int64_t n) { return vec<I>(a.w, k * a.N + n); }
+  template <class I> static inline typename I::V load(const Args& a, int64_t k, int64_t n) {
+    return vec<I>(a.w, k * a.N + n);
+  }
 };
 struct Float16 : Dense<uint16_t, 2> {
   template <class I> static inline typename I::V vec(const void* w, int64_t i) {
     return I::f16(static_cast<const uint16_t*>(w) + i);
   }
-  template <class I> static inline typename I::V load(const Args& a, int64_t k, int64_t n) { return vec<I>(a.w, k * a.N + n); }
+  template <class I> static inline typename I::V load(const Args& a, int64_t k, int64_t n) {
+    return vec<I>(a.w, k * a.N + n);
+  }
 };
 
 // ------------------------------------------------------------------------------------------ the kernel
@@ -460,51 +466,39 @@ std::vector<paddle::Tensor> QuantMatmul(const paddle::Tensor& x, const paddle::T
   return {y};
 }
 
-// y = x @ w for a dense weight [K, N] in float32, bfloat16 or float16 (for small M: decode).
-std::vector<paddle::Tensor> DenseMatmul(const paddle::Tensor& x, const paddle::Tensor& w,
-                                        const paddle::optional<paddle::Tensor>& bias) {
-  const char* op = "belle_dense_matmul";
+// y = x @ w for a dense weight in float32, bfloat16 or float16: w [K, N] ([in, out], a Linear), or with `rows`
+// y = x @ w^T for w [N, K] (the LM head tied to the input embedding, read as stored).
+static std::vector<paddle::Tensor> dense(const paddle::Tensor& x, const paddle::Tensor& w,
+                                         const paddle::optional<paddle::Tensor>& bias, bool rows, const char* op) {
   check_x(x, op);
   const int64_t K = x.shape().back();
-  PD_CHECK(w.is_cpu() && w.shape().size() == 2 && w.shape()[0] == K && w.is_contiguous(), op,
-           ": w must be a contiguous CPU tensor [", K, ", N] ([in, out]), got ", shape_str(w.shape()));
+  const std::string k = std::to_string(K), want = rows ? "[N, " + k + "] ([out, in])" : "[" + k + ", N] ([in, out])";
+  PD_CHECK(w.is_cpu() && w.shape().size() == 2 && w.shape()[rows ? 1 : 0] == K && w.is_contiguous(), op,
+           ": w must be a contiguous CPU tensor ", want, ", got ", shape_str(w.shape()));
   const auto dtype = w.dtype();
   PD_CHECK(dtype == paddle::DataType::FLOAT32 || dtype == paddle::DataType::BFLOAT16 ||
                dtype == paddle::DataType::FLOAT16,
            op, ": w must be float32, bfloat16 or float16, got ", dtype);
-  const int64_t N = w.shape()[1], M = K ? x.numel() / K : 0;
+  const int64_t N = w.shape()[rows ? 0 : 1], M = K ? x.numel() / K : 0;
   const float* b = check_bias(bias, N, op);
   auto y = paddle::empty(out_shape(x.shape(), N), paddle::DataType::FLOAT32, x.place());
   if (M == 0 || N == 0) return {y};
   if (K == 0) return fill_bias(y.data<float>(), M, N, b), std::vector<paddle::Tensor>{y};
   Args a{x.data<float>(), y.data<float>(), M, K, N, w.data(), nullptr, nullptr, 0, b};
-  if (dtype == paddle::DataType::FLOAT32) run<Float32>(a, K);
-  if (dtype == paddle::DataType::BFLOAT16) run<BFloat16>(a, K);
-  if (dtype == paddle::DataType::FLOAT16) run<Float16>(a, K);
+  if (dtype == paddle::DataType::FLOAT32) rows ? run_rows<Float32>(a) : run<Float32>(a, K);
+  if (dtype == paddle::DataType::BFLOAT16) rows ? run_rows<BFloat16>(a) : run<BFloat16>(a, K);
+  if (dtype == paddle::DataType::FLOAT16) rows ? run_rows<Float16>(a) : run<Float16>(a, K);
   return {y};
 }
 
-// y = x @ e^T for e [N, K] in float32, bfloat16 or float16: the LM head tied to the input embedding.
+std::vector<paddle::Tensor> DenseMatmul(const paddle::Tensor& x, const paddle::Tensor& w,
+                                        const paddle::optional<paddle::Tensor>& bias) {
+  return dense(x, w, bias, false, "belle_dense_matmul");
+}
+
 std::vector<paddle::Tensor> RowsMatmul(const paddle::Tensor& x, const paddle::Tensor& e,
                                        const paddle::optional<paddle::Tensor>& bias) {
-  const char* op = "belle_rows_matmul";
-  check_x(x, op);
-  const int64_t K = x.shape().back();
-  PD_CHECK(e.is_cpu() && e.shape().size() == 2 && e.shape()[1] == K && e.is_contiguous(), op,
-           ": e must be a contiguous CPU tensor [N, ", K, "] ([out, in]), got ", shape_str(e.shape()));
-  const auto dtype = e.dtype();
-  PD_CHECK(dtype == paddle::DataType::FLOAT32 || dtype == paddle::DataType::BFLOAT16 ||
-               dtype == paddle::DataType::FLOAT16,
-           op, ": e must be float32, bfloat16 or float16, got ", dtype);
-  const int64_t N = e.shape()[0], M = K ? x.numel() / K : 0;
-  const float* b = check_bias(bias, N, op);
-  auto y = paddle::empty(out_shape(x.shape(), N), paddle::DataType::FLOAT32, x.place());
-  if (M == 0 || N == 0) return {y};
-  Args a{x.data<float>(), y.data<float>(), M, K, N, e.data(), nullptr, nullptr, 0, b};
-  if (dtype == paddle::DataType::FLOAT32) run_rows<Float32>(a);
-  if (dtype == paddle::DataType::BFLOAT16) run_rows<BFloat16>(a);
-  if (dtype == paddle::DataType::FLOAT16) run_rows<Float16>(a);
-  return {y};
+  return dense(x, e, bias, true, "belle_rows_matmul");
 }
 
 std::vector<std::vector<int64_t>> RowsMatmulShape(const std::vector<int64_t>& x, const std::vector<int64_t>& e,

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import paddle
 import pytest
+from reference import random_quant_layer as random_layer
 from reference import tiny_bloom, tiny_llama
 
 from paddle_belle import kernels
@@ -29,24 +30,6 @@ def isa(request, ops, monkeypatch):
     if request.param != "best":
         monkeypatch.setenv("PADDLE_BELLE_KERNELS_ISA", request.param)
     return request.param
-
-
-def random_layer(config, in_features, out_features, seed=0, bias=True):
-    """A QuantLinear of random codes, scales and zeros, and its exact float32 weight [in, out] in input order."""
-    rng = np.random.RandomState(seed)
-    codes = rng.randint(0, 1 << config.bits, (in_features, out_features)).astype(np.uint8)
-    groups = config.groups(in_features)
-    scales = rng.uniform(0.01, 0.1, (groups, out_features)).astype(np.float32)
-    zeros = rng.randint(0, 1 << config.bits, (groups, out_features)).astype(np.uint8)
-    perm = rng.permutation(in_features).astype(np.int32) if config.act_order else None
-    b = paddle.to_tensor(rng.standard_normal(out_features).astype(np.float32)) if bias else None
-    layer = QuantLinear.from_codes(codes, scales, zeros, config, perm=perm, bias=b)
-    if config.sym:
-        zeros = np.full_like(zeros, 1 << (config.bits - 1))
-    weight = dequantize(codes, scales, zeros, config.group_size)
-    if perm is not None:
-        weight = weight[np.argsort(perm)]  # stored row i is input row perm[i]
-    return layer, weight, None if b is None else b.numpy()
 
 
 def assert_close(actual, expected, rtol=1e-5):
@@ -112,7 +95,7 @@ def test_rows_kernel_equals_the_transposed_matmul(dtype, m, isa):
         x = rng.standard_normal((m, k)).astype(np.float32)
         expected = x.astype(np.float64) @ e.astype("float32").numpy().astype(np.float64).T
         assert_close(kernels.rows_matmul(paddle.to_tensor(x), e).numpy(), expected)
-    with pytest.raises(ValueError, match=r"e must be a contiguous CPU tensor \[N, 67\] \(\[out, in\]\)"):
+    with pytest.raises(ValueError, match=r"w must be a contiguous CPU tensor \[N, 67\] \(\[out, in\]\)"):
         kernels.rows_matmul(paddle.to_tensor(x), paddle.zeros([300, 66]))
 
 

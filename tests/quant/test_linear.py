@@ -1,26 +1,10 @@
 import numpy as np
 import paddle
 import pytest
+from reference import random_quant_layer as random_layer
 
 from paddle_belle.quant import QuantConfig, QuantLinear, dequantize
 from paddle_belle.quant import linear as linear_module
-
-
-def random_layer(config, in_features, out_features, seed=0, bias=True):
-    rng = np.random.RandomState(seed)
-    codes = rng.randint(0, 1 << config.bits, (in_features, out_features)).astype(np.uint8)
-    groups = config.groups(in_features)
-    scales = rng.uniform(0.01, 0.1, (groups, out_features)).astype(np.float32)
-    zeros = rng.randint(0, 1 << config.bits, (groups, out_features)).astype(np.uint8)
-    perm = rng.permutation(in_features).astype(np.int32) if config.act_order else None
-    b = paddle.to_tensor(rng.standard_normal(out_features).astype(np.float32)) if bias else None
-    layer = QuantLinear.from_codes(codes, scales, zeros, config, perm=perm, bias=b)
-    if config.sym:
-        zeros = np.full_like(zeros, 1 << (config.bits - 1))
-    weight = dequantize(codes, scales, zeros, config.group_size)  # stored (perm) order
-    if perm is not None:
-        weight = weight[np.argsort(perm)]  # stored row i is input row perm[i]
-    return layer, weight, None if b is None else b.numpy()
 
 
 @pytest.mark.parametrize("config", [

@@ -17,15 +17,28 @@ def greedy(model, ids, n=48):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_bundled_model_in_half_gives_the_float32_greedy_ids(dtype):
-    tokenizer = AutoTokenizer.from_pretrained("belle-tiny-zh")
+def test_bundled_model_in_half_gives_the_float32_greedy_ids(dtype, tmp_path):
+    """The same weight values computed in float32 either way, so the same greedy ids. belle-tiny-zh is stored in
+    float16 (exact in float32); for bfloat16 the checkpoint is first rounded to bfloat16, since bfloat16's 8-bit
+    mantissa is itself a change of weights (it moves a near-tie at the 3rd token of this prompt)."""
+    import shutil
+
+    from paddle_belle.convert.engine import cast
+    from paddle_belle.registry import BUNDLED
+
+    path = BUNDLED / "belle-tiny-zh"
+    if dtype == "bfloat16":
+        path = shutil.copytree(path, tmp_path / "bf16")
+        save_state_dict({k: cast(v, np.dtype("uint16")) if v.dtype == np.float16 else v
+                         for k, v in load_state_dict(path).items()}, path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
     ids = tokenizer(PROMPT, return_tensors="pd")["input_ids"]
-    half = AutoModelForCausalLM.from_pretrained("belle-tiny-zh", dtype=dtype)
+    half = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     block = half.bloom.h[0]
     assert isinstance(block.mlp.dense_h_to_4h, HalfLinear) and str(block.mlp.dense_h_to_4h.weight.dtype).endswith(dtype)
     assert str(half.bloom.word_embeddings.weight.dtype).endswith(dtype)
     assert half.bloom.ln_f.weight.dtype == paddle.float32 and block.self_attention.dense.bias.dtype == paddle.float32
-    np.testing.assert_array_equal(greedy(half, ids), greedy(AutoModelForCausalLM.from_pretrained("belle-tiny-zh"), ids))
+    np.testing.assert_array_equal(greedy(half, ids), greedy(AutoModelForCausalLM.from_pretrained(path), ids))
 
 
 def test_half_llama_matches_float32_and_the_fallback(tmp_path, monkeypatch):

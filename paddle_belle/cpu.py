@@ -54,9 +54,11 @@ def tied_head(x, embedding):
     if embedding.dtype in (paddle.bfloat16, paddle.float16):  # CPU half weights (quant/linear.py keep_half)
         from paddle_belle import kernels
 
-        if kernels.cpu_kernels() is not None and x.place.is_cpu_place():
-            return kernels.rows_matmul(x if x.is_contiguous() else x.contiguous(), embedding)
-        rows = max(1, (1 << 22) // embedding.shape[1])  # without the kernels: a block of rows widened at a time
+        if kernels.usable(x):
+            return kernels.rows_matmul(x, embedding)
+        from paddle_belle.quant.linear import BLOCK_ELEMENTS
+
+        rows = max(1, BLOCK_ELEMENTS // embedding.shape[1])  # else a block of rows widened at a time
         return paddle.concat([paddle.matmul(x, embedding[r : r + rows].astype(x.dtype), transpose_y=True)
                               for r in range(0, embedding.shape[0], rows)], axis=-1)
     large = embedding.size >= NUMPY_HEAD_MIN  # a small head is overhead-bound, not bandwidth-bound: no gain there

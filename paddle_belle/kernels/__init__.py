@@ -55,6 +55,13 @@ def cpu_kernels():
     return _loaded["module"]
 
 
+def usable(x) -> bool:
+    """Whether the kernels can compute with ``x``: a float32 CPU tensor that needs no gradient (the ops have none),
+    and the kernels built here. Cheap checks first: the last may build them."""
+    return (x.place.is_cpu_place() and x.dtype == paddle.float32 and (x.stop_gradient or not paddle.is_grad_enabled())
+            and cpu_kernels() is not None)
+
+
 def quant_matmul(x, qweight, scales, zeros, bits: int, group_size: int, bias=None):
     """x [..., K] @ the packed weight (quant/format.py) + bias, with the native kernel; group_size > 0 (K per
     channel). A bias that is not float32 is added afterwards."""
@@ -74,12 +81,13 @@ def rows_matmul(x, e, bias=None):
     return _call("belle_rows_matmul", x, e, bias)
 
 
-def _call(op: str, *args):
+def _call(op: str, x, *args):
     if _loaded.get("module") is None and cpu_kernels() is None:
         raise RuntimeError("paddle_belle: the native CPU kernels are not available")
+    x = x if x.is_contiguous() else x.contiguous()  # the ops read x as one row-major block
     try:
         # What the generated op module does, without its wrapper (8 us a call, a third of a small layer's time).
-        return paddle._C_ops._run_custom_op(op, *args)[0]
+        return paddle._C_ops._run_custom_op(op, x, *args)[0]
     except OSError as e:  # the op's own checks: "belle_...: what is wrong\n  [file:line]" -> one line
         raise ValueError(str(e).strip().splitlines()[0]) from None
 

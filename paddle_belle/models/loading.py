@@ -29,10 +29,9 @@ def check_dtype(dtype) -> str:
     device = paddle.get_device()
     if device == "cpu":  # half weights, float32 arithmetic (quant/linear.py keep_half): on request only, see load
         return name
-    # Paddle's CPU kernels have no fp16/bf16 matmul; elsewhere ask Paddle rather than assume a vendor.
-    supported = device != "cpu" and (
-        paddle.amp.is_float16_supported(device) if name == "float16" else paddle.amp.is_bfloat16_supported(device)
-    )
+    # Elsewhere ask Paddle rather than assume a vendor.
+    supported = (paddle.amp.is_float16_supported(device) if name == "float16"
+                 else paddle.amp.is_bfloat16_supported(device))
     if not supported:
         raise ValueError(f"dtype {name} cannot run on device {device!r}; use float32 there")
     return name

@@ -97,17 +97,10 @@ class QuantLinear(nn.Layer):
             out = self._gpu_forward(x)
             if out is not None:
                 return out
-        elif x.place.is_cpu_place() and x.dtype == paddle.float32 and (x.stop_gradient or not paddle.is_grad_enabled()):
-            if kernels.cpu_kernels() is not None:  # the native kernel has no gradient: inference only
-                return self._kernel_forward(x)
+        elif kernels.usable(x):  # the native CPU kernel reads the packed codes directly, every bit width
+            return kernels.quant_matmul(x, self.qweight, self.scales, self.zeros, self.config.bits, self.group_size,
+                                        self.bias)
         return self._blockwise_forward(x)
-
-    def _kernel_forward(self, x):
-        """The native CPU kernel (paddle_belle/kernels): reads the packed codes directly, every bit width."""
-        if not x.is_contiguous():
-            x = x.contiguous()
-        return kernels.quant_matmul(x, self.qweight, self.scales, self.zeros, self.config.bits, self.group_size,
-                                    self.bias)
 
     def _blockwise_forward(self, x):
         """Dequantize whole groups a block at a time and accumulate their matmuls (any device, any dtype)."""
@@ -162,8 +155,8 @@ class HalfLinear(nn.Layer):
         self.bias = self.create_parameter([out_features], dtype="float32", is_bias=True) if bias else None
 
     def forward(self, x):
-        if x.dtype == paddle.float32 and (x.stop_gradient or not paddle.is_grad_enabled()) and kernels.cpu_kernels():
-            return kernels.dense_matmul(x if x.is_contiguous() else x.contiguous(), self.weight, self.bias)
+        if kernels.usable(x):
+            return kernels.dense_matmul(x, self.weight, self.bias)
         rows = max(1, BLOCK_ELEMENTS // self.weight.shape[1])
         out = sum(paddle.matmul(x[..., k : k + rows], self.weight[k : k + rows].astype(x.dtype))
                   for k in range(0, self.weight.shape[0], rows))

@@ -166,6 +166,21 @@ def cmd_convert(args):
     print(f"wrote {args.dst}")
 
 
+@command("decrypt", help="decrypt BELLE's encrypted LLaMA releases (*-enc) with the original LLaMA weights",
+         description="Decrypt every <file>.<sha256>.enc of ENC (a downloaded BELLE *-enc repo, or one such file) with "
+         "KEY, the original LLaMA consolidated.00.pth, into the new directory DST, checking each file's SHA-256 "
+         "(point-alpaca's scheme, as BELLE's models/decrypt.py). Nothing is left behind on a failure. Then convert "
+         "DST like any HF checkpoint (or --from-gptq its .pt file).")
+@arg("src", metavar="ENC")
+@arg("key", metavar="KEY")
+@arg("dst", metavar="DST")
+def cmd_decrypt(args):
+    from paddle_belle.convert.decrypt import decrypt
+
+    decrypt(args.src, args.key, args.dst)
+    print(f"wrote {args.dst}")
+
+
 @command("quantize", help="quantize a checkpoint to 2/3/4/8-bit weights (GPTQ or round-to-nearest)",
          description="Quantize the Linear weights of the decoder blocks block by block (GPTQ with PaddleSlim, "
          "calibrated on a text file; or RTN) and write a quantized checkpoint that from_pretrained loads. "

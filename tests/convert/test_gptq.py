@@ -14,9 +14,10 @@ from reference import bloom_tokenizer_json, max_rel_diff
 
 from paddle_belle import AutoModelForCausalLM, AutoTokenizer
 from paddle_belle.chat import generate_batch
+from paddle_belle.cards.files import checkpoint_tensors, weight_files
 from paddle_belle.cli import main
 from paddle_belle.convert.gptq import unpack_words
-from paddle_belle.quant import QuantLinear
+from paddle_belle.quant import QuantConfig, QuantLinear
 
 IDS = np.random.default_rng(3).integers(4, 300, (2, 7))
 
@@ -142,6 +143,11 @@ def test_belle_bloom_gptq_file_imports_to_its_exact_dequantization(bloom_dir, tm
     assert f"wrote {out}" in capsys.readouterr().out
     quant = json.loads((out / "config.json").read_text())["quantization_config"]
     assert (quant["bits"], quant["group_size"], quant["sym"], quant["act_order"]) == (bits, 128, False, False)
+
+    # The model card's files table (cards/files.py) predicts this file byte for byte.
+    config = json.loads((out / "config.json").read_text())
+    predicted = weight_files(checkpoint_tensors("bloom", config, "float32", QuantConfig.from_dict(quant)))
+    assert predicted == [("model.safetensors", (out / "model.safetensors").stat().st_size)]
 
     model = AutoModelForCausalLM.from_pretrained(out)
     for stem, w in dequantized.items():

@@ -74,7 +74,7 @@ def decrypt_file(enc: Path, key: Path, out: Path, progress=lambda n: None) -> No
                 key_chunk = pad.read(CHUNK)
             plain = np.frombuffer(chunk, np.uint8) ^ np.resize(np.frombuffer(key_chunk, np.uint8), len(chunk))
             hasher.update(plain)
-            sink.write(plain.tobytes())
+            sink.write(plain)
             progress(len(chunk))
     if hasher.digest() != expected:
         raise ValueError(f"{enc}: the decrypted data does not match the SHA-256 the file carries: a wrong key file "

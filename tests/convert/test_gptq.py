@@ -61,23 +61,38 @@ def pack_along(values: np.ndarray, bits: int, axis: int) -> np.ndarray:
     return np.moveaxis(words.astype(np.uint32).view(np.int32), 0, axis)
 
 
-def gptq_file(hf, bits, group, path, sym=False, act_order=False, seed=0):
+def kernel_zeros(qzeros: np.ndarray, bits: int) -> np.ndarray:
+    """The zero points BELLE's CUDA kernels use (quant_cuda_kernel.cu: ``((zeros[g, o / per] >> shift) & mask) + 1``)
+    [groups, out], read one by one."""
+    per, mask = 32 // bits, (1 << bits) - 1
+    words = qzeros.view(np.uint32)
+    return np.array([[((int(words[g, o // per]) >> (bits * (o % per))) & mask) + 1
+                      for o in range(words.shape[1] * per)] for g in range(words.shape[0])])
+
+
+def gptq_file(hf, bits, group, path, sym=False, act_order=False, seed=0, zero_of_zero=False):
     """Quantize every decoder-block Linear of ``hf`` as GPTQ-for-Bloom/LLaMa's save does and write the state dict
-    to ``path`` (.pt by torch.save, else safetensors). Returns {HF stem: dequantized weight [out, in]}."""
+    to ``path`` (.pt by torch.save, else safetensors). Returns {HF stem: the weight [out, in] BELLE's kernels compute
+    from the file}. ``zero_of_zero``: make one group's zero point 0 (all its weights >= 0), which pack() stores as -1."""
     state = dict(hf.state_dict())
     dequantized = {}
     gen = torch.Generator().manual_seed(seed)
     for name, module in hf.named_modules():
         if not isinstance(module, torch.nn.Linear) or name == "lm_head":
             continue
-        w = module.weight.detach().float()
+        w = module.weight.detach().float().clone()
+        if zero_of_zero:
+            w[2, :group] = w[2, :group].abs()  # output channel 2, first group
         order = torch.randperm(w.shape[1], generator=gen) if act_order else None
         q, scales, zeros, g_idx = quantize_groups(w, bits, group, sym, order)
         group_of = g_idx.long()
-        dequantized[name] = (scales[group_of].T * (q - zeros[group_of].T)).numpy()
+        qzeros = pack_along(zeros.numpy() - 1, bits, 1)
+        used = torch.from_numpy(kernel_zeros(qzeros, bits))
+        assert zero_of_zero != torch.equal(used, zeros)  # a zero of 0 and only that makes the kernels differ
+        dequantized[name] = (scales[group_of].T * (q - used[group_of].T)).numpy()
         del state[f"{name}.weight"]
         state[f"{name}.qweight"] = torch.from_numpy(pack_along(q.T.numpy(), bits, 0))
-        state[f"{name}.qzeros"] = torch.from_numpy(pack_along(zeros.numpy() - 1, bits, 1))
+        state[f"{name}.qzeros"] = torch.from_numpy(qzeros)
         state[f"{name}.scales"] = scales.float()
         state[f"{name}.bias"] = module.bias.detach().clone() if module.bias is not None else torch.zeros(w.shape[0])
         if act_order or seed % 2:  # later GPTQ-for-LLaMa versions save g_idx, trivial without act-order
@@ -206,3 +221,19 @@ def test_a_file_that_does_not_fit_the_config_fails_in_one_line_leaving_nothing(b
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(path) in err and "qweight" in err, err
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_a_zero_point_of_zero_reads_as_belles_kernels_read_it(bloom_dir, tmp_path, capsys):
+    """pack() stores zero - 1 = -1 as all ones, which also sets the higher zeros of its word: the kernels then use
+    2^bits there. The 4-bit import reproduces exactly that; at 8 bits 256 fits no uint8, so it is refused by name."""
+    directory, hf = bloom_dir
+    path = directory / "zero-4bit.pt"
+    dequantized = gptq_file(hf, 4, 128, path, zero_of_zero=True)
+    assert main(["convert", "--from-gptq", str(path), str(tmp_path / "q4")]) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "q4")
+    for stem, w in dequantized.items():
+        np.testing.assert_array_equal(our_layer(model, stem).weight().numpy(), w.T)
+    path = directory / "zero-8bit.pt"
+    gptq_file(hf, 8, 128, path, zero_of_zero=True)
+    assert main(["convert", "--from-gptq", str(path), str(tmp_path / "q8")]) == 1
+    assert "qzeros holds zero point 256" in capsys.readouterr().err and not (tmp_path / "q8").exists()

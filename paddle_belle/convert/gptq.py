@@ -132,12 +132,15 @@ def _plan(src: _Source, model_type: str, dims: dict):
         quantized[stem] = hf
     group = -1 if -1 in sizes else min(sizes)
     # g_idx: trivial (row // group) without act-order; with it, our format stores each group's rows together
-    # (quant/format.py ``perm``).
+    # (quant/format.py ``perm``), which needs every group but the last to hold ``group`` rows.
     act_order = False
     for hf in quantized.values():
         if f"{hf}.g_idx" in src.specs:
             g_idx = src.read(f"{hf}.g_idx").astype(np.int64)
-            act_order |= not np.array_equal(g_idx, np.arange(g_idx.size) // (group if group > 0 else g_idx.size))
+            trivial = np.arange(g_idx.size) // (group if group > 0 else g_idx.size)
+            if not np.array_equal(np.sort(g_idx), trivial):
+                raise CheckpointError(f"{where}: {hf}.g_idx does not make groups of {group} rows")
+            act_order |= not np.array_equal(g_idx, trivial)
     # Symmetric files (GPTQ-for-LLaMa --sym) have every zero at 2^(bits-1), our format's implicit zero: no zeros.
     sym = all(np.all(_zeros(src, hf, bits) == 1 << (bits - 1)) for hf in quantized.values())
     config = QuantConfig(bits=bits, group_size=group, method="gptq", sym=sym, act_order=act_order)
@@ -226,18 +229,13 @@ def _fingerprint(array: np.ndarray) -> str:
 
 def _write_quantized(write, source: _Source, hf: str, stem: str, part: str, config: QuantConfig) -> None:
     """Our ``part`` (qweight, scales, zeros or perm) of one quantized Linear, from the GPTQ tensors of ``hf``."""
-    bits, g_idx = config.bits, None
-    if config.act_order and f"{hf}.g_idx" in source.specs:
-        g_idx = source.read(f"{hf}.g_idx").astype(np.int64)
-    order = None if g_idx is None else np.argsort(g_idx, kind="stable")  # rows of a group together, in file order
+    bits, order = config.bits, None
+    if config.act_order and f"{hf}.g_idx" in source.specs:  # rows of a group together, in file order (_plan checked)
+        order = np.argsort(source.read(f"{hf}.g_idx"), kind="stable")
     if part == "qweight":
         codes = unpack_words(source.read(f"{hf}.qweight"), bits, axis=0)
         write(f"{stem}.qweight", pack(codes if order is None else codes[order], bits))
     elif part == "scales":
-        if order is not None:  # our groups are consecutive runs of stored rows: g_idx must say the same
-            size = config.group_size_for(g_idx.size)
-            if not np.array_equal(g_idx[order], np.arange(g_idx.size) // size):
-                raise CheckpointError(f"{source.path}: {hf}.g_idx does not make groups of {size} rows")
         write(f"{stem}.scales", source.read(f"{hf}.scales").astype(np.float32))
     elif part == "zeros":
         zeros = _zeros(source, hf, bits)

@@ -163,11 +163,13 @@ FACTS = {f.name: f for f in [
         prompt_style="belle-v2",
         prompt_source="BELLE's current training format (train/ in BELLE's repo, 2023-07, when this model was "
                       "released); the model's card could not be read",
-        notes=("BELLE reports it well ahead of BELLE-LLaMA-EXT-13B on its 1,000-question evaluation set "
+        notes=("BELLE reports a marked improvement over BELLE-LLaMA-EXT-13B on its evaluation set "
                "(" + BELLE_README + "). Llama 2's licence allows sharing the weights: a plain Hugging Face "
                "checkpoint, converted by `paddle-belle convert`.",),
     ),
 ]}
+
+
 def find(name: str) -> CardFacts | None:
     """The facts for a short name or BELLE's title, case-insensitively."""
     key = name.lower()

@@ -74,7 +74,7 @@ def gptq_file(hf, bits, group, path, sym=False, act_order=False, seed=0, zero_of
     """Quantize every decoder-block Linear of ``hf`` as GPTQ-for-Bloom/LLaMa's save does and write the state dict
     to ``path`` (.pt by torch.save, else safetensors). Returns {HF stem: the weight [out, in] BELLE's kernels compute
     from the file}. ``zero_of_zero``: make one group's zero point 0 (all its weights >= 0), which pack() stores as -1."""
-    state = dict(hf.state_dict())
+    state = hf.state_dict()  # an OrderedDict with its _metadata attribute, pickled as BELLE's torch.save did
     dequantized = {}
     gen = torch.Generator().manual_seed(seed)
     for name, module in hf.named_modules():

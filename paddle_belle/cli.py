@@ -139,18 +139,45 @@ def _load(args):
      help="weight file format of PaddleNLP output (HF output is always safetensors)")
 @arg("--verify", action="store_true",
      help="load both sides (needs torch + transformers, and memory for both models) and print max |Δlogits|")
-@arg("--from-gguf", action="store_true",
-     help="SRC is a llama.cpp GGUF file (LLaMA architecture; quantized tensors are dequantized to "
-     "float32); DST gets our PaddleNLP layout and, for byte-level BPE vocabularies, tokenizer.json")
+@one_of(arg("--from-gguf", action="store_true",
+            help="SRC is a llama.cpp GGUF file (LLaMA architecture; quantized tensors are dequantized to "
+            "float32); DST gets our PaddleNLP layout and, for byte-level BPE vocabularies, tokenizer.json"),
+        arg("--from-gptq", action="store_true",
+            help="SRC is a GPTQ-for-Bloom / GPTQ-for-LLaMa file (.pt or .safetensors: BELLE's "
+            "bloom7b-2m-4bit-128g.pt, llama7b-2m-8bit-128g.pt, ...); DST gets our quantized checkpoint, the codes "
+            "repacked, not re-quantized"))
+@arg("--config", metavar="DIR", help="with --from-gptq: the directory with the model's config.json and tokenizer "
+     "(default: SRC's directory, as in BELLE's repos)")
 def cmd_convert(args):
+    if args.config and not args.from_gptq:
+        raise argparse.ArgumentError(None, "--config goes with --from-gptq")
     if args.from_gguf:
         from paddle_belle.convert.gguf import convert_gguf
 
         convert_gguf(args.src, args.dst)
+    elif args.from_gptq:
+        from paddle_belle.convert.gptq import convert_gptq
+
+        convert_gptq(args.src, args.dst, config=args.config)
     else:
         from paddle_belle.convert import convert
 
         convert(args.src, args.dst, **options(args, convert, safe_serialization=args.format == "safetensors"))
+    print(f"wrote {args.dst}")
+
+
+@command("decrypt", help="decrypt BELLE's encrypted LLaMA releases (*-enc) with the original LLaMA weights",
+         description="Decrypt every <file>.<sha256>.enc of ENC (a downloaded BELLE *-enc repo, or one such file) with "
+         "KEY, the original LLaMA consolidated.00.pth, into the new directory DST, checking each file's SHA-256 "
+         "(point-alpaca's scheme, as BELLE's models/decrypt.py). Nothing is left behind on a failure. Then convert "
+         "DST like any HF checkpoint (or --from-gptq its .pt file).")
+@arg("src", metavar="ENC")
+@arg("key", metavar="KEY")
+@arg("dst", metavar="DST")
+def cmd_decrypt(args):
+    from paddle_belle.convert.decrypt import decrypt
+
+    decrypt(args.src, args.key, args.dst)
     print(f"wrote {args.dst}")
 
 

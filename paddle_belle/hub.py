@@ -100,8 +100,9 @@ def resolve(name_or_path: str | os.PathLike, *, offline: bool | None = None) -> 
         return registry.BUNDLED / entry.name
     if entry is not None:  # a short name from the registry, e.g. belle-7b-2m
         if entry.paddlenlp is None:
+            steps = entry.route.replace(", ", "`, then `paddle-belle ")
             raise FileNotFoundError(f"{entry.name} is not on PaddleNLP's bucket: download {entry.hf} from Hugging Face "
-                                    "and run `paddle-belle convert` on it")
+                                    f"and run `paddle-belle {steps}` on it")
         name_or_path = entry.paddlenlp
     org, name = parse_name(name_or_path)
     cache = cache_dir(org, name)

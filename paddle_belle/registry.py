@@ -2,8 +2,10 @@
 
 ``paddlenlp`` is a community name on PaddleNLP's bucket (``from_pretrained`` downloads it); ``hf`` the
 Hugging Face repo to convert from (``paddle-belle convert``). The BELLE-LLaMA releases are XOR-encrypted
-diffs against Meta's LLaMA weights (LLaMA's licence): decrypt them with BELLE's models/ scripts, then convert.
-Shapes use PaddleNLP's config field names.
+diffs against Meta's LLaMA weights (LLaMA's licence, ``encrypted``): ``paddle-belle decrypt`` them with the original
+consolidated.00.pth, then convert; ``gptq`` lists a repo's GPTQ-for-LLaMa files (``convert --from-gptq``).
+Shapes use PaddleNLP's config field names. Sources: BELLE's README.md and models/README.md, the repos' Hugging Face
+pages (cards/facts.py cites them per model).
 """
 from __future__ import annotations
 
@@ -27,6 +29,17 @@ class ModelInfo:
     paddlenlp: str | None = None
     hf: str | None = None
     bundled: bool = False  # ships inside the package (paddle_belle/assets/<name>)
+    encrypted: bool = False  # an XOR diff against Meta's LLaMA (point-alpaca's scheme): `paddle-belle decrypt` first
+    gptq: tuple[str, ...] = ()  # the repo holds these GPTQ-for-LLaMa files, not an HF checkpoint
+
+    @property
+    def route(self) -> str:
+        """How the weights become a checkpoint from_pretrained loads, in a few words."""
+        if self.bundled:
+            return "bundled"
+        if self.paddlenlp:
+            return "from_pretrained"
+        return ("decrypt, " if self.encrypted else "") + ("convert --from-gptq" if self.gptq else "convert")
 
     @property
     def parameters(self) -> int:
@@ -48,14 +61,26 @@ REGISTRY = {m.name: m for m in [
     _belle_bloom("1M", "1M"),
     _belle_bloom("2M", "2M"),
     ModelInfo("belle-llama-7b-0.6m", "llama", LLAMA_7B, "LLaMA-7B fine-tuned on 0.6M BELLE instructions (encrypted diff)",
-              hf="BelleGroup/BELLE-LLaMA-7B-0.6M-enc"),
+              hf="BelleGroup/BELLE-LLaMA-7B-0.6M-enc", encrypted=True),
     ModelInfo("belle-llama-7b-2m", "llama", LLAMA_7B, "LLaMA-7B fine-tuned on 2M BELLE instructions (encrypted diff)",
-              hf="BelleGroup/BELLE-LLaMA-7B-2M-enc"),
+              hf="BelleGroup/BELLE-LLaMA-7B-2M-enc", encrypted=True),
+    ModelInfo("belle-llama-7b-2m-gptq", "llama", LLAMA_7B,
+              "BELLE-LLaMA-7B-2M quantized by GPTQ-for-LLaMa to 4 and 8 bits, group size 128 (encrypted diff)",
+              hf="BelleGroup/BELLE-LLaMA-7B-2M-gptq-enc", encrypted=True,
+              gptq=("llama7b-2m-4bit-128g.pt", "llama7b-2m-8bit-128g.pt")),
     ModelInfo("belle-llama-13b-2m", "llama", LLAMA_13B, "LLaMA-13B fine-tuned on 2M BELLE instructions (encrypted diff)",
-              hf="BelleGroup/BELLE-LLaMA-13B-2M-enc"),
+              hf="BelleGroup/BELLE-LLaMA-13B-2M-enc", encrypted=True),
     ModelInfo("belle-llama-ext-7b", "llama", {**LLAMA_7B, "vocab_size": 79458},
               "LLaMA-7B with a 79,458-token Chinese-extended vocabulary, embeddings pre-trained on 3.4B Chinese words "
-              "(encrypted diff)", hf="BelleGroup/BELLE-LLaMA-EXT-7B"),
+              "(encrypted diff)", hf="BelleGroup/BELLE-LLaMA-EXT-7B", encrypted=True),
+    # The vocabulary: the repo's encrypted tokenizer.model and pytorch_model.bin.index.json carry the same plaintext
+    # SHA-256 in their names as BELLE-LLaMA-EXT-7B's (0b716a61..., 4f08b269...): the same tokenizer and tensor shapes.
+    ModelInfo("belle-on-open-datasets", "llama", {**LLAMA_7B, "vocab_size": 79458},
+              "BELLE-LLaMA-EXT-7B fine-tuned on open instruction datasets (arXiv 2304.07854; encrypted diff)",
+              hf="BelleGroup/BELLE-on-Open-Datasets", encrypted=True),
+    # Llama 2's licence allows sharing the weights: a plain HF checkpoint, in the BELLE-2 organisation.
+    ModelInfo("belle-llama2-13b-chat-0.4m", "llama", LLAMA_13B,
+              "Llama-2-13B fine-tuned on 0.4M high-quality Chinese conversations", hf="BELLE-2/BELLE-Llama2-13B-chat-0.4M"),
     ModelInfo("bloomz-7b1-mt", "bloom", BLOOMZ_7B1, "BigScience BLOOMZ-7B1-mt, the base of BELLE-7B",
               paddlenlp="bigscience/bloomz-7b1-mt", hf="bigscience/bloomz-7b1-mt"),
     ModelInfo("llama-7b", "llama", LLAMA_7B, "Meta LLaMA-7B, the base of BELLE-LLaMA-7B", hf="huggyllama/llama-7b"),
@@ -89,10 +114,12 @@ def format_count(n: int) -> str:
 
 
 def format_table() -> str:
-    rows = [("name", "arch", "layers", "hidden", "heads", "vocab", "params", "from_pretrained", "convert from (HF)")]
+    rows = [("name", "arch", "layers", "hidden", "heads", "vocab", "params", "from_pretrained", "release (HF)",
+             "how")]
     for m in REGISTRY.values():
         c, a = m.config, ARCHS[m.model_type]
         rows.append((m.name, m.model_type, str(a.n_layers(c)), str(c["hidden_size"]), str(a.n_heads(c)), str(c["vocab_size"]),
-                     format_count(m.parameters), "(bundled)" if m.bundled else m.paddlenlp or "-", m.hf or "-"))
+                     format_count(m.parameters), "(bundled)" if m.bundled else m.paddlenlp or "-", m.hf or "-",
+                     m.route))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows)

@@ -15,7 +15,8 @@ HF = {"bloom": (transformers.BloomConfig, transformers.BloomForCausalLM),
       "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM)}
 
 
-@pytest.mark.parametrize("name", ["belle-7b-2m", "belle-llama-7b-2m", "belle-llama-13b-2m", "belle-llama-ext-7b"])
+@pytest.mark.parametrize("name", ["belle-7b-2m", "belle-llama-7b-2m", "belle-llama-13b-2m", "belle-llama-ext-7b",
+                                  "belle-llama2-13b-chat-0.4m", "belle-on-open-datasets", "belle-llama-7b-2m-gptq"])
 def test_parameter_counts_match_transformers(name):
     entry = REGISTRY[name]
     config_cls, model_cls = HF[entry.model_type]
@@ -47,3 +48,17 @@ def test_short_names_resolve_through_the_registry(tmp_path, monkeypatch):
     assert hub.resolve("belle-7b-2m") == cache
     with pytest.raises(FileNotFoundError, match=r"belle-7b-0.2m is not on PaddleNLP's bucket: download BelleGroup/BELLE-7B-0.2M"):
         hub.resolve("belle-7b-0.2m")
+
+
+def test_every_model_in_belles_readme_is_known_with_its_route():
+    """BELLE's README.md model list (2024-10): each repo is in the registry, with how its weights are obtained."""
+    routes = {
+        "BelleGroup/BELLE-7B-2M": "from_pretrained", "BelleGroup/BELLE-7B-0.2M": "convert",
+        "BelleGroup/BELLE-LLaMA-7B-0.6M-enc": "decrypt, convert", "BelleGroup/BELLE-LLaMA-7B-2M-enc": "decrypt, convert",
+        "BelleGroup/BELLE-LLaMA-7B-2M-gptq-enc": "decrypt, convert --from-gptq",
+        "BelleGroup/BELLE-LLaMA-13B-2M-enc": "decrypt, convert", "BelleGroup/BELLE-on-Open-Datasets": "decrypt, convert",
+        "BelleGroup/BELLE-LLaMA-EXT-7B": "decrypt, convert", "BELLE-2/BELLE-Llama2-13B-chat-0.4M": "convert",
+    }
+    assert {repo: lookup(repo).route for repo in routes} == routes
+    out = subprocess.run([sys.executable, "-m", "paddle_belle.cli", "models"], capture_output=True, text=True, check=True)
+    assert "decrypt, convert --from-gptq" in out.stdout

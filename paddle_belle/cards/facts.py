@@ -10,17 +10,28 @@ published". Sources (checked for this table; the cards cite them):
 - MODELS_README: BELLE's GitHub models/README_en.md (the model lists, the XOR-diff release of the LLaMA models, the
   limitations it states).
 - GPTQ_README: BELLE's GitHub models/gptq/README.md (the BELLE-7B-gptq files, their sizes and GPU memory on one
-  A100, the quantization command: BELLE-7B-2M, wikitext2 calibration, groupsize 128).
+  A100, the quantization command: BELLE-7B-2M, wikitext2 calibration, groupsize 128) and models/gptq/bloom.py
+  (asymmetric grid: ``Quantizer.configure(..., sym=False)``).
+- BELLE_README: BELLE's GitHub README.md (the model list: BELLE-Llama2-13B-chat-0.4M "trained on 0.4M high-quality
+  conversations on top of Llama-2-13B", BELLE-on-Open-Datasets "LLaMA-7B trained on diverse open-source data").
+- Hugging Face file listings (what a repo holds, file sizes, and the plaintext SHA-256 in each encrypted file's name).
+  The cards of BELLE-LLaMA-7B-2M-gptq-enc, BELLE-on-Open-Datasets and BELLE-Llama2-13B-chat-0.4M could not be read.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+NOT_PUBLISHED = "not published"
 BELLE_GITHUB = "https://github.com/LianjiaTech/BELLE"
 HF_7B = "the Hugging Face cards of BelleGroup/BELLE-7B-0.2M/0.6M/1M/2M"
 HF_LLAMA_13B = "the Hugging Face card of [BelleGroup/BELLE-LLaMA-13B-2M-enc](https://huggingface.co/BelleGroup/BELLE-LLaMA-13B-2M-enc)"
 MODELS_README = f"BELLE's [models/README_en.md]({BELLE_GITHUB}/blob/main/models/README_en.md)"
 GPTQ_README = f"BELLE's [models/gptq/README.md]({BELLE_GITHUB}/blob/main/models/gptq/README.md)"
+BELLE_README = f"BELLE's [README.md]({BELLE_GITHUB}/blob/main/README.md)"
+HF_FILES = "the file listing of [{repo}](https://huggingface.co/{repo}/tree/main)"
+
+LLAMA_NOTE = ("Released as an XOR diff against Meta's LLaMA-7B weights (LLaMA's licence forbids sharing the weights): "
+              "`paddle-belle decrypt` it with your own LLaMA-7B consolidated.00.pth (" + MODELS_README + ").")
 
 # BELLE-7B-*'s table, the same on all four cards.
 BLOOM_HYPER = {"batch size": "64", "learning rate": "3e-6", "epochs": "3", "weight decay": "0.001",
@@ -29,13 +40,16 @@ BLOOM_HYPER = {"batch size": "64", "learning rate": "3e-6", "epochs": "3", "weig
 
 @dataclass(frozen=True)
 class Quantized:
-    """A GPTQ variant: BELLE's published file, and what `paddle-belle quantize` makes in its place."""
+    """A GPTQ release: BELLE's file (GPTQ-for-Bloom/LLaMa's .pt, which `paddle-belle convert --from-gptq` imports)
+    and what BELLE published about its size."""
 
     bits: int
     group_size: int
-    published_file: str  # BELLE's file in BelleGroup/BELLE-7B-gptq (GPTQ-for-Bloom's .pt, not loadable here)
-    published_size: str  # as BELLE's README gives it
-    published_gpu_memory: str
+    published_file: str  # BELLE's file in its Hugging Face repo
+    published_rows: tuple  # (file, file size, GPU memory) rows as BELLE gives them
+    published_source: str
+    sym: bool = False  # BELLE's bloom.py quantizes asymmetrically; its llama.py too unless run with --sym
+    rest_dtype: str = "float32"  # the file's unquantized tensors (embeddings, norms, head), kept by the import
 
 
 @dataclass(frozen=True)
@@ -77,9 +91,7 @@ def _belle_llama_7b(size: str) -> CardFacts:
              "Alpaca examples to its 2M; the 7B cards could not be checked)",
         data_size=size, hyper=None, hyper_source=None, hf=f"BelleGroup/BELLE-LLaMA-7B-{size}-enc", source=MODELS_README,
         prompt_source=f"{HF_7B}; the BELLE-LLaMA-7B cards could not be checked, so the BLOOM models' format is assumed",
-        notes=("Released as an XOR diff against Meta's LLaMA-7B weights (LLaMA's licence forbids sharing the "
-               "weights): decrypt it with BELLE's models/ scripts and your own LLaMA-7B, then `paddle-belle convert` "
-               "(" + MODELS_README + ").",
+        notes=(LLAMA_NOTE + " Then `paddle-belle convert` it.",
                "For BELLE-LLaMA-13B-2M BELLE published batch 16, lr 2e-5, 3 epochs, weight decay 0, warmup 0.03, "
                "cosine schedule, and later a checkpoint trained with lr 5e-6 (" + HF_LLAMA_13B + "); whether the 7B "
                "models used the same is not published."),
@@ -88,29 +100,74 @@ def _belle_llama_7b(size: str) -> CardFacts:
 
 def _gptq(bits: int, size: str, memory: str) -> CardFacts:
     base = _belle_7b("2M")
+    file = f"bloom7b-2m-{bits}bit-128g.pt"
     return CardFacts(
         name=f"belle-7b-2m-gptq-{bits}bit-128g", title=f"BELLE-7B-2M-GPTQ-{bits}bit-128g", registry="belle-7b-2m",
         base="BELLE-7B-2M",
         data=base.data,
         intro=f"BELLE-7B-2M (BLOOMZ-7B1-mt fine-tuned on {base.data}) with the Linear weights of its decoder "
-              f"blocks quantized to {bits} bits by GPTQ, one scale per group of 128 input rows. BELLE calibrated its "
-              "GPTQ run on wikitext2 (" + GPTQ_README + ").",
+              f"blocks quantized to {bits} bits by GPTQ, one scale and zero point per group of 128 input rows. BELLE "
+              "calibrated its GPTQ run on wikitext2 (" + GPTQ_README + ").",
         data_size="2M", hyper=BLOOM_HYPER, hyper_source=HF_7B + " (fine-tuning of the float model)",
         hf="BelleGroup/BELLE-7B-gptq", source=GPTQ_README,
-        notes=(f"BELLE's file bloom7b-2m-{bits}bit-128g.pt is in GPTQ-for-Bloom's format, which paddle_belle does not "
-               "read; the checkpoint this card describes is made from BELLE-7B-2M by `paddle-belle quantize` "
-               "(GPTQ through PaddleSlim, our packed format).",),
-        quantized=Quantized(bits, 128, f"bloom7b-2m-{bits}bit-128g.pt", size, memory),
+        notes=(f"BELLE's file {file} is in GPTQ-for-Bloom's format; `paddle-belle convert --from-gptq` repacks its "
+               "integer codes into paddle_belle's format without re-quantizing them, keeping its float32 embeddings "
+               "and norms. (`paddle-belle quantize` can also make a GPTQ checkpoint from BELLE-7B-2M itself.)",),
+        quantized=Quantized(bits, 128, file, (PUBLISHED_BASE, (file, size, memory)),
+                            f"one NVIDIA A100; {GPTQ_README}"),
     )
+
+
+# BELLE's figure for the unquantized BELLE-7B-2M in the same table (GPTQ_README).
+PUBLISHED_BASE = ("base (BELLE-7B-2M)", "27G", "~28.2G")
+LLAMA_GPTQ_REPO = "BelleGroup/BELLE-LLaMA-7B-2M-gptq-enc"
 
 
 FACTS = {f.name: f for f in [
     _belle_7b("0.2M"), _belle_7b("0.6M"), _belle_7b("1M"), _belle_7b("2M"),
     _belle_llama_7b("0.6M"), _belle_llama_7b("2M"),
     _gptq(8, "9.7G", "~11.4G"), _gptq(4, "6.9G", "~8.4G"),
+    CardFacts(
+        name="belle-llama-7b-2m-gptq", title="BELLE-LLaMA-7B-2M-gptq", registry="belle-llama-7b-2m-gptq",
+        base="BELLE-LLaMA-7B-2M (Meta LLaMA-7B fine-tuned on 2M BELLE instructions)",
+        data="2M Chinese instruction-following examples from BELLE",
+        intro="BELLE-LLaMA-7B-2M with the Linear weights of its decoder blocks quantized by GPTQ-for-LLaMa to 4 bits "
+              "(this card) or 8 bits, one scale and zero point per group of 128 input rows (" + MODELS_README + "; "
+              "bits and group size from the file names in " + HF_FILES.format(repo=LLAMA_GPTQ_REPO) + ").",
+        data_size="2M", hyper=None, hyper_source=None, hf=LLAMA_GPTQ_REPO, source=MODELS_README,
+        prompt_source=f"{HF_7B}; the BELLE-LLaMA-7B cards could not be checked, so the BLOOM models' format is assumed",
+        notes=(LLAMA_NOTE + " The decrypted llama7b-2m-4bit-128g.pt is GPTQ-for-LLaMa's format: `paddle-belle "
+               "convert --from-gptq` repacks its codes without re-quantizing them, reading bits, group size and "
+               "grid from the file. Whether BELLE ran GPTQ-for-LLaMa with --sym is not published (its default is "
+               "asymmetric, which this card assumes).",),
+        quantized=Quantized(4, 128, "llama7b-2m-4bit-128g.pt",
+                            (("llama7b-2m-4bit-128g.pt (encrypted)", "4 GB", NOT_PUBLISHED),
+                             ("llama7b-2m-8bit-128g.pt (encrypted)", "7.26 GB", NOT_PUBLISHED)),
+                            HF_FILES.format(repo=LLAMA_GPTQ_REPO), rest_dtype="float16"),
+    ),
+    CardFacts(
+        name="belle-on-open-datasets", title="BELLE-on-Open-Datasets", registry="belle-on-open-datasets",
+        base="BELLE-LLaMA-EXT-7B (LLaMA-7B with a 79,458-token Chinese-extended vocabulary)",
+        data="diverse open-source instruction data (" + BELLE_README + "; arXiv 2304.07854 studies such training sets)",
+        data_size=None, hyper=None, hyper_source=None, hf="BelleGroup/BELLE-on-Open-Datasets", source=BELLE_README,
+        prompt_source=f"{HF_7B}; this model's card could not be read, so the BLOOM models' format is assumed",
+        notes=(LLAMA_NOTE, "Its base is inferred, not stated: the repo's encrypted tokenizer.model and "
+               "pytorch_model.bin.index.json carry the same plaintext SHA-256 in their names as BELLE-LLaMA-EXT-7B's "
+               "(" + HF_FILES.format(repo="BelleGroup/BELLE-on-Open-Datasets") + "), so it has that model's "
+               "tokenizer and tensor shapes."),
+    ),
+    CardFacts(
+        name="belle-llama2-13b-chat-0.4m", title="BELLE-Llama2-13B-chat-0.4M", registry="belle-llama2-13b-chat-0.4m",
+        base="Meta Llama-2-13B", data="0.4M high-quality Chinese conversations", data_size="0.4M",
+        hyper=None, hyper_source=None, hf="BELLE-2/BELLE-Llama2-13B-chat-0.4M", source=BELLE_README,
+        prompt_style="belle-v2",
+        prompt_source="BELLE's current training format (train/ in BELLE's repo, 2023-07, when this model was "
+                      "released); the model's card could not be read",
+        notes=("BELLE reports a marked improvement over BELLE-LLaMA-EXT-13B on its evaluation set "
+               "(" + BELLE_README + "). Llama 2's licence allows sharing the weights: a plain Hugging Face "
+               "checkpoint, converted by `paddle-belle convert`.",),
+    ),
 ]}
-# BELLE's figure for the unquantized BELLE-7B-2M in the same table (GPTQ_README).
-PUBLISHED_BASE = ("base (BELLE-7B-2M)", "27G", "~28.2G")
 
 
 def find(name: str) -> CardFacts | None:

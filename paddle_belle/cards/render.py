@@ -22,7 +22,7 @@ from paddle_belle.quant.format import QuantConfig
 
 CARD_ARGS = ("max_new_tokens", "do_sample", "top_k", "top_p", "temperature", "repetition_penalty")
 HYPER_ORDER = ("batch size", "learning rate", "epochs", "weight decay", "warmup rate", "LR scheduler")
-NOT_PUBLISHED = "not published"
+NOT_PUBLISHED = F.NOT_PUBLISHED
 NOT_GIVEN = "not given (see `paddle-belle card --help`: --base, --data, --hyper)"  # a checkpoint of unknown origin
 
 
@@ -93,37 +93,41 @@ def subject(model: str, facts_name: str | None = None) -> Subject:
                              "(see `paddle-belle models`)")
         q = found.quantized if found else None
         s = Subject(found.title if found else info.name, info.model_type, dict(info.config), None, "", facts=found,
-                    quant=QuantConfig(bits=q.bits, group_size=q.group_size, method="gptq") if q else None,
-                    description=None if found else info.description)
-        s.model_path, s.get_weights = _how_to_get(found.name if found else info.name, info, s.quant)
+                    quant=QuantConfig(bits=q.bits, group_size=q.group_size, method="gptq", sym=q.sym) if q else None,
+                    description=None if found else info.description, float_dtype=q.rest_dtype if q else "float16")
+        s.model_path, s.get_weights = _how_to_get(found.name if found else info.name, info, found)
     if found:
         s.base, s.data, s.data_size = found.base, found.data, found.data_size
         s.hyper, s.hyper_source = found.hyper, found.hyper_source
     return s
 
 
-def _how_to_get(name: str, info: registry.ModelInfo, quant: QuantConfig | None) -> tuple[str, list[str]]:
-    """The directory the usage snippet loads, and the commands that make it."""
-    if quant is not None:
-        return name, [f"paddle-belle quantize --model {info.name} --method gptq --bits {quant.bits} "
-                      f"--group-size {quant.group_size} --calib calibration.txt --out {name}"
-                      "   # on a GPU: the float16 checkpoint, quantized block by block"]
+def _how_to_get(name: str, info: registry.ModelInfo, facts: F.CardFacts | None) -> tuple[str, list[str]]:
+    """The directory the usage snippet loads, and the commands that make it from BELLE's release."""
+    published = facts.quantized if facts else None
+    repo = facts.hf if published else info.hf  # BELLE-7B-2M's GPTQ files are in their own repo, BELLE-7B-gptq
     # The Hugging Face files go to <Repo>-hf/: not the name of the converted directory, even on a case-insensitive
     # file system (BELLE-7B-2M/ and belle-7b-2m/ would be one directory on macOS).
-    hf_dir = info.hf.split("/")[-1].removesuffix("-enc") + "-hf"
-    convert = f"paddle-belle convert {hf_dir}/ {info.name} --dtype float16"
-    if info.paddlenlp:
+    hf_dir = repo.split("/")[-1].removesuffix("-enc") + "-hf"
+    if published or info.gptq:  # GPTQ-for-Bloom/LLaMa files: imported as they are (the flag last: SRC DST first)
+        file = published.published_file if published else info.gptq[0]
+        convert = f"paddle-belle convert {hf_dir}/{file} {name} --from-gptq"
+    else:
+        convert = f"paddle-belle convert {hf_dir}/ {name} --dtype float16"
+    if info.paddlenlp and not published:
         return info.name, [f"# nothing to do: from_pretrained(\"{info.name}\") downloads {info.paddlenlp} from "
                            "PaddleNLP's bucket; or convert the Hugging Face checkpoint yourself:",
                            f"huggingface-cli download {info.hf} --local-dir {hf_dir}", convert]
-    if info.hf.endswith("-enc"):
+    if info.encrypted:
         llama = "LLaMA-13B" if "13b" in info.name else "LLaMA-7B"
-        lines = [f"# decrypt {info.hf} into {hf_dir}/ with BELLE's models/decrypt.py and your own {llama} "
-                 "consolidated.00.pth (see BELLE's models/README), then:"]
+        enc_dir = repo.split("/")[-1]
+        lines = [f"huggingface-cli download {repo} --local-dir {enc_dir}",
+                 f"paddle-belle decrypt {enc_dir} /path/to/{llama}/consolidated.00.pth {hf_dir}"
+                 f"   # Meta's original {llama} weights are the key"]
     else:
-        lines = [f"huggingface-cli download {info.hf} --local-dir {hf_dir}"]
+        lines = [f"huggingface-cli download {repo} --local-dir {hf_dir}"]
     lines.append(convert)
-    return info.name, lines
+    return name, lines
 
 
 def apply_overrides(s: Subject, title=None, base=None, data=None, data_size=None, description=None,
@@ -239,8 +243,11 @@ def _files(s: Subject) -> list[str]:
     else:
         dtype = s.float_dtype
         rows = predicted_files(s.model_type, s.config, dtype, s.quant, max_shard_size=None if s.quant else "5GB")
-        made_by = (f"`paddle-belle quantize` writes (codes and float32 scales; everything else {dtype})" if s.quant
-                   else f"`paddle-belle convert --dtype {dtype}` writes (shards of at most 5GB)")
+        zeros = "" if s.quant is None or s.quant.sym else ", uint8 zero points"
+        made_by = (f"`paddle-belle convert --from-gptq` writes of BELLE's file (codes, float32 scales{zeros}; "
+                   f"everything else {dtype}, as in the file)" if s.facts and s.facts.quantized
+                   else f"`paddle-belle quantize` writes (codes and float32 scales{zeros}; everything else {dtype})"
+                   if s.quant else f"`paddle-belle convert --dtype {dtype}` writes (shards of at most 5GB)")
         head = (f"Not measured: the files {made_by}, with sizes computed from the shapes. Shard boundaries follow "
                 "our tensor order; \"–\": small files whose size depends on the tokenizer.")
     total = sum(n for _, n in rows if n)
@@ -251,7 +258,7 @@ def _files(s: Subject) -> list[str]:
 
 def _memory(s: Subject) -> list[str]:
     group = s.quant.group_size if s.quant and s.quant.group_size > 0 else 128
-    rows = estimate(s.model_type, s.config, group)
+    rows = estimate(s.model_type, s.config, group, sym=s.quant.sym if s.quant else True)
     short = {"float32": "fp32", "float16": "fp16"}.get(s.float_dtype, s.float_dtype)
     mine = short if s.quant is None else f"int{s.quant.bits}-g{s.quant.group_size} (rest {short})"
     lines = ["Weights only, from `paddle-belle quantize --estimate` (paddle_belle/quant/estimate.py): the checkpoint "
@@ -264,10 +271,9 @@ def _memory(s: Subject) -> list[str]:
                      f"{_size(r.resident_bytes)} |")
     if s.facts and s.facts.quantized:
         q = s.facts.quantized
-        lines += ["", f"BELLE's own measurements of their GPTQ files (one NVIDIA A100; {F.GPTQ_README}):", "",
+        lines += ["", f"BELLE's own figures for their GPTQ files ({q.published_source}):", "",
                   "| BELLE's file | file size | GPU memory |", "|---|---:|---:|",
-                  f"| {F.PUBLISHED_BASE[0]} | {F.PUBLISHED_BASE[1]} | {F.PUBLISHED_BASE[2]} |",
-                  f"| {q.published_file} | {q.published_size} | {q.published_gpu_memory} |"]
+                  *(f"| {file} | {size} | {memory} |" for file, size, memory in q.published_rows)]
     return lines
 
 

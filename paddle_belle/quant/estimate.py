@@ -25,8 +25,9 @@ class Estimate:
     resident_bytes: int  # the weights as held in memory (plus one dequantization block for quantized layers)
 
 
-def estimate(model_type: str, config: dict, group_size: int = 128) -> list[Estimate]:
-    """Rows for fp32, fp16, int8-g{group_size} and int4-g{group_size} (rest fp32 and rest fp16)."""
+def estimate(model_type: str, config: dict, group_size: int = 128, sym: bool = True) -> list[Estimate]:
+    """Rows for fp32, fp16, int8-g{group_size} and int4-g{group_size} (rest fp32 and rest fp16); ``sym=False``
+    counts the asymmetric grid's uint8 zero points too."""
     spec, config = arch.get(model_type), arch.paddle_config(model_type, config)
     shapes, linear = spec.model_shapes(config), spec.linear_weights(config)  # a tied head is held once
     n_linear = sum(math.prod(s) for s in linear.values())
@@ -37,7 +38,7 @@ def estimate(model_type: str, config: dict, group_size: int = 128) -> list[Estim
     for bits in (8, 4):
         q = QuantConfig(bits=bits, group_size=group_size)
         codes = sum(-(-s[0] // q.per_byte) * s[1] for s in linear.values())
-        scales = sum(q.groups(s[0]) * s[1] * 4 for s in linear.values())
+        scales = sum(q.groups(s[0]) * s[1] * (4 if sym else 5) for s in linear.values())  # + uint8 zeros
         block = min(BLOCK_ELEMENTS, max(group_size, 1) * largest_out) * 4  # one dequantized block in float32
         for rest, width in (("fp32", 4), ("fp16", 2)):
             size = codes + scales + width * n_rest

@@ -88,6 +88,17 @@ def test_cards_cover_the_issue_models_with_published_facts():
     assert "Training hyper-parameters: not published" in llama  # the 7B LLaMA cards could not be checked
     gptq = (ROOT / "model_cards" / "BELLE-7B-2M-GPTQ-8bit-128g.md").read_text(encoding="utf-8")
     assert "| bloom7b-2m-8bit-128g.pt | 9.7G | ~11.4G |" in gptq and "| base (BELLE-7B-2M) | 27G | ~28.2G |" in gptq
+    assert "paddle-belle convert BELLE-7B-gptq-hf/bloom7b-2m-8bit-128g.pt belle-7b-2m-gptq-8bit-128g --from-gptq" in gptq
+    # What the import writes (codes, scales, zeros, float32 rest) is within 1 % of BELLE's file sizes (GiB).
+    files = {r[0]: r[1] for r in table(gptq, "Files")}
+    assert abs(as_int(files["model.safetensors"]) / 1024**3 / 9.7 - 1) < 0.01
+    llama_gptq = (ROOT / "model_cards" / "BELLE-LLaMA-7B-2M-gptq.md").read_text(encoding="utf-8")
+    assert "paddle-belle decrypt BELLE-LLaMA-7B-2M-gptq-enc /path/to/LLaMA-7B/consolidated.00.pth" in llama_gptq
+    assert "--from-gptq" in llama_gptq and "| llama7b-2m-8bit-128g.pt (encrypted) | 7.26 GB | not published |" in llama_gptq
+    open_data = (ROOT / "model_cards" / "BELLE-on-Open-Datasets.md").read_text(encoding="utf-8")
+    assert "vocabulary 79,458" in open_data and "Training hyper-parameters: not published" in open_data
+    llama2 = (ROOT / "model_cards" / "BELLE-Llama2-13B-chat-0.4M.md").read_text(encoding="utf-8")
+    assert "huggingface-cli download BELLE-2/BELLE-Llama2-13B-chat-0.4M" in llama2 and "decrypt" not in llama2
 
 
 def test_memory_table_is_the_estimate():
@@ -95,21 +106,26 @@ def test_memory_table_is_the_estimate():
         info = registry.REGISTRY[f.registry]
         card = build_card(f.name)
         rows = table(card, "Memory")
-        expected = estimate(info.model_type, info.config, 128)
+        q = f.quantized
+        expected = estimate(info.model_type, info.config, 128, sym=q.sym if q else True)
         assert [(r[0].replace(" (this model)", ""), as_int(r[1]), as_int(r[3])) for r in rows[:len(expected)]] == \
                [(e.name, e.file_bytes, e.resident_bytes) for e in expected]
         marked = [r[0] for r in rows if "(this model)" in r[0]]
-        assert marked == ([f"int{f.quantized.bits}-g128 (rest fp16) (this model)"] if f.quantized else ["fp16 (this model)"])
+        rest = {"float32": "fp32", "float16": "fp16"}[q.rest_dtype] if q else None
+        assert marked == ([f"int{q.bits}-g128 (rest {rest}) (this model)"] if q else ["fp16 (this model)"])
 
 
 def test_predicted_files_add_up_to_the_estimate():
     """Two independent computations from the shapes: the files table's tensor bytes and estimate()'s file bytes."""
     for f in FACTS.values():
         info = registry.REGISTRY[f.registry]
-        q = QuantConfig(bits=f.quantized.bits, group_size=128) if f.quantized else None
-        tensor_bytes = sum(nbytes(d, s) for _, d, s in checkpoint_tensors(info.model_type, info.config, "float16", q))
-        key = f"int{q.bits}-g128 (rest fp16)" if q else "fp16"
-        assert tensor_bytes == next(e.file_bytes for e in estimate(info.model_type, info.config) if e.name == key)
+        p = f.quantized  # BELLE's GPTQ files: their grid, and the dtype their other tensors keep on import
+        q = QuantConfig(bits=p.bits, group_size=128, sym=p.sym) if p else None
+        dtype = p.rest_dtype if p else "float16"
+        tensor_bytes = sum(nbytes(d, s) for _, d, s in checkpoint_tensors(info.model_type, info.config, dtype, q))
+        key = f"int{q.bits}-g128 (rest {dtype.replace('float', 'fp')})" if q else "fp16"
+        rows = estimate(info.model_type, info.config, sym=q.sym if q else True)
+        assert tensor_bytes == next(e.file_bytes for e in rows if e.name == key)
         files = {r[0]: r[1] for r in table(build_card(f.name), "Files")}
         weights = sum(as_int(v) for k, v in files.items() if k.endswith(".safetensors"))
         assert 0 < weights - tensor_bytes < 200_000  # only the JSON headers on top

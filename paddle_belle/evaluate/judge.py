@@ -2,8 +2,8 @@
 BELLE, any OpenAI-compatible endpoint here) scores each answer from 0 to 1 with BELLE's per-class prompt.
 
 Two resumable stages in ``--out``: ``answers.jsonl`` (the model's answers) and ``judged.jsonl`` (each answer with
-the judge's reply and its score); then ``report.json``, ``report.md`` and ``report.html`` (report_page.py). A rerun answers and judges only what is
-missing; a question whose judging failed is reported and left for the next run.
+the judge's reply and its score); then ``report.json``, ``report.md`` and ``report.html`` (report_page.py). A
+rerun answers and judges only what is missing; a question whose judging failed is reported and left for the next run.
 
 The judge prompt is BELLE's (eval/template_html/ChatGPT_Score.html.temp): the class's prompt, the question, the
 reference answer (except for generation, brainstorming and rewrite, which have no single right answer), the model's
@@ -238,8 +238,8 @@ def evaluate(load_model, client, judge_model: str, out_dir, eval_set=None, judge
     from paddle_belle.evaluate.report_page import write_report_page  # which imports this module
 
     waiting = [{**answered[i], "score": None, "not_judged": True} for i in by_id if i in answered and i not in judged]
-    write_report_page([{"name": out_dir.resolve().name, "judged": done, "records": done + waiting}], out_dir / "report.html",
-                      f"BELLE eval of {out_dir}, judged by {judge_model}")
+    run = {"name": out_dir.resolve().name, "judged": done, "records": done + waiting}
+    write_report_page([run], out_dir / "report.html", f"BELLE eval of {out_dir}, judged by {judge_model}")
     if failed:
         print(f"eval: {failed} answer(s) not judged (see above); run again to retry them", file=sys.stderr)
     return rep

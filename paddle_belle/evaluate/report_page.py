@@ -36,7 +36,8 @@ def load_run(directory, name: str | None = None) -> dict:
     judged = {r["id"]: r for r in _records(judged_path)}
     answers = _records(answers_path)
     waiting = {r["id"]: {**r, "score": None, "not_judged": True} for r in answers if r["id"] not in judged}
-    return {"name": name or str(directory), "judged": list(judged.values()), "records": [*judged.values(), *waiting.values()]}
+    return {"name": name or str(directory), "judged": list(judged.values()),
+            "records": [*judged.values(), *waiting.values()]}
 
 
 def _records(path) -> list[dict]:

@@ -2,9 +2,11 @@
 
 Chat messages become a BELLE prompt of the server's style (prompts.py); /v1/completions takes the prompt as is.
 Replies stream as server-sent events (``data: {json}`` ... ``data: [DONE]``) when ``stream`` is true, the way
-OpenAI's API and SDK do it. ``/`` is a chat page (static/, plain files shipped in the package) that is one more
-client of that API; ``/page/settings`` tells it the server's defaults, presets and prompt styles. Errors have OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``, so
+OpenAI's API and SDK do it. Errors have OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``, so
 clients raise their usual exceptions (401 AuthenticationError, 429 RateLimitError, ...).
+
+``/`` is a chat page (static/: plain files shipped in the package) that is one more client of that API;
+``/page/settings`` tells it the server's defaults, presets and prompt styles.
 """
 from __future__ import annotations
 

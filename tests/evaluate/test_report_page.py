@@ -40,7 +40,7 @@ def runs(tmp_path):
     a = [None if i % 7 == 3 else float(rng.choice([0, 0.2, 0.5, 0.8, 1])) for i in range(len(questions))]
     b = [None if q["class"] == "open qa" or i % 5 == 1 else float(rng.choice([0, 0.3, 0.6, 0.9, 1]))
          for i, q in enumerate(questions)]
-    return questions, {"a": (write_run(tmp_path / "a", questions, a), a), "b": (write_run(tmp_path / "b", questions, b), b)}
+    return questions, {name: (write_run(tmp_path / name, questions, s), s) for name, s in {"a": a, "b": b}.items()}
 
 
 @pytest.fixture

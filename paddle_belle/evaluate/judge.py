@@ -202,6 +202,8 @@ def evaluate(load_model, client, judge_model: str, out_dir, eval_set=None, judge
     """The whole evaluation into ``out_dir``; returns the report. ``load_model()`` gives (model, tokenizer) and
     is only called if some question still needs its answer, and after the judge was found usable
     (api.check_endpoint) if some answer still needs judging."""
+    from paddle_belle.evaluate.report_page import write_report_page  # which imports this module
+
     eval_set, judge_prompts = eval_set or EVAL_SET, judge_prompts or EVAL_PROMPTS
     questions = load_eval_set(eval_set)[:limit]
     prompts = load_judge_prompts(judge_prompts)

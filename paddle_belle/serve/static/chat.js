@@ -5,6 +5,8 @@
 
 const $ = (id) => document.getElementById(id);
 const FIELDS = ["temperature", "top_k", "top_p", "repetition_penalty", "max_tokens"];
+// history: the conversation sent with each question; a new chat starts a new array (a reply still being stopped
+// then finishes into the old one).
 const state = {settings: null, history: [], controller: null};
 
 async function loadSettings() {
@@ -86,8 +88,8 @@ async function errorText(r) {
   return `Error ${r.status}: ${message}.${hint}`;
 }
 
-function request() {
-  const body = {model: state.settings.model, messages: state.history.slice(), stream: true,
+function request(history) {
+  const body = {model: state.settings.model, messages: history.slice(), stream: true,
                 stream_options: {include_usage: true}, prompt_style: $("style").value};
   for (const f of FIELDS) {
     if ($(f).value !== "") body[f] = Number($(f).value);
@@ -102,7 +104,8 @@ async function send() {
   const text = $("input").value.trim();
   if (!text || state.controller || !state.settings) return;
   $("input").value = "";
-  state.history.push({role: "user", content: text});
+  const history = state.history;
+  history.push({role: "user", content: text});
   const question = addMessage("user", text);
   const el = addMessage("assistant pending", "");
   const controller = state.controller = new AbortController();
@@ -111,7 +114,7 @@ async function send() {
   const start = performance.now();
   let reply = "", usage = null, finish = null;
   try {
-    const r = await fetch("/v1/chat/completions", {...request(), signal: controller.signal});
+    const r = await fetch("/v1/chat/completions", {...request(history), signal: controller.signal});
     if (!r.ok) throw new Error(await errorText(r));
     for await (const event of events(r.body)) {
       if (event.error) throw new Error(`Error: ${event.error.message}`);
@@ -127,18 +130,18 @@ async function send() {
     }
     reply = reply.trimEnd();
     el.textContent = reply;
-    state.history.push({role: "assistant", content: reply});
+    history.push({role: "assistant", content: reply});
     const seconds = (performance.now() - start) / 1000, tokens = usage ? usage.completion_tokens : 0;
     $("status").textContent = `${tokens} tokens in ${seconds.toFixed(1)} s · ${(tokens / seconds).toFixed(1)} tokens/s`
       + (finish === "length" ? " · cut at max tokens" : "");
   } catch (e) {
     if (e.name === "AbortError") {  // stopped: the partial reply stays in the conversation
       el.dataset.stopped = "true";
-      if (reply) state.history.push({role: "assistant", content: reply.trimEnd()});
-      else state.history.pop();
+      if (reply) history.push({role: "assistant", content: reply.trimEnd()});
+      else history.pop();
       $("status").textContent = "stopped";
     } else {  // not sent or failed: the question leaves the history and goes back into the box to retry
-      state.history.pop();
+      history.pop();
       question.classList.add("failed");
       el.className = "msg error";
       el.textContent = e.message;

@@ -92,16 +92,23 @@ def test_the_chat_page_in_a_real_browser(server, browser, tmp_path):
     assert error.text == ("Error 401: invalid API key: send it as 'Authorization: Bearer KEY'. Type the server's API "
                           "key under Settings.")
     assert box.get_attribute("value") == FIRST
+    assert [r["messages"] for r in posted(d, "/v1/chat/completions")] == [[{"role": "user", "content": FIRST}]]
 
     set_field("api-key", KEY)
     Select(by_id("preset")).select_by_visible_text("greedy")  # reproducible replies
     set_field("repetition_penalty", 1.2)
     set_field("max_tokens", 48)
     show_settings(False)
-    # Enter that confirms an input method's candidate (isComposing) is not a send.
-    d.execute_script("arguments[0].dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', isComposing: true,"
-                     " bubbles: true, cancelable: true}))", box)
-    assert box.get_attribute("value") == FIRST and replies() == []
+    # Typed again through an input method (Chrome's own IME composition, driven over the DevTools protocol): the Enter
+    # that confirms a candidate while composing is not a send.
+    box.clear()
+    box.click()
+    d.execute_cdp_cmd("Input.imeSetComposition", {"text": "zhongguo", "selectionStart": 8, "selectionEnd": 8})
+    for kind in ("rawKeyDown", "keyUp"):
+        d.execute_cdp_cmd("Input.dispatchKeyEvent", {"type": kind, "key": "Enter", "code": "Enter",
+                                                     "windowsVirtualKeyCode": 13})
+    d.execute_cdp_cmd("Input.insertText", {"text": FIRST})  # the candidate chosen
+    assert box.get_attribute("value") == FIRST and replies() == [] and posted(d, "/v1/chat/completions") == []
 
     # The reply streams in: the page shows it growing, token by token, then tokens/s.
     d.execute_script(OBSERVE)

@@ -139,7 +139,7 @@ async function send() {
       el.dataset.stopped = "true";
       if (reply) history.push({role: "assistant", content: reply.trimEnd()});
       else history.pop();
-      $("status").textContent = "stopped";
+      if (history === state.history) $("status").textContent = "stopped";  // not after New chat
     } else {  // not sent or failed: the question leaves the history and goes back into the box to retry
       history.pop();
       question.classList.add("failed");

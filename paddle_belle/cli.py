@@ -397,6 +397,7 @@ def cmd_self_instruct(args):
 def cmd_eval(args):
     from paddle_belle.api import KeyRefused, make_client
     from paddle_belle.evaluate.judge import evaluate
+    from paddle_belle.evaluate.report_page import load_runs, write_report_page
 
     client = make_client(args.judge_base_url, **options(args, make_client))
     try:
@@ -404,6 +405,8 @@ def cmd_eval(args):
                           **sampling(args))
     except KeyRefused as e:
         raise RuntimeError(f"{e}; pass the judge's key with --judge-api-key or set OPENAI_API_KEY") from None
+    write_report_page(load_runs([args.out]), os.path.join(args.out, "report.html"),
+                      f"BELLE eval of {args.out}, judged by {args.judge_model}")
     show = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     print(f"eval: {report['scored']} scored, {report['unscored']} unscored, {report['not_judged']} not judged; "
           f"overall mean {show(report['overall_mean'])}, Score_w/o_others {show(report['score_wo_others'])}; "

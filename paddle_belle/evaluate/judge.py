@@ -2,8 +2,8 @@
 BELLE, any OpenAI-compatible endpoint here) scores each answer from 0 to 1 with BELLE's per-class prompt.
 
 Two resumable stages in ``--out``: ``answers.jsonl`` (the model's answers) and ``judged.jsonl`` (each answer with
-the judge's reply and its score); then ``report.json``, ``report.md`` and ``report.html`` (report_page.py). A
-rerun answers and judges only what is missing; a question whose judging failed is reported and left for the next run.
+the judge's reply and its score); then ``report.json`` and ``report.md``. A rerun answers and judges only what is
+missing; a question whose judging failed is reported and left for the next run.
 
 The judge prompt is BELLE's (eval/template_html/ChatGPT_Score.html.temp): the class's prompt, the question, the
 reference answer (except for generation, brainstorming and rewrite, which have no single right answer), the model's
@@ -202,8 +202,6 @@ def evaluate(load_model, client, judge_model: str, out_dir, eval_set=None, judge
     """The whole evaluation into ``out_dir``; returns the report. ``load_model()`` gives (model, tokenizer) and
     is only called if some question still needs its answer, and after the judge was found usable
     (api.check_endpoint) if some answer still needs judging."""
-    from paddle_belle.evaluate.report_page import write_report_page  # which imports this module
-
     eval_set, judge_prompts = eval_set or EVAL_SET, judge_prompts or EVAL_PROMPTS
     questions = load_eval_set(eval_set)[:limit]
     prompts = load_judge_prompts(judge_prompts)
@@ -231,17 +229,11 @@ def evaluate(load_model, client, judge_model: str, out_dir, eval_set=None, judge
                            context) if todo else 0
     judged = {r["id"]: r for r in _load_own(judged_path, by_id)}
 
-    done = [judged[i] for i in by_id if i in judged]
-    rep = report(done)
+    rep = report([judged[i] for i in by_id if i in judged])
     rep.update(judge_model=judge_model, not_judged=len(by_id) - len(judged), eval_set=str(eval_set))
     write_json(out_dir / "report.json", rep)
     with atomic_path(out_dir / "report.md") as tmp:
         Path(tmp).write_text(report_markdown(rep, f"BELLE eval, judged by {judge_model}"), encoding="utf-8")
-    from paddle_belle.evaluate.report_page import write_report_page  # which imports this module
-
-    waiting = [{**answered[i], "score": None, "not_judged": True} for i in by_id if i in answered and i not in judged]
-    run = {"name": out_dir.resolve().name, "judged": done, "records": done + waiting}
-    write_report_page([run], out_dir / "report.html", f"BELLE eval of {out_dir}, judged by {judge_model}")
     if failed:
         print(f"eval: {failed} answer(s) not judged (see above); run again to retry them", file=sys.stderr)
     return rep

@@ -21,7 +21,8 @@ setup(
     # needs a compiler.
     package_data={"paddle_belle": ["assets/*/*"],
                   "paddle_belle.data_files": ["*.json", "*.txt", "*.md", "DATA_LICENSE"],
-                  "paddle_belle.kernels": ["*.cc"]},
+                  "paddle_belle.kernels": ["*.cc"],
+                  "paddle_belle.serve": ["static/*"]},  # the chat page: plain HTML/JS/CSS, nothing from a CDN
     # PaddleNLP 2.8.1 is frozen and picky: newer huggingface_hub, aistudio-sdk, datasets, pyarrow or numpy 2 each
     # break `import paddlenlp`, and setuptools >= 81 drops pkg_resources, which paddleslim imports.
     # Paddle itself is an extra: the build differs by hardware (paddlepaddle, paddlepaddle-gpu, -xpu, custom
@@ -53,10 +54,12 @@ setup(
         "rank-bm25>=0.2.2",
         "jieba>=0.42",
         "gguf==0.19.0",  # GGUF import (paddle-belle convert --from-gguf): llama.cpp's reader and dequantizers
+        "matplotlib>=3.8,<3.12",  # loss.png (Agg, headless); every version in the range runs on numpy 1.x
     ],
     extras_require={
         "cpu": ["paddlepaddle==3.3.1"],
-        "test": ["torch==2.13.0", "transformers==4.46.3", "pytest"],
+        # selenium drives Debian's chromium + chromium-driver (apt; .ci/run installs them) through the chat page
+        "test": ["torch==2.13.0", "transformers==4.46.3", "pytest", "selenium>=4.15"],
     },
     entry_points={"console_scripts": ["paddle-belle=paddle_belle.cli:main"]},
 )

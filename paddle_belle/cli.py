@@ -314,6 +314,18 @@ def cmd_train(args):
         print(f"saved to {trainer.args.output_dir}")
 
 
+@command("plot-loss", help="draw a training run's loss and learning rate over steps into a PNG",
+         description="Reads RUN_DIR/loss_log.jsonl (written by `paddle-belle train`, also while it runs) and draws the "
+         "training loss, the learning rate and the held-out loss (where the run evaluated) over steps. Training "
+         "draws RUN_DIR/loss.png itself at the end.")
+@arg("run_dir", metavar="RUN_DIR", help="a `paddle-belle train` output directory")
+@arg("--out", help="the PNG to write (default RUN_DIR/loss.png)")
+def cmd_plot_loss(args):
+    from paddle_belle.train.plot import write_loss_png
+
+    print(f"wrote {write_loss_png(args.run_dir, args.out)}")
+
+
 @command("merge-lora", help="fold a LoRA adapter into its base model: a plain checkpoint")
 @arg("base", metavar="BASE", help="the base model the adapter was trained on (directory or name)")
 @arg("adapter", metavar="ADAPTER", help="directory with lora_config.json and lora_model_state.pdparams")
@@ -391,9 +403,9 @@ def cmd_self_instruct(args):
 
 @command("eval", help="BELLE's eval: answer its 1000 questions, score them with a judge model",
          description="Answers BELLE's eval questions with --model, has --judge-model score each answer from 0 to 1 "
-         "with BELLE's per-class judge prompts, and writes answers.jsonl, judged.jsonl, report.json and report.md "
-         "into --out. Run it again with the same --out to resume. OPENAI_API_KEY and OPENAI_BASE_URL are honoured "
-         "for the judge.")
+         "with BELLE's per-class judge prompts, and writes answers.jsonl, judged.jsonl, report.json, report.md and "
+         "report.html (a page: per-class bar chart, every question) into --out. Run it again with the same --out to "
+         "resume. OPENAI_API_KEY and OPENAI_BASE_URL are honoured for the judge.")
 @adds(model_options, preset="belle-eval")
 @arg("--judge-model", required=True, help="the judge's model name on its API (BELLE: gpt-4)")
 @arg("--judge-base-url", help="the judge's API base URL (default: $OPENAI_BASE_URL or OpenAI)")
@@ -412,6 +424,7 @@ def cmd_self_instruct(args):
 def cmd_eval(args):
     from paddle_belle.api import KeyRefused, make_client
     from paddle_belle.evaluate.judge import evaluate
+    from paddle_belle.evaluate.report_page import load_runs, write_report_page
 
     client = make_client(args.judge_base_url, **options(args, make_client))
     try:
@@ -419,11 +432,29 @@ def cmd_eval(args):
                           **sampling(args))
     except KeyRefused as e:
         raise RuntimeError(f"{e}; pass the judge's key with --judge-api-key or set OPENAI_API_KEY") from None
+    write_report_page(load_runs([args.out]), os.path.join(args.out, "report.html"),
+                      f"BELLE eval of {args.out}, judged by {args.judge_model}")
     show = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     print(f"eval: {report['scored']} scored, {report['unscored']} unscored, {report['not_judged']} not judged; "
           f"overall mean {show(report['overall_mean'])}, Score_w/o_others {show(report['score_wo_others'])}; "
-          f"report in {args.out}/report.md")
+          f"report in {args.out}/report.md and report.html")
     return 1 if report["not_judged"] else 0
+
+
+@command("eval-report", help="one page comparing eval directories side by side (per-class bars, every question)",
+         description="Writes a self-contained HTML page from one or more `paddle-belle eval --out` directories: "
+         "Score_w/o_others and the other means per run, the per-class mean scores as grouped bars, and every "
+         "question with each run's answer, the judge's reply and score, filterable by class and score.")
+@arg("dirs", nargs="+", metavar="DIR", help="eval output directories (answers.jsonl, judged.jsonl)")
+@arg("--out", help="the page to write (default: DIR/report.html for one DIR; required for several)")
+@arg("--title", help="the page's title (default: the directories' names)")
+def cmd_eval_report(args):
+    from paddle_belle.evaluate.report_page import load_runs, write_report_page
+
+    if args.out is None and len(args.dirs) > 1:
+        raise argparse.ArgumentError(None, "--out is required with several directories")
+    runs = load_runs(args.dirs)
+    print(f"wrote {write_report_page(runs, args.out or os.path.join(args.dirs[0], 'report.html'), args.title)}")
 
 
 @command("card", help="write a model card (README.md) for a checkpoint directory or a BELLE model",

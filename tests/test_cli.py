@@ -73,6 +73,7 @@ def test_every_option_is_named_after_the_keyword_it_feeds():
     from paddle_belle.datagen.self_instruct import self_instruct
     from paddle_belle.evaluate.judge import evaluate
     from paddle_belle.evaluate.perplexity import perplexity_of_file
+    from paddle_belle.evaluate.report_page import write_report_page
     from paddle_belle.models.base import CausalLM
     from paddle_belle.presets import GenerationConfig
     from paddle_belle.quant.estimate import format_estimate
@@ -80,6 +81,7 @@ def test_every_option_is_named_after_the_keyword_it_feeds():
     from paddle_belle.quant.quantize import quantize_checkpoint
     from paddle_belle.serve import serve
     from paddle_belle.train import load_config, merge_lora
+    from paddle_belle.train.plot import write_loss_png
 
     load = (CausalLM.from_pretrained, GenerationConfig)  # --threads; --seed, --top-k, ... via **overrides
     feeds = {  # command: (the callables its options are passed to by name, the dests that are not)
@@ -90,10 +92,12 @@ def test_every_option_is_named_after_the_keyword_it_feeds():
         "chat": ((ChatSession, *load), {"model"}),
         "generate": ((generate_batch, generate_file, *load), {"model", "prompt", "input_file", "output_file"}),
         "train": ((load_config,), set()),
+        "plot-loss": ((write_loss_png,), set()),
         "merge-lora": ((merge_lora,), set()),
         "serve": ((serve, GenerationConfig), set()),  # sampling flags: serve(**overrides), the requests' defaults
         "datagen self-instruct": ((make_client, self_instruct), set()),
         "eval": ((make_client, evaluate, *load), {"model", "judge_base_url", "out"}),
+        "eval-report": ((write_report_page,), {"dirs"}),
         "card": ((build_card, apply_overrides, write_card), set()),  # apply_overrides: build_card's **overrides
         "models": ((), set()),
     }

@@ -120,6 +120,8 @@ def test_eval_end_to_end_with_kill_and_restart(tmp_path):
         assert {k: v["mean"] for k, v in rep["per_class"].items()} == pytest.approx(PER_CLASS)
         assert rep["overall_mean"] == pytest.approx(OVERALL) and rep["score_wo_others"] == pytest.approx(WO_OTHERS)
         assert "Score_w/o_others" in (out / "report.md").read_text(encoding="utf-8")
+        page = (out / "report.html").read_text(encoding="utf-8")  # rendered in a browser by tests/evaluate
+        assert page.count("<tr data-class=") == len(CASES) and page.count('<rect class="bar"') == 7
 
         # BELLE's judge requests: the class's prompt, the reference except for generation/brainstorming/rewrite
         prompts = load_judge_prompts()

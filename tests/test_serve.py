@@ -115,6 +115,8 @@ def test_auth_and_limits(server, client):
         client.chat.completions.create(model="belle-tiny", messages=[{"role": "assistant", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="only n=1"):
         chat(client, "你好", n=2)
+    with pytest.raises(openai.BadRequestError, match="prompt_style: Input should be 'belle' or 'belle-v2'"):
+        chat(client, "你好", extra_body={"prompt_style": "alpaca"})
     bad = requests.post(server.url + "/v1/completions", data=b"{not json", headers={"Authorization": f"Bearer {KEY}"})
     assert bad.status_code == 400 and set(bad.json()["error"]) == {"message", "type", "param", "code"}
 
@@ -221,6 +223,7 @@ def test_messages_become_belle_prompts(belle_dir):
     assert engine.chat_prompt(opened, 16) == "Human: \n\nAssistant: 欢迎\n\nHuman: a\nb\n\nAssistant:"
     v2 = Engine(model, tok, style="belle-v2")
     assert v2.chat_prompt(messages[1:], 16) == "Human: \n你好\n\nAssistant: \n你好！</s>Human: \n再见\n\nAssistant: \n"
+    assert engine.chat_prompt(messages[1:], 16, "belle-v2") == v2.chat_prompt(messages[1:], 16)  # a request's style
     # a short context keeps the newest turns that fit, and the system text
     newest = "Human: 你是BELLE\n再见\n\nAssistant:"
     small = Engine(model, tok, context=engine.count_tokens(newest) + 16)

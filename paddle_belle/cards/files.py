@@ -95,9 +95,9 @@ def predicted_files(model_type: str, config: dict, dtype: str = "float16", quant
 
 # What `paddle-belle train` leaves beside the model in its output directory: PaddleNLP's Trainer checkpoints
 # (checkpoint-N/, with optimizer states; its trainer_utils.PREFIX_CHECKPOINT_DIR), the pickled TrainingArguments
-# and our loss log (train/sft.py LOSS_LOG). None of it is part of the model.
+# and our loss log and its plot (train/plot.py LOSS_LOG, LOSS_PNG). None of it is part of the model.
 TRAINER_CHECKPOINT = re.compile(r"checkpoint-\d+")
-TRAINING_RECORDS = ("training_args.bin", "loss_log.jsonl")
+TRAINING_RECORDS = ("training_args.bin", "loss_log.jsonl", "loss.png")
 
 
 def local_files(directory) -> list[tuple[str, int]]:

@@ -4,6 +4,9 @@ Chat messages become a BELLE prompt of the server's style (prompts.py); /v1/comp
 Replies stream as server-sent events (``data: {json}`` ... ``data: [DONE]``) when ``stream`` is true, the way
 OpenAI's API and SDK do it. Errors have OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``, so
 clients raise their usual exceptions (401 AuthenticationError, 429 RateLimitError, ...).
+
+``/`` is a chat page (static/: plain files shipped in the package) that is one more client of that API;
+``/page/settings`` tells it the server's defaults, presets and prompt styles.
 """
 from __future__ import annotations
 
@@ -13,14 +16,20 @@ import secrets
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Literal, Optional, Union
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 
+from paddle_belle.presets import PRESETS
+from paddle_belle.prompts import STYLES
 from paddle_belle.serve.engine import ContextExceeded, Engine, QueueFull, Reply, Slots, defaults
+
+STATIC = Path(__file__).parent / "static"
 
 
 class APIError(Exception):
@@ -90,6 +99,9 @@ class ChatMessage(BaseModel):
 class ChatRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: Optional[bool] = None
+    # An extra body field (the chat page's style menu); unset: the server's --style. Every style stops at "Human:",
+    # so the server's stop strings serve them all.
+    prompt_style: Optional[Literal[tuple(STYLES)]] = None
 
     def check_unsupported(self):
         super().check_unsupported()
@@ -251,6 +263,20 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
                 "disconnected": s.disconnected, "rejected": s.rejected,
                 "max_concurrency": slots.max_active, "max_queue": slots.max_queue, "context": engine.context}
 
+    # The chat page. No key is needed to load it or its settings (as for /health): the page asks the user for the
+    # key and sends it with each /v1 request; it is never part of what is served here.
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/page/settings", include_in_schema=False)
+    async def page_settings():
+        return {"model": model_name, "style": engine.style, "styles": list(STYLES), "defaults": _fields(engine.preset),
+                "presets": {name: _fields(config) for name, config in PRESETS.items()},
+                "max_tokens": engine.max_tokens_cap, "context": engine.context, "api_key_required": api_key is not None}
+
     @app.get("/v1/models")
     async def models(request: Request):
         authorize(request)
@@ -265,7 +291,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
         try:
-            prompt = await engine.run(engine.chat_prompt, messages, config.max_new_tokens)
+            prompt = await engine.run(engine.chat_prompt, messages, config.max_new_tokens, req.prompt_style)
         except ContextExceeded as e:
             raise APIError(400, str(e), code="context_length_exceeded", param="messages") from None
         except ValueError as e:
@@ -316,6 +342,12 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
 
 def _sse(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+def _fields(config) -> dict:
+    """A GenerationConfig as the request fields that ask for it (temperature 0: greedy)."""
+    return {"temperature": config.temperature if config.do_sample else 0, "top_k": config.top_k, "top_p": config.top_p,
+            "repetition_penalty": config.repetition_penalty, "max_tokens": config.max_new_tokens}
 
 
 def _usage(reply: Reply) -> dict:

@@ -113,10 +113,10 @@ class Engine:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paddle-belle-model")
 
     # ---------------------------------------------------------------------------------------- prompts
-    def chat_prompt(self, messages: list[dict], max_new_tokens: int) -> str:
-        """OpenAI messages -> a BELLE prompt of the server's style. BELLE has no system role: system text goes
-        before the first user turn that is kept. Consecutive messages of one role are joined; the oldest turns are
-        dropped until prompt and reply fit the context (the system text always stays)."""
+    def chat_prompt(self, messages: list[dict], max_new_tokens: int, style: str | None = None) -> str:
+        """OpenAI messages -> a BELLE prompt of ``style`` (None: the server's). BELLE has no system role: system
+        text goes before the first user turn that is kept. Consecutive messages of one role are joined; the oldest
+        turns are dropped until prompt and reply fit the context (the system text always stays)."""
         system = "\n".join(m["content"] for m in messages if m["role"] == "system")
         chat = (m for m in messages if m["role"] != "system")
         turns = [[role, "\n".join(m["content"] for m in group)] for role, group in groupby(chat, lambda m: m["role"])]
@@ -126,13 +126,14 @@ class Engine:
             turns.insert(0, ["user", ""])
         history = [(u[1], a[1]) for u, a in zip(turns[:-1:2], turns[1:-1:2])]
         query, eos, budget = turns[-1][1], self.tokenizer.eos_token or "", self.context - max_new_tokens
+        style = style or self.style
         try:
-            kept = prompts.fit_history(self.style, history, query, self.count_tokens, budget, eos, system)
+            kept = prompts.fit_history(style, history, query, self.count_tokens, budget, eos, system)
         except ValueError:
-            alone = self.count_tokens(prompts.render(self.style, [], query, eos, system))
+            alone = self.count_tokens(prompts.render(style, [], query, eos, system))
             raise ContextExceeded(f"the prompt ({alone} tokens, the last message alone) and max_tokens "
                                   f"({max_new_tokens}) exceed the model's context of {self.context} tokens") from None
-        return prompts.render(self.style, kept, query, eos, system)
+        return prompts.render(style, kept, query, eos, system)
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text)["input_ids"])

@@ -24,14 +24,14 @@ from paddle_belle.data import IGNORE, build_dataset
 from paddle_belle.generation import prepare_tokenizer
 from paddle_belle.tokenizer import AutoTokenizer
 from paddle_belle.train.config import TrainConfig
-
-LOSS_LOG = "loss_log.jsonl"
+from paddle_belle.train.plot import LOSS_LOG, write_loss_png
 # What merge-lora copies beside the merged weights: every tokenizer file but tokenizer.json.
 TOKENIZER_FILES = tuple(name for name in checkpoint.TOKENIZER_FILES if name != "tokenizer.json")
 
 
 class LossLog(TrainerCallback):
-    """Appends every logged loss (and learning rate, tokens/s) to output_dir/loss_log.jsonl on the main process."""
+    """Appends every logged loss (and learning rate, tokens/s), and every evaluation's held-out loss, to
+    output_dir/loss_log.jsonl on the main process."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -42,13 +42,19 @@ class LossLog(TrainerCallback):
         self.start = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs and "loss" in logs:
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" in logs:
             elapsed = time.perf_counter() - self.start
             record = {"step": state.global_step, "epoch": logs.get("progress_or_epoch"), "loss": logs["loss"],
                       "learning_rate": logs.get("learning_rate"),
                       "tokens_per_second": round(self.tokens / elapsed, 1) if elapsed else None}
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        elif "eval_loss" in logs:
+            record = {"step": state.global_step, "epoch": logs.get("epoch"), "eval_loss": logs["eval_loss"]}
+        else:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 class RestoreRngOnResume(TrainerCallback):
@@ -219,6 +225,8 @@ def train(config: TrainConfig, callbacks=()):
     trainer.save_model()  # the final weights (or LoRA adapter) and the tokenizer, as from_pretrained reads them
     if eval_set is not None:
         trainer.evaluate()
+    if args.process_index == 0:
+        write_loss_png(output_dir)
     # End together: a rank exiting while another still writes can abort gloo (observed in ~28 two-process CPU runs).
     if paddle.distributed.get_world_size() > 1:
         paddle.distributed.barrier()

@@ -105,7 +105,9 @@ def test_the_training_output_chats_and_its_card_lists_only_the_model_files(tmp_p
               if line.startswith("| ") and not line.startswith(("| file", "| **total"))]
     assert "model.safetensors" in listed and "sentencepiece.bpe.model" in listed
     assert f"paddle-belle chat --model {out} --style belle-v2" in text and "Human: \n{input}\n\nAssistant: \n" in text
-    assert not [name for name in listed if "/" in name or name in ("training_args.bin", "loss_log.jsonl")], listed
+    assert (out / "loss.png").is_file()
+    records = ("training_args.bin", "loss_log.jsonl", "loss.png")
+    assert not [name for name in listed if "/" in name or name in records], listed
 
 
 def test_train_prints_a_progress_bar_and_a_summary_and_the_library_logs_only_when_verbose(tmp_path):

@@ -71,8 +71,10 @@ def _bloom_vocab_merges(path: Path) -> tuple[dict, list[str]]:
 
 def json_only(path: Path, model_type: str) -> bool:
     """Whether a LLaMA-family tokenizer is only an HF tokenizer.json (a byte-level BPE such as SmolLM2's or
-    Llama-3's, with no sentencepiece model): such a file travels as it is, in either layout."""
-    return model_type == "llama" and (path / "tokenizer.json").is_file() and not any(
+    Llama-3's, with no sentencepiece model): such a file travels as it is, in either layout. (A directory that
+    paddle_belle's JsonTokenizer saved says so in tokenizer_config.json, config.json or not.)"""
+    saved = _read_json(path / "tokenizer_config.json").get("tokenizer_class") == "JsonTokenizer"
+    return (model_type == "llama" or saved) and (path / "tokenizer.json").is_file() and not any(
         (path / n).is_file() for n in ("sentencepiece.bpe.model", "tokenizer.model"))
 
 

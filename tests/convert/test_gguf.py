@@ -212,7 +212,8 @@ PROSE = ("Perplexity measures how well a probability model predicts a sample. A 
 def test_smollm2_hf_directory_converts_chats_and_scores_like_the_gguf_route(smollm2_gguf, smollm2_import, tmp_path,
                                                                           capsys):
     """SmolLM2's HF directory as transformers writes it (save_pretrained of transformers' own GGUF reading) with a
-    tokenizer.json only: it loads as it is, converts, chats, and scores the GGUF route's perplexity. The
+    tokenizer.json only: it loads as it is, converts, chats (in its own ChatML template, as transformers renders
+    it from tokenizer_config.json), and scores the GGUF route's perplexity. The
     tokenizer.json is our import's (checked against transformers' GGUF tokenizer above): transformers 4.46.3's
     own GGUF tokenizer for this file adds an <|im_start|> BOS although the GGUF says add_bos_token=False, calls
     <|im_start|> the EOS, and saves the 93 MB GGUF itself as tokenizer.model."""
@@ -220,6 +221,7 @@ def test_smollm2_hf_directory_converts_chats_and_scores_like_the_gguf_route(smol
 
     from paddle_belle.chat import ChatSession
     from paddle_belle.evaluate.perplexity import perplexity_of_file
+    from paddle_belle.prompts import render
     from paddle_belle.tokenizer import AutoTokenizer
 
     hf_dir = tmp_path / "hf"
@@ -247,8 +249,13 @@ def test_smollm2_hf_directory_converts_chats_and_scores_like_the_gguf_route(smol
     assert main(["convert", str(hf_dir), str(tmp_path / "pd")]) == 0  # the tokenizer travels along
     assert AutoTokenizer.from_pretrained(tmp_path / "pd")(chat)["input_ids"] == theirs(chat)["input_ids"]
     capsys.readouterr()
-    assert main(["generate", "--model", str(hf_dir), "--prompt", "What is the capital of France?", "--temperature",
-                 "0", "--max-new-tokens", "16"]) == 0
-    assert len(capsys.readouterr().out.split()) >= 3
-    session = ChatSession(model, ours, preset="greedy", max_new_tokens=16)
-    assert len("".join(session.ask("Name a colour.")).split()) >= 1 and len(session.history) == 1
+    assert main(["generate", "--model", str(hf_dir), "--style", "chatml", "--prompt", "What is the capital of "
+                 "France?", "--temperature", "0", "--max-new-tokens", "16"]) == 0
+    assert "Paris" in capsys.readouterr().out
+    session = ChatSession(model, ours, style="chatml", preset="greedy", max_new_tokens=16)
+    for question in ("Name a colour.", "And another one?"):
+        assert "".join(session.ask(question)).strip()
+    assert render("chatml", session.history, "?", ours.eos_token, system="Be brief.") == theirs.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, *[{"role": r, "content": c} for turn in session.history
+                                                       for r, c in zip(("user", "assistant"), turn)],
+         {"role": "user", "content": "?"}], tokenize=False, add_generation_prompt=True)

@@ -79,8 +79,8 @@ def json_only(path: Path, model_type: str) -> bool:
 
 
 def _copy_json_tokenizer(src: Path, dst: Path) -> None:
-    for name in ("tokenizer.json", "special_tokens_map.json", "tokenizer_config.json"):  # the config last, see below
-        if (src / name).is_file():
+    for name in ("tokenizer.json", "special_tokens_map.json", "tokenizer_config.json"):
+        if (src / name).is_file():  # tokenizer_config.json last
             _copy(src / name, dst / name)
 
 

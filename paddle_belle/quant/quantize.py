@@ -205,8 +205,7 @@ def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
 
     model_dir, source = Path(model_dir), read_config(model_dir)
     model_type = arch.model_type_of(source, f"{model_dir}/config.json")
-    spec, dims = arch.get(model_type), arch.paddle_config(model_type, source)
-    source = dims  # written in PaddleNLP's field names, whichever the source used
+    spec, dims = arch.get(model_type), arch.paddle_config(model_type, source)  # PaddleNLP's field names
     quantized = set(spec.linear_weights(dims))
     if config.quantize_lm_head:
         if spec.tied(dims):
@@ -214,7 +213,7 @@ def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
                              "precision; only a separate lm_head can be quantized")
         quantized.add(spec.head)
     expected = spec.model_shapes(dims)  # a tied head's PaddleNLP copy is not written quantized (models/loading.py)
-    tensors = [t for t in paddle_outputs(model_dir, source)[0] if t.name not in spec.tied_copies(dims)]
+    tensors = [t for t in paddle_outputs(model_dir, dims)[0] if t.name not in spec.tied_copies(dims)]
     specs = []
     for t in tensors:
         if expected.get(t.name) != t.shape:
@@ -247,7 +246,7 @@ def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
                 write(f"{stem}.zeros", zeros.numpy())
             if config.act_order:
                 write(f"{stem}.perm", np.arange(t.shape[0], dtype=np.int32))
-    write_json(out / "config.json", {**source, "architectures": [spec.class_name], "quantization_config": config.to_dict()})
+    write_json(out / "config.json", {**dims, "quantization_config": config.to_dict()})
 
 
 def _read_text(path) -> str:

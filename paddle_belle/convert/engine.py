@@ -162,15 +162,15 @@ def check_known_weights(directory: Path) -> None:
     HF's), e.g. only a llama.cpp GGUF file or BELLE's GPTQ .pt file."""
     if any((directory / n).is_file() for pair in WEIGHT_LAYOUTS + HF_LAYOUTS for n in pair):
         return
-    known = ", ".join(n for pair in WEIGHT_LAYOUTS + HF_LAYOUTS for n in pair[::-1])
+    known = "no model.safetensors, model_state.pdparams, pytorch_model.bin or sharded form of them"
     gguf = sorted(directory.glob("*.gguf"))
     if gguf:
-        raise CheckpointError(f"{directory}: holds {gguf[0].name}, a llama.cpp GGUF file, and none of {known}; "
-                              f"convert it first: paddle-belle convert --from-gguf {gguf[0]} OUT")
+        raise CheckpointError(f"{directory}: holds {gguf[0].name}, a llama.cpp GGUF file, and {known}; convert it "
+                              f"first: paddle-belle convert --from-gguf {gguf[0]} OUT")
     other = sorted(p.name for p in directory.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".ckpt", ".safetensors"))
     found = f"holds {other[0]}, a format it does not know, and" if other else "holds"
-    raise CheckpointError(f"{directory}: {found} none of {known}; `paddle-belle convert --help` lists the formats "
-                          "it converts into one")
+    raise CheckpointError(f"{directory}: {found} {known}; `paddle-belle convert --help` lists the formats it "
+                          "converts from")
 
 
 def paddle_outputs(directory: Path, config: dict) -> tuple[list["Output"], tuple | None]:

@@ -100,8 +100,8 @@ def test_formats_we_do_not_read_say_what_to_run(tmp_path, capsys):
 
     hf_bloom().save_pretrained(tmp_path / "gptq")
     (tmp_path / "gptq" / "model.safetensors").rename(tmp_path / "gptq" / "bloom7b-2m-4bit-128g.pt")
-    with pytest.raises(CheckpointError, match="holds bloom7b-2m-4bit-128g.pt, a format it does not know, and none "
-                       "of model.safetensors, .*; `paddle-belle convert --help` lists the formats"):
+    with pytest.raises(CheckpointError, match="holds bloom7b-2m-4bit-128g.pt, a format it does not know, and no "
+                       "model.safetensors, .*; `paddle-belle convert --help` lists the formats it converts from"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "gptq")
 
     hf_llama().save_pretrained(tmp_path / "foreign")  # a tensor under a name no table of ours knows

@@ -7,8 +7,7 @@ import paddle
 import pytest
 import safetensors.numpy
 import torch
-import transformers
-from reference import bloom_tokenizer_json, max_rel_diff
+from reference import bloom_tokenizer_json, max_rel_diff, tiny_bloom, tiny_llama
 
 from paddle_belle import AutoModelForCausalLM
 from paddle_belle.checkpoint import CheckpointError
@@ -18,17 +17,11 @@ IDS = np.random.default_rng(3).integers(4, 101, (2, 11))
 
 
 def hf_bloom(**kw):
-    torch.manual_seed(0)
-    config = transformers.BloomConfig(**{"vocab_size": 101, "hidden_size": 24, "n_layer": 2, "n_head": 6,
-                                         "initializer_range": 0.5, **kw})
-    return transformers.BloomForCausalLM(config).eval()
+    return tiny_bloom(n_head=6, std=0.5, **kw)[0]
 
 
 def hf_llama(**kw):
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5, **kw)
-    return transformers.LlamaForCausalLM(config).eval()
+    return tiny_llama(std=0.5, num_key_value_heads=2, **kw)[0]
 
 
 def logits(model):

@@ -6,6 +6,7 @@ for LLaMA-family tokenizers that exist only as an HF tokenizer.json.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import regex
@@ -76,11 +77,12 @@ class JsonTokenizer(_TorchStyleCalls, PretrainedTokenizer):
     model_input_names = ["input_ids", "attention_mask"]
     padding_side = "left"
 
-    def __init__(self, tokenizer_file, **kwargs):
+    def __init__(self, tokenizer_file, clean_up_tokenization_spaces=False, **kwargs):
         from tokenizers import Tokenizer
 
         self.tokenizer_file = str(tokenizer_file)
         self.backend = Tokenizer.from_file(self.tokenizer_file)
+        self.clean_up_spaces = clean_up_tokenization_spaces  # transformers' default; PaddleNLP's decode says True
         super().__init__(**kwargs)
         # What the file's post-processor puts around one sequence (Llama-3's TemplateProcessing: <|begin_of_text|>
         # before it), found by encoding a probe with and without special tokens.
@@ -95,7 +97,10 @@ class JsonTokenizer(_TorchStyleCalls, PretrainedTokenizer):
         special_tokens_map.json (HF's files, read by convert/tokenizer.py: PaddleNLP's own from_pretrained would
         hand HF-only fields such as added_tokens_decoder to __init__)."""
         path = Path(path)
-        return cls(path / "tokenizer.json", **{**special_tokens(path), **kwargs})
+        config = path / "tokenizer_config.json"
+        clean = json.loads(config.read_text(encoding="utf-8")).get("clean_up_tokenization_spaces", False) \
+            if config.is_file() else False
+        return cls(path / "tokenizer.json", clean, **{**special_tokens(path), **kwargs})
 
     @property
     def vocab_size(self) -> int:
@@ -120,11 +125,18 @@ class JsonTokenizer(_TorchStyleCalls, PretrainedTokenizer):
     def convert_tokens_to_string(self, tokens):
         return self.backend.decode([self.backend.token_to_id(t) for t in tokens], skip_special_tokens=False)
 
-    def _decode(self, token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False, **kwargs):
-        # The file's decoder, as transformers' fast tokenizers decode (PaddleNLP's joins special tokens with spaces).
-        ids = token_ids.tolist() if hasattr(token_ids, "tolist") else list(token_ids)
+    def decode(self, token_ids, skip_special_tokens=False, clean_up_tokenization_spaces=None, **kwargs):
+        """The file's decoder, as transformers' fast tokenizers decode (PaddleNLP's would join special tokens with
+        spaces); spaces before punctuation are cleaned up as tokenizer_config.json says (default: not)."""
+        ids = token_ids.tolist() if hasattr(token_ids, "tolist") else token_ids
+        ids = [ids] if isinstance(ids, int) else list(ids)
         text = self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
-        return self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
+        clean = self.clean_up_spaces if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces
+        return self.clean_up_tokenization(text) if clean else text
+
+    def batch_decode(self, sequences, skip_special_tokens=False, clean_up_tokenization_spaces=None, **kwargs):
+        sequences = sequences.tolist() if hasattr(sequences, "tolist") else sequences
+        return [self.decode(ids, skip_special_tokens, clean_up_tokenization_spaces) for ids in sequences]
 
     def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None):
         if token_ids_1 is not None:

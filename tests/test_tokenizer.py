@@ -78,12 +78,13 @@ def test_byte_level_tokenizer_json_gives_hf_ids(tmp_path, bos):
     (tmp_path / "tok" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     ours = AutoTokenizer.from_pretrained(tmp_path / "tok")
     assert isinstance(ours, JsonTokenizer)
-    for text in (CHATML, TEXT, " leading space", ""):
+    for text in (CHATML, TEXT, " leading space", "", "It isn 't so . Is it ?"):
         ids = ours(text)["input_ids"]
         assert ids == hf(text)["input_ids"], text
         assert ours(text, add_special_tokens=False)["input_ids"] == hf(text, add_special_tokens=False)["input_ids"]
         assert ours.decode(ids) == hf.decode(ids)
         assert ours.decode(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True)
+        assert ours.batch_decode([ids]) == hf.batch_decode([ids])
     assert ours.decode(ours(CHATML, add_special_tokens=False)["input_ids"]) == CHATML
     assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id, len(ours)) == (1, 2, 2, len(hf))
     batch, expected = ours(["hi", CHATML], padding=True), hf(["hi", CHATML], padding=True, padding_side="left")

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from paddle_belle.checkpoint import (
     PADDLE_SHARD,
+    PDPARAMS_INDEX,
     WEIGHT_LAYOUTS,
     CheckpointError,
     atomic_dir,
@@ -147,14 +148,15 @@ class Reader:
 
 def in_paddle_layout(directory: Path, model_type: str) -> bool:
     """Whether ``directory`` holds PaddleNLP's layout: .pdparams weights, or tensors named under the Paddle body
-    (bloom.…, llama.…), which HF checkpoints never are. Anything unreadable is left to the conversion to report."""
+    (bloom.…, llama.…), which HF checkpoints never are. Anything unreadable is left to the reader of its layout to
+    report (a broken .pdparams index to PaddleNLP's, the rest to HF's)."""
     try:
         files, _ = weight_files(directory)  # PaddleNLP's layouts (model.safetensors is both worlds' name)
         if files[0].suffix == ".pdparams":
             return True
         return any(name.startswith(archs.get(model_type).body + ".") for name in read_safetensors_header(files[0])[0])
     except CheckpointError:
-        return False
+        return (directory / PDPARAMS_INDEX).is_file()
 
 
 def check_known_weights(directory: Path) -> None:

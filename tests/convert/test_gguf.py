@@ -213,10 +213,10 @@ def test_smollm2_hf_directory_converts_chats_and_scores_like_the_gguf_route(smol
                                                                           capsys):
     """SmolLM2's HF directory as transformers writes it (save_pretrained of transformers' own GGUF reading) with a
     tokenizer.json only: it loads as it is, converts, chats (in its own ChatML template, as transformers renders
-    it from tokenizer_config.json), and scores the GGUF route's perplexity. The
-    tokenizer.json is our import's (checked against transformers' GGUF tokenizer above): transformers 4.46.3's
-    own GGUF tokenizer for this file adds an <|im_start|> BOS although the GGUF says add_bos_token=False, calls
-    <|im_start|> the EOS, and saves the 93 MB GGUF itself as tokenizer.model."""
+    it from tokenizer_config.json), and scores the GGUF route's perplexity. The tokenizer.json is our import's
+    (checked against transformers' GGUF tokenizer above): transformers 4.46.3's own GGUF tokenizer for this file
+    adds an <|im_start|> BOS although the GGUF says add_bos_token=False, calls <|im_start|> the EOS, and saves the
+    93 MB GGUF itself as tokenizer.model."""
     import transformers
 
     from paddle_belle.chat import ChatSession

@@ -5,7 +5,10 @@ Styles:
   ``Human: {input}\\n\\nAssistant: {output}\\n\\n``.
 - ``belle-v2``: BELLE's current training code, ``Human: \\n{input}\\n\\nAssistant: \\n``, with EOS after each
   assistant turn.
-Both stop when the model starts the next ``Human:`` turn itself (BELLE issue #28).
+Both stop when the model starts the next ``Human:`` turn itself (BELLE issue #28). Not BELLE's:
+- ``chatml``: ``<|im_start|>user\\n{input}<|im_end|>\\n<|im_start|>assistant\\n``, EOS and a newline after each
+  reply, and a system turn of its own: the chat template of models tuned in it whose EOS is ``<|im_end|>``
+  (SmolLM2-Instruct).
 """
 from __future__ import annotations
 
@@ -18,11 +21,14 @@ class Style:
     user: str  # template of a user turn, ending where the assistant's reply begins
     assistant: str  # template of a finished assistant turn
     stops: tuple[str, ...] = ("Human:",)
+    system: str | None = None  # template of a system turn; None: a system text opens the first user turn
 
 
 STYLES = {
     "belle": Style(user="Human: {text}\n\nAssistant:", assistant=" {text}\n\n"),
     "belle-v2": Style(user="Human: \n{text}\n\nAssistant: \n", assistant="{text}{eos}"),
+    "chatml": Style(user="<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n", assistant="{text}{eos}\n",
+                    stops=("<|im_end|>", "<|im_start|>"), system="<|im_start|>system\n{text}<|im_end|>\n"),
 }
 
 
@@ -44,14 +50,17 @@ def recorded_style(config) -> str:
 
 def render(style: str, history: list[tuple[str, str]], query: str, eos: str = "", system: str = "") -> str:
     """The prompt for ``query`` after the (user, assistant) turns of ``history``. BELLE has no system role: a
-    ``system`` text opens the first user turn, on a line of its own (alone if that turn is empty)."""
+    ``system`` text opens the first user turn, on a line of its own (alone if that turn is empty), unless the
+    style has a system turn."""
+    s, opening = get_style(style), ""
+    if system and s.system:
+        opening, system = s.system.format(text=system), ""
     if system and history:
         history = [(f"{system}\n{history[0][0]}" if history[0][0] else system, history[0][1]), *history[1:]]
     elif system:
         query = f"{system}\n{query}"
-    s = get_style(style)
     turns = "".join(s.user.format(text=u) + s.assistant.format(text=a, eos=eos) for u, a in history)
-    return turns + s.user.format(text=query)
+    return opening + turns + s.user.format(text=query)
 
 
 def fit_history(style: str, history: list[tuple[str, str]], query: str, count_tokens, max_tokens: int,

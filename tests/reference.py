@@ -177,3 +177,29 @@ def random_quant_layer(config, in_features, out_features, seed=0, bias=True):
     if perm is not None:
         weight = weight[np.argsort(perm)]  # stored row i is input row perm[i]
     return layer, weight, None if b is None else b.numpy()
+
+
+def llama3_style_tokenizer_json(directory, bos=True):
+    """A small byte-level BPE the way SmolLM2's and Llama-3's tokenizer.json are built (digits split one by one,
+    GPT-2's regex, ChatML special tokens; with ``bos``, a post-processor that puts <|im_start|> first, as
+    Llama-3's puts <|begin_of_text|>) saved as tokenizer.json + tokenizer_config.json, and transformers' fast
+    tokenizer over it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", 1)])
+    directory.mkdir(parents=True, exist_ok=True)
+    tok.save(str(directory / "tokenizer.json"))
+    settings = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>",
+                "pad_token": "<|im_end|>"}
+    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast",
+                                                                 **settings}))
+    return transformers.PreTrainedTokenizerFast(tokenizer_file=str(directory / "tokenizer.json"), **settings)

@@ -131,6 +131,6 @@ def test_the_recorded_prompt_style_is_the_default_everywhere(belle_dir, tmp_path
     assert out.returncode == 0 and "(style belle-v2, preset greedy)" in out.stdout, out.stderr[-2000:]
     bad = tmp_path / "bad"
     shutil.copytree(recorded, bad)
-    (bad / "config.json").write_text(json.dumps({**config, "prompt_style": "chatml"}))
+    (bad / "config.json").write_text(json.dumps({**config, "prompt_style": "alpaca"}))
     out = cli("chat", "--model", bad, stdin="/exit\n")
-    assert out.returncode == 1 and "unknown prompt style 'chatml'" in out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 1 and "unknown prompt style 'alpaca'" in out.stderr.strip().splitlines()[-1]

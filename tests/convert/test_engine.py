@@ -9,7 +9,7 @@ import paddlenlp.transformers as pnlp
 import pytest
 import torch
 import transformers
-from reference import TEXT, bloom_tokenizer_json, max_rel_diff
+from reference import TEXT, bloom_tokenizer_json, llama3_style_tokenizer_json, max_rel_diff
 
 from paddle_belle import AutoModelForCausalLM, AutoTokenizer
 from paddle_belle.cli import main
@@ -27,8 +27,9 @@ def hf_bloom(std=0.5, **kw):
 
 def hf_llama(std=0.5, **kw):
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, initializer_range=std, **kw)
+    config = transformers.LlamaConfig(**{"vocab_size": 101, "hidden_size": 32, "intermediate_size": 48,
+                                         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                         "initializer_range": std, **kw})
     return transformers.LlamaForCausalLM(config).eval()
 
 
@@ -211,3 +212,16 @@ def test_a_paddle_checkpoint_is_recognised(tmp_path, capsys, safe):
     assert capsys.readouterr().err.strip() == (f"paddle-belle convert: error: {tmp_path / 'pd'} is already in "
                                                "PaddleNLP's layout (use --to hf to go the other way)")
     assert not (tmp_path / "again").exists()
+
+
+def test_llama_with_a_tokenizer_json_only_carries_it_both_ways(tmp_path):
+    """SmolLM2 / Llama-3 style: a byte-level BPE tokenizer.json and no sentencepiece model."""
+    hf_tok = llama3_style_tokenizer_json(tmp_path / "hf")
+    hf_llama(vocab_size=len(hf_tok)).save_pretrained(tmp_path / "hf")
+    assert cli(tmp_path / "hf", tmp_path / "pd") == 0
+    assert cli(tmp_path / "pd", tmp_path / "back", "--to", "hf") == 0
+    for directory in ("pd", "back"):
+        assert (tmp_path / directory / "tokenizer.json").read_bytes() == (tmp_path / "hf" / "tokenizer.json").read_bytes()
+    assert AutoTokenizer.from_pretrained(tmp_path / "pd")(TEXT)["input_ids"] == hf_tok(TEXT)["input_ids"]
+    back = transformers.AutoTokenizer.from_pretrained(tmp_path / "back")
+    assert back(TEXT)["input_ids"] == hf_tok(TEXT)["input_ids"] and back.eos_token == "<|im_end|>"

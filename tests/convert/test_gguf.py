@@ -1,6 +1,7 @@
 """GGUF import: a tiny GGUF written the way llama.cpp's converter writes one, and the real SmolLM2-135M GGUF."""
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -165,18 +166,16 @@ def smollm2_gguf():
     return target
 
 
-def test_smollm2_logits_equal_transformers_gguf_import(smollm2_gguf, tmp_path):
-    """Real weights: our import of the Q4_1 GGUF against transformers' own GGUF loader (its dequantization,
-    names and RoPE un-permutation), and our tokenizer against its GGUF tokenizer."""
+@pytest.fixture(scope="session")
+def smollm2_import(smollm2_gguf, tmp_path_factory):
+    """`paddle-belle convert --from-gguf` of SmolLM2: the GGUF route."""
+    return convert_gguf(smollm2_gguf, tmp_path_factory.mktemp("smollm2") / "gguf-route")
+
+
+def transformers_smollm2(smollm2_gguf):
+    """SmolLM2 as transformers' own GGUF loader reads it (its dequantization, names and RoPE un-permutation)."""
     import transformers
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    convert_gguf(smollm2_gguf, tmp_path / "smollm2")
-    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "smollm2")
-    text = "The quick brown fox jumps over the lazy dog in 2024, said Mr. Smith's 3 kids."
-    ids = load_encoder(tmp_path / "smollm2")(text)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
-    assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
 
     loaded = load_gguf_checkpoint(str(smollm2_gguf), return_tensors=True)
     config = {k: v for k, v in loaded["config"].items() if k != "model_type"}
@@ -184,8 +183,79 @@ def test_smollm2_logits_equal_transformers_gguf_import(smollm2_gguf, tmp_path):
     missing, unexpected = hf.load_state_dict({k: torch.as_tensor(np.asarray(v)).float()
                                               for k, v in loaded["tensors"].items()}, strict=False)
     assert missing == ["lm_head.weight"] and not unexpected  # tied to the embedding
+    return hf
+
+
+def test_smollm2_logits_equal_transformers_gguf_import(smollm2_gguf, smollm2_import):
+    """Real weights: our import of the Q4_1 GGUF against transformers' own GGUF loader, and our tokenizer
+    against its GGUF tokenizer."""
+    import transformers
+
+    ours = AutoModelForCausalLM.from_pretrained(smollm2_import)
+    text = "The quick brown fox jumps over the lazy dog in 2024, said Mr. Smith's 3 kids."
+    ids = load_encoder(smollm2_import)(text)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+    assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        expected = hf(torch.tensor([ids])).logits.numpy()
+        expected = transformers_smollm2(smollm2_gguf)(torch.tensor([ids])).logits.numpy()
     with paddle.no_grad():
         got = ours(paddle.to_tensor([ids])).logits.numpy()
     assert max_rel_diff(got, expected) <= 1e-4
+
+
+PROSE = ("Perplexity measures how well a probability model predicts a sample. A low perplexity indicates that the "
+         "distribution is good at predicting the sample. In natural language processing it is a common way of "
+         "evaluating language models, computed as the exponential of the mean negative log-likelihood per token. "
+         "The quick brown fox jumps over the lazy dog, and 1,234 more words follow on the 5th of May.\n")
+
+
+def test_smollm2_hf_directory_converts_chats_and_scores_like_the_gguf_route(smollm2_gguf, smollm2_import, tmp_path,
+                                                                          capsys):
+    """SmolLM2's HF directory as transformers writes it (save_pretrained of transformers' own GGUF reading) with a
+    tokenizer.json only: it loads as it is, converts, chats (in its own ChatML template, as transformers renders
+    it from tokenizer_config.json), and scores the GGUF route's perplexity. The tokenizer.json is our import's
+    (checked against transformers' GGUF tokenizer above): transformers 4.46.3's own GGUF tokenizer for this file
+    adds an <|im_start|> BOS although the GGUF says add_bos_token=False, calls <|im_start|> the EOS, and saves the
+    93 MB GGUF itself as tokenizer.model."""
+    import transformers
+
+    from paddle_belle.chat import ChatSession
+    from paddle_belle.evaluate.perplexity import perplexity_of_file
+    from paddle_belle.prompts import render
+    from paddle_belle.tokenizer import AutoTokenizer
+
+    hf_dir = tmp_path / "hf"
+    transformers_smollm2(smollm2_gguf).save_pretrained(hf_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(smollm2_import / name, hf_dir / name)
+
+    theirs, ours = transformers.AutoTokenizer.from_pretrained(hf_dir), AutoTokenizer.from_pretrained(hf_dir)
+    chat = "<|im_start|>user\nWhat is 2+2? Answer in 3 words.<|im_end|>\n<|im_start|>assistant\n"
+    for text in (PROSE, chat):
+        ids = ours(text)["input_ids"]
+        assert ids == theirs(text)["input_ids"] and ours.decode(ids) == theirs.decode(ids) == text
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir)
+    ids = paddle.to_tensor([ours(PROSE)["input_ids"]])
+    with paddle.no_grad():
+        direct = model(ids).logits.numpy()
+        gguf_route = AutoModelForCausalLM.from_pretrained(smollm2_import)(ids).logits.numpy()
+    assert max_rel_diff(direct, gguf_route) <= 1e-5
+
+    (tmp_path / "prose.txt").write_text(PROSE * 2)
+    scores = [perplexity_of_file(d, tmp_path / "prose.txt", seqlen=48)["perplexity"] for d in (hf_dir, smollm2_import)]
+    assert scores[0] == pytest.approx(scores[1], rel=1e-5) and 1 < scores[0] < 100
+
+    assert main(["convert", str(hf_dir), str(tmp_path / "pd")]) == 0  # the tokenizer travels along
+    assert AutoTokenizer.from_pretrained(tmp_path / "pd")(chat)["input_ids"] == theirs(chat)["input_ids"]
+    capsys.readouterr()
+    assert main(["generate", "--model", str(hf_dir), "--style", "chatml", "--prompt", "What is the capital of "
+                 "France?", "--temperature", "0", "--max-new-tokens", "16"]) == 0
+    assert "Paris" in capsys.readouterr().out
+    session = ChatSession(model, ours, style="chatml", preset="greedy", max_new_tokens=16)
+    for question in ("Name a colour.", "And another one?"):
+        assert "".join(session.ask(question)).strip()
+    assert render("chatml", session.history, "?", ours.eos_token, system="Be brief.") == theirs.apply_chat_template(
+        [{"role": "system", "content": "Be brief."}, *[{"role": r, "content": c} for turn in session.history
+                                                       for r, c in zip(("user", "assistant"), turn)],
+         {"role": "user", "content": "?"}], tokenize=False, add_generation_prompt=True)

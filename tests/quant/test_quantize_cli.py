@@ -4,7 +4,7 @@ import json
 import numpy as np
 import paddle
 import pytest
-from reference import CORPUS, tiny_belle_dir, tiny_llama_dir
+from reference import CORPUS, tiny_belle_dir, tiny_llama, tiny_llama_dir
 
 from paddle_belle import AutoModelForCausalLM, AutoTokenizer
 from paddle_belle.chat import generate_batch
@@ -152,3 +152,19 @@ def test_streaming_rtn_names_a_tensor_of_the_wrong_shape(tmp_path):
     with pytest.raises(CheckpointError, match=r"llama.layers.1.mlp.up_proj.weight has shape \[32, 5\]"):
         quantize_checkpoint(tmp_path / "src", tmp_path / "out", QuantConfig(bits=4, group_size=16, method="rtn"))
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == ["src"]
+
+
+def test_rtn_of_an_hf_directory_equals_rtn_of_its_conversion(tmp_path):
+    from paddle_belle.checkpoint import load_state_dict
+
+    hf, _ = tiny_llama(std=0.5, tie_word_embeddings=True)
+    hf.save_pretrained(tmp_path / "hf")
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "pd")]) == 0
+    for source in ("hf", "pd"):
+        assert main(["quantize", "--model", str(tmp_path / source), "--method", "rtn", "--out",
+                     str(tmp_path / f"{source}-rtn")]) == 0
+    streamed, converted = load_state_dict(tmp_path / "hf-rtn"), load_state_dict(tmp_path / "pd-rtn")
+    assert streamed.keys() == converted.keys() and all(np.array_equal(streamed[k], converted[k]) for k in streamed)
+    ids = paddle.to_tensor([[1, 5, 9, 2]])
+    logits = [AutoModelForCausalLM.from_pretrained(tmp_path / d)(ids).logits.numpy() for d in ("hf-rtn", "pd-rtn")]
+    np.testing.assert_array_equal(*logits)

@@ -18,7 +18,6 @@ stream one tensor at a time and write under a temporary name, renamed at the end
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +102,9 @@ def read_config(reader, source: str) -> dict:
     defaults = {"vocab_size": config["vocab_size"], "context_length": 2048, "attention.head_count_kv": 0,
                 "attention.layer_norm_rms_epsilon": 1e-6, "rope.freq_base": 10000.0}
     for key, field in arch.gguf_fields.items():
-        config[field] = _field(reader, f"{name}.{key}", defaults.get(key), source)
+        value = _field(reader, f"{name}.{key}", defaults.get(key), source)
+        # GGUF stores these floats as float32: 1e-6 comes back as 9.99999997e-07 unless rounded to float32's digits
+        config[field] = float(f"{value:.7g}") if isinstance(value, float) else value
     if name == "llama":
         heads, hidden = config["num_attention_heads"], config["hidden_size"]
         config["num_key_value_heads"] = config["num_key_value_heads"] or heads  # absent: no grouped-query attention

@@ -230,80 +230,71 @@ def write_tokenizer(reader, directory: Path, source: str, model_type: str = "lla
 
 
 # ------------------------------------------------------------------------------------------------ export
-def _qtype(outtype: str):
-    gguf = _gguf()
-    return {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-            "q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}[outtype]
-
-
 def tensor_type(gguf_name: str, shape: list[int], outtype: str):
     """The GGML type llama.cpp's converter picks for a tensor: float32 for 1-D tensors and norms; ``outtype`` for
     weights, F16 where the rows do not split into whole quantization blocks (as on its QuantError). q4_0 keeps the
     output head in Q8_0: llama-quantize gives it more bits too (Q6_K, which gguf-py cannot make)."""
-    gguf = _gguf()
+    types = _gguf().GGMLQuantizationType
     if len(shape) < 2 or gguf_name.endswith("_norm.weight"):
-        return gguf.GGMLQuantizationType.F32
-    qtype = _qtype("q8_0" if outtype == "q4_0" and gguf_name == "output.weight" else outtype)
-    block = gguf.GGML_QUANT_SIZES[qtype][0]
-    return qtype if shape[-1] % block == 0 else gguf.GGMLQuantizationType.F16
+        return types.F32
+    qtype = types.Q8_0 if outtype == "q4_0" and gguf_name == "output.weight" else types[outtype.upper()]
+    return qtype if shape[-1] % _gguf().GGML_QUANT_SIZES[qtype][0] == 0 else types.F16
 
 
-def _float_weights(model):
-    """(our name, float32 numpy array) of every parameter a GGUF holds, in checkpoint order; a quantized Linear's
-    weight is dequantized (QuantLinear.weight), half weights are widened."""
+def _float_weight(layers: dict, name: str) -> np.ndarray:
+    """Our parameter ``name`` in float32: a quantized Linear's weight dequantized (QuantLinear.weight), half
+    weights widened."""
     from paddle_belle.quant import QuantLinear
 
-    layers = dict(model.named_sublayers())
-    for name in model.arch.model_shapes(model.config.to_dict()):
-        path, leaf = name.rsplit(".", 1)
-        layer = layers[path]
-        if isinstance(layer, QuantLinear) and leaf == "weight":
-            yield name, layer.weight().numpy()
-        else:
-            yield name, getattr(layer, leaf).astype("float32").numpy()
+    path, leaf = name.rsplit(".", 1)
+    layer = layers[path]
+    if isinstance(layer, QuantLinear) and leaf == "weight":
+        return layer.weight().numpy()
+    return getattr(layer, leaf).astype("float32").numpy()
 
 
-def _tokenizer_metadata(path: Path, config: dict) -> dict:
+def _add_tokenizer(writer, path: Path, config: dict) -> None:
     """tokenizer.ggml.* as llama.cpp's converter writes them: BLOOM's byte-level BPE as "gpt2" with the "bloom"
     pre-tokenizer (_set_vocab_gpt2; llama.cpp recognises BLOOM's real vocabulary by a hash, so it is set here
     explicitly), LLaMA's sentencepiece as "llama" (_create_vocab_sentencepiece). The list is padded to the model's
-    vocabulary with [PADn] tokens, as the converter pads BLOOM's 250,680 tokens to 250,880 rows."""
+    vocabulary with unused [PADn] tokens, as the converter pads BLOOM's 250,680 tokens to its 250,880 rows."""
     from paddle_belle.convert.tokenizer import SPECIAL_TOKENS, _bloom_vocab_merges, _sentencepiece_file, special_tokens
 
     n_vocab, settings = config["vocab_size"], special_tokens(path)
     specials = {k: settings[k] for k in SPECIAL_TOKENS if k in settings}
     if config["model_type"] == "bloom":
         vocab, merges = _bloom_vocab_merges(path)
-        tokens = [None] * max(n_vocab, len(vocab))
-        for token, i in vocab.items():
-            tokens[i] = token
+        tokens = sorted(vocab, key=vocab.get)
+        if [vocab[t] for t in tokens] != list(range(len(tokens))):
+            raise CheckpointError(f"{path}: the vocabulary's ids are not 0..{len(tokens) - 1} (GGUF lists tokens by id)")
         types = [CONTROL if t in specials.values() else NORMAL for t in tokens]
-        meta = {"model": "gpt2", "pre": "bloom", "merges": merges}
         ids = {k: vocab.get(t) for k, t in specials.items()}
-        add_bos = bool(settings.get("add_bos_token", False))  # BLOOM's tokenizer adds neither BOS nor EOS
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("bloom")
+        writer.add_token_merges(merges)
+        add_bos = settings.get("add_bos_token", False)  # BLOOM's tokenizer adds neither BOS nor EOS
     else:
         from sentencepiece import SentencePieceProcessor
 
         sp = SentencePieceProcessor(model_file=str(_sentencepiece_file(path)))
-        tokens = [sp.id_to_piece(i) for i in range(sp.vocab_size())] + [None] * max(0, n_vocab - sp.vocab_size())
+        tokens = [sp.id_to_piece(i) for i in range(sp.vocab_size())]
         types = [UNKNOWN if sp.is_unknown(i) else CONTROL if sp.is_control(i) else UNUSED if sp.is_unused(i)
                  else BYTE if sp.is_byte(i) else NORMAL for i in range(sp.vocab_size())]
-        meta = {"model": "llama", "pre": "default",
-                "scores": [sp.get_score(i) for i in range(sp.vocab_size())] + [-1000.0] * (len(tokens) - sp.vocab_size())}
-        ids = {"bos_token": sp.bos_id(), "eos_token": sp.eos_id(), "unk_token": sp.unk_id(), "pad_token": sp.pad_id()}
-        ids.update({k: sp.piece_to_id(t) for k, t in specials.items()})
-        add_bos = bool(settings.get("add_bos_token", True))  # LLaMA's sentencepiece tokenizer starts with BOS
+        ids = {"bos_token": sp.bos_id(), "eos_token": sp.eos_id(), "unk_token": sp.unk_id(), "pad_token": sp.pad_id(),
+               **{k: sp.piece_to_id(t) for k, t in specials.items()}}
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_scores([sp.get_score(i) for i in range(len(tokens))] + [-1000.0] * (n_vocab - len(tokens)))
+        add_bos = settings.get("add_bos_token", True)  # LLaMA's sentencepiece tokenizer starts with BOS
     if len(tokens) > n_vocab:
         raise CheckpointError(f"{path}: the tokenizer has {len(tokens)} tokens, the model's vocab_size is {n_vocab}")
-    fillers = [i for i, t in enumerate(tokens) if t is None]
-    for n, i in enumerate(fillers, 1):
-        tokens[i] = f"[PAD{n}]"
-    types = types + [UNUSED] * (len(tokens) - len(types))
-    for i in fillers:
-        types[i] = UNUSED
-    meta.update(tokens=tokens, token_type=types, add_bos_token=add_bos, add_eos_token=False,
-                **{k.replace("_token", "") + "_id": i for k, i in ids.items() if i is not None and 0 <= i < n_vocab})
-    return meta
+    writer.add_token_list(tokens + [f"[PAD{n}]" for n in range(1, n_vocab - len(tokens) + 1)])
+    writer.add_token_types(types + [UNUSED] * (n_vocab - len(tokens)))
+    for key, gguf_key in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"), ("pad_token", "padding")):
+        if ids.get(key) is not None and 0 <= ids[key] < n_vocab:
+            writer.add_uint32(f"tokenizer.ggml.{gguf_key}_token_id", ids[key])
+    writer.add_add_bos_token(bool(add_bos))
+    writer.add_add_eos_token(False)
 
 
 def export_gguf(src, dst, outtype: str = "f16", verbose: bool = False) -> Path:
@@ -325,76 +316,51 @@ def export_gguf(src, dst, outtype: str = "f16", verbose: bool = False) -> Path:
     # Half weights stay half in memory (models/loading.py keep_half): the model costs what it weighs on disk.
     dtype = stored.get("dtype") or stored.get("torch_dtype")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype in ("float16", "bfloat16") else "float32")
-    config, arch = model.config.to_dict(), model.arch
-    config["model_type"] = arch.model_type
+    arch, config = model.arch, {**model.config.to_dict(), "model_type": model.arch.model_type}
     if config.get("rope_scaling_type") not in (None, "linear"):
         raise CheckpointError(f"{path}/config.json: rope scaling {config['rope_scaling_type']!r} has no GGUF "
                               "equivalent in llama.cpp (only linear)")
-    names = archs.invert(arch.gguf_to_paddle)
-    tokenizer = _tokenizer_metadata(path, config)
 
-    name = arch.model_type
-    writer = gguf.GGUFWriter(None, name)
+    writer = gguf.GGUFWriter(None, arch.model_type)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(Path(path).name)
     for key, field in arch.gguf_fields.items():
         value = config[field]
-        (writer.add_float32 if isinstance(value, float) else writer.add_uint32)(f"{name}.{key}", value)
+        (writer.add_float32 if isinstance(value, float) else writer.add_uint32)(f"{arch.model_type}.{key}", value)
     for key, value in arch.gguf_extra(config).items():
-        writer.add_uint32(f"{name}.{key}", value)
+        writer.add_uint32(f"{arch.model_type}.{key}", value)
     if config.get("rope_scaling_type") == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(config["rope_scaling_factor"]))
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[outtype]
-    writer.add_file_type(file_type)
+    writer.add_file_type(gguf.LlamaFileType["ALL_F32" if outtype == "f32" else f"MOSTLY_{outtype.upper()}"])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-
-    writer.add_tokenizer_model(tokenizer["model"])
-    writer.add_tokenizer_pre(tokenizer["pre"])
-    writer.add_token_list(tokenizer["tokens"])
-    writer.add_token_types(tokenizer["token_type"])
-    if "scores" in tokenizer:
-        writer.add_token_scores(tokenizer["scores"])
-    if "merges" in tokenizer:
-        writer.add_token_merges(tokenizer["merges"])
-    for key in ("bos", "eos", "unk", "pad"):
-        if f"{key}_id" in tokenizer:
-            writer.add_uint32(f"tokenizer.ggml.{'padding' if key == 'pad' else 'unknown' if key == 'unk' else key}"
-                              "_token_id", tokenizer[f"{key}_id"])
-    writer.add_add_bos_token(tokenizer["add_bos_token"])
-    writer.add_add_eos_token(tokenizer["add_eos_token"])
+    _add_tokenizer(writer, path, config)
     writer.add_chat_template(jinja_template(recorded_style(config)))
 
     # Tensor infos first (names, shapes, types), then the data one tensor at a time: nothing is held beyond the
     # model itself and the tensor being written (GGUFWriter.add_tensor would keep every array until the end).
-    shapes = arch.model_shapes(config)
-    plan = []
-    for ours, shape in shapes.items():
-        target = archs.rename(ours, names)
-        if target is None:
-            raise CheckpointError(f"{path}: tensor {ours} has no llama.cpp name")
-        theirs, transpose = target
+    names, plan = archs.invert(arch.gguf_to_paddle), []
+    for ours, shape in arch.model_shapes(config).items():
+        theirs, transpose = archs.rename(ours, names)
         shape = shape[::-1] if transpose else shape
         qtype = tensor_type(theirs, shape, outtype)
         plan.append((ours, theirs, transpose, qtype))
-        byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype) if qtype not in (
-            gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) else shape
-        dtype = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}.get(qtype, np.uint8)
-        writer.add_tensor_info(theirs, byte_shape, np.dtype(dtype), int(np.prod(byte_shape)) * np.dtype(dtype).itemsize,
-                               raw_dtype=qtype if dtype is np.uint8 else None)
+        if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            dtype = np.dtype(np.float32 if qtype == gguf.GGMLQuantizationType.F32 else np.float16)
+            writer.add_tensor_info(theirs, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
+        else:
+            stored_shape = gguf.quant_shape_to_byte_shape(shape, qtype)
+            writer.add_tensor_info(theirs, stored_shape, np.dtype(np.uint8), int(np.prod(stored_shape)), raw_dtype=qtype)
         if verbose:
             print(f"{theirs:28s} <- {ours:50s} {qtype.name:5s} {shape}")
 
+    layers = dict(model.named_sublayers())
     with atomic_path(dst) as tmp:
         writer.write_header_to_file(tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        weights = _float_weights(model)
-        for (ours, theirs, transpose, qtype), (name_, array) in tqdm(zip(plan, weights), total=len(plan),
-                                                                     desc=f"writing {outtype}", unit="tensor",
-                                                                     disable=None):
-            assert name_ == ours
+        for ours, theirs, transpose, qtype in tqdm(plan, desc=f"writing {outtype}", unit="tensor", disable=None):
+            array = _float_weight(layers, ours)
             array = array.T if transpose else array
             rows = reorder(theirs, config, to_gguf=True)
             array = np.ascontiguousarray(rows(array) if rows else array)

@@ -53,13 +53,15 @@ setup(
         # datagen: BM25 near-duplicate removal, and jieba (a PaddleNLP dependency) to cut Chinese into words
         "rank-bm25>=0.2.2",
         "jieba>=0.42",
-        "gguf==0.19.0",  # GGUF import (paddle-belle convert --from-gguf): llama.cpp's reader and dequantizers
+        "gguf==0.19.0",  # GGUF import and export (paddle-belle convert): llama.cpp's reader, writer and quantizers
         "matplotlib>=3.8,<3.12",  # loss.png (Agg, headless); every version in the range runs on numpy 1.x
     ],
     extras_require={
         "cpu": ["paddlepaddle==3.3.1"],
-        # selenium drives Debian's chromium + chromium-driver (apt; .ci/run installs them) through the chat page
-        "test": ["torch==2.13.0", "transformers==4.46.3", "pytest", "selenium>=4.15"],
+        # selenium drives Debian's chromium + chromium-driver (apt; .ci/run installs them) through the chat page.
+        # llama-cpp-python: llama.cpp itself, to run our GGUF exports; PyPI has only its sdist, built with cmake
+        # (pip caches the wheel; .ci/run's CMAKE_ARGS skip the parts the tests do not use).
+        "test": ["torch==2.13.0", "transformers==4.46.3", "pytest", "selenium>=4.15", "llama-cpp-python==0.3.36"],
     },
     entry_points={"console_scripts": ["paddle-belle=paddle_belle.cli:main"]},
 )

@@ -44,7 +44,12 @@ class Arch:
     shapes: Callable[[dict], tuple[dict, dict, dict]]
     config_aliases: dict[str, str] = field(default_factory=dict)  # HF (or older) spelling -> PaddleNLP spelling
     hf_ignored: tuple[str, ...] = ()  # regexes of HF tensors that are not weights
-    gguf_to_paddle: dict[str, tuple[str, bool]] | None = None  # llama.cpp's names; None: no GGUF import
+    # llama.cpp's tensor names (gguf-py constants.py TENSOR_NAMES for this architecture) -> ours
+    gguf_to_paddle: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    # GGUF metadata key (after "<architecture>.") -> config field, both ways; gguf_extra: keys llama.cpp's
+    # converter derives rather than reads (convert_hf_to_gguf.py set_gguf_parameters of the model class)
+    gguf_fields: dict[str, str] = field(default_factory=dict)
+    gguf_extra: Callable[[dict], dict] = lambda config: {}
 
     def hf_name(self, name: str) -> str:
         return rename(name, invert(self.hf_to_paddle))[0]
@@ -137,6 +142,33 @@ BLOOM = Arch(
     lora_targets=(".*query_key_value.*",),
     shapes=_bloom_shapes,
     config_aliases={"num_hidden_layers": "n_layer", "num_attention_heads": "n_head", "n_embed": "hidden_size"},
+    # llama.cpp stores the fused QKV as [Q; K; V] rows, not per head (convert/gguf.py qkv_to_gguf), and needs no
+    # output.weight: its BLOOM loader reuses token_embd (llama.cpp src/models/bloom.cpp).
+    gguf_to_paddle={
+        "token_embd.weight": ("bloom.word_embeddings.weight", False),
+        "token_embd_norm.weight": ("bloom.word_embeddings_layernorm.weight", False),
+        "token_embd_norm.bias": ("bloom.word_embeddings_layernorm.bias", False),
+        "blk.{}.attn_norm.weight": ("bloom.h.{}.input_layernorm.weight", False),
+        "blk.{}.attn_norm.bias": ("bloom.h.{}.input_layernorm.bias", False),
+        "blk.{}.attn_qkv.weight": ("bloom.h.{}.self_attention.query_key_value.weight", True),
+        "blk.{}.attn_qkv.bias": ("bloom.h.{}.self_attention.query_key_value.bias", False),
+        "blk.{}.attn_output.weight": ("bloom.h.{}.self_attention.dense.weight", True),
+        "blk.{}.attn_output.bias": ("bloom.h.{}.self_attention.dense.bias", False),
+        "blk.{}.ffn_norm.weight": ("bloom.h.{}.post_attention_layernorm.weight", False),
+        "blk.{}.ffn_norm.bias": ("bloom.h.{}.post_attention_layernorm.bias", False),
+        "blk.{}.ffn_up.weight": ("bloom.h.{}.mlp.dense_h_to_4h.weight", True),
+        "blk.{}.ffn_up.bias": ("bloom.h.{}.mlp.dense_h_to_4h.bias", False),
+        "blk.{}.ffn_down.weight": ("bloom.h.{}.mlp.dense_4h_to_h.weight", True),
+        "blk.{}.ffn_down.bias": ("bloom.h.{}.mlp.dense_4h_to_h.bias", False),
+        "output_norm.weight": ("bloom.ln_f.weight", False),
+        "output_norm.bias": ("bloom.ln_f.bias", False),
+    },
+    gguf_fields={"block_count": "n_layer", "embedding_length": "hidden_size", "attention.head_count": "n_head",
+                 "attention.head_count_kv": "n_head", "attention.layer_norm_epsilon": "layer_norm_epsilon"},
+    # BloomModel.set_gguf_parameters: the MLP is always 4x; context_length is seq_length, else the hidden size
+    # (BLOOM's ALiBi has no position limit; llama.cpp only uses it as the default context).
+    gguf_extra=lambda c: {"feed_forward_length": 4 * c["hidden_size"],
+                          "context_length": c.get("seq_length", c["hidden_size"])},
 )
 
 
@@ -190,6 +222,12 @@ LLAMA = Arch(
         "blk.{}.ffn_up.weight": ("llama.layers.{}.mlp.up_proj.weight", True),
         "blk.{}.ffn_down.weight": ("llama.layers.{}.mlp.down_proj.weight", True),
     },
+    gguf_fields={"block_count": "num_hidden_layers", "context_length": "max_position_embeddings",
+                 "embedding_length": "hidden_size", "feed_forward_length": "intermediate_size",
+                 "attention.head_count": "num_attention_heads", "attention.head_count_kv": "num_key_value_heads",
+                 "attention.layer_norm_rms_epsilon": "rms_norm_eps", "rope.freq_base": "rope_theta",
+                 "vocab_size": "vocab_size"},
+    gguf_extra=lambda c: {"rope.dimension_count": c["hidden_size"] // c["num_attention_heads"]},
 )
 
 ARCHS = {a.model_type: a for a in (BLOOM, LLAMA)}

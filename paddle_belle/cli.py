@@ -126,22 +126,26 @@ def _load(args):
     return model, AutoTokenizer.from_pretrained(args.model)
 
 
-@command("convert", help="convert a checkpoint between HF and PaddleNLP layouts",
+@command("convert", help="convert a checkpoint between HF, PaddleNLP and GGUF (llama.cpp) layouts",
          description="Convert an HF checkpoint directory into a PaddleNLP one (--to paddle) or back (--to hf), one "
-         "tensor at a time. SRC is never written to; DST must not exist.")
+         "tensor at a time; write our checkpoint (float or quantized) as a llama.cpp GGUF file (--to gguf); or read a "
+         "GGUF file (--from-gguf). SRC is never written to; DST must not exist.")
 @arg("src", metavar="SRC")
 @arg("dst", metavar="DST")
-@arg("--to", choices=["paddle", "hf"], default="paddle")
+@arg("--to", choices=["paddle", "hf", "gguf"], default="paddle")
 @arg("--dtype", choices=["keep", "float32", "float16", "bfloat16"], default="keep",
      help="cast floating-point weights (default: keep the source's)")
+@arg("--outtype", choices=["f32", "f16", "q8_0", "q4_0"], default="f16",
+     help="--to gguf: the weights' GGML type (default f16; norms and biases stay f32; weights whose rows are not "
+     "a multiple of 32 fall back to f16 under q8_0/q4_0). A quantized SRC is dequantized, then requantized")
 @arg("--max-shard-size", default="5GB", help="shard the weights above this size (default 5GB)")
 @arg("--format", choices=["safetensors", "pdparams"], default="safetensors",
      help="weight file format of PaddleNLP output (HF output is always safetensors)")
 @arg("--verify", action="store_true",
      help="load both sides (needs torch + transformers, and memory for both models) and print max |Δlogits|")
 @one_of(arg("--from-gguf", action="store_true",
-            help="SRC is a llama.cpp GGUF file (LLaMA architecture; quantized tensors are dequantized to "
-            "float32); DST gets our PaddleNLP layout and, for byte-level BPE vocabularies, tokenizer.json"),
+            help="SRC is a llama.cpp GGUF file (BLOOM or LLaMA; quantized tensors are dequantized to "
+            "float32); DST gets our PaddleNLP layout and, for byte-level BPE vocabularies, the tokenizer"),
         arg("--from-gptq", action="store_true",
             help="SRC is a GPTQ-for-Bloom / GPTQ-for-LLaMa file (.pt or .safetensors: BELLE's "
             "bloom7b-2m-4bit-128g.pt, llama7b-2m-8bit-128g.pt, ...); DST gets our quantized checkpoint, the codes "
@@ -159,6 +163,10 @@ def cmd_convert(args):
         from paddle_belle.convert.gptq import convert_gptq
 
         convert_gptq(args.src, args.dst, config=args.config)
+    elif args.to == "gguf":
+        from paddle_belle.convert.gguf import export_gguf
+
+        export_gguf(args.src, args.dst, args.outtype, verbose=getattr(args, "verbose", False))
     else:
         from paddle_belle.convert import convert
 

@@ -12,6 +12,7 @@ Both stop when the model starts the next ``Human:`` turn itself (BELLE issue #28
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -61,6 +62,32 @@ def render(style: str, history: list[tuple[str, str]], query: str, eos: str = ""
         query = f"{system}\n{query}"
     turns = "".join(s.user.format(text=u) + s.assistant.format(text=a, eos=eos) for u, a in history)
     return opening + turns + s.user.format(text=query)
+
+
+def jinja_template(style: str) -> str:
+    """``render`` as a Jinja chat template (HF's ``chat_template``, GGUF's ``tokenizer.chat_template``): the same
+    text for the same turns, so llama.cpp and transformers users get BELLE's prompt. A user turn already ends with
+    the assistant's cue, so ``add_generation_prompt`` adds nothing."""
+    s = get_style(style)
+
+    def literal(text):  # a Jinja string literal (Python's escapes)
+        return "'" + json.dumps(text)[1:-1].replace("'", "\\'") + "'"
+
+    def turn(template, text):
+        head, tail = template.split("{text}")
+        return "{{ " + " ~ ".join([literal(head), text, " ~ eos_token ~ ".join(map(literal, tail.split("{eos}")))]) + " }}"
+
+    return (
+        "{%- set ns = namespace(system='') -%}"
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'system' -%}{%- set ns.system = message['content'] -%}"
+        "{%- elif message['role'] == 'user' -%}"
+        "{%- set text = (ns.system ~ ('\\n' if message['content'] else '') ~ message['content']) if ns.system "
+        "else message['content'] -%}{%- set ns.system = '' -%}"
+        + turn(s.user, "text") +
+        "{%- elif message['role'] == 'assistant' -%}" + turn(s.assistant, "message['content']") +
+        "{%- endif -%}{%- endfor -%}"
+    )
 
 
 def fit_history(style: str, history: list[tuple[str, str]], query: str, count_tokens, max_tokens: int,

@@ -131,14 +131,14 @@ def tiny_belle_dir(directory, seed=0, hidden_size=32, std=0.5):
     return model.eval()
 
 
-def tiny_llama_dir(directory, seed=0, hidden_size=32, std=0.5):
+def tiny_llama_dir(directory, seed=0, hidden_size=32, std=0.5, normalization="nmt_nfkc"):
     """A LLaMA-style checkpoint: a tiny random LLaMA and a real sentencepiece BPE tokenizer (HF's tokenizer.model
-    name; BOS 1, EOS 2, UNK 0)."""
+    name; BOS 1, EOS 2, UNK 0). ``normalization="identity"`` is LLaMA's own setting (no NFKC, spaces kept)."""
     directory.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(CORPUS), model_prefix=str(directory / "sp"), vocab_size=400, model_type="bpe",
         byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, hard_vocab_limit=False,
-        minloglevel=2,
+        normalization_rule_name=normalization, remove_extra_whitespaces=normalization != "identity", minloglevel=2,
     )
     (directory / "sp.model").rename(directory / "tokenizer.model")
     (directory / "sp.vocab").unlink()

@@ -5,7 +5,7 @@ import pytest
 from reference import llama3_style_tokenizer_json
 
 from paddle_belle import AutoTokenizer
-from paddle_belle.prompts import ReplyText, fit_history, render, reply_text, stream_text
+from paddle_belle.prompts import STYLES, ReplyText, fit_history, jinja_template, render, reply_text, stream_text
 from paddle_belle.prompts import ReplyText as StopHolder  # StopHolder became ReplyText's whole-text side
 
 
@@ -35,6 +35,23 @@ def test_chatml_renders_what_the_models_own_template_renders(tmp_path):
     expected = hf.apply_chat_template(messages, chat_template=SMOLLM2_TEMPLATE, tokenize=False,
                                       add_generation_prompt=True)
     assert render("chatml", history, "3+3?", eos=hf.eos_token, system="Be brief.") == expected
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_jinja_template_renders_like_render_in_transformers(style, tmp_path):
+    """The chat template written into GGUF exports, rendered by transformers' apply_chat_template."""
+    from reference import bloom_tokenizer_json
+
+    tokenizer = bloom_tokenizer_json(tmp_path)
+    tokenizer.chat_template = jinja_template(style)
+    history = [("你好", "你好！'有'什么\\可以帮你？"), ("", "空的")]
+    for system in ("", "你是BELLE。"):
+        messages = [{"role": "system", "content": system}] if system else []
+        for user, assistant in history:
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        messages.append({"role": "user", "content": "写一首诗\n"})
+        assert tokenizer.apply_chat_template(messages, tokenize=False) == \
+            render(style, history, "写一首诗\n", eos=tokenizer.eos_token, system=system)
 
 
 def test_history_is_cut_from_the_oldest_turn():

@@ -1,13 +1,20 @@
-"""GGUF (llama.cpp) -> a PaddleNLP-layout LLaMA checkpoint our models load.
+"""GGUF (llama.cpp) <-> our PaddleNLP-layout checkpoints, BLOOM and LLaMA, with the ``gguf`` package (the reader,
+writer and quantizers llama.cpp ships on PyPI). Tensor names and metadata keys are arch.py's tables.
 
-Read with the ``gguf`` package (the reader llama.cpp ships on PyPI); quantized tensors (Q4_1, Q8_0, K-quants, ...)
-are dequantized to float32 with its ``dequantize``. llama.cpp's converter (convert_hf_to_gguf.py ``LlamaModel.
-permute``) reorders the rows of Q and K from HF's rotate-half RoPE layout to its interleaved one; ``unpermute``
-undoes that. GGUF stores a [out, in] weight with ne = (in, out), i.e. as numpy [out, in] like HF; Paddle's
-Linear is [in, out]. One tensor is in memory at a time; the output is built beside DST and renamed at the end.
+Facts from llama.cpp's converter (convert_hf_to_gguf.py; conversion/bloom.py and llama.py in newer trees):
 
-The tokenizer: a byte-level BPE GGUF (``tokenizer.ggml.model == "gpt2"``, e.g. SmolLM2) becomes an HF
-``tokenizer.json``; a sentencepiece one ("llama") is not converted (say so, the weights are still written).
+- A [out, in] weight is stored with ne = (in, out), i.e. as numpy [out, in] like HF; Paddle's Linear is [in, out].
+- LLaMA: ``LlamaModel.permute`` reorders the rows of Q and K from HF's rotate-half RoPE layout to llama.cpp's
+  interleaved pairs (``permute``; ``unpermute`` undoes it). A tied head is not written: llama.cpp reuses
+  token_embd.
+- BLOOM: ``BloomModel.modify_tensors`` reorders the fused QKV rows (and bias) from HF's/PaddleNLP's per-head
+  [n_head, 3, head_dim] to [Q; K; V] (``qkv_to_gguf``; ``qkv_from_gguf`` undoes it).
+- Norms and biases (1-D) stay float32 whatever the output type; a weight whose rows do not split into whole
+  quantization blocks (32 values for Q8_0/Q4_0) falls back to F16, as the converter does on ``QuantError``.
+
+Import dequantizes any tensor type to float32; export writes F32, F16, Q8_0 or Q4_0 (gguf.quants.quantize), from a
+float or one of our quantized checkpoints (its integer weights are dequantized to float32, then requantized). Both
+stream one tensor at a time and write under a temporary name, renamed at the end.
 """
 from __future__ import annotations
 
@@ -16,14 +23,31 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from paddle_belle.checkpoint import CheckpointError, atomic_dir, safetensors_writer, write_json
 from paddle_belle import arch as archs
+from paddle_belle.checkpoint import CheckpointError, atomic_dir, atomic_path, safetensors_writer, write_json
 
 # Not weights: llama.cpp may store precomputed RoPE frequencies.
 IGNORED = ("rope_freqs.weight",)
 # tokenizer.ggml.pre -> pre-tokenizer steps before byte-level BPE (llama.cpp llama-vocab.cpp; the HF tokenizer.json
-# of the model). "smollm": digits one by one, then GPT-2's regex.
-PRE_TOKENIZERS = {"default": [], "gpt2": [], "smollm": ["digits"]}
+# of the model). "smollm": digits one by one, then GPT-2's regex; "bloom": BLOOM's own split, no GPT-2 regex.
+PRE_TOKENIZERS = {"default": [], "gpt2": [], "smollm": ["digits"], "bloom": ["bloom"]}
+OUTTYPES = ("f32", "f16", "q8_0", "q4_0")
+# Token types of tokenizer.ggml.token_type (gguf-py constants.py TokenType)
+NORMAL, UNKNOWN, CONTROL, UNUSED, BYTE = 1, 2, 3, 5, 6
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise RuntimeError("GGUF conversion needs the gguf package: pip install gguf") from None
+    return gguf
+
+
+# ------------------------------------------------------------------------------------------ row reorders
+def permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's ``LlamaModel.permute`` of Q/K rows [out, ...]: HF's rotate-half halves -> interleaved pairs."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -32,6 +56,29 @@ def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def qkv_to_gguf(w: np.ndarray, n_head: int) -> np.ndarray:
+    """BLOOM's fused QKV rows [out, ...], per head [n_head, 3, head_dim] -> llama.cpp's [Q; K; V]."""
+    return w.reshape(n_head, 3, -1, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
+
+
+def qkv_from_gguf(w: np.ndarray, n_head: int) -> np.ndarray:
+    return w.reshape(3, n_head, -1, *w.shape[1:]).swapaxes(0, 1).reshape(w.shape)
+
+
+def reorder(gguf_name: str, config: dict, to_gguf: bool):
+    """The row reorder a GGUF tensor needs (a function of the [out, ...] array), or None."""
+    arch = archs.get(config["model_type"])
+    if ".attn_qkv." in gguf_name:
+        heads, fn = arch.n_heads(config), (qkv_to_gguf if to_gguf else qkv_from_gguf)
+    elif ".attn_q." in gguf_name or ".attn_k." in gguf_name:
+        heads = arch.n_heads(config) if ".attn_q." in gguf_name else arch.n_kv_heads(config)
+        fn = permute if to_gguf else unpermute
+    else:
+        return None
+    return lambda w: fn(w, heads)
+
+
+# ------------------------------------------------------------------------------------------------ import
 def _field(reader, key, default=None, source=""):
     field = reader.fields.get(key)
     if field is None:
@@ -42,76 +89,67 @@ def _field(reader, key, default=None, source=""):
 
 
 def read_config(reader, source: str) -> dict:
-    """Our (PaddleNLP-field) LLaMA config.json from GGUF metadata."""
-    arch = _field(reader, "general.architecture", source=source)
-    if arch != "llama":
-        raise CheckpointError(f"{source}: GGUF architecture {arch!r} is not supported (only llama)")
-    heads = int(_field(reader, "llama.attention.head_count", source=source))
-    hidden = int(_field(reader, "llama.embedding_length", source=source))
-    names = {t.name for t in reader.tensors}
-    # llama.vocab_size is optional in GGUF; the embedding's row count is the vocabulary either way.
+    """Our (PaddleNLP-field) config.json from GGUF metadata."""
+    name = _field(reader, "general.architecture", source=source)
+    if name not in archs.ARCHS:
+        raise CheckpointError(f"{source}: GGUF architecture {name!r} is not supported ({', '.join(archs.ARCHS)})")
+    arch = archs.ARCHS[name]
     embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
     if embed is None:
         raise CheckpointError(f"{source}: no token_embd.weight tensor")
-    vocab = int(_field(reader, "llama.vocab_size", int(embed.shape[1]), source))
-    config = {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": vocab,
-        "hidden_size": hidden,
-        "intermediate_size": int(_field(reader, "llama.feed_forward_length", source=source)),
-        "num_hidden_layers": int(_field(reader, "llama.block_count", source=source)),
-        "num_attention_heads": heads,
-        "num_key_value_heads": int(_field(reader, "llama.attention.head_count_kv", heads, source)),
-        "max_position_embeddings": int(_field(reader, "llama.context_length", 2048, source)),
-        "rms_norm_eps": float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-6, source)),
-        "rope_theta": float(_field(reader, "llama.rope.freq_base", 10000.0, source)),
-        "tie_word_embeddings": "output.weight" not in names,
-        "dtype": "float32",
-    }
-    rope_dims = int(_field(reader, "llama.rope.dimension_count", hidden // heads, source))
-    if rope_dims != hidden // heads:
-        raise CheckpointError(f"{source}: partial RoPE ({rope_dims} of {hidden // heads} dims) is not supported")
-    scaling = reader.fields.get("llama.rope.scaling.type")
-    if scaling is not None and scaling.contents() not in ("none",):
-        config["rope_scaling_type"], config["rope_scaling_factor"] = archs.rope_scaling_fields(
-            {"type": scaling.contents(), "factor": float(_field(reader, "llama.rope.scaling.factor", 1.0, source))})
-    for key, name in (("bos_token_id", "tokenizer.ggml.bos_token_id"), ("eos_token_id", "tokenizer.ggml.eos_token_id"),
-                      ("pad_token_id", "tokenizer.ggml.padding_token_id")):
-        if name in reader.fields:
-            config[key] = int(reader.fields[name].contents())
+    # <arch>.vocab_size is optional in GGUF; the embedding's row count is the vocabulary either way.
+    config = {"model_type": name, "architectures": [arch.class_name], "vocab_size": int(embed.shape[1])}
+    defaults = {"vocab_size": config["vocab_size"], "context_length": 2048, "attention.head_count_kv": 0,
+                "attention.layer_norm_rms_epsilon": 1e-6, "rope.freq_base": 10000.0}
+    for key, field in arch.gguf_fields.items():
+        value = _field(reader, f"{name}.{key}", defaults.get(key), source)
+        # GGUF stores these floats as float32: 1e-6 comes back as 9.99999997e-07 unless rounded to float32's digits
+        config[field] = float(f"{value:.7g}") if isinstance(value, float) else value
+    if name == "llama":
+        heads, hidden = config["num_attention_heads"], config["hidden_size"]
+        config["num_key_value_heads"] = config["num_key_value_heads"] or heads  # absent: no grouped-query attention
+        config["tie_word_embeddings"] = "output.weight" not in {t.name for t in reader.tensors}
+        rope_dims = int(_field(reader, "llama.rope.dimension_count", hidden // heads, source))
+        if rope_dims != hidden // heads:
+            raise CheckpointError(f"{source}: partial RoPE ({rope_dims} of {hidden // heads} dims) is not supported")
+        scaling = reader.fields.get("llama.rope.scaling.type")
+        if scaling is not None and scaling.contents() not in ("none",):
+            config["rope_scaling_type"], config["rope_scaling_factor"] = archs.rope_scaling_fields(
+                {"type": scaling.contents(), "factor": float(_field(reader, "llama.rope.scaling.factor", 1.0, source))})
+    for key, field in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
+                       ("pad_token_id", "padding_token_id")):
+        if f"tokenizer.ggml.{field}" in reader.fields:
+            config[key] = int(reader.fields[f"tokenizer.ggml.{field}"].contents())
+    config["dtype"] = "float32"
     return config
 
 
 def convert_gguf(src, dst) -> Path:
     """Convert the GGUF file ``src`` into the checkpoint directory ``dst`` (which must not exist)."""
-    try:
-        from gguf import GGUFReader, GGMLQuantizationType
-        from gguf.quants import dequantize
-    except ImportError:
-        raise RuntimeError("GGUF import needs the gguf package: pip install gguf") from None
+    gguf = _gguf()
+    from gguf.quants import dequantize
+
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise FileNotFoundError(f"{src}: no such GGUF file")
     if dst.exists():
         raise FileExistsError(f"{dst} exists; give a new directory")
     try:
-        reader = GGUFReader(src)
+        reader = gguf.GGUFReader(src)
     except (ValueError, OSError, KeyError, IndexError) as e:
         raise CheckpointError(f"{src}: not a readable GGUF file ({type(e).__name__}: {e})") from None
     config = read_config(reader, str(src))
-    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    arch = archs.get(config["model_type"])
 
-    plan = []  # (paddle name, gguf tensor, transpose, unpermute heads)
+    plan = []  # (paddle name, gguf tensor, transpose, row reorder)
     for t in reader.tensors:
-        if t.name in IGNORED:
-            continue
-        target = archs.rename(t.name, archs.LLAMA.gguf_to_paddle)
+        if t.name in IGNORED or (arch.head is None and t.name == "output.weight"):
+            continue  # BLOOM's head is always the embedding; older llama.cpp converters wrote a copy of it
+        target = archs.rename(t.name, arch.gguf_to_paddle)
         if target is None:
-            raise CheckpointError(f"{src}: tensor {t.name!r} is not a llama weight this converter knows")
-        heads_of = heads if ".attn_q." in t.name else kv_heads if ".attn_k." in t.name else None
-        plan.append((target[0], t, target[1], heads_of))
-    for copy, source in archs.LLAMA.tied_copies(config).items():  # for PaddleNLP: the embedding transposed
+            raise CheckpointError(f"{src}: tensor {t.name!r} is not a {arch.model_type} weight this converter knows")
+        plan.append((target[0], t, target[1], reorder(t.name, config, to_gguf=False)))
+    for copy, source in arch.tied_copies(config).items():  # for PaddleNLP: the embedding transposed
         embed = next(p for p in plan if p[0] == source)
         plan.insert(plan.index(embed) + 1, (copy, embed[1], True, None))
 
@@ -119,7 +157,7 @@ def convert_gguf(src, dst) -> Path:
         s = [int(n) for n in reversed(t.shape)]
         return s[::-1] if transpose else s
 
-    expected = archs.LLAMA.checkpoint_shapes(config)
+    expected = arch.checkpoint_shapes(config)
     specs = []
     for name, t, transpose, _ in plan:
         if expected.get(name) != shape(t, transpose):
@@ -132,23 +170,26 @@ def convert_gguf(src, dst) -> Path:
 
     with atomic_dir(dst) as tmp:
         with safetensors_writer(tmp / "model.safetensors", specs) as write:
-            for name, t, transpose, heads_of in tqdm(plan, desc="converting GGUF", unit="tensor", disable=None):
-                if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            for name, t, transpose, rows in tqdm(plan, desc="converting GGUF", unit="tensor", disable=None):
+                if t.tensor_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
                     array = np.asarray(t.data, dtype=np.float32)
                 else:
                     array = dequantize(t.data, t.tensor_type).astype(np.float32)
                 array = array.reshape([int(n) for n in reversed(t.shape)])
-                if heads_of:
-                    array = unpermute(array, heads_of)
+                if rows:
+                    array = rows(array)
                 write(name, array.T if transpose else array)
         write_json(tmp / "config.json", config)
-        write_tokenizer(reader, tmp, str(src))
+        write_tokenizer(reader, tmp, str(src), config["model_type"])
     return dst
 
 
-def write_tokenizer(reader, directory: Path, source: str) -> bool:
-    """tokenizer.json (+ tokenizer_config.json) for a byte-level BPE GGUF; False when the GGUF has another kind."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+def write_tokenizer(reader, directory: Path, source: str, model_type: str = "llama") -> bool:
+    """The tokenizer of a byte-level BPE GGUF: tokenizer.json (+ tokenizer_config.json), and for BLOOM also
+    PaddleNLP's vocab.json + merges.txt. False when the GGUF has another kind."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    from paddle_belle.convert.tokenizer import BLOOM_SPLIT_ONIGURUMA, write_paddle_tokenizer
 
     kind = reader.fields.get("tokenizer.ggml.model")
     if kind is None or kind.contents() != "gpt2":
@@ -160,11 +201,14 @@ def write_tokenizer(reader, directory: Path, source: str) -> bool:
     pre = reader.fields["tokenizer.ggml.pre"].contents() if "tokenizer.ggml.pre" in reader.fields else "default"
     if pre not in PRE_TOKENIZERS:
         raise CheckpointError(f"{source}: pre-tokenizer {pre!r} is not supported ({', '.join(PRE_TOKENIZERS)})")
-    tokenizer = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges, ignore_merges=False))
+    vocab = {t: i for i, (t, kind_) in enumerate(zip(tokens, types)) if kind_ != UNUSED}  # not our [PADn] fillers
+    tokenizer = Tokenizer(models.BPE(vocab, merges, ignore_merges=False))
     steps = []
     if "digits" in PRE_TOKENIZERS[pre]:
         steps.append(pre_tokenizers.Digits(individual_digits=True))
-    steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True))
+    if "bloom" in PRE_TOKENIZERS[pre]:
+        steps.append(pre_tokenizers.Split(Regex(BLOOM_SPLIT_ONIGURUMA), behavior="isolated", invert=False))
+    steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex="bloom" not in PRE_TOKENIZERS[pre]))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps)
     tokenizer.decoder = decoders.ByteLevel()
     # Control tokens (type 3) and user-defined ones (4) are matched whole, before BPE.
@@ -180,4 +224,150 @@ def write_tokenizer(reader, directory: Path, source: str) -> bool:
     if "tokenizer.chat_template" in reader.fields:
         settings["chat_template"] = reader.fields["tokenizer.chat_template"].contents()
     write_json(directory / "tokenizer_config.json", settings)
+    if model_type == "bloom":  # BLOOM's tokenizer class reads vocab.json + merges.txt (PaddleNLP's layout)
+        write_paddle_tokenizer(directory, directory, "bloom")
     return True
+
+
+# ------------------------------------------------------------------------------------------------ export
+def tensor_type(gguf_name: str, shape: list[int], outtype: str):
+    """The GGML type llama.cpp's converter picks for a tensor: float32 for 1-D tensors and norms; ``outtype`` for
+    weights, F16 where the rows do not split into whole quantization blocks (as on its QuantError). q4_0 keeps the
+    output head in Q8_0: llama-quantize gives it more bits too (Q6_K, which gguf-py cannot make)."""
+    types = _gguf().GGMLQuantizationType
+    if len(shape) < 2 or gguf_name.endswith("_norm.weight"):
+        return types.F32
+    qtype = types.Q8_0 if outtype == "q4_0" and gguf_name == "output.weight" else types[outtype.upper()]
+    return qtype if shape[-1] % _gguf().GGML_QUANT_SIZES[qtype][0] == 0 else types.F16
+
+
+def _float_weight(layers: dict, name: str) -> np.ndarray:
+    """Our parameter ``name`` in float32: a quantized Linear's weight dequantized (QuantLinear.weight), half
+    weights widened."""
+    from paddle_belle.quant import QuantLinear
+
+    path, leaf = name.rsplit(".", 1)
+    layer = layers[path]
+    if isinstance(layer, QuantLinear) and leaf == "weight":
+        return layer.weight().numpy()
+    return getattr(layer, leaf).astype("float32").numpy()
+
+
+def _add_tokenizer(writer, path: Path, config: dict) -> None:
+    """tokenizer.ggml.* as llama.cpp's converter writes them: BLOOM's byte-level BPE as "gpt2" with the "bloom"
+    pre-tokenizer (_set_vocab_gpt2; llama.cpp recognises BLOOM's real vocabulary by a hash, so it is set here
+    explicitly), LLaMA's sentencepiece as "llama" (_create_vocab_sentencepiece). The list is padded to the model's
+    vocabulary with unused [PADn] tokens, as the converter pads BLOOM's 250,680 tokens to its 250,880 rows."""
+    from paddle_belle.convert.tokenizer import SPECIAL_TOKENS, _bloom_vocab_merges, _sentencepiece_file, special_tokens
+
+    n_vocab, settings = config["vocab_size"], special_tokens(path)
+    specials = {k: settings[k] for k in SPECIAL_TOKENS if k in settings}
+    if config["model_type"] == "bloom":
+        vocab, merges = _bloom_vocab_merges(path)
+        tokens = sorted(vocab, key=vocab.get)
+        if [vocab[t] for t in tokens] != list(range(len(tokens))):
+            raise CheckpointError(f"{path}: the vocabulary's ids are not 0..{len(tokens) - 1} (GGUF lists tokens by id)")
+        types = [CONTROL if t in specials.values() else NORMAL for t in tokens]
+        ids = {k: vocab.get(t) for k, t in specials.items()}
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("bloom")
+        writer.add_token_merges(merges)
+        add_bos = settings.get("add_bos_token", False)  # BLOOM's tokenizer adds neither BOS nor EOS
+    else:
+        from sentencepiece import SentencePieceProcessor
+
+        sp = SentencePieceProcessor(model_file=str(_sentencepiece_file(path)))
+        tokens = [sp.id_to_piece(i) for i in range(sp.vocab_size())]
+        types = [UNKNOWN if sp.is_unknown(i) else CONTROL if sp.is_control(i) else UNUSED if sp.is_unused(i)
+                 else BYTE if sp.is_byte(i) else NORMAL for i in range(sp.vocab_size())]
+        ids = {"bos_token": sp.bos_id(), "eos_token": sp.eos_id(), "unk_token": sp.unk_id(), "pad_token": sp.pad_id(),
+               **{k: sp.piece_to_id(t) for k, t in specials.items()}}
+        writer.add_tokenizer_model("llama")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_scores([sp.get_score(i) for i in range(len(tokens))] + [-1000.0] * (n_vocab - len(tokens)))
+        add_bos = settings.get("add_bos_token", True)  # LLaMA's sentencepiece tokenizer starts with BOS
+    if len(tokens) > n_vocab:
+        raise CheckpointError(f"{path}: the tokenizer has {len(tokens)} tokens, the model's vocab_size is {n_vocab}")
+    writer.add_token_list(tokens + [f"[PAD{n}]" for n in range(1, n_vocab - len(tokens) + 1)])
+    writer.add_token_types(types + [UNUSED] * (n_vocab - len(tokens)))
+    for key, gguf_key in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"), ("pad_token", "padding")):
+        if ids.get(key) is not None and 0 <= ids[key] < n_vocab:
+            writer.add_uint32(f"tokenizer.ggml.{gguf_key}_token_id", ids[key])
+    writer.add_add_bos_token(bool(add_bos))
+    writer.add_add_eos_token(False)
+
+
+def export_gguf(src, dst, outtype: str = "f16", verbose: bool = False) -> Path:
+    """Write our checkpoint ``src`` (a directory or model name; float or quantized) as the llama.cpp GGUF file
+    ``dst`` with weights in ``outtype`` (f32, f16, q8_0, q4_0). ``dst`` must not exist."""
+    gguf = _gguf()
+    from paddle_belle import hub
+    from paddle_belle.auto import AutoModelForCausalLM
+    from paddle_belle.checkpoint import read_config as read_json_config
+    from paddle_belle.prompts import jinja_template, recorded_style
+
+    if outtype not in OUTTYPES:
+        raise ValueError(f"outtype must be one of {', '.join(OUTTYPES)}, not {outtype!r}")
+    dst = Path(dst)
+    if dst.exists():
+        raise FileExistsError(f"{dst} exists; give a new file name")
+    path = hub.resolve(src)
+    stored = read_json_config(path)
+    # Half weights stay half in memory (models/loading.py keep_half): the model costs what it weighs on disk.
+    dtype = stored.get("dtype") or stored.get("torch_dtype")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype in ("float16", "bfloat16") else "float32")
+    arch, config = model.arch, {**model.config.to_dict(), "model_type": model.arch.model_type}
+    if config.get("rope_scaling_type") not in (None, "linear"):
+        raise CheckpointError(f"{path}/config.json: rope scaling {config['rope_scaling_type']!r} has no GGUF "
+                              "equivalent in llama.cpp (only linear)")
+
+    writer = gguf.GGUFWriter(None, arch.model_type)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(Path(path).name)
+    for key, field in arch.gguf_fields.items():
+        value = config[field]
+        (writer.add_float32 if isinstance(value, float) else writer.add_uint32)(f"{arch.model_type}.{key}", value)
+    for key, value in arch.gguf_extra(config).items():
+        writer.add_uint32(f"{arch.model_type}.{key}", value)
+    if config.get("rope_scaling_type") == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(config["rope_scaling_factor"]))
+    writer.add_file_type(gguf.LlamaFileType["ALL_F32" if outtype == "f32" else f"MOSTLY_{outtype.upper()}"])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    _add_tokenizer(writer, path, config)
+    writer.add_chat_template(jinja_template(recorded_style(config)))
+
+    # Tensor infos first (names, shapes, types), then the data one tensor at a time: nothing is held beyond the
+    # model itself and the tensor being written (GGUFWriter.add_tensor would keep every array until the end).
+    names, plan = archs.invert(arch.gguf_to_paddle), []
+    for ours, shape in arch.model_shapes(config).items():
+        theirs, transpose = archs.rename(ours, names)
+        shape = shape[::-1] if transpose else shape
+        qtype = tensor_type(theirs, shape, outtype)
+        plan.append((ours, theirs, transpose, qtype))
+        if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+            dtype = np.dtype(np.float32 if qtype == gguf.GGMLQuantizationType.F32 else np.float16)
+            writer.add_tensor_info(theirs, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
+        else:
+            stored_shape = gguf.quant_shape_to_byte_shape(shape, qtype)
+            writer.add_tensor_info(theirs, stored_shape, np.dtype(np.uint8), int(np.prod(stored_shape)), raw_dtype=qtype)
+        if verbose:
+            print(f"{theirs:28s} <- {ours:50s} {qtype.name:5s} {shape}")
+
+    layers = dict(model.named_sublayers())
+    with atomic_path(dst) as tmp:
+        writer.write_header_to_file(tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for ours, theirs, transpose, qtype in tqdm(plan, desc=f"writing {outtype}", unit="tensor", disable=None):
+            array = _float_weight(layers, ours)
+            array = array.T if transpose else array
+            rows = reorder(theirs, config, to_gguf=True)
+            array = np.ascontiguousarray(rows(array) if rows else array)
+            if qtype == gguf.GGMLQuantizationType.F16:
+                array = array.astype(np.float16)
+            elif qtype != gguf.GGMLQuantizationType.F32:
+                array = gguf.quants.quantize(array, qtype)
+            writer.write_tensor_data(array)
+        writer.close()
+    return dst

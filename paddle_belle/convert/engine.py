@@ -170,6 +170,9 @@ def check_known_weights(directory: Path) -> None:
         raise CheckpointError(f"{directory}: holds {gguf[0].name}, a llama.cpp GGUF file, and {known}; convert it "
                               f"first: paddle-belle convert --from-gguf {gguf[0]} OUT")
     other = sorted(p.name for p in directory.iterdir() if p.suffix in (".pt", ".pth", ".bin", ".ckpt", ".safetensors"))
+    if other and re.search(r"\d+bit", other[0]):  # BELLE's GPTQ files: bloom7b-2m-4bit-128g.pt, ...
+        raise CheckpointError(f"{directory}: holds {other[0]}, a GPTQ file, and {known}; convert it first: "
+                              f"paddle-belle convert --from-gptq {directory / other[0]} OUT")
     found = f"holds {other[0]}, a format it does not know, and" if other else "holds"
     raise CheckpointError(f"{directory}: {found} {known}; `paddle-belle convert --help` lists the formats it "
                           "converts from")

@@ -93,7 +93,11 @@ def test_formats_we_do_not_read_say_what_to_run(tmp_path, capsys):
 
     hf_bloom().save_pretrained(tmp_path / "gptq")
     (tmp_path / "gptq" / "model.safetensors").rename(tmp_path / "gptq" / "bloom7b-2m-4bit-128g.pt")
-    with pytest.raises(CheckpointError, match="holds bloom7b-2m-4bit-128g.pt, a format it does not know, and no "
+    with pytest.raises(CheckpointError, match="holds bloom7b-2m-4bit-128g.pt, a GPTQ file, and no model.safetensors, "
+                       ".*; convert it first: paddle-belle convert --from-gptq .*bloom7b-2m-4bit-128g.pt OUT"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "gptq")
+    (tmp_path / "gptq" / "bloom7b-2m-4bit-128g.pt").rename(tmp_path / "gptq" / "weights.pt")
+    with pytest.raises(CheckpointError, match="holds weights.pt, a format it does not know, and no "
                        "model.safetensors, .*; `paddle-belle convert --help` lists the formats it converts from"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "gptq")
 

@@ -170,7 +170,14 @@ def cmd_convert(args):
     else:
         from paddle_belle.convert import convert
 
+        from paddle_belle.convert.verify import verify_imports, verify_logits
+
+        if args.verify:
+            verify_imports()  # before writing: a failure after it left DST behind, so a rerun failed with "exists"
         convert(args.src, args.dst, **options(args, convert, safe_serialization=args.format == "safetensors"))
+        if args.verify:
+            paddle_dir, hf_dir = (args.dst, args.src) if args.to == "paddle" else (args.src, args.dst)
+            print(f"verify: max |Δlogits| = {verify_logits(paddle_dir, hf_dir):.3g} (relative to max(1, |logits|))")
     print(f"wrote {args.dst}")
 
 

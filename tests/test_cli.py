@@ -68,7 +68,7 @@ def test_every_option_is_named_after_the_keyword_it_feeds():
     from paddle_belle.chat import ChatSession, generate_batch, generate_file
     from paddle_belle.convert import convert
     from paddle_belle.convert.decrypt import decrypt
-    from paddle_belle.convert.gguf import convert_gguf
+    from paddle_belle.convert.gguf import convert_gguf, export_gguf
     from paddle_belle.convert.gptq import convert_gptq
     from paddle_belle.datagen.self_instruct import self_instruct
     from paddle_belle.evaluate.judge import evaluate
@@ -85,7 +85,7 @@ def test_every_option_is_named_after_the_keyword_it_feeds():
 
     load = (CausalLM.from_pretrained, GenerationConfig)  # --threads; --seed, --top-k, ... via **overrides
     feeds = {  # command: (the callables its options are passed to by name, the dests that are not)
-        "convert": ((convert, convert_gguf, convert_gptq), {"format", "from_gguf", "from_gptq"}),  # --format: safe_serialization
+        "convert": ((convert, convert_gguf, convert_gptq, export_gguf), {"format", "from_gguf", "from_gptq", "verify"}),  # --format: safe_serialization
         "decrypt": ((decrypt,), set()),
         "quantize": ((QuantConfig, quantize_checkpoint, format_estimate), {"model", "out", "estimate"}),
         "perplexity": ((perplexity_of_file,), {"model", "json"}),

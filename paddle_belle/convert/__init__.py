@@ -1,4 +1,4 @@
 """HF <-> PaddleNLP checkpoint conversion (name tables in arch.py, the streaming engine in engine.py)."""
-from paddle_belle.convert.engine import convert, verify_logits
+from paddle_belle.convert.engine import convert
 
-__all__ = ["convert", "verify_logits"]
+__all__ = ["convert"]  # convert --verify: convert/verify.py

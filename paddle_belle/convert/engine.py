@@ -273,11 +273,10 @@ def plan(model_type: str, config: dict, tensors: list[Tensor], to: str, dtype: s
 
 # ---------------------------------------------------------------------------------------------- converting
 def convert(src, dst, to: str = "paddle", dtype: str = "keep", max_shard_size="5GB",
-            safe_serialization: bool = True, verify: bool = False) -> Path:
+            safe_serialization: bool = True) -> Path:
     """Convert the HF checkpoint directory ``src`` into a PaddleNLP one at ``dst`` (``to="paddle"``), or back
     (``to="hf"``). ``dtype`` casts floating tensors (``keep`` leaves them). PaddleNLP output is safetensors unless
-    ``safe_serialization`` is False (then model_state.pdparams). ``verify`` compares logits of both sides.
-    Returns ``dst``."""
+    ``safe_serialization`` is False (then model_state.pdparams). Returns ``dst``."""
     src, dst = Path(src), Path(dst)
     if to not in ("paddle", "hf"):
         raise ValueError(f"to must be 'paddle' or 'hf', not {to!r}")
@@ -289,8 +288,6 @@ def convert(src, dst, to: str = "paddle", dtype: str = "keep", max_shard_size="5
         raise FileExistsError(f"{dst} exists; give a new directory")
     if dst.resolve().is_relative_to(src.resolve()):
         raise ValueError(f"{dst} is inside {src}; the source is never written to")
-    if verify:
-        verify_imports()  # before writing: a failure after it left DST behind, so a rerun failed with "exists"
     config = json.loads((src / "config.json").read_text(encoding="utf-8"))
     model_type = archs.model_type_of(config, src / "config.json")
     if to == "paddle" and in_paddle_layout(src, model_type):  # else: "tensor 'transformer.bloom...' is not known"
@@ -314,9 +311,6 @@ def convert(src, dst, to: str = "paddle", dtype: str = "keep", max_shard_size="5
         for name in COPIED:
             if (src / name).is_file():
                 shutil.copyfile(src / name, tmp / name)
-    if verify:
-        paddle_dir, hf_dir = (dst, src) if to == "paddle" else (src, dst)
-        print(f"verify: max |Δlogits| = {verify_logits(paddle_dir, hf_dir):.3g} (relative to max(1, |logits|))")
     return dst
 
 
@@ -356,31 +350,3 @@ def _write_weights(outputs: list[Output], directory: Path, safe: bool, max_shard
         weight_map = {n: file for file, shard in zip(names, shards) for n in shard}
         write_json(directory / index_name, {"metadata": {"total_size": sum(o.nbytes for o in outputs)}, "weight_map": weight_map})
     return [fingerprints[t.name] for t in tie_check[:2]] if tie_check else []
-
-
-# ------------------------------------------------------------------------------------------------ verifying
-def verify_imports():
-    """torch and transformers, which verifying needs (the test extra), or a one-line error."""
-    try:
-        import torch
-        import transformers
-    except ImportError:
-        raise RuntimeError("--verify needs torch and transformers: pip install 'paddle_belle[test]'") from None
-    return torch, transformers
-
-
-def verify_logits(paddle_dir: Path, hf_dir: Path, n_tokens: int = 8) -> float:
-    """Max |Δlogits| / max(1, |logits|) between our model on ``paddle_dir`` and transformers on ``hf_dir``."""
-    torch, transformers = verify_imports()
-    import paddle
-
-    from paddle_belle.auto import AutoModelForCausalLM
-
-    ours = AutoModelForCausalLM.from_pretrained(paddle_dir, dtype="float32")
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
-    ids = np.random.default_rng(0).integers(0, ours.config.vocab_size, (1, n_tokens))
-    with paddle.no_grad():
-        a = ours(paddle.to_tensor(ids)).logits.numpy()
-    with torch.no_grad():
-        b = theirs(torch.tensor(ids)).logits.numpy()
-    return float(np.abs(a - b).max() / max(1.0, float(np.abs(b).max())))

@@ -151,6 +151,7 @@ def test_sampling_flags_are_checked_before_the_model_loads(command, flag, value,
 def test_sampling_flags_override_the_preset(monkeypatch, capsys):
     """--temperature 0 is greedy (OpenAI's convention, as the server's requests); each flag reaches the library."""
     import paddle_belle.evaluate.judge
+    import paddle_belle.evaluate.report_page
     import paddle_belle.serve
     from paddle_belle import cli
 
@@ -162,6 +163,8 @@ def test_sampling_flags_override_the_preset(monkeypatch, capsys):
     monkeypatch.setattr(paddle_belle.evaluate.judge, "evaluate", lambda *a, **kw: seen.update(eval=kw) or dict(
         scored=0, unscored=0, not_judged=0, overall_mean=None, score_wo_others=None))
     monkeypatch.setattr(paddle_belle.api, "make_client", lambda *a, **kw: None)
+    monkeypatch.setattr(paddle_belle.evaluate.report_page, "load_runs", lambda dirs: [])  # nothing was judged
+    monkeypatch.setattr(paddle_belle.evaluate.report_page, "write_report_page", lambda *a: None)
     assert cli.main(["serve", *flags]) == 0
     assert cli.main(["eval", "--judge-model", "j", "--seed", "3", *flags]) == 0
     assert seen["serve"].items() >= expected.items() and seen["eval"].items() >= {**expected, "seed": 3}.items()

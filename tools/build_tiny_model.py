@@ -55,16 +55,10 @@ QUESTIONS = ["中国的首都是哪里？", "请写一句关于春天的话。",
 # seeds of its README prompt). The notes go (their result follows them), titles get 《》 as the rest of the prose has.
 CALCULATOR_NOTE = re.compile(r"<<[^<>\n]*=[^<>\n]*>>")
 BRACKETED_TITLE = re.compile(r"<{1,2}\s*([^<>\n=]{1,30}?)\s*>{1,2}")
-# The same flat distributions turn any symbol that follows itself in the data into a reply-long run. Reviews write
-# "。。。", "!!!!", "~~~", "------" (about 2,300 repeats in 1.5M characters of prose): collapsed to one symbol, except
-# the paired Chinese ellipsis and dash (……, ——). SFT answers with ASCII drawings, rulers or code fences (a run of 4
-# or more of one symbol) are left out of training.
-SYMBOL_RUN = re.compile(r"([^\w\s\u4e00-\u9fff…—])\1+")
-DRAWING = re.compile(r"([^\w\s\u4e00-\u9fff])\1{3,}")
 
 
 def clean(text: str) -> str:
-    return SYMBOL_RUN.sub(r"\1", BRACKETED_TITLE.sub(r"《\1》", CALCULATOR_NOTE.sub("", text)))
+    return BRACKETED_TITLE.sub(r"《\1》", CALCULATOR_NOTE.sub("", text))
 
 
 def prose(work: Path, max_chars: int) -> list[str]:
@@ -103,9 +97,8 @@ def belle_records() -> tuple[list[dict], list[dict]]:
         task = json.loads(line)
         for instance in task["instances"]:
             seeds.append({"instruction": task["instruction"], "input": instance["input"], "output": instance["output"]})
-    records = [{**r, "output": CALCULATOR_NOTE.sub("", r["output"])} for r in math + seeds]
-    train = [r for r in records[HELD_OUT:] if not DRAWING.search(r["output"])]
-    return train, records[:HELD_OUT]  # the held-out set is the same as before the cleaning
+    records = [{**r, "output": clean(r["output"])} for r in math + seeds]
+    return records[HELD_OUT:], records[:HELD_OUT]
 
 
 def write_jsonl(path: Path, records) -> Path:

@@ -131,7 +131,10 @@ def save(model, save_dir, safe_serialization=True, max_shard_size=None, state_di
         for copy, source in model.arch.tied_copies(model.config).items():
             state[copy] = state[source].T.contiguous()
     save_state_dict(state, save_dir, safe_serialization=safe_serialization, max_shard_size=max_shard_size)
-    model.config.dtype = str(model.get_input_embeddings().weight.dtype).replace("paddle.", "")  # as stored
+    # The float dtype as stored: the embedding's, or with quantized token tables the norms' (quant/format.py).
+    stored = state.get(model.arch.embedding, next((v for k, v in state.items() if "norm" in k), None))
+    stored = str(stored.dtype).replace("paddle.", "")
+    model.config.dtype = "bfloat16" if stored == "uint16" else stored  # numpy carries bf16 as its bits
     model.config.architectures = [type(model).__name__]
     config = json.loads(model.config.to_json_string())
     if quantization is not None:  # see quant/format.py

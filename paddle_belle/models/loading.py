@@ -95,7 +95,10 @@ def load_weights(model, path, strict=True):
             raise CheckpointError(
                 f"{path}: tensor {name} has shape {list(array.shape)}, the config expects {list(param.shape)}"
             )
-        param.set_value(to_paddle(array, param.dtype))
+        # The parameter takes the loaded tensor's memory, as Paddle's own initializers hand theirs over
+        # (paddle/nn/initializer/normal.py): set_value would copy it, a second copy of the model while loading.
+        to_paddle(array, param.dtype)._share_underline_tensor_to(param)
+        del array  # before the next tensor is read
         loaded.add(name)
         progress.update()
     progress.close()

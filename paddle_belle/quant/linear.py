@@ -29,10 +29,12 @@ class QuantLinear(nn.Layer):
         self.group_size = config.group_size_for(in_features)
         n_groups = config.groups(in_features)
         rows = -(-in_features // config.per_byte)
-        self.register_buffer("qweight", paddle.zeros([rows, out_features], "uint8"))
-        self.register_buffer("scales", paddle.zeros([n_groups, out_features], "float32"))
+        # Uninitialised (never touched, so never resident) until loading hands over the checkpoint's tensors:
+        # zeros here would hold a second copy of the packed model while it loads.
+        self.register_buffer("qweight", paddle.empty([rows, out_features], "uint8"))
+        self.register_buffer("scales", paddle.empty([n_groups, out_features], "float32"))
         # None buffers are absent from the state dict: symmetric layers have no zeros, plain ones no perm.
-        self.register_buffer("zeros", None if config.sym else paddle.zeros([n_groups, out_features], "uint8"))
+        self.register_buffer("zeros", None if config.sym else paddle.empty([n_groups, out_features], "uint8"))
         self.register_buffer("perm", paddle.arange(in_features, dtype="int32") if config.act_order else None)
         self.bias = self.create_parameter([out_features], dtype=dtype, is_bias=True) if bias else None
         self._weight_only = None  # GPU: (weight, scale, algo) prepared for weight_only_linear, False if unusable

@@ -20,7 +20,7 @@ from paddle_belle.checkpoint import read_config
 from paddle_belle.models.bloom import BloomConfig, BloomForCausalLM
 from paddle_belle.models.llama import LlamaConfig, LlamaForCausalLM
 from paddle_belle.quant import QuantConfig
-from paddle_belle.quant.estimate import estimate
+from paddle_belle.quant.estimate import estimate, row_name
 from paddle_belle.quant.quantize import quantize_checkpoint, quantize_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +99,8 @@ def test_memory_table_is_the_estimate():
         assert [(r[0].replace(" (this model)", ""), as_int(r[1]), as_int(r[3])) for r in rows[:len(expected)]] == \
                [(e.name, e.file_bytes, e.resident_bytes) for e in expected]
         marked = [r[0] for r in rows if "(this model)" in r[0]]
-        assert marked == ([f"int{f.quantized.bits}-g128 (rest fp16) (this model)"] if f.quantized else ["fp16 (this model)"])
+        assert marked == ([f"int{f.quantized.bits}-g128, int8 embedding (rest fp16) (this model)"] if f.quantized
+                          else ["fp16 (this model)"])
 
 
 def test_predicted_files_add_up_to_the_estimate():
@@ -108,7 +109,7 @@ def test_predicted_files_add_up_to_the_estimate():
         info = registry.REGISTRY[f.registry]
         q = QuantConfig(bits=f.quantized.bits, group_size=128) if f.quantized else None
         tensor_bytes = sum(nbytes(d, s) for _, d, s in checkpoint_tensors(info.model_type, info.config, "float16", q))
-        key = f"int{q.bits}-g128 (rest fp16)" if q else "fp16"
+        key = row_name(q.bits, 128, "fp16", q.embedding) if q else "fp16"
         assert tensor_bytes == next(e.file_bytes for e in estimate(info.model_type, info.config) if e.name == key)
         files = {r[0]: r[1] for r in table(build_card(f.name), "Files")}
         weights = sum(as_int(v) for k, v in files.items() if k.endswith(".safetensors"))

@@ -163,7 +163,7 @@ def main() -> None:
             rows[name].update(run_worker(name, dict(spec, step="quantize")))
             spec["model"] = str(out)
         rows[name].update(run_worker(name, dict(spec, step="evaluate")))
-        print(f"{name}: {rows[name]}", file=sys.stderr, flush=True)
+        print(f"{name}: { {k: v for k, v in rows[name].items() if k != 'top1'} }", file=sys.stderr, flush=True)
 
     base = rows["fp32"]["perplexity"]
     print(f"SmolLM2-135M-Instruct, lee_background.cor: calibration {args.calib_samples} x {args.seqlen} tokens, "

@@ -18,7 +18,7 @@ import numpy as np
 from paddle_belle.checkpoint import (_ST_CODES, CHAT_TEMPLATE, TOKENIZER_CONFIG, TOKENIZER_VOCAB, shard_names,
                                      split_shards)
 from paddle_belle import arch
-from paddle_belle.quant.format import QuantConfig
+from paddle_belle.quant.format import QuantConfig, token_tables
 
 
 def checkpoint_tensors(model_type: str, config: dict, dtype: str = "float16",
@@ -33,11 +33,8 @@ def checkpoint_tensors(model_type: str, config: dict, dtype: str = "float16",
         quantized = {n[: -len(".weight")]: (quant, False) for n in spec.linear_weights(config)}
         if quant.quantize_lm_head and "lm_head.weight" in shapes:
             quantized["lm_head"] = (quant, False)
-        tables = quant.embedding_config()  # the token tables (quant/format.py): the embedding as its head
-        if tables is not None:
-            quantized[spec.embedding[: -len(".weight")]] = (tables, True)
-            if not spec.tied(config) and not quant.quantize_lm_head:
-                quantized["lm_head"] = (tables, False)
+        for name, transpose in token_tables(spec, config, quant).items():  # the embedding stored as its head
+            quantized[name[: -len(".weight")]] = (quant.embedding_config(), transpose)
     float_dtype = np.dtype(dtype)
     out = []
     for name in shapes:

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from paddle_belle import arch
-from paddle_belle.quant.format import QuantConfig
+from paddle_belle.quant.format import QuantConfig, token_tables
 from paddle_belle.quant.linear import BLOCK_ELEMENTS
 
 GIB = 1024**3
@@ -37,10 +37,10 @@ def estimate(model_type: str, config: dict, group_size: int = 128) -> list[Estim
     largest_out = max(s[1] for s in linear.values())
     # The token tables as `quantize --embedding int8` stores them: the embedding as its head [hidden, vocab], and a
     # separate head [hidden, vocab] as it is (quant/format.py).
-    tables = {n: s[::-1] if n == spec.embedding else s for n, s in shapes.items()
-              if n == spec.embedding or n == spec.head and not spec.tied(config)}
+    default = QuantConfig(embedding="int8")
+    tables = {n: shapes[n][::-1] if transpose else shapes[n] for n, transpose in token_tables(spec, config, default).items()}
     n_tables = sum(math.prod(s) for s in tables.values())
-    int8 = QuantConfig(embedding="int8").embedding_config()
+    int8 = default.embedding_config()
     table_bytes = sum(-(-rows // int8.per_byte) * cols + int8.groups(rows) * cols * 4 for rows, cols in tables.values())
     for bits in (8, 4):
         q = QuantConfig(bits=bits, group_size=group_size)

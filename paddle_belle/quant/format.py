@@ -110,6 +110,21 @@ class QuantConfig:
             raise ValueError(f"{source}: {e}") from None
 
 
+TIED_HEAD_ERROR = ("--quantize-lm-head: this model's head is its (tied) embedding, a token table: --embedding "
+                   "sets its format; only a separate lm_head can be quantized like the Linears")
+
+
+def token_tables(spec, dims, config: QuantConfig) -> dict[str, bool]:
+    """The checkpoint names of the token tables ``config`` stores quantized (arch.py ``spec``, a config ``dims``),
+    each with whether it is stored transposed: the embedding as its head, a separate head as it is."""
+    if config.embedding_config() is None:
+        return {}
+    tables = {spec.embedding: True}
+    if not spec.tied(dims) and not config.quantize_lm_head:
+        tables[spec.head] = False
+    return tables
+
+
 # ------------------------------------------------------------------------------------------------ packing
 def pack(codes: np.ndarray, bits: int) -> np.ndarray:
     """uint8 codes [in, out] (each < 2^bits) -> packed uint8 [ceil(in / per_byte), out]."""

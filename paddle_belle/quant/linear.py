@@ -13,7 +13,7 @@ import paddle
 import paddle.nn as nn
 
 from paddle_belle import kernels
-from paddle_belle.quant.format import QuantConfig, pack
+from paddle_belle.quant.format import TIED_HEAD_ERROR, QuantConfig, pack, token_tables
 
 # A dequantized block holds at most this many weights (16 MB in float32) before its matmul.
 BLOCK_ELEMENTS = 1 << 22
@@ -216,8 +216,7 @@ def quantizable(model, config: QuantConfig) -> list[tuple[str, nn.Layer, str, nn
     if config.quantize_lm_head:
         head = getattr(model, "lm_head", None)
         if head is None or model.arch.tied(model.config):
-            raise ValueError("--quantize-lm-head: this model's head is its (tied) embedding, which stays in full "
-                             "precision; only a separate lm_head can be quantized")
+            raise ValueError(TIED_HEAD_ERROR)
         found.append(("lm_head", model, "lm_head", head))
     return found
 
@@ -230,20 +229,15 @@ def replace_linears(model, config: QuantConfig) -> None:
         bias = linear.bias is not None
         dtype = str(linear.weight.dtype).replace("paddle.", "")
         setattr(parent, attr, QuantLinear(in_features, out_features, config, bias, dtype))
-    tables = config.embedding_config()
-    if tables is not None:
+    tables = token_tables(model.arch, model.config, config)
+    if tables:
         embedding = model.get_input_embeddings()
         dtype = str(embedding.weight.dtype).replace("paddle.", "")
         vocab, hidden = embedding.weight.shape
-        model.set_input_embeddings(QuantEmbedding(hidden, vocab, tables, dtype=dtype))
-        if separate_head(model, config):
-            model.lm_head = QuantLinear(*model.lm_head.weight.shape, tables, dtype=dtype)
+        model.set_input_embeddings(QuantEmbedding(hidden, vocab, config.embedding_config(), dtype=dtype))
+        if model.arch.head in tables:
+            model.lm_head = QuantLinear(*model.lm_head.weight.shape, config.embedding_config(), dtype=dtype)
     model.quantization = config
-
-
-def separate_head(model, config: QuantConfig) -> bool:
-    """Whether the token tables' grid also covers an LM head of its own (untied, and not quantized as a Linear)."""
-    return not model.arch.tied(model.config) and not config.quantize_lm_head
 
 
 def keep_half(model, dtype: str) -> None:

@@ -23,10 +23,10 @@ from tqdm.auto import tqdm
 from paddle_belle import arch
 from paddle_belle.checkpoint import PADDLE_SHARD, TOKENIZER_FILES, WEIGHT_LAYOUTS, CheckpointError, as_numpy, \
     atomic_dir, read_config, safetensors_writer, to_paddle, write_json
-from paddle_belle.quant.format import QuantConfig, pack, quantize_rtn
+from paddle_belle.quant.format import TIED_HEAD_ERROR, QuantConfig, pack, quantize_rtn, token_tables
 from paddle_belle.quant.gptq import GPTQ
 from paddle_belle.quant.linear import BLOCK_ELEMENTS, QuantEmbedding, QuantLinear, block_linears, decoder_blocks, \
-    quantizable, separate_head
+    quantizable
 
 # Files of a checkpoint directory that travel unchanged into the quantized one (tokenizers of both layouts).
 COPIED = (*TOKENIZER_FILES, "generation_config.json")
@@ -79,18 +79,18 @@ def rtn_tensors(weight: np.ndarray, config: QuantConfig, transpose: bool = False
 def quantize_token_tables(model, config: QuantConfig) -> None:
     """RTN of the embedding (into a QuantEmbedding) and of a head of its own that ``config.quantize_lm_head`` leaves
     alone, with the token tables' grid (config.embedding), in place; nothing when they are kept."""
-    tables = config.embedding_config()
-    if tables is None:
+    tables = token_tables(model.arch, model.config, config)
+    if not tables:
         return
     embedding = model.get_input_embeddings()
     dtype = str(embedding.weight.dtype).replace("paddle.", "")
-    targets = [(QuantEmbedding, embedding.weight, True, model.set_input_embeddings)]
-    if separate_head(model, config):
-        targets.append((QuantLinear, model.lm_head.weight, False, lambda layer: setattr(model, "lm_head", layer)))
-    for cls, weight, transpose, put in targets:
+    targets = [(QuantEmbedding, embedding.weight, model.set_input_embeddings)]
+    if model.arch.head in tables:
+        targets.append((QuantLinear, model.lm_head.weight, lambda layer: setattr(model, "lm_head", layer)))
+    for (cls, weight, put), transpose in zip(targets, tables.values()):
         rows, cols = weight.shape[::-1] if transpose else weight.shape
-        layer = cls(rows, cols, tables, dtype=dtype)
-        for name, array in rtn_tensors(as_numpy(weight), tables, transpose).items():
+        layer = cls(rows, cols, config.embedding_config(), dtype=dtype)
+        for name, array in rtn_tensors(as_numpy(weight), config.embedding_config(), transpose).items():
             getattr(layer, name).set_value(paddle.to_tensor(array))
         put(layer)
 
@@ -268,14 +268,10 @@ def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
     plan = {name: (config, False) for name in spec.linear_weights(dims)}  # name -> (grid, stored transposed)
     if config.quantize_lm_head:
         if spec.tied(dims):
-            raise ValueError("--quantize-lm-head: this model's head is its (tied) embedding, which stays in full "
-                             "precision; only a separate lm_head can be quantized")
+            raise ValueError(TIED_HEAD_ERROR)
         plan[spec.head] = (config, False)
-    tables = config.embedding_config()
-    if tables is not None:  # the embedding as its head [hidden, vocab]; a separate head as it is (quant/format.py)
-        plan[spec.embedding] = (tables, True)
-        if not spec.tied(dims) and not config.quantize_lm_head:
-            plan[spec.head] = (tables, False)
+    plan.update({name: (config.embedding_config(), transpose)
+                 for name, transpose in token_tables(spec, dims, config).items()})
     expected = spec.model_shapes(dims)  # a tied head's PaddleNLP copy is not written quantized (models/loading.py)
     tensors = [t for t in list_tensors(model_dir, WEIGHT_LAYOUTS, PADDLE_SHARD) if t.name not in spec.tied_copies(dims)]
     specs = []

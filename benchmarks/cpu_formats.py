@@ -29,11 +29,11 @@ SHAPES = {"bloom-560m": dict(vocab_size=250880, hidden_size=1024, n_layer=24, n_
 FORMATS = {
     "float32": ("fp16", None, "float32"),
     "bfloat16": ("fp16", None, "bfloat16"),
-    "int8, fp16 embedding": ("int8-keep", dict(bits=8, embedding="keep"), "float16"),
+    "int8 (fp16 embedding)": ("int8-keep", dict(bits=8, embedding="keep"), "float16"),
     "int8": ("int8", dict(bits=8), "float32"),  # the token table int8, quantize's default
-    "int4, fp16 embedding": ("int4-keep", dict(bits=4, embedding="keep"), "float16"),
+    "int4 (fp16 embedding)": ("int4-keep", dict(bits=4, embedding="keep"), "float16"),
     "int4": ("int4", dict(bits=4), "float32"),
-    "int4, int4 embedding": ("int4-int4", dict(bits=4, embedding="int4"), "float32"),
+    "int4 (int4 embedding)": ("int4-int4", dict(bits=4, embedding="int4"), "float32"),
 }
 
 

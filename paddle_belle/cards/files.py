@@ -18,7 +18,7 @@ import numpy as np
 from paddle_belle.checkpoint import (_ST_CODES, CHAT_TEMPLATE, TOKENIZER_CONFIG, TOKENIZER_VOCAB, shard_names,
                                      split_shards)
 from paddle_belle import arch
-from paddle_belle.quant.format import QuantConfig
+from paddle_belle.quant.format import QuantConfig, token_tables
 
 
 def checkpoint_tensors(model_type: str, config: dict, dtype: str = "float16",
@@ -28,11 +28,13 @@ def checkpoint_tensors(model_type: str, config: dict, dtype: str = "float16",
     spec, config = arch.get(model_type), arch.paddle_config(model_type, config)
     # The transposed copy of a tied head is for PaddleNLP, never written quantized.
     shapes = spec.checkpoint_shapes(config) if quant is None else spec.model_shapes(config)
-    quantized = set()  # Linears whose weight becomes packed codes (quant/linear.py: the decoder blocks' Linears)
+    quantized = {}  # stem -> (grid, stored transposed): Linears whose weight becomes packed codes (quant/linear.py)
     if quant is not None:
-        quantized = {n[: -len(".weight")] for n in spec.linear_weights(config)}
+        quantized = {n[: -len(".weight")]: (quant, False) for n in spec.linear_weights(config)}
         if quant.quantize_lm_head and "lm_head.weight" in shapes:
-            quantized.add("lm_head")
+            quantized["lm_head"] = (quant, False)
+        for name, transpose in token_tables(spec, config, quant).items():  # the embedding stored as its head
+            quantized[name[: -len(".weight")]] = (quant.embedding_config(), transpose)
     float_dtype = np.dtype(dtype)
     out = []
     for name in shapes:
@@ -42,15 +44,16 @@ def checkpoint_tensors(model_type: str, config: dict, dtype: str = "float16",
             continue
         if name.endswith(".bias"):
             continue  # written with its Linear's codes, below
-        rows, cols = shapes[name]
+        grid, transpose = quantized[stem]
+        rows, cols = shapes[name][::-1] if transpose else shapes[name]
         if stem + ".bias" in shapes:  # QuantLinear registers bias, then qweight, scales, zeros, perm
             out.append((stem + ".bias", float_dtype, shapes[stem + ".bias"]))
-        groups = quant.groups(rows)
-        out.append((stem + ".qweight", np.dtype("uint8"), [-(-rows // quant.per_byte), cols]))
+        groups = grid.groups(rows)
+        out.append((stem + ".qweight", np.dtype("uint8"), [-(-rows // grid.per_byte), cols]))
         out.append((stem + ".scales", np.dtype("float32"), [groups, cols]))
-        if not quant.sym:
+        if not grid.sym:
             out.append((stem + ".zeros", np.dtype("uint8"), [groups, cols]))
-        if quant.act_order:
+        if grid.act_order:
             out.append((stem + ".perm", np.dtype("int32"), [rows]))
     return out
 

@@ -17,7 +17,7 @@ from paddle_belle.cards.files import local_files, predicted_files
 from paddle_belle import arch
 from paddle_belle.presets import PRESETS
 from paddle_belle.prompts import STYLES, recorded_style
-from paddle_belle.quant.estimate import GIB, estimate
+from paddle_belle.quant.estimate import GIB, estimate, row_name
 from paddle_belle.quant.format import QuantConfig
 
 CARD_ARGS = ("max_new_tokens", "do_sample", "top_k", "top_p", "temperature", "repetition_penalty")
@@ -93,7 +93,8 @@ def subject(model: str, facts_name: str | None = None) -> Subject:
                              "(see `paddle-belle models`)")
         q = found.quantized if found else None
         s = Subject(found.title if found else info.name, info.model_type, dict(info.config), None, "", facts=found,
-                    quant=QuantConfig(bits=q.bits, group_size=q.group_size, method="gptq", sym=q.sym) if q else None,
+                    quant=QuantConfig(bits=q.bits, group_size=q.group_size, method="gptq", sym=q.sym,
+                                      embedding="keep") if q else None,
                     description=None if found else info.description, float_dtype=q.rest_dtype if q else "float16")
         s.model_path, s.get_weights = _how_to_get(found.name if found else info.name, info, found)
     if found:
@@ -260,7 +261,7 @@ def _memory(s: Subject) -> list[str]:
     group = s.quant.group_size if s.quant and s.quant.group_size > 0 else 128
     rows = estimate(s.model_type, s.config, group, sym=s.quant.sym if s.quant else True)
     short = {"float32": "fp32", "float16": "fp16"}.get(s.float_dtype, s.float_dtype)
-    mine = short if s.quant is None else f"int{s.quant.bits}-g{s.quant.group_size} (rest {short})"
+    mine = short if s.quant is None else row_name(s.quant.bits, s.quant.group_size, short, s.quant.embedding)
     lines = ["Weights only, from `paddle-belle quantize --estimate` (paddle_belle/quant/estimate.py): the checkpoint "
              "and the weights as held in memory (one dequantization block extra for quantized layers). The KV cache "
              "and activations come on top and grow with batch and context.", "",

@@ -143,7 +143,8 @@ def _plan(src: _Source, model_type: str, dims: dict):
             act_order |= not np.array_equal(g_idx, trivial)
     # Symmetric files (GPTQ-for-LLaMa --sym) have every zero at 2^(bits-1), our format's implicit zero: no zeros.
     sym = all(np.all(_zeros(src, hf, bits) == 1 << (bits - 1)) for hf in quantized.values())
-    config = QuantConfig(bits=bits, group_size=group, method="gptq", sym=sym, act_order=act_order)
+    config = QuantConfig(bits=bits, group_size=group, method="gptq", sym=sym, act_order=act_order,
+                         embedding="keep")  # BELLE's files keep the token tables as they are
 
     floats = {}
     for name in shapes:

@@ -14,6 +14,7 @@ from paddlenlp.transformers.model_outputs import CausalLMOutputWithPast
 from paddle_belle import generation
 from paddle_belle.cpu import tied_head
 from paddle_belle.models import loading
+from paddle_belle.quant.linear import QuantEmbedding
 
 # Large negative instead of -inf: a fully masked row (a padding query) then softmaxes to uniform, not NaN.
 MASKED = float(np.finfo(np.float32).min)
@@ -170,9 +171,12 @@ class CausalLM(PretrainedModel):
         setattr(self.base_model, self.arch.embedding.split(".")[1], value)
 
     def lm_logits(self, x):
-        if self.arch.tied(self.config):
-            return tied_head(x, self.get_input_embeddings().weight)
-        return self.lm_head(x)
+        if not self.arch.tied(self.config):
+            return self.lm_head(x)
+        embedding = self.get_input_embeddings()
+        if isinstance(embedding, QuantEmbedding):  # stored as the head it is tied to (quant/format.py)
+            return embedding.logits(x)
+        return tied_head(x, embedding.weight)
 
     def new_cache(self, batch_size: int, max_length: int) -> KVCache:
         a, c = self.arch, self.config

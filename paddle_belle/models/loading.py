@@ -108,7 +108,10 @@ def load_weights(model, path, strict=True):
             raise CheckpointError(
                 f"{path}: tensor {name} has shape {list(array.shape)}, the config expects {list(param.shape)}"
             )
-        param.set_value(to_paddle(array, param.dtype))
+        # The parameter takes the loaded tensor's memory, as Paddle's own initializers hand theirs over
+        # (paddle/nn/initializer/normal.py): set_value would copy it, a second copy of the model while loading.
+        to_paddle(array, param.dtype)._share_underline_tensor_to(param)
+        del array  # before the next tensor is read
         loaded.add(name)
         progress.update()
     progress.close()
@@ -144,7 +147,10 @@ def save(model, save_dir, safe_serialization=True, max_shard_size=None, state_di
         for copy, source in model.arch.tied_copies(model.config).items():
             state[copy] = state[source].T.contiguous()
     save_state_dict(state, save_dir, safe_serialization=safe_serialization, max_shard_size=max_shard_size)
-    model.config.dtype = str(model.get_input_embeddings().weight.dtype).replace("paddle.", "")  # as stored
+    # The float dtype as stored: the embedding's, or with quantized token tables the norms' (quant/format.py).
+    stored = state.get(model.arch.embedding, next((v for k, v in state.items() if "norm" in k), None))
+    stored = str(stored.dtype).replace("paddle.", "")
+    model.config.dtype = "bfloat16" if stored == "uint16" else stored  # numpy carries bf16 as its bits
     model.config.architectures = [type(model).__name__]
     config = json.loads(model.config.to_json_string())
     if quantization is not None:  # see quant/format.py

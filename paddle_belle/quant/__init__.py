@@ -2,6 +2,6 @@
 (linear.py). Making them (GPTQ through PaddleSlim, or RTN) is quantize.py's job, imported on its own: loading a
 quantized checkpoint needs neither PaddleSlim nor the quantizer."""
 from paddle_belle.quant.format import QuantConfig, dequantize, pack, unpack
-from paddle_belle.quant.linear import QuantLinear, replace_linears
+from paddle_belle.quant.linear import QuantEmbedding, QuantLinear, replace_linears
 
-__all__ = ["QuantConfig", "QuantLinear", "dequantize", "pack", "replace_linears", "unpack"]
+__all__ = ["QuantConfig", "QuantEmbedding", "QuantLinear", "dequantize", "pack", "replace_linears", "unpack"]

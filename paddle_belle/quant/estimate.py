@@ -1,7 +1,8 @@
 """Checkpoint size and resident weight memory of a model at fp32 / fp16 / int8 / int4-g128, from its shapes alone.
 
 Quantized rows count what this package writes (quant/format.py): packed codes, float32 scales per group (plus
-uint8 zeros when asymmetric), with embeddings, norms, biases (and a tied head) kept in the "rest" dtype. BELLE's
+uint8 zeros when asymmetric), with embeddings, norms, biases (and a tied head) kept in the "rest" dtype
+(``quantize --embedding keep``), or with the token tables int8 (the default, ``, int8 embedding``). BELLE's
 published GPTQ checkpoints kept the rest in float32, as a CPU run here does; a GPU run keeps float16.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ import math
 from dataclasses import dataclass
 
 from paddle_belle import arch
-from paddle_belle.quant.format import QuantConfig
+from paddle_belle.quant.format import QuantConfig, token_tables
 from paddle_belle.quant.linear import BLOCK_ELEMENTS
 
 GIB = 1024**3
@@ -35,6 +36,13 @@ def estimate(model_type: str, config: dict, group_size: int = 128, sym: bool = T
     rows = [Estimate("fp32", 4 * (n_linear + n_rest), 4 * (n_linear + n_rest)),
             Estimate("fp16", 2 * (n_linear + n_rest), 2 * (n_linear + n_rest))]
     largest_out = max(s[1] for s in linear.values())
+    # The token tables as `quantize --embedding int8` stores them: the embedding as its head [hidden, vocab], and a
+    # separate head [hidden, vocab] as it is (quant/format.py).
+    default = QuantConfig(embedding="int8")
+    tables = {n: shapes[n][::-1] if transpose else shapes[n] for n, transpose in token_tables(spec, config, default).items()}
+    n_tables = sum(math.prod(s) for s in tables.values())
+    int8 = default.embedding_config()
+    table_bytes = sum(-(-k // int8.per_byte) * n + int8.groups(k) * n * 4 for k, n in tables.values())
     for bits in (8, 4):
         q = QuantConfig(bits=bits, group_size=group_size)
         codes = sum(-(-s[0] // q.per_byte) * s[1] for s in linear.values())
@@ -42,8 +50,16 @@ def estimate(model_type: str, config: dict, group_size: int = 128, sym: bool = T
         block = min(BLOCK_ELEMENTS, max(group_size, 1) * largest_out) * 4  # one dequantized block in float32
         for rest, width in (("fp32", 4), ("fp16", 2)):
             size = codes + scales + width * n_rest
-            rows.append(Estimate(f"int{bits}-g{group_size} (rest {rest})", size, size + block))
+            rows.append(Estimate(row_name(bits, group_size, rest, "keep"), size, size + block))
+        size = codes + scales + table_bytes + 2 * (n_rest - n_tables)
+        rows.append(Estimate(row_name(bits, group_size, "fp16", "int8"), size, size + block))
     return rows
+
+
+def row_name(bits: int, group_size: int, rest: str, embedding: str) -> str:
+    """The estimate's name for a quantized checkpoint (``embedding``: QuantConfig.embedding)."""
+    tables = "" if embedding == "keep" else f", {embedding} embedding"
+    return f"int{bits}-g{group_size}{tables} (rest {rest})"
 
 
 def format_estimate(name: str) -> str:

@@ -12,6 +12,15 @@ A quantized Linear ``NAME`` (Paddle layout: weight [in, out]) is stored as
 - ``NAME.bias`` as in the float model.
 
 weight ≈ (code - zero) × scale. config.json carries ``quantization_config`` (QuantConfig.to_dict()).
+
+The token tables (``embedding``: "int8" or "int4"; "keep" leaves them as the source stored them) use the same
+tensors with their own grid, always round-to-nearest and symmetric (EMBEDDING_FORMATS): int8 one scale per token
+(group -1), int4 group 128. The input embedding E [vocab, hidden] (``bloom.word_embeddings``, ``llama.embed_tokens``)
+is stored as the LM head it is tied to, a Linear [hidden, vocab]: ``STEM.qweight`` [ceil(hidden / per_byte),
+vocab], ``STEM.scales`` [groups, vocab], where STEM is the embedding's name without ``.weight``. So the head is one
+quantized matmul, and a lookup reads token t's column (its ``hidden`` codes and their scales) only. A separate
+(untied) ``lm_head`` is stored with the same grid unless ``quantize_lm_head`` quantizes it with the Linears'.
+Norms, biases and any tensor left unquantized keep the source checkpoint's dtype.
 """
 from __future__ import annotations
 
@@ -23,6 +32,8 @@ BITS = (2, 3, 4, 8)
 METHODS = ("gptq", "rtn")
 FORMAT = "paddle_belle"
 VERSION = 1
+# embedding format -> (bits, group_size) of the token tables; "keep": as stored in the source.
+EMBEDDING_FORMATS = {"keep": None, "int8": (8, -1), "int4": (4, 128)}
 
 
 @dataclass
@@ -35,6 +46,7 @@ class QuantConfig:
     sym: bool = True
     act_order: bool = False
     quantize_lm_head: bool = False
+    embedding: str = "int8"  # the token tables, see EMBEDDING_FORMATS; the default is measured in README
     format: str = FORMAT
     version: int = VERSION
 
@@ -48,6 +60,8 @@ class QuantConfig:
                 f"group_size must be -1 or a positive multiple of {self.per_byte} for {self.bits}-bit codes "
                 f"(whole bytes per group), not {self.group_size}"
             )
+        if self.embedding not in EMBEDDING_FORMATS:
+            raise ValueError(f"embedding must be one of {', '.join(EMBEDDING_FORMATS)}, not {self.embedding!r}")
         if self.format != FORMAT or self.version != VERSION:
             raise ValueError(f"quantization format {self.format!r} v{self.version} is not {FORMAT!r} v{VERSION}")
 
@@ -69,6 +83,13 @@ class QuantConfig:
     def group_size_for(self, in_features: int) -> int:
         return in_features if self.group_size == -1 else self.group_size
 
+    def embedding_config(self) -> "QuantConfig | None":
+        """The grid of the token tables (round-to-nearest, symmetric), or None when they stay as stored."""
+        if EMBEDDING_FORMATS[self.embedding] is None:
+            return None
+        bits, group_size = EMBEDDING_FORMATS[self.embedding]
+        return QuantConfig(bits=bits, group_size=group_size, method="rtn", embedding="keep")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -81,10 +102,27 @@ class QuantConfig:
         if unknown:
             raise ValueError(f"{source}: quantization_config has unknown field(s) {', '.join(unknown)} "
                              f"(not a {FORMAT} quantized checkpoint?)")
+        # Checkpoints written before the field existed kept their token tables as stored.
+        data = {"embedding": "keep", **data}
         try:
             return cls(**data)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: {e}") from None
+
+
+TIED_HEAD_ERROR = ("--quantize-lm-head: this model's head is its (tied) embedding, a token table: --embedding "
+                   "sets its format; only a separate lm_head can be quantized like the Linears")
+
+
+def token_tables(spec, dims, config: QuantConfig) -> dict[str, bool]:
+    """The checkpoint names of the token tables ``config`` stores quantized (arch.py ``spec``, a config ``dims``),
+    each with whether it is stored transposed: the embedding as its head, a separate head as it is."""
+    if config.embedding_config() is None:
+        return {}
+    tables = {spec.embedding: True}
+    if not spec.tied(dims) and not config.quantize_lm_head:
+        tables[spec.head] = False
+    return tables
 
 
 # ------------------------------------------------------------------------------------------------ packing

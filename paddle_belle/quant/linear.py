@@ -13,7 +13,7 @@ import paddle
 import paddle.nn as nn
 
 from paddle_belle import kernels
-from paddle_belle.quant.format import QuantConfig, pack
+from paddle_belle.quant.format import TIED_HEAD_ERROR, QuantConfig, pack, token_tables
 
 # A dequantized block holds at most this many weights (16 MB in float32) before its matmul.
 BLOCK_ELEMENTS = 1 << 22
@@ -29,10 +29,12 @@ class QuantLinear(nn.Layer):
         self.group_size = config.group_size_for(in_features)
         n_groups = config.groups(in_features)
         rows = -(-in_features // config.per_byte)
-        self.register_buffer("qweight", paddle.zeros([rows, out_features], "uint8"))
-        self.register_buffer("scales", paddle.zeros([n_groups, out_features], "float32"))
+        # Uninitialised (never touched, so never resident) until loading hands over the checkpoint's tensors:
+        # zeros here would hold a second copy of the packed model while it loads.
+        self.register_buffer("qweight", paddle.empty([rows, out_features], "uint8"))
+        self.register_buffer("scales", paddle.empty([n_groups, out_features], "float32"))
         # None buffers are absent from the state dict: symmetric layers have no zeros, plain ones no perm.
-        self.register_buffer("zeros", None if config.sym else paddle.zeros([n_groups, out_features], "uint8"))
+        self.register_buffer("zeros", None if config.sym else paddle.empty([n_groups, out_features], "uint8"))
         self.register_buffer("perm", paddle.arange(in_features, dtype="int32") if config.act_order else None)
         self.bias = self.create_parameter([out_features], dtype=dtype, is_bias=True) if bias else None
         self._weight_only = None  # GPU: (weight, scale, algo) prepared for weight_only_linear, False if unusable
@@ -59,28 +61,35 @@ class QuantLinear(nn.Layer):
                 f"group_size={c.group_size}, sym={c.sym}, act_order={c.act_order}")
 
     # ------------------------------------------------------------------------------------------ weights
-    def codes(self, start: int = 0, stop: int | None = None) -> paddle.Tensor:
-        """Unpacked codes (int32) of stored rows [start, stop); ``start`` is a multiple of per_byte."""
+    def codes(self, start: int = 0, stop: int | None = None, columns=None) -> paddle.Tensor:
+        """Unpacked codes (int32) of stored rows [start, stop); ``start`` is a multiple of per_byte. ``columns``
+        (int64 indices): those output columns only, in that order, read without touching the others."""
         stop = self.in_features if stop is None else stop
         per, bits = self.config.per_byte, self.config.storage_bits
-        packed = self.qweight[start // per : -(-stop // per)].astype("int32")
+        packed = self.qweight[start // per : -(-stop // per)]
+        if columns is not None:
+            packed = paddle.gather(packed, columns, axis=1)  # (index_select has no uint8 kernel on CPU)
+        packed = packed.astype("int32")
         if per == 1:
             return packed
         parts = [paddle.bitwise_and(paddle.bitwise_right_shift(packed, paddle.to_tensor(bits * j, "int32")),
                                     paddle.to_tensor((1 << bits) - 1, "int32")) for j in range(per)]
-        return paddle.stack(parts, axis=1).reshape([-1, self.out_features])[: stop - start]
+        return paddle.stack(parts, axis=1).reshape([-1, packed.shape[1]])[: stop - start]
 
-    def dequantize(self, start: int = 0, stop: int | None = None, dtype: str = "float32") -> paddle.Tensor:
-        """The float weight of stored rows [start, stop) (group-aligned ``start``), [rows, out]."""
+    def dequantize(self, start: int = 0, stop: int | None = None, dtype: str = "float32",
+                   columns=None) -> paddle.Tensor:
+        """The float weight of stored rows [start, stop) (group-aligned ``start``), [rows, out]; or of the given
+        ``columns`` only, [rows, len(columns)]."""
         stop = self.in_features if stop is None else stop
         g0, g1 = start // self.group_size, -(-stop // self.group_size)
         index = paddle.arange(start, stop) // self.group_size - g0  # group of each row, within the block
-        scales = self.scales[g0:g1].index_select(index, axis=0)
+        pick = (lambda t: t) if columns is None else (lambda t: paddle.gather(t, columns, axis=1))
+        scales = pick(self.scales[g0:g1]).index_select(index, axis=0)
         if self.zeros is not None:
-            zero = self.zeros[g0:g1].astype("float32").index_select(index, axis=0)
+            zero = pick(self.zeros[g0:g1]).astype("float32").index_select(index, axis=0)
         else:
             zero = float(1 << (self.config.bits - 1))
-        return ((self.codes(start, stop).astype("float32") - zero) * scales).astype(dtype)
+        return ((self.codes(start, stop, columns).astype("float32") - zero) * scales).astype(dtype)
 
     def weight(self) -> paddle.Tensor:
         """The whole dequantized weight [in, out] in the input's original row order (for tests and export)."""
@@ -144,6 +153,24 @@ class QuantLinear(nn.Layer):
                                                   group_size=self.config.group_size)
 
 
+class QuantEmbedding(QuantLinear):
+    """A token embedding E [vocab, hidden] stored as the LM head tied to it, the QuantLinear E^T [hidden, vocab]
+    (quant/format.py): ``logits(x)`` is that QuantLinear (the native kernel on CPU), and a lookup dequantizes only
+    the columns of the tokens it reads."""
+
+    def __init__(self, in_features: int, out_features: int, config: QuantConfig, bias: bool = False,
+                 dtype: str = "float32"):  # in_features: the hidden size, out_features: the vocabulary
+        super().__init__(in_features, out_features, config, bias, dtype)
+        self.dtype_name = dtype  # what lookups return: the model's activations
+
+    def forward(self, ids):
+        flat = ids.reshape([-1]).astype("int64")
+        return self.dequantize(dtype=self.dtype_name, columns=flat).t().reshape([*ids.shape, self.in_features])
+
+    def logits(self, x):
+        return super().forward(x)
+
+
 class HalfLinear(nn.Layer):
     """y = x @ weight + bias on the CPU with ``weight`` [in, out] kept in bfloat16 or float16 (Paddle's CPU matmul
     has neither): the native kernel reads it as stored, in float32 arithmetic; without the kernels (or with
@@ -189,19 +216,27 @@ def quantizable(model, config: QuantConfig) -> list[tuple[str, nn.Layer, str, nn
     if config.quantize_lm_head:
         head = getattr(model, "lm_head", None)
         if head is None or model.arch.tied(model.config):
-            raise ValueError("--quantize-lm-head: this model's head is its (tied) embedding, which stays in full "
-                             "precision; only a separate lm_head can be quantized")
+            raise ValueError(TIED_HEAD_ERROR)
         found.append(("lm_head", model, "lm_head", head))
     return found
 
 
 def replace_linears(model, config: QuantConfig) -> None:
-    """Swap every quantizable Linear for an (empty) QuantLinear of the same shape, ready for load_weights."""
+    """Swap every quantizable Linear for an (empty) QuantLinear of the same shape, and the token tables for their
+    quantized forms when ``config.embedding`` asks, ready for load_weights."""
     for _, parent, attr, linear in quantizable(model, config):
         in_features, out_features = linear.weight.shape
         bias = linear.bias is not None
         dtype = str(linear.weight.dtype).replace("paddle.", "")
         setattr(parent, attr, QuantLinear(in_features, out_features, config, bias, dtype))
+    tables = token_tables(model.arch, model.config, config)
+    if tables:
+        embedding = model.get_input_embeddings()
+        dtype = str(embedding.weight.dtype).replace("paddle.", "")
+        vocab, hidden = embedding.weight.shape
+        model.set_input_embeddings(QuantEmbedding(hidden, vocab, config.embedding_config(), dtype=dtype))
+        if model.arch.head in tables:
+            model.lm_head = QuantLinear(*model.lm_head.weight.shape, config.embedding_config(), dtype=dtype)
     model.quantization = config
 
 
@@ -216,5 +251,7 @@ def keep_half(model, dtype: str) -> None:
     if not model.arch.tied(model.config) and type(model.lm_head) is nn.Linear:
         model.lm_head = HalfLinear(*model.lm_head.weight.shape, dtype)
     embedding = model.get_input_embeddings()
+    if isinstance(embedding, QuantEmbedding):  # a quantized checkpoint's token tables are integers already
+        return
     embedding.weight = embedding.create_parameter(embedding.weight.shape, dtype=dtype)
     embedding.register_forward_post_hook(lambda layer, inputs, out: out.astype("float32"))

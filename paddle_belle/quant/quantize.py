@@ -21,11 +21,12 @@ import paddle
 from tqdm.auto import tqdm
 
 from paddle_belle import arch
-from paddle_belle.checkpoint import TOKENIZER_FILES, CheckpointError, atomic_dir, read_config, safetensors_writer, \
-    to_paddle, write_json
-from paddle_belle.quant.format import QuantConfig, pack, quantize_rtn
+from paddle_belle.checkpoint import TOKENIZER_FILES, CheckpointError, as_numpy, atomic_dir, read_config, \
+    safetensors_writer, to_paddle, write_json
+from paddle_belle.quant.format import TIED_HEAD_ERROR, QuantConfig, pack, quantize_rtn, token_tables
 from paddle_belle.quant.gptq import GPTQ
-from paddle_belle.quant.linear import QuantLinear, block_linears, decoder_blocks, quantizable
+from paddle_belle.quant.linear import BLOCK_ELEMENTS, QuantEmbedding, QuantLinear, block_linears, decoder_blocks, \
+    quantizable
 
 # Files of a checkpoint directory that travel unchanged into the quantized one (tokenizers of both layouts).
 COPIED = (*TOKENIZER_FILES, "generation_config.json")
@@ -52,6 +53,48 @@ def _rtn_layer(linear, config: QuantConfig) -> QuantLinear:
     return QuantLinear.from_codes(codes.numpy(), scales.numpy(), zeros.numpy(), config, bias=linear.bias)
 
 
+def rtn_tensors(weight: np.ndarray, config: QuantConfig, transpose: bool = False) -> dict[str, np.ndarray]:
+    """Round-to-nearest of the [in, out] weight (``transpose``: of ``weight.T``, an embedding [vocab, hidden] stored
+    as its head) as the checkpoint's tensors {qweight, scales[, zeros][, perm]} (quant/format.py). A slice of output
+    columns at a time: each column has its own grid, so the result is the same as quantize_rtn on the whole weight,
+    while memory holds the packed result plus one slice in float32 (a 7B BLOOM's embedding is 4 GB in float32)."""
+    rows, cols = weight.shape[::-1] if transpose else weight.shape
+    out = {"qweight": np.empty([-(-rows // config.per_byte), cols], np.uint8),
+           "scales": np.empty([config.groups(rows), cols], np.float32)}
+    if not config.sym:
+        out["zeros"] = np.empty([config.groups(rows), cols], np.uint8)
+    width = max(1, BLOCK_ELEMENTS // rows)
+    for c0 in range(0, cols, width):
+        part = weight[c0 : c0 + width].T if transpose else weight[:, c0 : c0 + width]
+        codes, scales, zeros = quantize_rtn(to_paddle(np.ascontiguousarray(part), "float32"), config)
+        out["qweight"][:, c0 : c0 + width] = pack(codes.numpy(), config.bits)
+        out["scales"][:, c0 : c0 + width] = scales.numpy()
+        if not config.sym:
+            out["zeros"][:, c0 : c0 + width] = zeros.numpy()
+    if config.act_order:  # RTN keeps the input order
+        out["perm"] = np.arange(rows, dtype=np.int32)
+    return out
+
+
+def quantize_token_tables(model, config: QuantConfig) -> None:
+    """RTN of the embedding (into a QuantEmbedding) and of a head of its own that ``config.quantize_lm_head`` leaves
+    alone, with the token tables' grid (config.embedding), in place; nothing when they are kept."""
+    tables = token_tables(model.arch, model.config, config)
+    if not tables:
+        return
+    embedding = model.get_input_embeddings()
+    dtype = str(embedding.weight.dtype).replace("paddle.", "")
+    targets = [(QuantEmbedding, embedding.weight, model.set_input_embeddings)]
+    if model.arch.head in tables:
+        targets.append((QuantLinear, model.lm_head.weight, lambda layer: setattr(model, "lm_head", layer)))
+    for (cls, weight, put), transpose in zip(targets, tables.values()):
+        rows, cols = weight.shape[::-1] if transpose else weight.shape
+        layer = cls(rows, cols, config.embedding_config(), dtype=dtype)
+        for name, array in rtn_tensors(as_numpy(weight), config.embedding_config(), transpose).items():
+            getattr(layer, name).set_value(paddle.to_tensor(array))
+        put(layer)
+
+
 @paddle.no_grad()
 def quantize_model(model, config: QuantConfig, calibration: np.ndarray | None = None, progress: bool = True):
     """Replace the model's Linears (decoder blocks; the head when asked) by QuantLinears, in place.
@@ -71,6 +114,7 @@ def quantize_model(model, config: QuantConfig, calibration: np.ndarray | None = 
             model.lm_head = _rtn_layer(model.lm_head, config)
             bar.update()
         bar.close()
+        quantize_token_tables(model, config)
         model.quantization = config
         return model
     if calibration is None:
@@ -140,6 +184,7 @@ def quantize_model(model, config: QuantConfig, calibration: np.ndarray | None = 
         model.lm_head = _from_gptq(gptq, config)
         bar.update()
     bar.close()
+    quantize_token_tables(model, config)
     model.quantization = config
     return model
 
@@ -181,9 +226,26 @@ def quantize_checkpoint(model_dir, out_dir, config: QuantConfig, calib: str | No
     quantize_model(model, config, calibration)
     seconds = time.perf_counter() - start
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=_in_source_dtypes(model, model_dir))
         _copy_side_files(model_dir, tmp)
     return {"seconds": seconds, "bytes": _weight_bytes(out_dir)}
+
+
+def _in_source_dtypes(model, model_dir) -> dict:
+    """The model's state with every tensor the source checkpoint also holds (norms, biases: what was not quantized)
+    back in the source's dtype: on the CPU the model computed in float32, which a float16 source should not become."""
+    from paddle_belle.convert.engine import paddle_outputs
+
+    config = read_config(model_dir)
+    dims = arch.paddle_config(arch.model_type_of(config, f"{model_dir}/config.json"), config)
+    source = {t.name: t.dtype for t in paddle_outputs(model_dir, dims)[0]}  # either layout, in PaddleNLP's names
+    state = {}
+    for name, value in model.state_dict().items():
+        dtype = source.get(name)
+        if dtype is not None and value.dtype in (paddle.float32, paddle.float16, paddle.bfloat16):
+            value = value.astype("bfloat16" if dtype == np.uint16 else dtype.name)  # numpy carries bf16 as its bits
+        state[name] = value
+    return state
 
 
 def _copy_side_files(model_dir, out: Path) -> None:
@@ -206,12 +268,13 @@ def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
     model_dir, source = Path(model_dir), read_config(model_dir)
     model_type = arch.model_type_of(source, f"{model_dir}/config.json")
     spec, dims = arch.get(model_type), arch.paddle_config(model_type, source)  # PaddleNLP's field names
-    quantized = set(spec.linear_weights(dims))
+    plan = {name: (config, False) for name in spec.linear_weights(dims)}  # name -> (grid, stored transposed)
     if config.quantize_lm_head:
         if spec.tied(dims):
-            raise ValueError("--quantize-lm-head: this model's head is its (tied) embedding, which stays in full "
-                             "precision; only a separate lm_head can be quantized")
-        quantized.add(spec.head)
+            raise ValueError(TIED_HEAD_ERROR)
+        plan[spec.head] = (config, False)
+    plan.update({name: (config.embedding_config(), transpose)
+                 for name, transpose in token_tables(spec, dims, config).items()})
     expected = spec.model_shapes(dims)  # a tied head's PaddleNLP copy is not written quantized (models/loading.py)
     tensors = [t for t in paddle_outputs(model_dir, dims)[0] if t.name not in spec.tied_copies(dims)]
     specs = []
@@ -219,14 +282,15 @@ def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
         if expected.get(t.name) != t.shape:
             raise CheckpointError(f"{t.source.file}: tensor {t.name} " + (f"has shape {t.shape}, the config implies "
                                   f"{expected[t.name]}" if t.name in expected else f"is not a {model_type} weight"))
-        if t.name not in quantized:
+        if t.name not in plan:
             specs.append((t.name, t.dtype, t.shape))
             continue
-        (rows, cols), stem = t.shape, t.name[: -len(".weight")]
-        specs += [(f"{stem}.qweight", np.dtype("uint8"), [-(-rows // config.per_byte), cols]),
-                  (f"{stem}.scales", np.dtype("float32"), [config.groups(rows), cols])]
-        specs += [(f"{stem}.zeros", np.dtype("uint8"), [config.groups(rows), cols])] if not config.sym else []
-        specs += [(f"{stem}.perm", np.dtype("int32"), [rows])] if config.act_order else []  # RTN keeps the order
+        grid, transpose = plan[t.name]
+        (rows, cols), stem = t.shape[::-1] if transpose else t.shape, t.name[: -len(".weight")]
+        specs += [(f"{stem}.qweight", np.dtype("uint8"), [-(-rows // grid.per_byte), cols]),
+                  (f"{stem}.scales", np.dtype("float32"), [grid.groups(rows), cols])]
+        specs += [(f"{stem}.zeros", np.dtype("uint8"), [grid.groups(rows), cols])] if not grid.sym else []
+        specs += [(f"{stem}.perm", np.dtype("int32"), [rows])] if grid.act_order else []
     missing = sorted(set(expected) - {t.name for t in tensors})
     if missing:
         raise CheckpointError(f"{model_dir}: lacks {len(missing)} tensor(s) the config implies, e.g. {missing[0]}")
@@ -235,17 +299,12 @@ def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
     with safetensors_writer(out / "model.safetensors", specs) as write:
         for t in tqdm(tensors, desc=f"rtn-{config.bits}", unit="tensor", disable=None):
             array = reader.output(t)
-            if t.name not in quantized:
+            if t.name not in plan:
                 write(t.name, array)
                 continue
-            codes, scales, zeros = quantize_rtn(to_paddle(array, "float32"), config)
             stem = t.name[: -len(".weight")]
-            write(f"{stem}.qweight", pack(codes.numpy(), config.bits))
-            write(f"{stem}.scales", scales.numpy())
-            if not config.sym:
-                write(f"{stem}.zeros", zeros.numpy())
-            if config.act_order:
-                write(f"{stem}.perm", np.arange(t.shape[0], dtype=np.int32))
+            for suffix, packed in rtn_tensors(array, *plan[t.name]).items():
+                write(f"{stem}.{suffix}", packed)
     write_json(out / "config.json", {**dims, "quantization_config": config.to_dict()})
 
 

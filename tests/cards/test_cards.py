@@ -20,7 +20,7 @@ from paddle_belle.checkpoint import read_config
 from paddle_belle.models.bloom import BloomConfig, BloomForCausalLM
 from paddle_belle.models.llama import LlamaConfig, LlamaForCausalLM
 from paddle_belle.quant import QuantConfig
-from paddle_belle.quant.estimate import estimate
+from paddle_belle.quant.estimate import estimate, row_name
 from paddle_belle.quant.quantize import quantize_checkpoint, quantize_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +120,7 @@ def test_predicted_files_add_up_to_the_estimate():
     for f in FACTS.values():
         info = registry.REGISTRY[f.registry]
         p = f.quantized  # BELLE's GPTQ files: their grid, and the dtype their other tensors keep on import
-        q = QuantConfig(bits=p.bits, group_size=128, sym=p.sym) if p else None
+        q = QuantConfig(bits=p.bits, group_size=128, sym=p.sym, embedding="keep") if p else None
         dtype = p.rest_dtype if p else "float16"
         tensor_bytes = sum(nbytes(d, s) for _, d, s in checkpoint_tensors(info.model_type, info.config, dtype, q))
         key = f"int{q.bits}-g128 (rest {dtype.replace('float', 'fp')})" if q else "fp16"

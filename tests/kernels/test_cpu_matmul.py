@@ -9,7 +9,7 @@ from reference import random_quant_layer as random_layer
 from reference import tiny_bloom, tiny_llama
 
 from paddle_belle import kernels
-from paddle_belle.quant import QuantConfig, QuantLinear, dequantize
+from paddle_belle.quant import QuantConfig, QuantEmbedding, QuantLinear, dequantize
 from paddle_belle.quant.quantize import quantize_model
 
 ISAS = ["best", "avx2", "scalar"]  # PADDLE_BELLE_KERNELS_ISA caps the path the kernel takes (never raises it)
@@ -139,18 +139,22 @@ def greedy_ids(model, prompt):
 @pytest.mark.parametrize("family", ["bloom", "llama"])
 @pytest.mark.parametrize("bits", [4, 8])
 def test_tiny_models_same_greedy_ids_as_the_paddle_path(family, bits, ops, monkeypatch):
+    """With the token tables quantized too (int4 with the 4-bit Linears, int8 with the 8-bit ones): BLOOM's tied
+    head, LLaMA's separate head and both embeddings' lookups."""
     if family == "bloom":
         _, model = tiny_bloom(n_head=4, std=0.5)
     else:  # hidden 48 in groups of 32: partial last groups
         _, model = tiny_llama(std=0.5, hidden_size=48, intermediate_size=64, num_attention_heads=4,
                               num_key_value_heads=2)
-    quantize_model(model, QuantConfig(bits=bits, group_size=32, method="rtn", sym=bits == 8), progress=False)
+    config = QuantConfig(bits=bits, group_size=32, method="rtn", sym=bits == 8, embedding=f"int{bits}")
+    quantize_model(model, config, progress=False)
+    assert isinstance(model.get_input_embeddings(), QuantEmbedding)
     calls = []
     real = kernels.quant_matmul
-    monkeypatch.setattr(kernels, "quant_matmul", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(kernels, "quant_matmul", lambda x, q, *a: calls.append(q.shape[1]) or real(x, q, *a))
     prompt = np.array([[5, 17, 42, 8], [3, 9, 60, 1]])
     native = greedy_ids(model, prompt)
-    assert calls, "the kernel was not used"
+    assert model.config.vocab_size in calls, "the head did not use the kernel"
     monkeypatch.setenv("PADDLE_BELLE_KERNELS", "0")
     np.testing.assert_array_equal(greedy_ids(model, prompt), native)
 

@@ -11,7 +11,7 @@ from reference import our_logits, tiny_bloom, tiny_llama
 
 from paddle_belle import AutoModelForCausalLM
 from paddle_belle.checkpoint import CheckpointError, load_state_dict, save_state_dict
-from paddle_belle.quant import QuantConfig, QuantLinear
+from paddle_belle.quant import QuantConfig, QuantEmbedding, QuantLinear
 from paddle_belle.quant.quantize import quantize_model
 from paddle_belle.quant.format import quantize_rtn
 from paddle_belle.quant.gptq import GPTQ
@@ -109,9 +109,11 @@ def quantized_llama(config, **overrides):
 ], ids=["gptq4", "gptq4-asym-actorder", "rtn8"])
 def test_llama_save_load_same_logits(config, tmp_path):
     model, ids, float_logits = quantized_llama(config)
-    layers = [m for m in model.sublayers() if isinstance(m, QuantLinear)]
-    assert len(layers) == 2 * 7  # the untied head stays a float Linear unless asked
-    assert [m for m in model.sublayers() if type(m) is paddle.nn.Linear] == [model.lm_head]
+    layers = [m for m in model.sublayers() if type(m) is QuantLinear]
+    assert len(layers) == 2 * 7 + 1  # and the untied head, on the token tables' grid (int8 by default)
+    assert model.lm_head.config == config.embedding_config() and not config.quantize_lm_head
+    assert isinstance(model.get_input_embeddings(), QuantEmbedding)
+    assert not [m for m in model.sublayers() if type(m) is paddle.nn.Linear]
     with paddle.no_grad():
         logits = our_logits(model, ids[:2]).logits.numpy()
     model.save_pretrained(tmp_path)

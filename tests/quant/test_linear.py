@@ -47,3 +47,26 @@ def test_paddle_path_equals_dequantized_matmul(monkeypatch):
                    QuantConfig(bits=2, group_size=32, method="gptq", sym=False, act_order=True)]:
         for block_elements in (1 << 22, 1):
             test_quantized_linear_equals_dequantized_matmul(config, block_elements, monkeypatch)
+
+
+@pytest.mark.parametrize("kernels_on", ["1", "0"], ids=["kernels", "paddle"])
+@pytest.mark.parametrize("embedding", ["int8", "int4"])
+def test_quantized_embedding_lookup_and_head_equal_the_dequantized_table(embedding, kernels_on, monkeypatch):
+    """The token table [vocab, hidden] is stored as its head [hidden, vocab] (quant/format.py): a lookup gives the
+    dequantized rows of exactly the tokens asked for, the head x @ E^T of the dequantized table."""
+    from paddle_belle.quant import QuantEmbedding
+
+    monkeypatch.setenv("PADDLE_BELLE_KERNELS", kernels_on)
+    config = QuantConfig(method="rtn", embedding=embedding).embedding_config()
+    hidden, vocab = 200, 37  # int4: groups of 128, the last partial; an odd vocabulary
+    head, weight, _ = random_layer(config, hidden, vocab, bias=False)
+    layer = QuantEmbedding(hidden, vocab, config)
+    layer.set_state_dict(head.state_dict())
+    table = weight.T  # [vocab, hidden], float32, exact
+    ids = np.array([[3, 36, 0], [3, 5, 17]])
+    np.testing.assert_array_equal(layer(paddle.to_tensor(ids)).numpy(), table[ids])
+    x = np.random.RandomState(2).standard_normal((2, 3, hidden)).astype(np.float32)
+    with paddle.no_grad():
+        logits = layer.logits(paddle.to_tensor(x)).numpy()
+    expected = x.astype(np.float64) @ table.T.astype(np.float64)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

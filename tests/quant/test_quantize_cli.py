@@ -115,10 +115,12 @@ def _tied_llama_fp16(directory):
 
 
 @pytest.mark.parametrize("source, config", [
-    ("bloom", QuantConfig(bits=4, group_size=16, method="rtn")),
-    ("bloom", QuantConfig(bits=8, group_size=-1, method="rtn", sym=False)),
+    ("bloom", QuantConfig(bits=4, group_size=16, method="rtn")),  # the token table int8, as by default
+    ("bloom", QuantConfig(bits=8, group_size=-1, method="rtn", sym=False, embedding="int4")),
     ("llama", QuantConfig(bits=4, group_size=24, method="rtn", act_order=True, quantize_lm_head=True)),
-    ("tied-llama-fp16", QuantConfig(bits=4, group_size=16, method="rtn", sym=False)),
+    ("llama", QuantConfig(bits=4, group_size=16, method="rtn", embedding="int4")),  # the separate head int4 too
+    ("tied-llama-fp16", QuantConfig(bits=4, group_size=16, method="rtn", sym=False, embedding="keep")),
+    ("tied-llama-fp16", QuantConfig(bits=8, group_size=16, method="rtn")),
 ])
 def test_streaming_rtn_writes_what_quantizing_the_loaded_model_writes(source, config, tmp_path):
     from paddle_belle.checkpoint import load_state_dict, read_config
@@ -168,3 +170,49 @@ def test_rtn_of_an_hf_directory_equals_rtn_of_its_conversion(tmp_path):
     ids = paddle.to_tensor([[1, 5, 9, 2]])
     logits = [AutoModelForCausalLM.from_pretrained(tmp_path / d)(ids).logits.numpy() for d in ("hf-rtn", "pd-rtn")]
     np.testing.assert_array_equal(*logits)
+
+
+def test_a_packed_embedding_of_the_wrong_shape_is_named_in_one_line(belle, tmp_path, capsys):
+    from paddle_belle.checkpoint import load_state_dict, save_state_dict
+
+    model_dir, _ = belle
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", str(model_dir), "--method", "rtn", "--embedding", "int4", "--out", str(out)]) == 0
+    state = load_state_dict(out)
+    vocab = state["bloom.word_embeddings.qweight"].shape[1]
+    assert state["bloom.word_embeddings.qweight"].shape == (16, vocab)  # hidden 32 at two codes a byte
+    state["bloom.word_embeddings.qweight"] = state["bloom.word_embeddings.qweight"][:, :-1]
+    save_state_dict(state, out)
+    assert main(["generate", "--model", str(out), "--prompt", "你好", "--max-new-tokens", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"tensor bloom.word_embeddings.qweight has shape [16, {vocab - 1}], the config expects [16, {vocab}]" \
+        in err and len(err.splitlines()) == 1, err
+
+
+def test_gptq_keeps_a_float16_source_float16_where_it_does_not_quantize(belle, tmp_path):
+    """Norms and biases (those of the quantized Linears too) stay float16: the float32 arithmetic of the CPU run
+    does not leak into the checkpoint, which loads and computes what the same numbers stored in float32 do."""
+    from paddle_belle.checkpoint import load_state_dict, read_config, save_state_dict, write_json
+
+    model_dir, calib = belle
+    src = tmp_path / "fp16"
+    src.mkdir()
+    for f in model_dir.iterdir():  # the tokenizer's files
+        if f.is_file() and f.suffix != ".pdparams" and f.name != "config.json":
+            (src / f.name).write_bytes(f.read_bytes())
+    save_state_dict({k: v.astype(np.float16) for k, v in load_state_dict(model_dir).items()}, src)
+    write_json(src / "config.json", {**read_config(model_dir), "dtype": "float16"})
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", str(src), "--method", "gptq", "--bits", "4", "--group-size", "16",
+                 "--calib", str(calib), "--nsamples", "2", "--seqlen", "16", "--out", str(out)]) == 0
+    state = load_state_dict(out)
+    floats = {n: a.dtype for n, a in state.items() if not n.endswith((".qweight", ".scales"))}
+    assert floats and set(floats.values()) == {np.dtype("float16")}, floats
+    assert "bloom.h.0.mlp.dense_h_to_4h.bias" in floats and read_config(out)["dtype"] == "float16"
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.dtype_name == "float32"  # on the CPU: float32 arithmetic over the float16-stored norms
+    # The same numbers stored in float32 compute the same logits.
+    save_state_dict({k: v.astype(np.float32) if k in floats else v for k, v in state.items()}, out)
+    ids = paddle.to_tensor([[5, 60, 7, 100, 3]])
+    np.testing.assert_array_equal(AutoModelForCausalLM.from_pretrained(out)(ids).logits.numpy(),
+                                  model(ids).logits.numpy())

@@ -306,7 +306,10 @@ def cmd_merge_lora(args):
 @arg("--port", type=whole(1, 65535), default=8000)
 @adds(lambda p: p.add_argument("--api-key", default=os.environ.get("PADDLE_BELLE_API_KEY"), help="require "
       "'Authorization: Bearer KEY' on every /v1 request (default: $PADDLE_BELLE_API_KEY)"))  # read at parse time
-@arg("--max-concurrency", type=whole(1), default=1, help="replies generated at once (default 1)")
+@arg("--max-concurrency", type=whole(1), default=8, help="rows in the batch: replies generated together, one forward "
+     "pass per token for all of them (default 8)")
+@arg("--prefill-chunk", type=whole(1), default=128, help="prompt tokens prefilled between two decoding steps: the "
+     "most a new prompt delays the replies in flight (default 128)")
 @arg("--max-queue", type=whole(0), default=64,
      help="requests that may wait for a slot; beyond them requests get 429 (default 64)")
 @arg("--max-tokens", dest="max_tokens_cap", metavar="MAX_TOKENS", type=whole(1), default=2048,

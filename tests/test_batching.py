@@ -83,6 +83,7 @@ def test_alone_equals_generation_stream_and_a_prompt_too_long_is_reported(belle)
     model, tok = belle
     ids = tok(prompts.render("belle", [], "你好", tok.eos_token))["input_ids"]
     config = GenerationConfig(max_new_tokens=24, min_new_tokens=24)
-    assert alone(model, tok, ids, config, chunk=4).tokens == [int(t[0]) for t in stream(model, np.array([ids]), config=config)]
+    reference = [int(t[0]) for t in stream(model, np.array([ids]), config=config)]
+    assert alone(model, tok, ids, config, chunk=4).tokens == reference
     results = dict(generate_all(Batcher(model, tok, rows=2, max_length=40), [ids, ids * 3], config))
     assert len(results[0].tokens) == 24 and "exceed the 40 positions" in str(results[1])

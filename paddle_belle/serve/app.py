@@ -360,5 +360,6 @@ def serve(model: str, host="127.0.0.1", port=8000, api_key=None, preset="belle-c
     name = served_name or os.path.basename(os.path.normpath(str(model)))
     app = create_app(engine, name, api_key=api_key, max_queue=max_queue, max_request_bytes=max_request_bytes)
     print(f"paddle-belle serve: {name} on http://{host}:{port}/v1 (style {engine.style}, preset {preset}, "
-          f"{max_concurrency} rows in the batch, {max_queue} queued{', API key required' if api_key else ''})", flush=True)
+          f"{max_concurrency} rows in the batch, {max_queue} queued{', API key required' if api_key else ''})",
+          flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

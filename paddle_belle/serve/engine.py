@@ -189,11 +189,17 @@ class Engine:
         """Async text increments of one reply, filling ``reply``; ``strip``: for a chat reply. The reply joins the
         batch on the model thread; if the consumer stops early (a client disconnected), it is cancelled there
         before the next step, which frees its row."""
-        loop, increments = asyncio.get_running_loop(), asyncio.Queue()
-        request = await self.run(self.batcher.add, ids, config, strip,
-                                 lambda item: loop.call_soon_threadsafe(increments.put_nowait, item))
+        loop, increments, added = asyncio.get_running_loop(), asyncio.Queue(), []
+
+        def add():  # ``added``: the cancelling job below (after this one on the thread) finds the request there
+            added.append(self.batcher.add(ids, config, strip, tag=deliver))
+
+        def deliver(item):  # on the model thread: (text, finish reason, tokens) after a step, or an exception
+            loop.call_soon_threadsafe(increments.put_nowait, item)
+
         reply.prompt_tokens = len(ids)
         try:
+            await self.run(add)
             while True:
                 item = await increments.get()
                 if isinstance(item, Exception):
@@ -206,8 +212,8 @@ class Engine:
                     reply.finish_reason = "length" if finish == "length" else "stop"
                     return
         finally:
-            if reply.finish_reason is None:
-                self._jobs.put(lambda: self.batcher.cancel(request))
+            if reply.finish_reason is None:  # also when cancelled while waiting for ``add``
+                self._jobs.put(lambda: added and self.batcher.cancel(added[0]))
 
     async def run(self, fn, *args):
         """Run ``fn`` (tokenizer work: prompts, encoding; adding to the batch) on the model thread."""

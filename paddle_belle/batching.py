@@ -99,6 +99,7 @@ class Batcher:
         self.cache = model.new_cache(rows, min(max_length, 256))
         self._arrivals = itertools.count()
         self.steps = self.rows_stepped = 0  # decoding steps and the rows they carried: mean occupancy
+        self.moves = 0  # rows moved down (_compact)
         eos = model.config.eos_token_id
         self.default_eos = [eos] if isinstance(eos, int) else list(eos or [])
 
@@ -143,6 +144,7 @@ class Batcher:
                 self.slots[i].row = i
         events = []
         with paddle.no_grad():
+            self._compact()
             decoding = [r for r in self.slots if r is not None and r.tokens]
             if decoding:
                 events += self._decode(decoding)
@@ -154,6 +156,20 @@ class Batcher:
                 budget -= n
                 events += self._prefill(request, n)
         return events
+
+    def _compact(self) -> None:
+        """Move the highest busy row down into the lowest free one, if there is one below it: otherwise one long
+        reply left high up would keep every step computing all the rows beneath it."""
+        busy = [i for i, r in enumerate(self.slots) if r is not None]
+        low = self.slots.index(None) if None in self.slots else self.rows
+        if not busy or low > busy[-1]:
+            return
+        r, n = self.slots[busy[-1]], self.slots[busy[-1]].length
+        for kv in (self.cache.keys, self.cache.values):
+            for t in kv:
+                t[low : low + 1, :, :n] = t[r.row : r.row + 1, :, :n]
+        self.slots[low], self.slots[r.row], r.row = r, None, low
+        self.moves += 1
 
     def _prefill(self, r: Request, n: int) -> list:
         start, end = r.prefilled, r.prefilled + n

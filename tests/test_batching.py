@@ -77,6 +77,7 @@ def test_stops_seeds_and_a_cancelled_row(belle):
         assert (r.tokens, r.text.text, r.finish_reason) == (e.tokens, e.text.text, e.finish_reason)
     assert [r.finish_reason for r in requests].count("stop") >= 3
     assert seeded.tokens == lone_sample and not any(batcher.slots)
+    assert batcher.moves  # rows moved down when lower ones freed, with their caches
 
 
 def test_alone_equals_generation_stream_and_a_prompt_too_long_is_reported(belle):

@@ -8,14 +8,15 @@ generated tokens/s, median time to first token and p95 time between tokens (the 
 with generation.stream alone (batch 1, no HTTP) as the reference of the same run. Then the prefill delay: while
 --delay-clients streams run, one --long-token prompt arrives; the running streams' largest gap during its prefill,
 less their median gap before it, is the delay it caused, shown beside the slowest single prefill chunk measured in
-process (a Batcher step of the same prompt alone). On a shared machine expect +-30% between runs. Nothing is
+process (a Batcher step of the same prompt's first chunk alone). On a shared machine expect +-30% between runs. Nothing is
 asserted.
 
     python benchmarks/serve.py [--shape bloom-560m | --model DIR] [--formats float32,int4] [--clients 1,4,16]
-                               [--rows 16] [--chunk 128] [--new 32] [--requests 1] [--long 1000] [--threads 2]
+                               [--rows 16] [--chunk 128] [--new 16] [--requests 1] [--long 1000] [--threads 2]
 """
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -110,30 +111,28 @@ def prefill_delay(url, clients, long_prompt, new):
     return statistics.median(before), max(during), usage.prompt_tokens, first[0] - sent
 
 
-def chunk_seconds(directory, prompt_ids, chunk, threads):
-    """The slowest step of a Batcher prefilling ``prompt_ids`` alone (each step: one chunk), after a warm-up."""
+def in_process(directory, prompt_ids, chunk, threads):
+    """(seconds of one prefill chunk of ``prompt_ids`` alone: a Batcher step, after a warm-up one;
+    tokens/s of generation.stream, batch 1, no HTTP: the reference)."""
     from paddle_belle import AutoModelForCausalLM, AutoTokenizer, generation
     from paddle_belle.batching import Batcher
 
     model = AutoModelForCausalLM.from_pretrained(directory, threads=threads)
     tok = AutoTokenizer.from_pretrained(directory)
-    config = generation.GenerationConfig(max_new_tokens=1)
-    ids = np.array([tok(generation_prompt(PROMPT))["input_ids"]])
-    stream_tok_s = []
-    for _ in range(3):  # the reference: batch 1, no HTTP
-        t = time.perf_counter()
-        list(generation.stream(model, ids, config=generation.GenerationConfig(max_new_tokens=32, min_new_tokens=32)))
-        stream_tok_s.append(32 / (time.perf_counter() - t))
+    batcher = Batcher(model, tok, rows=1, chunk=chunk)
+    batcher.add(prompt_ids, generation.GenerationConfig(max_new_tokens=1))
     times = []
     for _ in range(2):
-        batcher = Batcher(model, tok, rows=1, chunk=chunk)
-        batcher.add(prompt_ids, config)
-        times = []
-        while batcher.busy:
-            t = time.perf_counter()
-            batcher.step()
-            times.append(time.perf_counter() - t)
-    return max(times), max(stream_tok_s[1:])
+        t = time.perf_counter()
+        batcher.step()
+        times.append(time.perf_counter() - t)
+    ids, new = np.array([tok(generation_prompt(PROMPT))["input_ids"]]), 16
+    config = generation.GenerationConfig(max_new_tokens=new, min_new_tokens=new)
+    for _ in range(2):  # the first: warm-up
+        t = time.perf_counter()
+        list(generation.stream(model, ids, config=config))
+        stream_s = time.perf_counter() - t
+    return times[1], new / stream_s
 
 
 def generation_prompt(text):
@@ -151,9 +150,9 @@ def main():
     p.add_argument("--rows", type=int, default=16, help="--max-concurrency of the server")
     p.add_argument("--chunk", type=int, default=128, help="--prefill-chunk of the server")
     p.add_argument("--requests", type=int, default=1, help="requests per client")
-    p.add_argument("--new", type=int, default=32)
+    p.add_argument("--new", type=int, default=16)
     p.add_argument("--long", type=int, default=1000, help="tokens of the prompt that arrives mid-run")
-    p.add_argument("--delay-clients", type=int, default=4)
+    p.add_argument("--delay-clients", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", default="/tmp/serve-bench")
     a = p.parse_args()
@@ -167,13 +166,13 @@ def main():
     long_ids = (unit * (a.long // len(unit) + 1))[: a.long]
     long_prompt = tok.decode(long_ids)
     print(f"{a.model or a.shape}: {a.rows} rows, prefill chunk {a.chunk}, {a.new} tokens a request, "
-          f"{a.threads} threads")
+          f"{a.threads} threads; load average {os.getloadavg()[0]:.1f} at the start")
     print("| format | clients | tokens/s | x 1 client | median TTFT (s) | p95 between tokens (s) | x 1 client |")
     print("|---|---|---|---|---|---|---|")
     delays = []
     for name, directory in dirs.items():
-        chunk_s, stream_tok_s = chunk_seconds(directory, tok(generation_prompt(long_prompt))["input_ids"], a.chunk,
-                                              a.threads)
+        chunk_s, stream_tok_s = in_process(directory, tok(generation_prompt(long_prompt))["input_ids"], a.chunk,
+                                           a.threads)
         server = BelleServer(directory, "--max-concurrency", a.rows, "--prefill-chunk", a.chunk, "--served-model-name",
                              "m", "--threads", a.threads, "--max-tokens", 4096)
         try:
@@ -184,10 +183,12 @@ def main():
                 base = base or (tps, tbt)
                 print(f"| {name} | {clients} | {tps:.1f} | {tps / base[0]:.1f} | {ttft:.2f} | {tbt:.3f} | "
                       f"{tbt / base[1]:.1f} |", flush=True)
-            before, during, n, ttft = prefill_delay(server.url, a.delay_clients, long_prompt, 8 * a.new)
+            # the streams run on through the whole prefill: 8 tokens before it, one a step during it, 8 after
+            before, during, n, ttft = prefill_delay(server.url, a.delay_clients, long_prompt, a.long // a.chunk + 24)
             delays.append((name, n, ttft, before, during, chunk_s, stream_tok_s))
         finally:
             server.stop()
+    print(f"(load average {os.getloadavg()[0]:.1f} at the end)")
     print(f"\nA long prompt arriving while {a.delay_clients} streams run (prefill chunk {a.chunk} tokens):")
     print("| format | prompt tokens | its TTFT (s) | running streams' median gap before (s) | largest gap during "
           "its prefill (s) | delay (s) | slowest chunk alone (s) | generation.stream batch 1 tok/s |")

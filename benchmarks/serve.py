@@ -4,15 +4,16 @@ By default the model has bloom-560m's shape with random weights (std 0.02, writt
 served as float32, and as int4-g128 by streaming RTN: the native int4 kernels) and belle-tiny-zh's tokenizer, its
 vocabulary padded with placeholder tokens up to BLOOM's 250,880 ids; --model DIR serves a checkpoint of yours.
 Every request generates exactly --new tokens (min_tokens masks EOS). Prints, per format and client count: total
-generated tokens/s, median time to first token and p95 time between tokens (the gaps between a stream's chunks),
-with generation.stream alone (batch 1, no HTTP) as the reference of the same run. Then the prefill delay: while
---delay-clients streams run, one --long-token prompt arrives; the running streams' largest gap during its prefill,
-less their median gap before it, is the delay it caused, shown beside the slowest single prefill chunk measured in
-process (a Batcher step of the same prompt's first chunk alone). On a shared machine expect +-30% between runs. Nothing is
-asserted.
+generated tokens/s, median time to first token and p95 time between tokens (the gaps between a stream's chunks).
+Without HTTP, a decoding step with 1 and 16 rows busy (--rows-table), in wall and CPU seconds. Then the prefill
+delay: while --delay-clients streams run, one --long-token prompt arrives; the running streams' largest gap during
+its prefill, less their median gap before it, is the delay it caused, shown beside one prefill chunk measured in
+process (a Batcher step of the same prompt's first chunk alone) and generation.stream alone (batch 1, no HTTP).
+On a shared machine expect +-30% between runs (the load average is printed). Nothing is asserted.
 
     python benchmarks/serve.py [--shape bloom-560m | --model DIR] [--formats float32,int4] [--clients 1,4,16]
-                               [--rows 16] [--chunk 128] [--new 16] [--requests 1] [--long 1000] [--threads 2]
+                               [--rows 16] [--chunk 128] [--new 48] [--requests 1] [--long 1000] [--threads 2]
+                               [--rows-table 1,16]     (--clients '': the in-process table only)
 """
 import argparse
 import json
@@ -111,9 +112,13 @@ def prefill_delay(url, clients, long_prompt, new):
     return statistics.median(before), max(during), usage.prompt_tokens, first[0] - sent
 
 
-def in_process(directory, prompt_ids, chunk, threads):
-    """(seconds of one prefill chunk of ``prompt_ids`` alone: a Batcher step, after a warm-up one;
-    tokens/s of generation.stream, batch 1, no HTTP: the reference)."""
+def in_process(directory, prompt_ids, chunk, threads, rows=()):
+    """Without HTTP: (seconds of one prefill chunk of ``prompt_ids`` alone, a Batcher step after a warm-up one;
+    tokens/s of generation.stream, batch 1: the reference; {rows: (wall s, CPU s) of a decoding step with that many
+    rows busy}). CPU seconds (all threads of this process) show what batching costs apart from the share of the
+    cores that a shared machine leaves this process."""
+    import resource
+
     from paddle_belle import AutoModelForCausalLM, AutoTokenizer, generation
     from paddle_belle.batching import Batcher
 
@@ -126,13 +131,30 @@ def in_process(directory, prompt_ids, chunk, threads):
         t = time.perf_counter()
         batcher.step()
         times.append(time.perf_counter() - t)
-    ids, new = np.array([tok(generation_prompt(PROMPT))["input_ids"]]), 16
+    ids, new = tok(generation_prompt(PROMPT))["input_ids"], 16
     config = generation.GenerationConfig(max_new_tokens=new, min_new_tokens=new)
     for _ in range(2):  # the first: warm-up
         t = time.perf_counter()
-        list(generation.stream(model, ids, config=config))
+        list(generation.stream(model, np.array([ids]), config=config))
         stream_s = time.perf_counter() - t
-    return times[1], new / stream_s
+
+    def cpu():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    steps = {}
+    for n in rows:
+        batcher = Batcher(model, tok, rows=n, chunk=chunk)
+        for _ in range(n):
+            batcher.add(ids, config)
+        while batcher.waiting or any(r is not None and not r.tokens for r in batcher.slots):
+            batcher.step()
+        wall, cpu0, count = time.perf_counter(), cpu(), 0
+        while batcher.busy:
+            batcher.step()
+            count += 1
+        steps[n] = ((time.perf_counter() - wall) / count, (cpu() - cpu0) / count)
+    return times[1], new / stream_s, steps
 
 
 def generation_prompt(text):
@@ -150,10 +172,11 @@ def main():
     p.add_argument("--rows", type=int, default=16, help="--max-concurrency of the server")
     p.add_argument("--chunk", type=int, default=128, help="--prefill-chunk of the server")
     p.add_argument("--requests", type=int, default=1, help="requests per client")
-    p.add_argument("--new", type=int, default=16)
+    p.add_argument("--new", type=int, default=48)
     p.add_argument("--long", type=int, default=1000, help="tokens of the prompt that arrives mid-run")
     p.add_argument("--delay-clients", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rows-table", default="1,16", help="rows of the in-process table ('': none)")
     p.add_argument("--workdir", default="/tmp/serve-bench")
     a = p.parse_args()
     dirs = {"model": Path(a.model)} if a.model else make_checkpoints(a.shape, Path(a.workdir))
@@ -169,10 +192,14 @@ def main():
           f"{a.threads} threads; load average {os.getloadavg()[0]:.1f} at the start")
     print("| format | clients | tokens/s | x 1 client | median TTFT (s) | p95 between tokens (s) | x 1 client |")
     print("|---|---|---|---|---|---|---|")
-    delays = []
+    delays, rows_tables = [], []
     for name, directory in dirs.items():
-        chunk_s, stream_tok_s = in_process(directory, tok(generation_prompt(long_prompt))["input_ids"], a.chunk,
-                                           a.threads)
+        rows = [int(n) for n in a.rows_table.split(",") if n]
+        chunk_s, stream_tok_s, steps = in_process(directory, tok(generation_prompt(long_prompt))["input_ids"],
+                                                  a.chunk, a.threads, rows)
+        rows_tables += [(name, n, wall, cpu_s, steps[rows[0]]) for n, (wall, cpu_s) in steps.items()]
+        if not a.clients:
+            continue
         server = BelleServer(directory, "--max-concurrency", a.rows, "--prefill-chunk", a.chunk, "--served-model-name",
                              "m", "--threads", a.threads, "--max-tokens", 4096)
         try:
@@ -189,6 +216,15 @@ def main():
         finally:
             server.stop()
     print(f"(load average {os.getloadavg()[0]:.1f} at the end)")
+    if rows_tables:
+        print("\nIn process, no HTTP: a decoding step with N rows busy (tokens/s = N / step; CPU: all threads)")
+        print("| format | rows | step (s) | tokens/s | x 1 row | CPU s a step | tokens per CPU s | x 1 row |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, n, wall, cpu_s, (wall1, cpu1) in rows_tables:
+            print(f"| {name} | {n} | {wall:.3f} | {n / wall:.1f} | {n * wall1 / wall:.1f} | {cpu_s:.3f} | "
+                  f"{n / cpu_s:.1f} | {n * cpu1 / cpu_s:.1f} |")
+    if not delays:
+        return
     print(f"\nA long prompt arriving while {a.delay_clients} streams run (prefill chunk {a.chunk} tokens):")
     print("| format | prompt tokens | its TTFT (s) | running streams' median gap before (s) | largest gap during "
           "its prefill (s) | delay (s) | slowest chunk alone (s) | generation.stream batch 1 tok/s |")

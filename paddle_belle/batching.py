@@ -6,9 +6,10 @@ llama.cpp's server loop). Used by `paddle-belle serve`, `generate --input-file` 
 
 Each request owns a row of one preallocated KV cache. Rows are left-aligned: a row's tokens fill columns
 [0, length) of its row, and a decoding step writes each row's new key/value at that row's own length (index_put_),
-so rows of any lengths share the cache without padding in front and nothing moves when a row leaves or joins. The
-attention mask marks each row's columns [0, length]; ALiBi and RoPE positions are counted over the mask
-(models/base.py token_positions, models/bloom.py alibi_bias), so a row computes what it would alone. A new request
+so rows of any lengths share the cache without padding in front. The attention mask marks each row's columns
+[0, length]; ALiBi and RoPE positions are counted over the mask (models/base.py token_positions, models/bloom.py
+alibi_bias), so a row computes what it would alone. A decoding step runs rows [0, highest busy row]: requests take
+the lowest free row, and the highest busy row moves down (with its cache) when a row below it frees. A new request
 is prefilled in chunks between decoding steps (at most ``chunk`` prompt tokens a step, oldest request first), so
 a long prompt delays running streams by one chunk at most, and joins the batch with its first token; it leaves at
 EOS, a stop string or its length, and its row is free for the next request at once.
@@ -96,7 +97,7 @@ class Batcher:
         self.waiting: deque[Request] = deque()
         # columns grow on demand (doubling, up to max_length): a full-context cache for every row at once would
         # be rows x context x layers x 2 x hidden floats (16 x 2048 rows of bloom-560m: 6.4 GB) held from the start
-        self.cache = model.new_cache(rows, min(max_length, 256))
+        self.cache = model.new_cache(rows, min(max_length, 64))
         self._arrivals = itertools.count()
         self.steps = self.rows_stepped = 0  # decoding steps and the rows they carried: mean occupancy
         self.moves = 0  # rows moved down (_compact)

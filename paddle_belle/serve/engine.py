@@ -101,7 +101,7 @@ def defaults(preset="belle-card", max_tokens_cap=2048, **overrides) -> generatio
 class Engine:
     """A model, its tokenizer and the defaults of the server (prompt style, preset, caps)."""
 
-    def __init__(self, model, tokenizer, style=None, preset="belle-card", max_tokens_cap=2048, context=None, rows=1,
+    def __init__(self, model, tokenizer, style=None, preset="belle-card", max_tokens_cap=2048, context=None, rows=8,
                  prefill_chunk=128, **overrides):
         """``rows``: replies generated together; ``prefill_chunk``: prompt tokens prefilled between two decoding
         steps. ``overrides`` (top_k, max_new_tokens, ...) change the preset: the defaults of requests that do not set

@@ -174,7 +174,7 @@ class Batcher:
 
     def _prefill(self, r: Request, n: int) -> list:
         start, end = r.prefilled, r.prefilled + n
-        self._reserve(end)
+        self._reserve(len(r.ids))  # the whole prompt at its first chunk: one growth (a cache copy), not one a chunk
         ids = paddle.to_tensor([r.ids[start:end]], dtype="int64")
         out = self.model(ids, attention_mask=paddle.ones([1, end], dtype="int64"),
                          cache=RowCache(self.cache, end, row=r.row, start=start), last_only=True)

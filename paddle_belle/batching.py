@@ -88,16 +88,18 @@ class Batcher:
     got a token, and a request whose ``finish_reason`` is set has left the batch. Not thread-safe: one thread
     drives it (Paddle's dygraph state is global, see serve/engine.py)."""
 
-    def __init__(self, model, tokenizer, rows: int = 8, max_length: int = 2048, chunk: int = 128):
+    def __init__(self, model, tokenizer, rows: int = 8, max_length: int = 2048, chunk: int = 128, columns: int = 64):
         if rows < 1 or chunk < 1:
             raise ValueError(f"rows and the prefill chunk must be >= 1 (got {rows}, {chunk})")
         self.model, self.tokenizer = model, generation.prepare_tokenizer(tokenizer)
         self.rows, self.max_length, self.chunk = rows, max_length, chunk
         self.slots: list[Request | None] = [None] * rows
         self.waiting: deque[Request] = deque()
-        # columns grow on demand (doubling, up to max_length): a full-context cache for every row at once would
-        # be rows x context x layers x 2 x hidden floats (16 x 2048 rows of bloom-560m: 6.4 GB) held from the start
-        self.cache = model.new_cache(rows, min(max_length, 64))
+        # ``columns`` first, then grown on demand (doubling, up to max_length): a full-context cache for every row
+        # is rows x context x layers x 2 x hidden floats (16 x 2048 of bloom-560m: 6.4 GB). But a growth copies the
+        # whole cache in one step, which stalls every row (16 rows of bloom-560m to 1,013 columns: 10-54 s on a
+        # shared 2-core machine), so the server allocates all of it at start (serve/engine.py).
+        self.cache = model.new_cache(rows, min(max_length, columns))
         self._arrivals = itertools.count()
         self.steps = self.rows_stepped = 0  # decoding steps and the rows they carried: mean occupancy
         self.moves = 0  # rows moved down (_compact)

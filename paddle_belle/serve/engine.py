@@ -113,7 +113,8 @@ class Engine:
         self.max_tokens_cap = max_tokens_cap
         # BLOOM (ALiBi) has no position limit of its own: context_length's 2048 is BELLE's training length
         self.context = context or context_length(model)
-        self.batcher = Batcher(model, self.tokenizer, rows, self.context, prefill_chunk)
+        # every row's whole context allocated now: growing it later would stall every reply in flight (batching.py)
+        self.batcher = Batcher(model, self.tokenizer, rows, self.context, prefill_chunk, columns=self.context)
         self._jobs = queue.SimpleQueue()
         threading.Thread(target=self._loop, name="paddle-belle-model", daemon=True).start()
 

@@ -1,15 +1,26 @@
-"""`paddle-belle serve` under load: C concurrent streaming clients (the openai SDK), each sending R chat requests
-that generate exactly --new tokens (min_tokens masks EOS), against a server started here with --max-concurrency
-S. Prints, per (C, S): requests/s, generated tokens/s, and medians of time to first token and of request latency.
-Two in-process baselines generate the same tokens without HTTP: generation.stream alone (token ids), and
-ChatSession.ask (what `paddle-belle chat` does per token: stop-string checks and decoding the reply so far), so
-the ratios show what HTTP + the async hop to the model thread cost. On a shared machine expect ±30% between runs.
-Nothing is asserted.
+"""`paddle-belle serve` under load: continuous batching with C concurrent streaming clients (the openai SDK).
 
-    python benchmarks/serve.py --model DIR [--clients 1,4,16] [--slots 1,2] [--requests 4] [--new 64] [--threads 2]
+By default the model has bloom-560m's shape with random weights (std 0.02, written once under --workdir as float16,
+served as float32, and as int4-g128 by streaming RTN: the native int4 kernels) and belle-tiny-zh's tokenizer, its
+vocabulary padded with placeholder tokens up to BLOOM's 250,880 ids; --model DIR serves a checkpoint of yours.
+Every request generates exactly --new tokens (min_tokens masks EOS). Prints, per format and client count: total
+generated tokens/s, median time to first token and p95 time between tokens (the gaps between a stream's chunks).
+Without HTTP, a decoding step with 1 and 16 rows busy (--rows-table), in wall and CPU seconds. Then the prefill
+delay: while --delay-clients streams run, one --long-token prompt arrives; the running streams' largest gap during
+its prefill, less their median gap before it, is the delay it caused, shown beside one prefill chunk measured in
+process (a Batcher step of the same prompt's first chunk alone) and generation.stream alone (batch 1, no HTTP).
+On a shared machine expect +-30% between runs (the load average is printed). Nothing is asserted.
+
+    python benchmarks/serve.py [--shape bloom-560m | --model DIR] [--formats float32,int4] [--clients 1,4,16]
+                               [--rows 16] [--chunk 128] [--new 48] [--requests 1] [--long 1000] [--threads 2]
+                               [--rows-table 1,16]     (--clients '': the in-process table only)
 """
 import argparse
+import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -18,30 +29,59 @@ from pathlib import Path
 import numpy as np
 import openai
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+from cpu_formats import SHAPES, write_checkpoint  # noqa: E402
 from servers import BelleServer  # noqa: E402
 
+PROMPT = "请写一篇关于春天的短文。"
+TOKENIZER = HERE.parent / "paddle_belle" / "assets" / "belle-tiny-zh"
 
-def load(server_url, clients, requests, new):
-    client = openai.OpenAI(base_url=server_url + "/v1", api_key="none", max_retries=0, timeout=600)
-    ttft, latency, tokens = [], [], []
+
+def make_checkpoints(shape, workdir: Path) -> dict:
+    """{format: directory} of a random-weights checkpoint of ``shape``, with a tokenizer covering its vocabulary."""
+    work = workdir / shape
+    if not (work / "fp16").exists():
+        write_checkpoint(shape, work / "fp16")
+    if not (work / "int4").exists():
+        subprocess.run(["paddle-belle", "quantize", "--model", str(work / "fp16"), "--out", str(work / "int4"),
+                        "--method", "rtn", "--bits", "4", "--group-size", "128"], check=True)
+    for d in ("fp16", "int4"):
+        for name in ("merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+            shutil.copy(TOKENIZER / name, work / d / name)
+        vocab = json.loads((TOKENIZER / "vocab.json").read_text(encoding="utf-8"))
+        vocab.update({f"x{i}": i for i in range(len(vocab), SHAPES[shape]["vocab_size"])})  # random ids decode
+        (work / d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    return {"float32": work / "fp16", "int4": work / "int4"}
+
+
+def stream_one(client, messages, new, marks):
+    """One streaming chat; appends (time, completion tokens so far) per chunk to ``marks``; returns usage."""
+    usage = None
+    for chunk in client.chat.completions.create(model="m", messages=messages, stream=True, max_tokens=new,
+                                                temperature=0, extra_body={"min_tokens": new},
+                                                stream_options={"include_usage": True}):
+        if chunk.usage is not None:
+            usage = chunk.usage
+        elif chunk.choices and chunk.choices[0].delta.content:
+            marks.append(time.perf_counter())
+    return usage
+
+
+def load(url, clients, requests, new):
+    """(tokens/s, median TTFT, p95 time between tokens) of ``clients`` streaming clients."""
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=3600)
+    ttft, gaps, tokens = [], [], []
     barrier = threading.Barrier(clients)
 
     def one():
         barrier.wait()
         for _ in range(requests):
-            start = time.perf_counter()
-            first = None
-            stream = client.chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "请写一篇关于春天的短文。"}], stream=True,
-                max_tokens=new, temperature=0, extra_body={"min_tokens": new}, stream_options={"include_usage": True})
-            for chunk in stream:
-                if first is None and chunk.choices and chunk.choices[0].delta.content:
-                    first = time.perf_counter() - start
-                if chunk.usage is not None:
-                    tokens.append(chunk.usage.completion_tokens)
-            latency.append(time.perf_counter() - start)
-            ttft.append(first if first is not None else latency[-1])
+            start, marks = time.perf_counter(), []
+            tokens.append(stream_one(client, [{"role": "user", "content": PROMPT}], new, marks).completion_tokens)
+            ttft.append(marks[0] - start)
+            gaps.extend(np.diff(marks))
 
     threads = [threading.Thread(target=one) for _ in range(clients)]
     start = time.perf_counter()
@@ -49,55 +89,149 @@ def load(server_url, clients, requests, new):
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
-    return len(latency) / wall, sum(tokens) / wall, statistics.median(ttft), statistics.median(latency)
+    return sum(tokens) / (time.perf_counter() - start), statistics.median(ttft), float(np.percentile(gaps, 95))
 
 
-def baseline(model_dir, new, threads, runs=4):
-    """tokens/s of (generation.stream, ChatSession.ask), medians of ``runs`` after a warm-up."""
-    from paddle_belle import AutoModelForCausalLM, AutoTokenizer, generation, prompts
-    from paddle_belle.chat import ChatSession
+def prefill_delay(url, clients, long_prompt, new):
+    """While ``clients`` streams run, send ``long_prompt``: (median gap before, largest gap during its prefill,
+    its prompt tokens, its time to first token)."""
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=3600)
+    marks = [[] for _ in range(clients)]
+    threads = [threading.Thread(target=stream_one, args=(client, [{"role": "user", "content": PROMPT}], new, m))
+               for m in marks]
+    for t in threads:
+        t.start()
+    while min(len(m) for m in marks) < 8:  # every stream decoding for a while
+        time.sleep(0.01)
+    sent, first = time.perf_counter(), []
+    usage = stream_one(client, [{"role": "user", "content": long_prompt}], 2, first)
+    for t in threads:
+        t.join()
+    before = [g for m in marks for a, g in zip(m[1:], np.diff(m)) if a < sent]
+    during = [g for m in marks for a, g in zip(m[1:], np.diff(m)) if sent < a <= first[0] + 0.5]
+    return statistics.median(before), max(during), usage.prompt_tokens, first[0] - sent
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, threads=threads)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    ids = np.array([tok(prompts.render("belle", [], "请写一篇关于春天的短文。"))["input_ids"]])
+
+def in_process(directory, prompt_ids, chunk, threads, rows=()):
+    """Without HTTP: (seconds of one prefill chunk of ``prompt_ids`` alone, a Batcher step after a warm-up one;
+    tokens/s of generation.stream, batch 1: the reference; {rows: (wall s, CPU s) of a decoding step with that many
+    rows busy}). CPU seconds (all threads of this process) show what batching costs apart from the share of the
+    cores that a shared machine leaves this process."""
+    import resource
+
+    from paddle_belle import AutoModelForCausalLM, AutoTokenizer, generation
+    from paddle_belle.batching import Batcher
+
+    model = AutoModelForCausalLM.from_pretrained(directory, threads=threads)
+    tok = AutoTokenizer.from_pretrained(directory)
+    batcher = Batcher(model, tok, rows=1, chunk=chunk)
+    batcher.add(prompt_ids, generation.GenerationConfig(max_new_tokens=1))
+    times = []
+    for _ in range(2):
+        t = time.perf_counter()
+        batcher.step()
+        times.append(time.perf_counter() - t)
+    ids, new = tok(generation_prompt(PROMPT))["input_ids"], 16
     config = generation.GenerationConfig(max_new_tokens=new, min_new_tokens=new)
-    session = ChatSession(model, tok, preset="greedy", max_new_tokens=new, min_new_tokens=new, max_history=0)
-    result = []
-    for run in (lambda: list(generation.stream(model, ids, config=config)),
-                lambda: "".join(session.ask("请写一篇关于春天的短文。"))):
-        times = []
-        for _ in range(runs + 1):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        result.append(new / statistics.median(times[1:]))
-    return result
+    for _ in range(2):  # the first: warm-up
+        t = time.perf_counter()
+        list(generation.stream(model, np.array([ids]), config=config))
+        stream_s = time.perf_counter() - t
+
+    def cpu():
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    steps = {}
+    for n in rows:
+        batcher = Batcher(model, tok, rows=n, chunk=chunk)
+        for _ in range(n):
+            batcher.add(ids, config)
+        while batcher.waiting or any(r is not None and not r.tokens for r in batcher.slots):
+            batcher.step()
+        wall, cpu0, count = time.perf_counter(), cpu(), 0
+        while batcher.busy:
+            batcher.step()
+            count += 1
+        steps[n] = ((time.perf_counter() - wall) / count, (cpu() - cpu0) / count)
+    return times[1], new / stream_s, steps
+
+
+def generation_prompt(text):
+    from paddle_belle import prompts
+
+    return prompts.render("belle", [], text, "</s>")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True)
+    p.add_argument("--shape", choices=list(SHAPES), default="bloom-560m")
+    p.add_argument("--model", help="a checkpoint directory to serve instead of random weights")
+    p.add_argument("--formats", default="float32,int4")
     p.add_argument("--clients", default="1,4,16")
-    p.add_argument("--slots", default="1,2")
-    p.add_argument("--requests", type=int, default=4)
-    p.add_argument("--new", type=int, default=64)
+    p.add_argument("--rows", type=int, default=16, help="--max-concurrency of the server")
+    p.add_argument("--chunk", type=int, default=128, help="--prefill-chunk of the server")
+    p.add_argument("--requests", type=int, default=1, help="requests per client")
+    p.add_argument("--new", type=int, default=48)
+    p.add_argument("--long", type=int, default=1000, help="tokens of the prompt that arrives mid-run")
+    p.add_argument("--delay-clients", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
-    raw, chat = baseline(args.model, args.new, args.threads)
-    print(f"in-process: generation.stream {raw:.1f} tokens/s, ChatSession.ask {chat:.1f} tokens/s")
-    print("| clients | max-concurrency | requests/s | tokens/s | median TTFT (s) | median latency (s) |")
-    print("|---|---|---|---|---|---|")
-    for slots in map(int, args.slots.split(",")):
-        server = BelleServer(args.model, "--max-concurrency", slots, "--served-model-name", "m",
-                             "--threads", args.threads)
+    p.add_argument("--rows-table", default="1,16", help="rows of the in-process table ('': none)")
+    p.add_argument("--workdir", default="/tmp/serve-bench")
+    a = p.parse_args()
+    dirs = {"model": Path(a.model)} if a.model else make_checkpoints(a.shape, Path(a.workdir))
+    if not a.model:
+        dirs = {f: d for f, d in dirs.items() if f in a.formats.split(",")}
+    from paddle_belle import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(next(iter(dirs.values())))
+    unit = tok(PROMPT)["input_ids"]
+    long_ids = (unit * (a.long // len(unit) + 1))[: a.long]
+    long_prompt = tok.decode(long_ids)
+    print(f"{a.model or a.shape}: {a.rows} rows, prefill chunk {a.chunk}, {a.new} tokens a request, "
+          f"{a.threads} threads; load average {os.getloadavg()[0]:.1f} at the start")
+    print("| format | clients | tokens/s | x 1 client | median TTFT (s) | p95 between tokens (s) | x 1 client |")
+    print("|---|---|---|---|---|---|---|")
+    delays, rows_tables = [], []
+    for name, directory in dirs.items():
+        rows = [int(n) for n in a.rows_table.split(",") if n]
+        chunk_s, stream_tok_s, steps = in_process(directory, tok(generation_prompt(long_prompt))["input_ids"],
+                                                  a.chunk, a.threads, rows)
+        rows_tables += [(name, n, wall, cpu_s, steps[rows[0]]) for n, (wall, cpu_s) in steps.items()]
+        if not a.clients:
+            continue
+        server = BelleServer(directory, "--max-concurrency", a.rows, "--prefill-chunk", a.chunk, "--served-model-name",
+                             "m", "--threads", a.threads, "--max-tokens", 4096)
         try:
-            load(server.url, 1, 1, args.new)  # warm-up
-            for clients in map(int, args.clients.split(",")):
-                rps, tps, ttft, lat = load(server.url, clients, args.requests, args.new)
-                print(f"| {clients} | {slots} | {rps:.2f} | {tps:.1f} | {ttft:.3f} | {lat:.3f} |", flush=True)
+            load(server.url, 1, 1, 4)  # warm-up
+            base = None
+            for clients in map(int, a.clients.split(",")):
+                tps, ttft, tbt = load(server.url, clients, a.requests, a.new)
+                base = base or (tps, tbt)
+                print(f"| {name} | {clients} | {tps:.1f} | {tps / base[0]:.1f} | {ttft:.2f} | {tbt:.3f} | "
+                      f"{tbt / base[1]:.1f} |", flush=True)
+            # the streams run on through the whole prefill: 8 tokens before it, one a step during it, 8 after
+            before, during, n, ttft = prefill_delay(server.url, a.delay_clients, long_prompt, a.long // a.chunk + 24)
+            delays.append((name, n, ttft, before, during, chunk_s, stream_tok_s))
         finally:
             server.stop()
+    print(f"(load average {os.getloadavg()[0]:.1f} at the end)")
+    if rows_tables:
+        print("\nIn process, no HTTP: a decoding step with N rows busy (tokens/s = N / step; CPU: all threads)")
+        print("| format | rows | step (s) | tokens/s | x 1 row | CPU s a step | tokens per CPU s | x 1 row |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, n, wall, cpu_s, (wall1, cpu1) in rows_tables:
+            print(f"| {name} | {n} | {wall:.3f} | {n / wall:.1f} | {n * wall1 / wall:.1f} | {cpu_s:.3f} | "
+                  f"{n / cpu_s:.1f} | {n * cpu1 / cpu_s:.1f} |")
+    if not delays:
+        return
+    print(f"\nA long prompt arriving while {a.delay_clients} streams run (prefill chunk {a.chunk} tokens):")
+    print("| format | prompt tokens | its TTFT (s) | running streams' median gap before (s) | largest gap during "
+          "its prefill (s) | delay (s) | slowest chunk alone (s) | generation.stream batch 1 tok/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, n, ttft, before, during, chunk_s, stream_tok_s in delays:
+        print(f"| {name} | {n} | {ttft:.2f} | {before:.3f} | {during:.3f} | {during - before:.3f} | {chunk_s:.3f} | "
+              f"{stream_tok_s:.1f} |")
 
 
 if __name__ == "__main__":

@@ -298,7 +298,8 @@ CHAT_HELP = """/reset  forget the conversation so far
         arg("--input-file", help='JSONL with a "prompt" (or BELLE "instruction" [+ "input"]) per line'), required=True)
 @arg("--output-file", help="JSONL written with each record plus its \"output\" (must not exist unless --force)")
 @arg("--force", action="store_true", help="replace --output-file if it exists")
-@arg("--batch-size", type=whole(1), default=8, help="prompts answered together (default 8)")
+@arg("--batch-size", type=whole(1), default=8, help="prompts answered together: rows of the continuous batch, "
+     "each taken by the next prompt as soon as its reply ends (default 8)")
 def cmd_generate(args):
     if args.input_file and not args.output_file:  # before loading the model; main() reports it as a usage error
         raise argparse.ArgumentError(None, "--input-file needs --output-file")
@@ -363,7 +364,10 @@ def cmd_merge_lora(args):
 @arg("--port", type=whole(1, 65535), default=8000)
 @adds(lambda p: p.add_argument("--api-key", default=os.environ.get("PADDLE_BELLE_API_KEY"), help="require "
       "'Authorization: Bearer KEY' on every /v1 request (default: $PADDLE_BELLE_API_KEY)"))  # read at parse time
-@arg("--max-concurrency", type=whole(1), default=1, help="replies generated at once (default 1)")
+@arg("--max-concurrency", type=whole(1), default=8, help="rows in the batch: replies generated together, one forward "
+     "pass per token for all of them (default 8)")
+@arg("--prefill-chunk", type=whole(1), default=128, help="prompt tokens prefilled between two decoding steps: the "
+     "most a new prompt delays the replies in flight (default 128)")
 @arg("--max-queue", type=whole(0), default=64,
      help="requests that may wait for a slot; beyond them requests get 429 (default 64)")
 @arg("--max-tokens", dest="max_tokens_cap", metavar="MAX_TOKENS", type=whole(1), default=2048,
@@ -433,7 +437,7 @@ def cmd_self_instruct(args):
 @arg("--judge-prompts", help="judge prompt per class, JSONL (default: BELLE's eval_prompt.json)")
 @arg("--out", default="belle-eval", help="output directory (default ./belle-eval)")
 @arg("--limit", type=whole(1), help="only the first N questions")
-@arg("--batch-size", type=whole(1), default=8, help="questions answered together")
+@arg("--batch-size", type=whole(1), default=8, help="questions answered together (rows of the continuous batch)")
 @arg("--workers", type=whole(1), default=4, help="judge requests in flight at once")
 @arg("--judge-max-tokens", type=whole(1), default=1024, help="reply budget per judge request (default 1024; lowered "
      "to fit the context when the judge's server reports it and a prompt would not leave room)")

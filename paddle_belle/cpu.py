@@ -64,6 +64,8 @@ def tied_head(x, embedding):
     large = embedding.size >= NUMPY_HEAD_MIN  # a small head is overhead-bound, not bandwidth-bound: no gain there
     if large and x.place.is_cpu_place() and x.dtype == paddle.float32 and (
             not paddle.is_grad_enabled() or x.stop_gradient and embedding.stop_gradient):
-        logits = x.numpy() @ np.from_dlpack(embedding.detach()).T
-        return paddle.to_tensor(logits)
+        # x as one [rows, hidden] matrix: numpy's matmul on a stack [batch, seq, hidden] loops over the batch, one
+        # gemv a row, each streaming the whole head (16 rows of a batched decoding step read it 16 times)
+        logits = x.reshape([-1, x.shape[-1]]).numpy() @ np.from_dlpack(embedding.detach()).T
+        return paddle.to_tensor(logits.reshape(x.shape[:-1] + [-1]))
     return paddle.matmul(x, embedding, transpose_y=True)

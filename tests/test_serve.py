@@ -22,7 +22,7 @@ def belle_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(belle_dir):
-    s = BelleServer(belle_dir, "--api-key", KEY, "--max-concurrency", "2", "--max-queue", "32",
+    s = BelleServer(belle_dir, "--api-key", KEY, "--max-concurrency", "4", "--max-queue", "32", "--prefill-chunk", "8",
                     "--max-tokens", "256", "--max-request-bytes", "20000", "--served-model-name", "belle-tiny")
     yield s
     s.stop()
@@ -121,9 +121,20 @@ def test_auth_and_limits(server, client):
     assert bad.status_code == 400 and set(bad.json()["error"]) == {"message", "type", "param", "code"}
 
 
-def test_sixteen_streaming_clients_share_two_slots(server, client):
-    prompts = ["你好", "写一首诗", "1+1=?", "翻译：hello"]
-    expected = {p: chat(client, p, max_tokens=32, temperature=0).choices[0].message.content for p in prompts}
+def test_sixteen_streaming_clients_share_four_rows(server, client):
+    """Different prompt lengths, max_tokens, stop strings and sampling in one batch (4 rows, 8-token prefill chunks):
+    each reply is exactly what it is alone."""
+    prompts = ["你好", "写一首诗", "1+1=?", "翻译：hello，请把这句话翻译成中文，并解释一下它的意思。"]
+    kinds = [dict(max_tokens=32, temperature=0), dict(max_tokens=20, temperature=0),
+             dict(max_tokens=28, temperature=0, extra_body={"repetition_penalty": 1.3}),
+             dict(max_tokens=24, temperature=0.9, top_p=0.9, seed=11, extra_body={"top_k": 30})]
+    requests_ = [(prompts[i % 4], kinds[i // 4]) for i in range(16)]
+    expected = {i: chat(client, p, **kw) for i, (p, kw) in enumerate(requests_[:4])}  # one at a time: alone
+    for i in range(4, 8):  # a stop string from early in each greedy reply
+        text = expected[i - 4].choices[0].message.content
+        k = next(k for k in range(len(text) // 4, len(text) - 2) if not any(c.isspace() for c in text[k : k + 2]))
+        requests_[i] = (prompts[i % 4], {**kinds[1], "stop": [text[k : k + 2], "never"]})
+    expected.update({i: chat(client, p, **kw) for i, (p, kw) in enumerate(requests_) if i >= 4})
     before = server.health()
     results, errors = {}, []
     barrier = threading.Barrier(16)
@@ -131,7 +142,8 @@ def test_sixteen_streaming_clients_share_two_slots(server, client):
     def one(i):
         try:
             barrier.wait()
-            results[i] = streamed(chat(client, prompts[i % 4], max_tokens=32, temperature=0, stream=True))
+            p, kw = requests_[i]
+            results[i] = streamed(chat(client, p, stream=True, stream_options={"include_usage": True}, **kw))
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(repr(e))
 
@@ -141,11 +153,15 @@ def test_sixteen_streaming_clients_share_two_slots(server, client):
     for t in threads:
         t.join()
     assert not errors and len(results) == 16
-    # interleaved on one model thread, each reply is still exactly what it is alone
-    assert all(results[i][0].rstrip() == expected[prompts[i % 4]] for i in range(16))
+    for i, (text, finish, usage) in results.items():
+        e = expected[i]
+        assert (text.rstrip(), finish, usage.completion_tokens) == \
+            (e.choices[0].message.content, e.choices[0].finish_reason, e.usage.completion_tokens), requests_[i]
+    assert [expected[i].choices[0].finish_reason for i in range(4, 8)].count("stop") >= 3
     after = server.health()
     assert after["completed"] - before["completed"] == 16 and after["rejected"] == before["rejected"]
-    assert after["peak_active"] == 2 and after["peak_queued"] >= 1 and after["active"] == after["queued"] == 0
+    assert after["peak_active"] == 4 and after["peak_queued"] >= 1 and after["active"] == after["queued"] == 0
+    assert after["batch_rows_busy"] == 0 and after["mean_batch"] > 1  # replies were decoded together
 
 
 LONG_STREAM = """
@@ -161,27 +177,45 @@ sys.stdin.read()  # hold the connection open until killed
 """
 
 
-def test_queue_overflow_429_and_killed_client_frees_its_slot(belle_dir, tmp_path):
-    server = BelleServer(belle_dir, "--max-concurrency", "1", "--max-queue", "1", "--served-model-name", "tiny")
+def test_queue_overflow_429_and_killed_client_frees_its_row(belle_dir, tmp_path):
+    server = BelleServer(belle_dir, "--max-concurrency", "2", "--max-queue", "1", "--served-model-name", "tiny")
     try:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
-        # a client killed mid-stream: its slot must come back, or the single slot is wedged forever
+        kw = dict(model="tiny", messages=[{"role": "user", "content": "写一首诗"}], max_tokens=300, temperature=0,
+                  extra_body={"min_tokens": 300})
+        alone = client.chat.completions.create(**kw).choices[0].message.content
+        # a client killed mid-stream: its row must come back at once, and the reply sharing the batch with it
+        # must end exactly as it does alone
         script = tmp_path / "long_stream.py"
         script.write_text(LONG_STREAM)
         proc = subprocess.Popen([sys.executable, str(script), server.url + "/v1"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "got"
-        assert server.health()["active"] == 1
+        started, other = threading.Event(), {}
+
+        def stream_other():
+            parts = []
+            for chunk in client.chat.completions.create(**kw, stream=True):
+                started.set()
+                parts.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+            other["text"] = "".join(parts)
+
+        t = threading.Thread(target=stream_other)
+        t.start()
+        started.wait(60)
+        assert server.health()["active"] == 2
         proc.kill()
         proc.wait()
+        t.join()
+        assert other["text"].rstrip() == alone
         deadline = time.monotonic() + 60
         while server.health()["active"] and time.monotonic() < deadline:
             time.sleep(0.1)
         h = server.health()
-        assert (h["active"], h["disconnected"], h["completed"]) == (0, 1, 0)
+        assert (h["active"], h["batch_rows_busy"], h["disconnected"], h["completed"]) == (0, 0, 1, 2)
         assert chat_ok(client)
 
-        # 1 running + 1 queued: with 6 long requests arriving together, the rest are refused with 429
+        # 2 running + 1 queued: with 6 long requests arriving together, the rest are refused with 429
         outcomes, barrier = [], threading.Barrier(6)
 
         def one():

@@ -137,16 +137,18 @@ FATAL = ("AuthenticationError", "PermissionDeniedError", "NotFoundError")  # ret
 
 def answer_questions(model, tokenizer, questions: list[dict], path, style=None, preset="belle-eval",
                      batch_size=8, **overrides) -> None:
-    """Append the model's answer to every question not yet in ``path`` (``style`` None: the model's recorded one)."""
-    from paddle_belle.chat import generate_batch
+    """Append the model's answer to every question not yet in ``path`` (``style`` None: the model's recorded one),
+    each as soon as it is written: the questions are answered by continuous batching over ``batch_size`` rows."""
+    from paddle_belle.chat import answer_all
 
     with jsonl.Appender(path) as out:
-        for i in tqdm(range(0, len(questions), batch_size), desc="answering", unit="batch", disable=None):
-            batch = questions[i : i + batch_size]
-            answers = generate_batch(model, tokenizer, [q["question"] for q in batch], style=style, preset=preset,
-                                     **overrides)
-            for q, a in zip(batch, answers):
-                out.append({"id": q["id"], "class": q["class"], "question": q["question"], "answer": a})
+        replies = answer_all(model, tokenizer, [q["question"] for q in questions], style=style, preset=preset,
+                             batch_size=batch_size, **overrides)
+        for i, answer in tqdm(replies, total=len(questions), desc="answering", unit="answer", disable=None):
+            if isinstance(answer, Exception):
+                raise answer
+            q = questions[i]
+            out.append({"id": q["id"], "class": q["class"], "question": q["question"], "answer": answer})
 
 
 def judge_answers(client, judge_model: str, todo: list[dict], prompts: dict[str, str], path, workers=4,

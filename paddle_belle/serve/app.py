@@ -124,10 +124,10 @@ class CompletionRequest(_Request):
 
 
 # ----------------------------------------------------------------------------------------------- the app
-def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_concurrency: int = 1,
-               max_queue: int = 64, max_request_bytes: int = 1 << 20) -> FastAPI:
+def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_queue: int = 64,
+               max_request_bytes: int = 1 << 20) -> FastAPI:
     app = FastAPI(title="paddle-belle", docs_url=None, redoc_url=None)
-    slots = Slots(max_concurrency, max_queue)
+    slots = Slots(engine.batcher.rows, max_queue)  # a request admitted has a row of the batch
     app.state.engine, app.state.slots = engine, slots
     created = int(time.time())
 
@@ -257,11 +257,14 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
 
     @app.get("/health")
     async def health():
-        s = slots.stats
+        s, b = slots.stats, engine.batcher
+        # batch occupancy: rows holding a request now, and the mean number of rows a decoding step has carried
         return {"status": "ok", "model": model_name, "active": s.active, "queued": s.queued,
                 "peak_active": s.peak_active, "peak_queued": s.peak_queued, "completed": s.completed,
                 "disconnected": s.disconnected, "rejected": s.rejected,
-                "max_concurrency": slots.max_active, "max_queue": slots.max_queue, "context": engine.context}
+                "max_concurrency": slots.max_active, "max_queue": slots.max_queue, "context": engine.context,
+                "batch_rows_busy": b.occupied, "decode_steps": b.steps,
+                "mean_batch": round(b.rows_stepped / b.steps, 2) if b.steps else 0.0}
 
     # The chat page. No key is needed to load it or its settings (as for /health): the page asks the user for the
     # key and sends it with each /v1 request; it is never part of what is served here.
@@ -370,8 +373,8 @@ def check_listen(host: str, port: int) -> None:
 
 
 def serve(model: str, host="127.0.0.1", port=8000, api_key=None, preset="belle-card", style=None,
-          max_concurrency=1, max_queue=64, max_tokens_cap=2048, max_request_bytes=1 << 20, served_name=None,
-          threads=None, log_level="info", context=None, **overrides) -> None:
+          max_concurrency=8, max_queue=64, max_tokens_cap=2048, max_request_bytes=1 << 20, served_name=None,
+          threads=None, log_level="info", context=None, prefill_chunk=128, **overrides) -> None:
     """Load ``model`` and serve it until interrupted. ``overrides`` (GenerationConfig's temperature, top_k,
     max_new_tokens, ...) change the preset: the defaults of requests that do not set their own."""
     import os
@@ -384,10 +387,11 @@ def serve(model: str, host="127.0.0.1", port=8000, api_key=None, preset="belle-c
     defaults(preset, max_tokens_cap, **overrides)
     check_listen(host, port)
     engine = Engine(AutoModelForCausalLM.from_pretrained(model, threads=threads), AutoTokenizer.from_pretrained(model),
-                    style=style, preset=preset, max_tokens_cap=max_tokens_cap, context=context, **overrides)
+                    style=style, preset=preset, max_tokens_cap=max_tokens_cap, context=context, rows=max_concurrency,
+                    prefill_chunk=prefill_chunk, **overrides)
     name = served_name or os.path.basename(os.path.normpath(str(model)))
-    app = create_app(engine, name, api_key=api_key, max_concurrency=max_concurrency, max_queue=max_queue,
-                     max_request_bytes=max_request_bytes)
+    app = create_app(engine, name, api_key=api_key, max_queue=max_queue, max_request_bytes=max_request_bytes)
     print(f"paddle-belle serve: {name} on http://{host}:{port}/v1 (style {engine.style}, preset {preset}, "
-          f"{max_concurrency} at a time, {max_queue} queued{', API key required' if api_key else ''})", flush=True)
+          f"{max_concurrency} rows in the batch, {max_queue} queued{', API key required' if api_key else ''})",
+          flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

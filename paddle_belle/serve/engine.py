@@ -1,21 +1,23 @@
 """The model side of the server: admission (slots and a bounded queue) and text generation on one compute thread.
 
-Every Paddle and tokenizer call runs on a single worker thread. Paddle's dygraph keeps global state (the tracer,
-``no_grad``) that is not safe to drive from several threads at once, so requests in flight are interleaved token
-by token on that thread rather than run in parallel: ``--max-concurrency`` bounds how many replies are being
-written at the same time (each gets its turn per token), not how many cores they use.
+Every Paddle and tokenizer call runs on a single compute thread: Paddle's dygraph keeps global state (the tracer,
+``no_grad``) that is not safe to drive from several threads at once. That thread runs a continuous-batching loop
+(batching.Batcher): each step is one forward pass for the next token of every reply in flight, plus a chunk of a new
+prompt's prefill; between steps it runs the event loop's jobs (tokenizing, adding and cancelling requests).
+``--max-concurrency`` is the number of rows in that batch.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import groupby
 
-import numpy as np
-
 from paddle_belle import generation, prompts
+from paddle_belle.batching import Batcher
 from paddle_belle.chat import context_length
 
 
@@ -99,9 +101,10 @@ def defaults(preset="belle-card", max_tokens_cap=2048, **overrides) -> generatio
 class Engine:
     """A model, its tokenizer and the defaults of the server (prompt style, preset, caps)."""
 
-    def __init__(self, model, tokenizer, style=None, preset="belle-card", max_tokens_cap=2048, context=None,
-                 **overrides):
-        """``overrides`` (top_k, max_new_tokens, ...) change the preset: the defaults of requests that do not set
+    def __init__(self, model, tokenizer, style=None, preset="belle-card", max_tokens_cap=2048, context=None, rows=8,
+                 prefill_chunk=128, **overrides):
+        """``rows``: replies generated together; ``prefill_chunk``: prompt tokens prefilled between two decoding
+        steps. ``overrides`` (top_k, max_new_tokens, ...) change the preset: the defaults of requests that do not set
         their own."""
         self.model, self.tokenizer = model, generation.prepare_tokenizer(tokenizer)
         self.style = style or prompts.recorded_style(model.config)  # None: the style the model was trained in
@@ -110,7 +113,30 @@ class Engine:
         self.max_tokens_cap = max_tokens_cap
         # BLOOM (ALiBi) has no position limit of its own: context_length's 2048 is BELLE's training length
         self.context = context or context_length(model)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paddle-belle-model")
+        # every row's whole context allocated now: growing it later would stall every reply in flight (batching.py)
+        self.batcher = Batcher(model, self.tokenizer, rows, self.context, prefill_chunk, columns=self.context)
+        self._jobs = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="paddle-belle-model", daemon=True).start()
+
+    def _loop(self):
+        """The compute thread: the jobs that came in, then one step of the batch, for ever. It sleeps on the job
+        queue only when no reply is in flight."""
+        while True:
+            if not self.batcher.busy:
+                self._jobs.get()()
+            while not self._jobs.empty():
+                self._jobs.get_nowait()()
+            if not self.batcher.busy:
+                continue
+            try:
+                events = self.batcher.step()
+            except Exception as e:  # every reply in flight gets the error; the server goes on
+                events = []
+                for r in [r for r in self.batcher.slots if r is not None] + list(self.batcher.waiting):
+                    self.batcher.cancel(r)
+                    r.tag(e)
+            for request, text in events:  # what the event loop needs, read now: the next step changes request
+                request.tag((text, request.finish_reason, len(request.tokens)))
 
     # ---------------------------------------------------------------------------------------- prompts
     def chat_prompt(self, messages: list[dict], max_new_tokens: int, style: str | None = None) -> str:
@@ -162,22 +188,45 @@ class Engine:
         return ids
 
     async def generate(self, ids: list[int], config: generation.GenerationConfig, reply: Reply, strip=True):
-        """Async text increments of one reply, filling ``reply``; ``strip``: for a chat reply. Each step runs on the
-        model thread, so concurrent replies take turns token by token. If the consumer stops early (a client
-        disconnected), the generator is closed on the model thread after its current step and frees its KV cache."""
-        loop, texts, done = asyncio.get_running_loop(), [], object()
-        steps = generation.replies(self.model, self.tokenizer, np.array([ids]), config=config, strip=strip, texts=texts)
+        """Async text increments of one reply, filling ``reply``; ``strip``: for a chat reply. The reply joins the
+        batch on the model thread; if the consumer stops early (a client disconnected), it is cancelled there
+        before the next step, which frees its row."""
+        loop, increments, added = asyncio.get_running_loop(), asyncio.Queue(), []
+
+        def add():  # ``added``: the cancelling job below (after this one on the thread) finds the request there
+            added.append(self.batcher.add(ids, config, strip, tag=deliver))
+
+        def deliver(item):  # on the model thread: (text, finish reason, tokens) after a step, or an exception
+            loop.call_soon_threadsafe(increments.put_nowait, item)
+
         reply.prompt_tokens = len(ids)
         try:
-            while (chunks := await loop.run_in_executor(self._thread, next, steps, done)) is not done:
-                reply.completion_tokens = len(texts[0].tokens)
-                if chunks[0]:
-                    yield chunks[0]
-            # OpenAI's finish reasons: "stop" for EOS and for a stop string alike
-            reply.finish_reason = "length" if texts[0].finish_reason == "length" else "stop"
+            await self.run(add)
+            while True:
+                item = await increments.get()
+                if isinstance(item, Exception):
+                    raise item
+                text, finish, reply.completion_tokens = item
+                if text:
+                    yield text
+                if finish:
+                    # OpenAI's finish reasons: "stop" for EOS and for a stop string alike
+                    reply.finish_reason = "length" if finish == "length" else "stop"
+                    return
         finally:
-            self._thread.submit(steps.close)
+            if reply.finish_reason is None:  # also when cancelled while waiting for ``add``
+                self._jobs.put(lambda: added and self.batcher.cancel(added[0]))
 
     async def run(self, fn, *args):
-        """Run ``fn`` (tokenizer work: prompts, encoding) on the model thread."""
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        """Run ``fn`` (tokenizer work: prompts, encoding; adding to the batch) on the model thread."""
+        future = Future()
+
+        def job():
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
+                    future.set_exception(e)
+
+        self._jobs.put(job)
+        return await asyncio.wrap_future(future)

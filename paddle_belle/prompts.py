@@ -77,14 +77,18 @@ def jinja_template(style: str) -> str:
         head, tail = template.split("{text}")
         return "{{ " + " ~ ".join([literal(head), text, " ~ eos_token ~ ".join(map(literal, tail.split("{eos}")))]) + " }}"
 
+    if s.system is None:  # a system text opens the first user turn
+        system = "{%- set ns.system = message['content'] -%}"
+        user = ("{%- set text = (ns.system ~ ('\\n' if message['content'] else '') ~ message['content']) if ns.system "
+                "else message['content'] -%}{%- set ns.system = '' -%}" + turn(s.user, "text"))
+    else:  # its own turn (an empty one is left out, as render does)
+        system = "{%- if message['content'] -%}" + turn(s.system, "message['content']") + "{%- endif -%}"
+        user = turn(s.user, "message['content']")
     return (
         "{%- set ns = namespace(system='') -%}"
         "{%- for message in messages -%}"
-        "{%- if message['role'] == 'system' -%}{%- set ns.system = message['content'] -%}"
-        "{%- elif message['role'] == 'user' -%}"
-        "{%- set text = (ns.system ~ ('\\n' if message['content'] else '') ~ message['content']) if ns.system "
-        "else message['content'] -%}{%- set ns.system = '' -%}"
-        + turn(s.user, "text") +
+        "{%- if message['role'] == 'system' -%}" + system +
+        "{%- elif message['role'] == 'user' -%}" + user +
         "{%- elif message['role'] == 'assistant' -%}" + turn(s.assistant, "message['content']") +
         "{%- endif -%}{%- endfor -%}"
     )

@@ -115,7 +115,7 @@ def test_auth_and_limits(server, client):
         client.chat.completions.create(model="belle-tiny", messages=[{"role": "assistant", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="only n=1"):
         chat(client, "你好", n=2)
-    with pytest.raises(openai.BadRequestError, match="prompt_style: Input should be 'belle' or 'belle-v2'"):
+    with pytest.raises(openai.BadRequestError, match="prompt_style: Input should be 'belle', 'belle-v2'"):
         chat(client, "你好", extra_body={"prompt_style": "alpaca"})
     bad = requests.post(server.url + "/v1/completions", data=b"{not json", headers={"Authorization": f"Bearer {KEY}"})
     assert bad.status_code == 400 and set(bad.json()["error"]) == {"message", "type", "param", "code"}

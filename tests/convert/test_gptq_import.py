@@ -1,8 +1,8 @@
-# Named apart from tests/quant/test_gptq.py: pytest (rootdir import mode) needs unique test module basenames.
 """BELLE's GPTQ files -> our quantized checkpoint. The files are made here by an independent re-statement of
 GPTQ-for-Bloom's quantizer and ``QuantLinear.pack`` (BELLE models/gptq/quant.py) over a transformers model, saved by
 real ``torch.save`` and ``safetensors.torch``; the import must give exactly their dequantized weights, and our model
 the logits of transformers' model holding those weights."""
+# Named apart from tests/quant/test_gptq.py: pytest (rootdir import mode) needs unique test module basenames.
 import json
 
 import numpy as np

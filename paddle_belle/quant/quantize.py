@@ -236,9 +236,7 @@ def _in_source_dtypes(model, model_dir) -> dict:
     back in the source's dtype: on the CPU the model computed in float32, which a float16 source should not become."""
     from paddle_belle.convert.engine import paddle_outputs
 
-    config = read_config(model_dir)
-    dims = arch.paddle_config(arch.model_type_of(config, f"{model_dir}/config.json"), config)
-    source = {t.name: t.dtype for t in paddle_outputs(model_dir, dims)[0]}  # either layout, in PaddleNLP's names
+    source = {t.name: t.dtype for t in paddle_outputs(model_dir, read_config(model_dir))[0]}  # either layout
     state = {}
     for name, value in model.state_dict().items():
         dtype = source.get(name)

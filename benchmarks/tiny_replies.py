@@ -27,23 +27,34 @@ def main():
     args = parser.parse_args()
 
     from paddle_belle import AutoModelForCausalLM, AutoTokenizer
-    from paddle_belle.chat import ChatSession
     from paddle_belle.cpu import set_cpu_threads
 
     set_cpu_threads(args.threads)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)
     print(f"{args.model}, belle-card preset, seeds 0-{args.seeds - 1}\n")
-    print("| prompt | replies with >= 5 CJK | replies with a run of >= 8 symbols |\n|---|---|---|")
+    print(table(reply_counts(model, tokenizer, args.seeds, show=args.show)))
+
+
+def reply_counts(model, tokenizer, seeds: int, show: bool = False) -> list[dict]:
+    """Per prompt: how many of ``seeds`` sampled replies have >= 5 CJK characters, and how many have a run."""
+    from paddle_belle.chat import ChatSession
+
+    counts = []
     for prompt in PROMPTS:
         cjk = runs = 0
-        for seed in range(args.seeds):
+        for seed in range(seeds):
             reply = "".join(ChatSession(model, tokenizer, preset="belle-card", seed=seed).ask(prompt))
             good, run = len(CJK.findall(reply)) >= 5, RUN.search(reply)
             cjk, runs = cjk + good, runs + bool(run)
-            if args.show and (run or not good):
+            if show and (run or not good):
                 print(f"  seed {seed}: {reply!r}", file=sys.stderr)
-        print(f"| {prompt} | {cjk}/{args.seeds} | {runs}/{args.seeds} |")
+        counts.append({"prompt": prompt, "seeds": seeds, "cjk": cjk, "runs": runs})
+    return counts
 
+
+def table(counts: list[dict]) -> str:
+    rows = [f"| {c['prompt']} | {c['cjk']}/{c['seeds']} | {c['runs']}/{c['seeds']} |" for c in counts]
+    return "\n".join(["| prompt | replies with >= 5 CJK | replies with a run of >= 8 symbols |", "|---|---|---|", *rows])
 
 if __name__ == "__main__":
     main()

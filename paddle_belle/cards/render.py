@@ -295,7 +295,7 @@ def _build_info(info: dict) -> list[str]:
         if isinstance(value, dict):
             rows += [(f"{key}.{k}", show(v)) for k, v in value.items() if not isinstance(v, (dict, list)) or
                      (isinstance(v, list) and all(isinstance(x, (int, float)) for x in v))]
-        elif key != "samples":
+        elif key not in ("samples", "replies"):  # the build's card shows those as tables of their own
             rows.append((key, show(value)))
     return ["From the directory's build_info.json (written when the model was trained):", "", "| field | value |",
             "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]

@@ -11,6 +11,7 @@ from reference import our_logits, tiny_bloom, tiny_llama
 
 from paddle_belle import AutoModelForCausalLM
 from paddle_belle.checkpoint import CheckpointError, load_state_dict, save_state_dict
+from paddle_belle.convert.engine import iter_hf_as_paddle
 from paddle_belle.quant import QuantConfig, QuantEmbedding, QuantLinear
 from paddle_belle.quant.quantize import quantize_model
 from paddle_belle.quant.format import quantize_rtn
@@ -204,3 +205,45 @@ def test_a_hessian_that_is_not_positive_definite_gets_more_damping():
     wrapper.hessian = paddle.to_tensor(-np.eye(16, dtype="float32"))  # no damping helps
     with pytest.raises(ValueError, match="not positive definite even with"):
         wrapper.quantize(QuantConfig(bits=4, group_size=-1))
+
+
+def _hf_checkpoint(kind, directory, dtype):
+    hf, _ = tiny_llama(hidden_size=48, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2) \
+        if kind == "llama" else tiny_bloom(n_head=4, hidden_size=48)
+    hf.to(dtype).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+@pytest.mark.parametrize("kind, layout, config", [
+    ("llama", "hf", QuantConfig(bits=4, group_size=32, quantize_lm_head=True)),
+    ("bloom", "paddle", QuantConfig(bits=3, group_size=16, sym=False, act_order=True)),
+], ids=["llama-hf-fp16-head", "bloom-paddle-fp32-asym-actorder"])
+def test_streamed_gptq_equals_quantizing_the_whole_model(kind, layout, config, tmp_path):
+    """stream_gptq (one block's float weights in memory) writes exactly the tensors quantize_model makes on the
+    whole float32 model, and keeps every tensor it does not quantize as the source stored it."""
+    import torch
+
+    from paddle_belle.quant.quantize import stream_gptq
+
+    source = _hf_checkpoint(kind, tmp_path / "hf", torch.float16)
+    if layout == "paddle":
+        AutoModelForCausalLM.from_pretrained(source, dtype="float32").save_pretrained(tmp_path / "paddle")
+        source = tmp_path / "paddle"
+    ids = calibration_ids(101)
+    model = quantize_model(AutoModelForCausalLM.from_pretrained(source, dtype="float32"), config, ids,
+                           progress=False)
+    whole = {k: v.numpy() for k, v in model.state_dict().items()}
+    (tmp_path / "out").mkdir()
+    stream_gptq(source, tmp_path / "out", config, ids, progress=False)
+    streamed, original = load_state_dict(tmp_path / "out"), dict(iter_hf_as_paddle(source)) if layout == "hf" \
+        else load_state_dict(source)
+    assert set(streamed) == set(whole)
+    for name, array in streamed.items():
+        if name in original:  # not quantized: as stored
+            assert array.dtype == original[name].dtype, name
+            np.testing.assert_array_equal(array, original[name], err_msg=name)
+        else:
+            assert array.dtype == whole[name].dtype, name
+            np.testing.assert_array_equal(array, whole[name], err_msg=name)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert loaded.quantization == config

@@ -17,8 +17,8 @@ not crash) and checks that both write the same weights.
 """
 from __future__ import annotations
 
+import math
 import warnings
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,14 +40,33 @@ class QuantizedWeight:
 class GPTQ(_PaddleSlimGPTQ):
     """PaddleSlim's GPTQ wrapper (Hessian accumulation in ``forward``), with a ``quantize`` that returns codes."""
 
+    def add_batch(self, inp):
+        """PaddleSlim's ``forward`` without the layer's own output, which a calibration pass that stops at this
+        layer does not need: the running Hessian 2/n Σ x xᵀ, the same ops in the same order
+        (paddleslim/quant/advanced/gptq.py ``GPTQ.forward``; named after the reference's ``add_batch``)."""
+        inp = inp.cast("float32")
+        if len(inp.shape) == 2:
+            inp = inp.unsqueeze(0)
+        tmp = inp.shape[0]
+        inp = inp.reshape((-1, inp.shape[-1])).t()
+        self.hessian *= self.nsamples / (self.nsamples + tmp)
+        self.nsamples += tmp
+        inp = math.sqrt(2 / self.nsamples) * inp
+        self.hessian += paddle.matmul(inp, inp.t())
+
     def quantize(self, config: QuantConfig, blocksize: int = 128, percdamp: float = 0.01) -> QuantizedWeight:
-        weight = self.layer.weight.astype("float32").numpy()
-        H = self.hessian.numpy()
+        H = self.hessian
         del self.hessian
-        q, fake = gptq(weight, H, config, blocksize, percdamp)
-        paddle.assign(paddle.to_tensor(fake).astype(self.layer.weight.dtype), output=self.layer.weight)  # as PaddleSlim
         self.quantized = True
-        return q
+        return quantize_linear(self.layer, H, config, blocksize, percdamp)
+
+
+def quantize_linear(linear, H, config: QuantConfig, blocksize: int = 128, percdamp: float = 0.01) -> QuantizedWeight:
+    """GPTQ of ``linear`` with the Hessian ``H`` of its inputs; the Linear is left holding the dequantized weight,
+    as PaddleSlim's fasterquant leaves it."""
+    q, fake = gptq(linear.weight.astype("float32").numpy(), H.numpy(), config, blocksize, percdamp)
+    paddle.assign(paddle.to_tensor(fake).astype(linear.weight.dtype), output=linear.weight)
+    return q
 
 
 def gptq(weight: np.ndarray, H: np.ndarray, config: QuantConfig, blocksize: int = 128,

@@ -29,7 +29,7 @@ from paddle_belle.checkpoint import TOKENIZER_FILES, CheckpointError, as_numpy, 
     safetensors_writer, to_paddle, write_json
 from paddle_belle.cpu import set_cpu_threads
 from paddle_belle.quant.format import TIED_HEAD_ERROR, QuantConfig, pack, quantize_rtn, token_tables
-from paddle_belle.quant.gptq import GPTQ
+from paddle_belle.quant.gptq import GPTQ, quantize_linear
 from paddle_belle.quant.linear import BLOCK_ELEMENTS, QuantEmbedding, QuantLinear, block_linears, decoder_blocks, \
     quantizable
 
@@ -171,35 +171,30 @@ def _gptq_block(model, block, i: int, inputs: list, extra: list, config: QuantCo
 
     Within a block the Linears go group by group (arch.py linear_groups, "true sequential" in the GPTQ reference):
     a later group's Hessian comes from the outputs of the groups already quantized, so it can correct their error.
-    Two shortcuts keep the calibration passes cheap, neither changing a result: a pass stops as soon as every
-    Linear of the group has seen its input (nothing after it is needed), and the quantized Linears are float
-    Linears holding the dequantized weights (the same numbers a QuantLinear computes with, without unpacking the
-    integers on every pass)."""
+    Three shortcuts keep the calibration passes cheap, none changing a result: the Linears of a group read the same
+    input, so they share one Hessian (the reference accumulates the same matrix once per Linear); a pass stops
+    at the group's first Linear, before computing it (nothing after it is needed); and the quantized Linears are
+    float Linears holding the dequantized weights (the same numbers a QuantLinear computes with, without unpacking
+    the integers on every pass)."""
     args = tuple(extra[:-1]) + (i,)  # the last argument of our blocks is their layer index
     linears, quantized = block_linears(model, block), {}
     for group in model.arch.linear_groups:
-        members = [(parent, attr, linear) for path, parent, attr, linear in linears if path in group]
-        wrapped, seen = [], set()
+        members = [linear for path, _, _, linear in linears if path in group]
+        hessian = GPTQ(members[0], quant_bits=config.bits)
 
-        def stop_once_all_seen(layer, layer_inputs, output):
-            seen.add(id(layer))
-            if len(seen) == len(wrapped):
-                raise _Captured
+        def capture(layer, layer_inputs):
+            hessian.add_batch(layer_inputs[0])
+            raise _Captured
 
-        for parent, attr, linear in members:
-            gptq = GPTQ(linear, quant_bits=config.bits)
-            setattr(parent, attr, gptq)
-            wrapped.append((parent, attr, gptq, gptq.register_forward_post_hook(stop_once_all_seen)))
+        hook = members[0].register_forward_pre_hook(capture)
         for x in inputs:
-            seen.clear()
             try:
                 block(x, *args)
             except _Captured:
                 pass
-        for parent, attr, gptq, hook in wrapped:
-            hook.remove()
-            quantized[id(gptq.layer)] = gptq.quantize(config)
-            setattr(parent, attr, gptq.layer)
+        hook.remove()
+        for linear in members:
+            quantized[id(linear)] = quantize_linear(linear, hessian.hessian, config)
     return quantized, [block(x, *args) for x in inputs]
 
 

@@ -94,10 +94,12 @@ def gptq(weight: np.ndarray, H: np.ndarray, config: QuantConfig, blocksize: int 
         perm = np.argsort(-np.diag(H), kind="stable")
         W, H = W[perm], H[perm][:, perm]
 
-    damp = percdamp * np.mean(np.diag(H))
+    diagonal = np.diag(H).copy()
+    damp = percdamp * np.mean(diagonal)
     for _ in range(4):
         try:
-            Hinv = _upper_cholesky_of_inverse(H + damp * np.eye(columns)).astype(np.float32)
+            H[np.arange(columns), np.arange(columns)] = diagonal + damp  # in place: at 7B, H is 2 GB in float64
+            Hinv = _upper_cholesky_of_inverse(H).astype(np.float32)
             break
         except np.linalg.LinAlgError:  # not positive definite: damp more
             damp = damp * 10
@@ -106,7 +108,7 @@ def gptq(weight: np.ndarray, H: np.ndarray, config: QuantConfig, blocksize: int 
         raise ValueError(f"GPTQ: the Hessian of a {list(W.shape[::-1])} weight is not positive definite even with "
                          f"{damp / 10:.3g} on its diagonal; try more or other calibration text")
 
-    Q, codes = np.zeros_like(W), np.zeros_like(W)
+    Q, codes = np.zeros_like(W), np.zeros(W.shape, np.uint8)
     scale, zero = whole if whole is not None else (None, None)
     scales, zeros = ([scale], [zero]) if whole is not None else ([], [])
     for i1 in range(0, columns, blocksize):
@@ -126,7 +128,7 @@ def gptq(weight: np.ndarray, H: np.ndarray, config: QuantConfig, blocksize: int 
 
     if perm is not None:
         Q = Q[np.argsort(perm)]
-    return QuantizedWeight(codes=codes.astype(np.uint8), scales=np.stack(scales).astype(np.float32),
+    return QuantizedWeight(codes=codes, scales=np.stack(scales).astype(np.float32),
                            zeros=np.stack(zeros).astype(np.uint8),
                            perm=None if perm is None else perm.astype(np.int32)), Q
 

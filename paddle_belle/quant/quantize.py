@@ -368,19 +368,21 @@ def stream_gptq(model_dir, out: Path, config: QuantConfig, calibration: np.ndarr
         inputs, extra = _block_inputs(model, calibration)
         model.set_input_embeddings(None)  # lets the table go
         for i, (block, block_tensors) in enumerate(zip(blocks, by_block)):
-            arrays = {t.name: reader.output(t) for t in block_tensors}
+            kept = {}  # the tensors written as stored (norms, biases), in the source's dtype
             for t in block_tensors:
-                load(t, arrays[t.name])
+                array = reader.output(t)
+                load(t, array)
+                if t.name not in plan:
+                    kept[t.name] = array
             quantized, inputs = _gptq_block(model, block, i, inputs, extra, config)
             linears = {f"{prefix}{i}.{path}.weight": linear for path, _, _, linear in block_linears(model, block)}
             for t in block_tensors:
                 if t.name in plan:
                     _write_packed(write, t.name, quantized[id(linears[t.name])], config)
                 else:
-                    write(t.name, arrays[t.name])
+                    write(t.name, kept[t.name])
             for param in block.parameters():  # the block is done: its float32 weights go
                 param._clear_data()
-            del arrays
             bar.update()
         for t in (t for t in tensors if t.name in last_shapes):  # the final norm, a head of its own
             array = reader.output(t)

@@ -7,9 +7,9 @@ calibration activations.
 
 GPTQ runs the way the reference (IST-DASLab/gptq llama.py ``llama_sequential``) does, so that memory holds one
 block's calibration activations, never the whole model's: the inputs of block 0 are captured by stopping the
-forward pass at it; for each block, every Linear gets PaddleSlim's Hessian-accumulating wrapper, the calibration
-inputs run through the block, each Linear is quantized, and the inputs run through the now-quantized block once
-more to become the next block's inputs. Everything else the block needs (RoPE cos/sin, or BLOOM's ALiBi + causal
+forward pass at it; for each block, group by group of Linears, the calibration inputs run through the block up to
+the group, whose Hessian PaddleSlim's GPTQ accumulates, each Linear is quantized, and the inputs run through the
+now-quantized block once more to become the next block's inputs. Everything else the block needs (RoPE cos/sin, or BLOOM's ALiBi + causal
 bias) is captured with the inputs and passed along unchanged. ``quantize_model`` does the same to a model already
 in memory.
 """

@@ -44,6 +44,7 @@ setup(
         "requests>=2.28",
         "filelock>=3.8",
         "tqdm>=4.60",
+        "scipy",  # quant/gptq.py: LAPACK's triangular inverse (already here through paddleslim's scikit-learn)
         "threadpoolctl>=3.1",  # holds numpy's BLAS (the CPU tied head) to --threads
         "openai>=1.0",
         # serve: the HTTP stack (PaddleNLP 2.8.1 already depends on fastapi and uvicorn); pydantic v2 API

@@ -1,5 +1,6 @@
 """Decode-shaped (M = 1) matmuls on CPU: Paddle's float32 matmul, numpy's gemv, the native kernels of
-paddle_belle/kernels (float32, bfloat16, int8, int4) and QuantLinear's pure-Paddle block-wise path (int8, int4).
+paddle_belle/kernels (float32, bfloat16, int8, int4; int4 also through QuantLinear, plain and with GPTQ's act-order
+permutation, which it applies to x before the kernel) and QuantLinear's pure-Paddle block-wise path (int8, int4).
 
     python benchmarks/cpu_kernels.py [--threads 2] [--m 1] [--repeats 30] [--rounds 3]
 
@@ -62,6 +63,9 @@ def main():
             codes = rng.randint(0, 1 << bits, (k, n)).astype(np.uint8)
             scales = rng.uniform(0.001, 0.01, (k // GROUP, n)).astype(np.float32)
             layers[bits] = QuantLinear.from_codes(codes, scales, None, config)
+        # GPTQ's act-order: the same codes with a random row permutation, which the layer applies to x per call.
+        act_order = QuantConfig(bits=4, group_size=GROUP, act_order=True)
+        layers["4 act-order"] = QuantLinear.from_codes(codes, scales, None, act_order, perm=rng.permutation(k))
 
         def quant(layer):
             return kernels.quant_matmul(x, layer.qweight, layer.scales, None, layer.config.bits, layer.group_size)
@@ -79,6 +83,8 @@ def main():
                 ("kernel bf16", lambda: kernels.dense_matmul(x, w_bf16), k * n * 2),
                 ("kernel int8", lambda: quant(layers[8]), quant_bytes(8)),
                 ("kernel int4", lambda: quant(layers[4]), quant_bytes(4)),
+                ("layer int4", lambda: layers[4](x), quant_bytes(4)),  # QuantLinear.forward around the kernel
+                ("layer int4 act-ord", lambda: layers["4 act-order"](x), quant_bytes(4)),
             ]
         methods += [
             ("blockwise int8", lambda: layers[8]._blockwise_forward(x), quant_bytes(8)),
@@ -101,9 +107,9 @@ def main():
             seconds, best = float(np.median(times[name])), float(np.min(times[name]))
             rows.append((f"{k}x{n}", name, seconds * 1e3, nbytes / seconds / 1e9, nbytes / best / 1e9))
 
-    print(f"\n{'shape KxN':<11} {'method':<15} {'ms':>9} {'GB/s':>7} {'best GB/s':>10}")
+    print(f"\n{'shape KxN':<11} {'method':<18} {'ms':>9} {'GB/s':>7} {'best GB/s':>10}")
     for shape, name, ms, gbs, best in rows:
-        print(f"{shape:<11} {name:<15} {ms:9.3f} {gbs:7.1f} {best:10.1f}")
+        print(f"{shape:<11} {name:<18} {ms:9.3f} {gbs:7.1f} {best:10.1f}")
 
 
 if __name__ == "__main__":

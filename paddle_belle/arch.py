@@ -38,6 +38,7 @@ class Arch:
     hf_to_paddle: dict[str, tuple[str, bool]]
     # Each block's Linears (paths inside the block), in the groups GPTQ quantizes together, in order ("true
     # sequential", IST-DASLab/gptq llama.py): a later group's Hessian sees the earlier groups' quantized outputs.
+    # The Linears of a group read the same input (so they share one Hessian), the first of them called first.
     linear_groups: tuple[tuple[str, ...], ...]
     lora_targets: tuple[str, ...]  # BELLE's LoRA recipe (train/configs/lora_config_{bloom,llama}.json)
     # (PaddleNLP config) -> shapes of the tensors before the blocks, of one block, and after the blocks

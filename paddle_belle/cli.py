@@ -208,7 +208,11 @@ def cmd_decrypt(args):
 @arg("--calib", help="calibration text file (UTF-8), needed by gptq")
 @arg("--nsamples", type=whole(1), default=128, help="calibration windows (default 128)")
 @arg("--seqlen", type=whole(1), default=2048, help="tokens per calibration window (default 2048)")
-@arg("--act-order", action="store_true", help="GPTQ: quantize columns by decreasing Hessian diagonal")
+# Act-order by default with GPTQ: measured on SmolLM2-135M it cut GPTQ-4's perplexity rise by more than half
+# (README "Quantizing"), and the kernels read its permutation at no measurable cost. RTN has no order to choose.
+@one_of(arg("--act-order", dest="act_order", action="store_true", default=None,
+            help="GPTQ: quantize columns by decreasing Hessian diagonal (the default with --method gptq)"),
+        arg("--no-act-order", dest="act_order", action="store_false", help="GPTQ: quantize columns in input order"))
 @one_of(arg("--sym", dest="sym", action="store_true", default=True, help="symmetric grid (default)"),
         arg("--asym", dest="sym", action="store_false", help="asymmetric grid with zero points"))
 @arg("--quantize-lm-head", action="store_true", help="also quantize a separate (untied) LM head")
@@ -231,6 +235,8 @@ def cmd_quantize(args):
     from paddle_belle.quant.format import QuantConfig
     from paddle_belle.quant.quantize import quantize_checkpoint
 
+    if args.act_order is None:
+        args.act_order = args.method == "gptq"
     config = QuantConfig(**options(args, QuantConfig))  # checked before resolve() may download the model
     result = quantize_checkpoint(resolve(args.model), args.out, config, **options(args, quantize_checkpoint))
     print(f"wrote {args.out} ({result['bytes'] / 1e6:.1f} MB of weights; quantized in {result['seconds']:.1f} s)")

@@ -152,53 +152,49 @@ def unpack(packed: np.ndarray, bits: int, rows: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- the grid
-def grid_params(w, bits: int, sym: bool):
-    """Scale and zero [out] for a group ``w`` [out, k] (paddle, float32), one per output channel.
+# numpy, in the Paddle layout [k, out] (a group of input rows): GPTQ's column loop (quant/gptq.py) calls these once
+# per column, where a Paddle op's dispatch costs more than the arithmetic.
+def grid_params(w: np.ndarray, bits: int, sym: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero [out] (float32) for a group ``w`` [k, out] (float32), one per output channel.
 
     Symmetric is PaddleSlim's GPTQ grid (quant/advanced/utils.py compute_scales "abs_max_channel_wise", divided by
     2^(bits-1) - 1): scale = max|w| / (2^(bits-1) - 1), codes round(w / scale) clipped to [-2^(bits-1), 2^(bits-1)-1],
     stored offset by the zero 2^(bits-1). Asymmetric is GPTQ's reference Quantizer (IST-DASLab/gptq quant.py):
     the range [min(w, 0), max(w, 0)] over 2^bits - 1 steps, zero = round(-min / scale).
     """
-    import paddle
-
     if sym:
-        absmax = w.abs().max(axis=1)
-        absmax = paddle.where(absmax == 0, paddle.full_like(absmax, 1e-8), absmax)  # as compute_scales does
-        scale = absmax / float((1 << (bits - 1)) - 1)
-        zero = paddle.full_like(scale, float(1 << (bits - 1)))
+        absmax = np.abs(w).max(axis=0)
+        absmax = np.where(absmax == 0, np.float32(1e-8), absmax)  # as compute_scales does
+        scale = absmax / np.float32((1 << (bits - 1)) - 1)
+        zero = np.full_like(scale, (1 << (bits - 1)))
     else:
-        low, high = w.min(axis=1).clip(max=0.0), w.max(axis=1).clip(min=0.0)
-        scale = (high - low) / float((1 << bits) - 1)
-        scale = paddle.where(scale == 0, paddle.ones_like(scale), scale)
-        zero = paddle.round(-low / scale)
+        low, high = np.minimum(w.min(axis=0), 0), np.maximum(w.max(axis=0), 0)
+        scale = (high - low) / np.float32((1 << bits) - 1)
+        scale = np.where(scale == 0, np.float32(1), scale)
+        zero = np.rint(-low / scale)
     return scale, zero
 
 
-def quantize_codes(w, scale, zero, bits: int):
-    """Codes (float tensor of integers in [0, 2^bits - 1]) for ``w`` [out, ...] with per-row scale and zero."""
-    import paddle
-
-    shape = [-1] + [1] * (len(w.shape) - 1)
-    return paddle.clip(paddle.round(w / scale.reshape(shape)) + zero.reshape(shape), 0, float((1 << bits) - 1))
+def quantize_codes(w: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int) -> np.ndarray:
+    """Codes (float32 integers in [0, 2^bits - 1]) for ``w`` [..., out] with per-output-channel scale and zero."""
+    return np.clip(np.rint(w / scale) + zero, 0, (1 << bits) - 1)  # halves to even, as paddle.round and torch.round
 
 
 def quantize_rtn(weight, config: QuantConfig):
-    """Round-to-nearest: (codes uint8 [in, out], scales float32 [groups, out], zeros uint8 [groups, out]) for a
-    Paddle-layout weight [in, out], group by group along the input dimension."""
+    """Round-to-nearest: (codes uint8 [in, out], scales float32 [groups, out], zeros uint8 [groups, out]) as Paddle
+    tensors, for a Paddle-layout weight [in, out] (a Paddle tensor or numpy), group by group along the input."""
     import paddle
 
-    w = weight.astype("float32")
-    in_features = w.shape[0]
-    size = config.group_size_for(in_features)
+    w = np.asarray(weight.astype("float32").numpy() if isinstance(weight, paddle.Tensor) else weight, np.float32)
+    size = config.group_size_for(w.shape[0])
     codes, scales, zeros = [], [], []
-    for start in range(0, in_features, size):
-        group = w[start : start + size].t()  # [out, k]
-        scale, zero = grid_params(group, config.bits, config.sym)
-        codes.append(quantize_codes(group, scale, zero, config.bits).t())
+    for start in range(0, w.shape[0], size):
+        scale, zero = grid_params(w[start : start + size], config.bits, config.sym)
+        codes.append(quantize_codes(w[start : start + size], scale, zero, config.bits))
         scales.append(scale)
         zeros.append(zero)
-    return (paddle.concat(codes).astype("uint8"), paddle.stack(scales), paddle.stack(zeros).astype("uint8"))
+    return (paddle.to_tensor(np.concatenate(codes).astype(np.uint8)), paddle.to_tensor(np.stack(scales)),
+            paddle.to_tensor(np.stack(zeros).astype(np.uint8)))
 
 
 def dequantize(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, group_size: int) -> np.ndarray:

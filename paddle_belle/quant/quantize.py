@@ -1,14 +1,17 @@
 """Quantize a model block by block (GPTQ or round-to-nearest) and save the quantized checkpoint.
 
-RTN of a checkpoint never builds the model (``stream_rtn``): tensors are read from the source one at a time and
-written, packed or as they were, into the new checkpoint, so memory holds one tensor, whatever the model's size.
+Quantizing a checkpoint never builds the whole model. RTN (``stream_rtn``) reads the source one tensor at a time and
+writes it, packed or as it was, into the new checkpoint, so memory holds one tensor. GPTQ (``stream_gptq``) holds
+one decoder block's float weights (read from the source when its turn comes, released when it is written) plus the
+calibration activations.
 
 GPTQ runs the way the reference (IST-DASLab/gptq llama.py ``llama_sequential``) does, so that memory holds one
 block's calibration activations, never the whole model's: the inputs of block 0 are captured by stopping the
-forward pass at it; for each block, every Linear gets PaddleSlim's Hessian-accumulating wrapper, the calibration
-inputs run through the block, each Linear is quantized and replaced by a QuantLinear, and the inputs run through
-the now-quantized block once more to become the next block's inputs. Everything else the block needs (RoPE
-cos/sin, or BLOOM's ALiBi + causal bias) is captured with the inputs and passed along unchanged.
+forward pass at it; for each block, group by group of Linears, the calibration inputs run through the block up to
+the group, whose Hessian PaddleSlim's GPTQ accumulates, each Linear is quantized, and the inputs run through the
+now-quantized block once more to become the next block's inputs. Everything else the block needs (RoPE cos/sin, or BLOOM's ALiBi + causal
+bias) is captured with the inputs and passed along unchanged. ``quantize_model`` does the same to a model already
+in memory.
 """
 from __future__ import annotations
 
@@ -18,13 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import paddle
+import paddle.nn as nn
 from tqdm.auto import tqdm
 
 from paddle_belle import arch
 from paddle_belle.checkpoint import TOKENIZER_FILES, CheckpointError, as_numpy, atomic_dir, read_config, \
     safetensors_writer, to_paddle, write_json
+from paddle_belle.cpu import set_cpu_threads
 from paddle_belle.quant.format import TIED_HEAD_ERROR, QuantConfig, pack, quantize_rtn, token_tables
-from paddle_belle.quant.gptq import GPTQ
+from paddle_belle.quant.gptq import GPTQ, quantize_linear
 from paddle_belle.quant.linear import BLOCK_ELEMENTS, QuantEmbedding, QuantLinear, block_linears, decoder_blocks, \
     quantizable
 
@@ -119,8 +124,27 @@ def quantize_model(model, config: QuantConfig, calibration: np.ndarray | None = 
         return model
     if calibration is None:
         raise ValueError("GPTQ needs calibration data")
+    inputs, extra = _block_inputs(model, calibration)
+    for i, block in enumerate(blocks):
+        quantized, inputs = _gptq_block(model, block, i, inputs, extra, config)
+        for _, parent, attr, linear in block_linears(model, block):
+            q = quantized[id(linear)]
+            setattr(parent, attr, QuantLinear.from_codes(q.codes, q.scales, q.zeros, config, perm=q.perm,
+                                                         bias=linear.bias))
+        bar.update()
+    if config.quantize_lm_head:
+        q = _gptq_head(model, inputs, config)
+        model.lm_head = QuantLinear.from_codes(q.codes, q.scales, q.zeros, config, perm=q.perm)
+        bar.update()
+    bar.close()
+    quantize_token_tables(model, config)
+    model.quantization = config
+    return model
 
-    # 1. The inputs of block 0 (and the block's other arguments, the same for every window).
+
+def _block_inputs(model, calibration: np.ndarray) -> tuple[list, list]:
+    """The inputs of block 0 for each calibration window, and the block's other arguments (the same for every
+    window: RoPE cos/sin, or BLOOM's ALiBi + causal bias), captured by stopping the forward pass at block 0."""
     inputs, extra = [], []
 
     def catch(layer, args):
@@ -128,7 +152,7 @@ def quantize_model(model, config: QuantConfig, calibration: np.ndarray | None = 
         extra[:] = args[1:]
         raise _Captured
 
-    hook = blocks[0].register_forward_pre_hook(catch)
+    hook = decoder_blocks(model)[0].register_forward_pre_hook(catch)
     try:
         for window in calibration:
             ids = paddle.to_tensor(window[None], dtype="int64")
@@ -138,69 +162,57 @@ def quantize_model(model, config: QuantConfig, calibration: np.ndarray | None = 
                 pass
     finally:
         hook.remove()
+    return inputs, extra
 
-    # 2. Block by block: accumulate Hessians, quantize, and move the inputs on through the quantized block.
-    # Within a block the Linears go group by group (arch.py linear_groups, "true sequential" in the GPTQ reference):
-    # a later group's Hessian comes from the outputs of the groups already quantized, so it can correct their error.
-    # Two shortcuts keep the calibration passes cheap, neither changing a result: a pass stops as soon as every
-    # Linear of the group has seen its input (nothing after it is needed), and until the block is done its
-    # quantized Linears stay float Linears holding the dequantized weights GPTQ writes back (the same numbers the
-    # QuantLinear computes with, without unpacking the integers on every pass).
-    for i, block in enumerate(blocks):
-        args = tuple(extra[:-1]) + (i,)  # the last argument of our blocks is their layer index
-        linears, done = block_linears(model, block), []
-        for group in model.arch.linear_groups:
-            members = [(parent, attr, linear) for path, parent, attr, linear in linears if path in group]
-            wrapped, seen = [], set()
 
-            def stop_once_all_seen(layer, layer_inputs, output):
-                seen.add(id(layer))
-                if len(seen) == len(wrapped):
-                    raise _Captured
+def _gptq_block(model, block, i: int, inputs: list, extra: list, config: QuantConfig) -> tuple[dict, list]:
+    """GPTQ of block ``i``'s Linears on its calibration ``inputs``: ({id(Linear): QuantizedWeight}, the next block's
+    inputs). The block's Linears are left holding the dequantized weights GPTQ writes back.
 
-            for parent, attr, linear in members:
-                gptq = GPTQ(linear, quant_bits=config.bits)
-                setattr(parent, attr, gptq)
-                wrapped.append((parent, attr, gptq, gptq.register_forward_post_hook(stop_once_all_seen)))
-            for x in inputs:
-                seen.clear()
-                try:
-                    block(x, *args)
-                except _Captured:
-                    pass
-            for parent, attr, gptq, hook in wrapped:
-                hook.remove()
-                done.append((parent, attr, _from_gptq(gptq, config)))
-                setattr(parent, attr, gptq.layer)
-        inputs = [block(x, *args) for x in inputs]
-        for parent, attr, quantized in done:
-            setattr(parent, attr, quantized)
-        bar.update()
-    if config.quantize_lm_head:
-        norm = model.base_model.norm
-        gptq = GPTQ(model.lm_head, quant_bits=config.bits)
+    Within a block the Linears go group by group (arch.py linear_groups, "true sequential" in the GPTQ reference):
+    a later group's Hessian comes from the outputs of the groups already quantized, so it can correct their error.
+    Three shortcuts keep the calibration passes cheap, none changing a result: the Linears of a group read the same
+    input, so they share one Hessian (the reference accumulates the same matrix once per Linear); a pass stops
+    at the group's first Linear, before computing it (nothing after it is needed); and the quantized Linears are
+    float Linears holding the dequantized weights (the same numbers a QuantLinear computes with, without unpacking
+    the integers on every pass)."""
+    args = tuple(extra[:-1]) + (i,)  # the last argument of our blocks is their layer index
+    linears, quantized = block_linears(model, block), {}
+    for group in model.arch.linear_groups:
+        members = [linear for path, _, _, linear in linears if path in group]
+        hessian = GPTQ(members[0], quant_bits=config.bits)
+
+        def capture(layer, layer_inputs):
+            hessian.add_batch(layer_inputs[0])
+            raise _Captured
+
+        hook = members[0].register_forward_pre_hook(capture)
         for x in inputs:
-            gptq(norm(x))
-        model.lm_head = _from_gptq(gptq, config)
-        bar.update()
-    bar.close()
-    quantize_token_tables(model, config)
-    model.quantization = config
-    return model
+            try:
+                block(x, *args)
+            except _Captured:
+                pass
+        hook.remove()
+        for linear in members:
+            quantized[id(linear)] = quantize_linear(linear, hessian.hessian, config)
+    return quantized, [block(x, *args) for x in inputs]
 
 
-def _from_gptq(gptq: GPTQ, config: QuantConfig) -> QuantLinear:
-    q = gptq.quantize(config)
-    return QuantLinear.from_codes(q.codes, q.scales, q.zeros, config, perm=q.perm, bias=gptq.layer.bias)
+def _gptq_head(model, inputs: list, config: QuantConfig):
+    """GPTQ of a separate LM head on the last block's outputs (after the final norm)."""
+    gptq = GPTQ(model.lm_head, quant_bits=config.bits)
+    for x in inputs:
+        gptq(model.base_model.norm(x))  # (only LLaMA has a head of its own)
+    return gptq.quantize(config)
 
 
 # -------------------------------------------------------------------------------------------- end to end
 def quantize_checkpoint(model_dir, out_dir, config: QuantConfig, calib: str | None = None, nsamples: int = 128,
                         seqlen: int = 2048, threads: int | None = None) -> dict:
-    """Load ``model_dir``, quantize it, and write the quantized checkpoint (weights, config, tokenizer files) to
-    ``out_dir``, which must not exist; it is built beside and renamed into place when complete.
-    Returns {"seconds": quantization time, "bytes": size of the weight files}."""
-    from paddle_belle.auto import AutoModelForCausalLM
+    """Quantize the checkpoint ``model_dir`` and write the quantized checkpoint (weights, config, tokenizer files) to
+    ``out_dir``, which must not exist; it is built beside and renamed into place when complete. Neither method
+    builds the whole model (stream_rtn, stream_gptq). Returns {"seconds": quantization time, "bytes": size of the
+    weight files}."""
     from paddle_belle.evaluate.perplexity import load_encoder
 
     out_dir = Path(out_dir)
@@ -208,42 +220,23 @@ def quantize_checkpoint(model_dir, out_dir, config: QuantConfig, calib: str | No
         raise FileExistsError(f"{out_dir} exists; give a new directory")
     if "quantization_config" in read_config(model_dir):
         raise ValueError(f"{model_dir} is already quantized")
-    if config.method == "rtn":
-        start = time.perf_counter()
-        with atomic_dir(out_dir) as tmp:
-            stream_rtn(model_dir, tmp, config)
-            _copy_side_files(model_dir, tmp)
-        return {"seconds": time.perf_counter() - start, "bytes": _weight_bytes(out_dir)}
     calibration = None
     if config.method == "gptq":
         if calib is None:
             raise ValueError("--method gptq needs --calib (a text file)")
         encode = load_encoder(model_dir)
         calibration = calibration_windows(encode(_read_text(calib)), nsamples, seqlen, source=calib)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32" if paddle.get_device() == "cpu" else None,
-                                                 threads=threads)
+        if paddle.get_device() == "cpu":
+            set_cpu_threads(threads)
     start = time.perf_counter()
-    quantize_model(model, config, calibration)
-    seconds = time.perf_counter() - start
     with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, state_dict=_in_source_dtypes(model, model_dir))
+        if calibration is None:
+            stream_rtn(model_dir, tmp, config)
+        else:
+            stream_gptq(model_dir, tmp, config, calibration)
+        seconds = time.perf_counter() - start
         _copy_side_files(model_dir, tmp)
     return {"seconds": seconds, "bytes": _weight_bytes(out_dir)}
-
-
-def _in_source_dtypes(model, model_dir) -> dict:
-    """The model's state with every tensor the source checkpoint also holds (norms, biases: what was not quantized)
-    back in the source's dtype: on the CPU the model computed in float32, which a float16 source should not become."""
-    from paddle_belle.convert.engine import paddle_outputs
-
-    source = {t.name: t.dtype for t in paddle_outputs(model_dir, read_config(model_dir))[0]}  # either layout
-    state = {}
-    for name, value in model.state_dict().items():
-        dtype = source.get(name)
-        if dtype is not None and value.dtype in (paddle.float32, paddle.float16, paddle.bfloat16):
-            value = value.astype("bfloat16" if dtype == np.uint16 else dtype.name)  # numpy carries bf16 as its bits
-        state[name] = value
-    return state
 
 
 def _copy_side_files(model_dir, out: Path) -> None:
@@ -256,12 +249,11 @@ def _weight_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.iterdir() if p.suffix in (".safetensors", ".pdparams"))
 
 
-def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
-    """Round-to-nearest of the checkpoint ``model_dir`` (PaddleNLP's layout or HF's, mapped as ``convert`` maps
-    it) into ``out`` (model.safetensors + config.json), one tensor in memory at a time. The packed tensors are those
-    ``quantize_model`` makes (the same quantize_rtn on the same float32 values); every other tensor keeps the
-    source's dtype."""
-    from paddle_belle.convert.engine import Reader, paddle_outputs
+def _plan(model_dir, config: QuantConfig):
+    """What streaming quantization reads and writes: (the PaddleNLP-field config, the architecture, the source
+    tensors in the model's order (embeddings, blocks 0.., final norm and head), {name: (grid, stored transposed)}
+    of the tensors stored packed, the writer's (name, dtype, shape) in that order)."""
+    from paddle_belle.convert.engine import paddle_outputs
 
     model_dir, source = Path(model_dir), read_config(model_dir)
     model_type = arch.model_type_of(source, f"{model_dir}/config.json")
@@ -275,11 +267,17 @@ def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
                  for name, transpose in token_tables(spec, dims, config).items()})
     expected = spec.model_shapes(dims)  # a tied head's PaddleNLP copy is not written quantized (models/loading.py)
     tensors = [t for t in paddle_outputs(model_dir, dims)[0] if t.name not in spec.tied_copies(dims)]
-    specs = []
     for t in tensors:
         if expected.get(t.name) != t.shape:
             raise CheckpointError(f"{t.source.file}: tensor {t.name} " + (f"has shape {t.shape}, the config implies "
                                   f"{expected[t.name]}" if t.name in expected else f"is not a {model_type} weight"))
+    missing = sorted(set(expected) - {t.name for t in tensors})
+    if missing:
+        raise CheckpointError(f"{model_dir}: lacks {len(missing)} tensor(s) the config implies, e.g. {missing[0]}")
+    order = {name: i for i, name in enumerate(expected)}
+    tensors.sort(key=lambda t: order[t.name])
+    specs = []
+    for t in tensors:
         if t.name not in plan:
             specs.append((t.name, t.dtype, t.shape))
             continue
@@ -289,21 +287,125 @@ def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
                   (f"{stem}.scales", np.dtype("float32"), [grid.groups(rows), cols])]
         specs += [(f"{stem}.zeros", np.dtype("uint8"), [grid.groups(rows), cols])] if not grid.sym else []
         specs += [(f"{stem}.perm", np.dtype("int32"), [rows])] if grid.act_order else []
-    missing = sorted(set(expected) - {t.name for t in tensors})
-    if missing:
-        raise CheckpointError(f"{model_dir}: lacks {len(missing)} tensor(s) the config implies, e.g. {missing[0]}")
+    return dims, spec, tensors, plan, specs
 
+
+def _write_rtn(write, name: str, array: np.ndarray, plan: dict) -> None:
+    """Write the source tensor ``name``: round-to-nearest and packed where the plan says, else as it is."""
+    if name not in plan:
+        write(name, array)
+        return
+    for suffix, packed in rtn_tensors(array, *plan[name]).items():
+        write(f"{name[: -len('.weight')]}.{suffix}", packed)
+
+
+def stream_rtn(model_dir, out: Path, config: QuantConfig) -> None:
+    """Round-to-nearest of the checkpoint ``model_dir`` (PaddleNLP's layout or HF's, mapped as ``convert`` maps
+    it) into ``out`` (model.safetensors + config.json), one tensor in memory at a time. The packed tensors are those
+    ``quantize_model`` makes (the same quantize_rtn on the same float32 values); every other tensor keeps the
+    source's dtype."""
+    from paddle_belle.convert.engine import Reader
+
+    dims, _, tensors, plan, specs = _plan(model_dir, config)
     reader = Reader()
     with safetensors_writer(out / "model.safetensors", specs) as write:
         for t in tqdm(tensors, desc=f"rtn-{config.bits}", unit="tensor", disable=None):
-            array = reader.output(t)
-            if t.name not in plan:
-                write(t.name, array)
-                continue
-            stem = t.name[: -len(".weight")]
-            for suffix, packed in rtn_tensors(array, *plan[t.name]).items():
-                write(f"{stem}.{suffix}", packed)
+            _write_rtn(write, t.name, reader.output(t), plan)
     write_json(out / "config.json", {**dims, "quantization_config": config.to_dict()})
+
+
+class _Rows(nn.Layer):
+    """The input embedding as the source stores it (numpy), looked up row by row: block 0's calibration inputs
+    need the rows of the calibration tokens only, not the whole table in float32 (4.1 GB for BELLE-7B)."""
+
+    def __init__(self, table: np.ndarray):
+        super().__init__()
+        self.table = table
+
+    def forward(self, ids):
+        return to_paddle(np.ascontiguousarray(self.table[ids.numpy()]), "float32")
+
+
+@paddle.no_grad()
+def stream_gptq(model_dir, out: Path, config: QuantConfig, calibration: np.ndarray, progress: bool = True) -> None:
+    """GPTQ of the checkpoint ``model_dir`` (either layout) into ``out`` (model.safetensors + config.json) with the
+    calibration windows [nsamples, seqlen], holding one decoder block's float32 weights at a time, plus the
+    calibration activations: the model is built without memory (paddle.LazyGuard); block i's tensors are read
+    from the source into it, its Linears quantized (_gptq_block, exactly as quantize_model does), written, and its
+    memory released before block i+1 is read. The embedding is read once, in the source's dtype, for the rows the
+    calibration needs and for its own (round-to-nearest) token table. Other tensors keep the source's dtype."""
+    from paddlenlp.transformers.model_utils import dtype_guard, no_init_weights
+
+    from paddle_belle.convert.engine import Reader
+    from paddle_belle.models import MODELS
+
+    dims, spec, tensors, plan, specs = _plan(model_dir, config)
+    cls = MODELS[spec.model_type]
+    with no_init_weights(), dtype_guard("float32"), paddle.LazyGuard():
+        model = cls(cls.config_class.from_dict(dict(dims)))
+    model.eval()
+    params, reader = model.state_dict(), Reader()
+    first_shapes, _, last_shapes = spec.shapes(dims)
+    prefix, blocks = f"{spec.body}.{spec.blocks}.", decoder_blocks(model)
+    by_block = [[] for _ in blocks]
+    for t in tensors:
+        if t.name.startswith(prefix):
+            by_block[int(t.name[len(prefix):].split(".")[0])].append(t)
+
+    def load(t, array):  # into the parameter of the model built without memory, in float32
+        to_paddle(array, "float32")._share_underline_tensor_to(params[t.name])
+
+    bar = tqdm(total=len(blocks) + int(config.quantize_lm_head), desc=f"gptq-{config.bits}", unit="block",
+               disable=None if progress else True)
+    with safetensors_writer(out / "model.safetensors", specs) as write:
+        for t in (t for t in tensors if t.name in first_shapes):  # the embedding (+ BLOOM's embedding LayerNorm)
+            array = reader.output(t)
+            _write_rtn(write, t.name, array, plan)
+            if t.name == spec.embedding:
+                model.set_input_embeddings(_Rows(array))
+            else:
+                load(t, array)
+        inputs, extra = _block_inputs(model, calibration)
+        model.set_input_embeddings(None)  # lets the table go
+        for i, (block, block_tensors) in enumerate(zip(blocks, by_block)):
+            kept = {}  # the tensors written as stored (norms, biases), in the source's dtype
+            for t in block_tensors:
+                array = reader.output(t)
+                load(t, array)
+                if t.name not in plan:
+                    kept[t.name] = array
+            quantized, inputs = _gptq_block(model, block, i, inputs, extra, config)
+            linears = {f"{prefix}{i}.{path}.weight": linear for path, _, _, linear in block_linears(model, block)}
+            for t in block_tensors:
+                if t.name in plan:
+                    _write_packed(write, t.name, quantized[id(linears[t.name])], config)
+                else:
+                    write(t.name, kept[t.name])
+            for param in block.parameters():  # the block is done: its float32 weights go
+                param._clear_data()
+            bar.update()
+        for t in (t for t in tensors if t.name in last_shapes):  # the final norm, a head of its own
+            array = reader.output(t)
+            if config.quantize_lm_head and t.name == spec.head:
+                load(t, array)
+                _write_packed(write, t.name, _gptq_head(model, inputs, config), config)
+                bar.update()
+            else:
+                _write_rtn(write, t.name, array, plan)
+                if t.name not in plan:
+                    load(t, array)
+    bar.close()
+    write_json(out / "config.json", {**dims, "quantization_config": config.to_dict()})
+
+
+def _write_packed(write, name: str, q, config: QuantConfig) -> None:
+    stem = name[: -len(".weight")]
+    write(f"{stem}.qweight", pack(q.codes, config.bits))
+    write(f"{stem}.scales", q.scales)
+    if not config.sym:
+        write(f"{stem}.zeros", q.zeros)
+    if config.act_order:
+        write(f"{stem}.perm", q.perm)
 
 
 def _read_text(path) -> str:

@@ -11,6 +11,7 @@ from reference import our_logits, tiny_bloom, tiny_llama
 
 from paddle_belle import AutoModelForCausalLM
 from paddle_belle.checkpoint import CheckpointError, load_state_dict, save_state_dict
+from paddle_belle.convert.engine import iter_hf_as_paddle
 from paddle_belle.quant import QuantConfig, QuantEmbedding, QuantLinear
 from paddle_belle.quant.quantize import quantize_model
 from paddle_belle.quant.format import quantize_rtn
@@ -40,23 +41,30 @@ def calibrate(wrapper, x):
         wrapper(paddle.to_tensor(sample[None]))
 
 
-@pytest.mark.parametrize("group_size, act_order", [(16, False), (16, True), (-1, False), (-1, True)])
-def test_same_weights_as_paddleslim_fasterquant(group_size, act_order):
+@pytest.mark.parametrize("in_features, group_size, act_order", [
+    (64, 16, False), (64, 16, True), (64, -1, False), (64, -1, True),
+    (300, 128, True), (300, 32, False),  # three of the loop's 128-column blocks, the last one partial
+])
+def test_same_weights_as_paddleslim_fasterquant(in_features, group_size, act_order):
     """Where PaddleSlim's fasterquant runs at all (some input column is dead, so its H[dead, dead] index is not
-    empty), it and ours write identical fake-quantized weights."""
-    theirs_layer, ours_layer = linear_pair(64, 24)
-    x = correlated_inputs(6, 64, dead=[5, 40])
+    empty), it (Paddle ops, float32) and ours (numpy; the inverse Hessian's Cholesky factor in float64) write the
+    same fake-quantized weights: no code differs (a code is a step of ~1e-2 here), the scales only by float32
+    rounding accumulated over the columns (1e-4 relative over 300 of them)."""
+    theirs_layer, ours_layer = linear_pair(in_features, 24)
+    x = correlated_inputs(6 if in_features < 100 else 40, in_features, dead=[5, 40])  # 40: more tokens than inputs
     theirs, ours = PaddleSlimGPTQ(theirs_layer, quant_bits=4), GPTQ(ours_layer, quant_bits=4)
     calibrate(theirs, x)
-    calibrate(ours, x)
+    for sample in x:  # add_batch is PaddleSlim's forward without the layer's output: the same Hessian
+        ours.add_batch(paddle.to_tensor(sample[None]))
+    np.testing.assert_array_equal(ours.hessian.numpy(), theirs.hessian.numpy())
     with contextlib.redirect_stdout(io.StringIO()):  # it prints per layer
         theirs.fasterquant(groupsize=group_size, actorder=act_order)
     q = ours.quantize(QuantConfig(bits=4, group_size=group_size, act_order=act_order))
-    np.testing.assert_allclose(ours_layer.weight.numpy(), theirs_layer.weight.numpy(), rtol=0, atol=1e-6)
-    # ... and our codes and scales are exactly those weights.
+    np.testing.assert_allclose(ours_layer.weight.numpy(), theirs_layer.weight.numpy(), rtol=1e-4, atol=1e-6)
+    # ... and our codes and scales are exactly the weights we wrote.
     config = QuantConfig(bits=4, group_size=group_size, act_order=act_order)
     packed = QuantLinear.from_codes(q.codes, q.scales, q.zeros, config, perm=q.perm)
-    np.testing.assert_allclose(packed.weight().numpy(), theirs_layer.weight.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(packed.weight().numpy(), ours_layer.weight.numpy())
 
 
 def test_paddleslim_fasterquant_still_crashes_without_dead_columns():
@@ -137,17 +145,20 @@ def test_block_by_block_matches_quantizing_with_float_inputs_for_block_zero():
     config = QuantConfig(bits=4, group_size=32)
     _, model = tiny_llama(hidden_size=48, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)
     ids = calibration_ids(101)
-    q_proj = model.llama.layers[0].self_attn.q_proj
-    reference = paddle.nn.Linear(48, 48, bias_attr=False)
-    reference.weight.set_value(q_proj.weight)
-    wrapper = GPTQ(reference, quant_bits=4)
-    with paddle.no_grad():
-        for window in ids:
-            x = model.llama.embed_tokens(paddle.to_tensor(window[None]))
-            wrapper(model.llama.layers[0].input_layernorm(x))
-    expected = wrapper.quantize(config)
+    expected = {}
+    for name in ("q_proj", "k_proj"):  # k_proj shares q_proj's input, and in quantize_model its Hessian
+        linear = getattr(model.llama.layers[0].self_attn, name)
+        reference = paddle.nn.Linear(*linear.weight.shape, bias_attr=False)
+        reference.weight.set_value(linear.weight)
+        wrapper = GPTQ(reference, quant_bits=4)
+        with paddle.no_grad():
+            for window in ids:
+                x = model.llama.embed_tokens(paddle.to_tensor(window[None]))
+                wrapper(model.llama.layers[0].input_layernorm(x))
+        expected[name] = wrapper.quantize(config).codes
     quantize_model(model, config, ids, progress=False)
-    np.testing.assert_array_equal(model.llama.layers[0].self_attn.q_proj.codes().numpy(), expected.codes)
+    for name, codes in expected.items():
+        np.testing.assert_array_equal(getattr(model.llama.layers[0].self_attn, name).codes().numpy(), codes)
 
 
 def test_quantize_lm_head(tmp_path):
@@ -204,3 +215,45 @@ def test_a_hessian_that_is_not_positive_definite_gets_more_damping():
     wrapper.hessian = paddle.to_tensor(-np.eye(16, dtype="float32"))  # no damping helps
     with pytest.raises(ValueError, match="not positive definite even with"):
         wrapper.quantize(QuantConfig(bits=4, group_size=-1))
+
+
+def _hf_checkpoint(kind, directory, dtype):
+    hf, _ = tiny_llama(hidden_size=48, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2) \
+        if kind == "llama" else tiny_bloom(n_head=4, hidden_size=48)
+    hf.to(dtype).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+@pytest.mark.parametrize("kind, layout, config", [
+    ("llama", "hf", QuantConfig(bits=4, group_size=32, quantize_lm_head=True)),
+    ("bloom", "paddle", QuantConfig(bits=3, group_size=16, sym=False, act_order=True)),
+], ids=["llama-hf-fp16-head", "bloom-paddle-fp32-asym-actorder"])
+def test_streamed_gptq_equals_quantizing_the_whole_model(kind, layout, config, tmp_path):
+    """stream_gptq (one block's float weights in memory) writes exactly the tensors quantize_model makes on the
+    whole float32 model, and keeps every tensor it does not quantize as the source stored it."""
+    import torch
+
+    from paddle_belle.quant.quantize import stream_gptq
+
+    source = _hf_checkpoint(kind, tmp_path / "hf", torch.float16)
+    if layout == "paddle":
+        AutoModelForCausalLM.from_pretrained(source, dtype="float32").save_pretrained(tmp_path / "paddle")
+        source = tmp_path / "paddle"
+    ids = calibration_ids(101)
+    model = quantize_model(AutoModelForCausalLM.from_pretrained(source, dtype="float32"), config, ids,
+                           progress=False)
+    whole = {k: v.numpy() for k, v in model.state_dict().items()}
+    (tmp_path / "out").mkdir()
+    stream_gptq(source, tmp_path / "out", config, ids, progress=False)
+    streamed, original = load_state_dict(tmp_path / "out"), dict(iter_hf_as_paddle(source)) if layout == "hf" \
+        else load_state_dict(source)
+    assert set(streamed) == set(whole)
+    for name, array in streamed.items():
+        if name in original:  # not quantized: as stored
+            assert array.dtype == original[name].dtype, name
+            np.testing.assert_array_equal(array, original[name], err_msg=name)
+        else:
+            assert array.dtype == whole[name].dtype, name
+            np.testing.assert_array_equal(array, whole[name], err_msg=name)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert loaded.quantization == config

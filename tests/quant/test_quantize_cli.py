@@ -26,17 +26,32 @@ def test_quantize_gptq_then_load_and_chat(belle, tmp_path, capsys):
     model_dir, calib = belle
     out = tmp_path / "q4"
     assert main(["quantize", "--model", str(model_dir), "--method", "gptq", "--bits", "4", "--group-size", "16",
-                 "--calib", str(calib), "--nsamples", "4", "--seqlen", "32", "--act-order", "--out", str(out)]) == 0
+                 "--calib", str(calib), "--nsamples", "4", "--seqlen", "32", "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "vocab.json", "merges.txt"}
     model = AutoModelForCausalLM.from_pretrained(out)
-    assert isinstance(model.bloom.h[1].mlp.dense_4h_to_h, QuantLinear) and model.quantization.act_order
+    assert isinstance(model.bloom.h[1].mlp.dense_4h_to_h, QuantLinear)
+    assert model.quantization.act_order  # GPTQ's default
     tokenizer = AutoTokenizer.from_pretrained(out)
     reply = generate_batch(model, tokenizer, ["你好"], preset="greedy", max_new_tokens=8)
     assert isinstance(reply[0], str)
     # Quantizing a quantized checkpoint is refused.
     assert main(["quantize", "--model", str(out), "--method", "rtn", "--out", str(tmp_path / "again")]) == 1
     assert "already quantized" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, act_order", [
+    (["--method", "gptq"], True), (["--method", "gptq", "--act-order"], True),
+    (["--method", "gptq", "--no-act-order"], False), (["--method", "rtn"], False), (["--method", "rtn", "--act-order"], True),
+])
+def test_act_order_is_gptqs_default(belle, tmp_path, args, act_order):
+    model_dir, calib = belle
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", str(model_dir), "--calib", str(calib), "--nsamples", "2", "--seqlen", "16",
+                 "--group-size", "16", "--out", str(out), *args]) == 0
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["act_order"] is act_order
+    state = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert ("bloom.h.0.mlp.dense_4h_to_h.perm" in state) is act_order
 
 
 def test_rtn_needs_no_calibration(belle, tmp_path):
@@ -206,7 +221,7 @@ def test_gptq_keeps_a_float16_source_float16_where_it_does_not_quantize(belle, t
     assert main(["quantize", "--model", str(src), "--method", "gptq", "--bits", "4", "--group-size", "16",
                  "--calib", str(calib), "--nsamples", "2", "--seqlen", "16", "--out", str(out)]) == 0
     state = load_state_dict(out)
-    floats = {n: a.dtype for n, a in state.items() if not n.endswith((".qweight", ".scales"))}
+    floats = {n: a.dtype for n, a in state.items() if not n.endswith((".qweight", ".scales", ".perm"))}
     assert floats and set(floats.values()) == {np.dtype("float16")}, floats
     assert "bloom.h.0.mlp.dense_h_to_4h.bias" in floats and read_config(out)["dtype"] == "float16"
     model = AutoModelForCausalLM.from_pretrained(out)

@@ -62,7 +62,9 @@ def write_checkpoint(shape: str, out: Path, max_shard_size="2GB") -> None:
     import numpy as np
 
     from paddle_belle import arch
-    from paddle_belle.checkpoint import safetensors_writer, shard_names, split_shards, write_json
+    from tqdm.auto import tqdm
+
+    from paddle_belle.checkpoint import atomic_dir, safetensors_writer, shard_names, split_shards, write_json
     from paddle_belle.convert.tokenizer import write_hf_tokenizer
 
     config = {"model_type": "bloom", **SHAPES[shape], "dtype": "float16", "bos_token_id": 1, "eos_token_id": 2,
@@ -75,23 +77,32 @@ def write_checkpoint(shape: str, out: Path, max_shard_size="2GB") -> None:
     shards = split_shards({n: 2 * int(np.prod(s)) for n, (s, _) in tensors.items()}, max_shard_size)
     files, index = shard_names(len(shards), safe_serialization=True)
     rng = np.random.default_rng(0)
-    out.mkdir(parents=True)
-    for file, names in zip(files, shards):
-        specs = [(n, np.dtype("float16"), tensors[n][0][::-1] if tensors[n][1] else tensors[n][0]) for n in names]
-        with safetensors_writer(out / file, specs, fmt="pt") as write:
-            for n in names:
-                s, transpose = tensors[n]
-                if n.endswith("layernorm.weight") or n.endswith("ln_f.weight"):
-                    array = np.ones(s, np.float16)
-                else:
-                    array = (rng.standard_normal(s, np.float32) * 0.02).astype(np.float16)
-                write(n, array.T if transpose else array)
-    if len(files) > 1:
-        weight_map = {n: f for f, names in zip(files, shards) for n in names}
-        write_json(out / index, {"metadata": {"total_size": sum(2 * int(np.prod(s)) for s, _ in tensors.values())},
-                                 "weight_map": weight_map})
-    write_json(out / "config.json", arch.hf_config("bloom", config))
-    write_hf_tokenizer(TOKENIZER, out, "bloom")
+
+    def random(shape_):  # float32 noise in 64 MB pieces: the 7B token table would otherwise pass through 8 GB
+        array = np.empty(shape_, np.float16)
+        rows = array.reshape(shape_[0], -1)
+        step = max(1, 2**24 // rows.shape[1])
+        for i in range(0, rows.shape[0], step):
+            piece = rng.standard_normal((min(step, rows.shape[0] - i), rows.shape[1]), np.float32)
+            piece *= 0.02
+            rows[i:i + step] = piece
+        return array
+
+    with atomic_dir(out) as tmp:
+        for file, names in tqdm(list(zip(files, shards)), desc="random float16", unit="shard"):
+            specs = [(n, np.dtype("float16"), tensors[n][0][::-1] if tensors[n][1] else tensors[n][0]) for n in names]
+            with safetensors_writer(tmp / file, specs, fmt="pt") as write:
+                for n in names:
+                    s, transpose = tensors[n]
+                    ones = n.endswith("layernorm.weight") or n.endswith("ln_f.weight")
+                    array = np.ones(s, np.float16) if ones else random(s)
+                    write(n, array.T if transpose else array)
+        if len(files) > 1:
+            weight_map = {n: f for f, names in zip(files, shards) for n in names}
+            write_json(tmp / index, {"metadata": {"total_size": sum(2 * int(np.prod(s)) for s, _ in tensors.values())},
+                                     "weight_map": weight_map})
+        write_json(tmp / "config.json", arch.hf_config("bloom", config))
+        write_hf_tokenizer(TOKENIZER, tmp, "bloom")
 
 
 def weight_bytes(directory: Path) -> int:

@@ -20,8 +20,9 @@ each row's decode) / the weight bytes.
         [--formats float32,bfloat16,int8,...] [--llama-cpp f32,f16,q8_0,q4_0] [--workdir /tmp/cpu-formats]
         [--low-disk] [--lock /work/logs/bench.lock]
 
---low-disk deletes each made checkpoint or GGUF once it is measured (the source stays); --lock holds that file's
-flock around each timed part only (bandwidth probe + decode), so the slow making of files does not block others.
+Every file is made first, then all rows are timed while holding --lock's flock once (the slow making of files
+blocks no other benchmark). --low-disk makes, times (locking for that row only) and deletes one file at a time
+instead; the source stays.
 """
 import argparse
 import contextlib
@@ -63,11 +64,12 @@ def write_checkpoint(shape: str, out: Path, max_shard_size="2GB") -> None:
     from tqdm.auto import tqdm
 
     from paddle_belle import arch
-    from paddle_belle.checkpoint import atomic_dir, safetensors_writer, shard_names, split_shards, write_json
+    from paddle_belle.checkpoint import atomic_dir, read_config, safetensors_writer, shard_names, split_shards, write_json
     from paddle_belle.convert.tokenizer import write_hf_tokenizer
 
     config = {"model_type": "bloom", **SHAPES[shape], "dtype": "float16", "bos_token_id": 1, "eos_token_id": 2,
               "pad_token_id": 3, "layer_norm_epsilon": 1e-5}
+    spoken = read_config(TOKENIZER)["vocab_size"]  # the tokenizer's tokens; the rest of the vocabulary is padding
     hf_names = arch.PADDLE_TO_HF["bloom"]
     tensors = {}  # HF name -> (Paddle shape, transpose)
     for name, shape_ in arch.BLOOM.checkpoint_shapes(config).items():
@@ -96,6 +98,8 @@ def write_checkpoint(shape: str, out: Path, max_shard_size="2GB") -> None:
                     s, transpose = tensors[n]
                     ones = n.endswith("layernorm.weight") or n.endswith("ln_f.weight")
                     array = np.ones(s, np.float16) if ones else random(s)
+                    if n == "transformer.word_embeddings.weight":  # the head: keep replies to tokens that can be
+                        array[spoken:] *= 1e-3  # decoded, so that `paddle-belle chat` runs on this checkpoint
                     write(n, array.T if transpose else array)
         if len(files) > 1:
             weight_map = {n: f for f, names in zip(files, shards) for n in names}
@@ -277,13 +281,13 @@ def locked(path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def timed(a, worker: list[str], need: int) -> dict:
-    """Bandwidth probe + one worker process, under the lock; refused (None) when the machine lacks the memory."""
+def timed(a, worker: list[str], need: int, lock=None) -> dict:
+    """Bandwidth probe + one worker process (under ``lock``); refused (None) when the machine lacks the memory."""
     if memory_available() < need + 2e9:
         print(f"skipped {worker[1]}: needs ~{need / 1e9:.1f} GB + 2 GB spare, {memory_available() / 1e9:.1f} GB "
               "available", file=sys.stderr)
         return None
-    with locked(a.lock):
+    with locked(lock):
         load = os.getloadavg()[0]
         bandwidth = gemv_bandwidth(a.threads)
         run = subprocess.run([sys.executable, __file__, *worker, "--prompt", str(a.prompt), "--new", str(a.new),
@@ -300,8 +304,8 @@ def main():
     p.add_argument("--formats", default=",".join(FORMATS))
     p.add_argument("--llama-cpp", default=",".join(LLAMA_TYPES), help="llama.cpp types to run ('' for none)")
     p.add_argument("--workdir", default="/tmp/cpu-formats")
-    p.add_argument("--low-disk", action="store_true", help="delete each made file once measured")
-    p.add_argument("--lock", help="flock this file around each timed part")
+    p.add_argument("--low-disk", action="store_true", help="make, measure and delete one file at a time")
+    p.add_argument("--lock", help="flock this file while timing")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--llama-worker", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -316,24 +320,38 @@ def main():
     source = work / "fp16"
     if not source.exists():
         write_checkpoint(a.shape, source)
-    rows = {}
-    for name in formats:
-        directory, options, dtype, _ = FORMATS[name]
-        quantize_rss = None
+    quantize_rss = {}
+
+    def make(name):
+        directory, options, _, _ = FORMATS[name]
         if options is not None and not (work / directory).exists():
-            quantize_rss = quantize(source, work / directory, options)
-        weights = weight_bytes(work / directory) * (2 if dtype == "float32" and options is None else 1)
-        result = timed(a, ["--worker", str(work / directory), dtype], weights)
-        rows[name] = (weights, quantize_rss, result)
-        if a.low_disk and options is not None:
-            shutil.rmtree(work / directory)
-    theirs = {}
-    for qtype in llama_types:
-        path = make_gguf(source, work, qtype, a.threads)
-        theirs[qtype] = (path.stat().st_size, timed(a, ["--llama-worker", str(path)], path.stat().st_size))
-        if a.low_disk:  # q8_0 may be q4_0's source: removed after it
-            for t in [qtype] + (["q8_0"] if qtype == "q4_0" else []):
-                (work / f"llama-{t}.gguf").unlink(missing_ok=True)
+            quantize_rss[name] = quantize(source, work / directory, options)
+        return work / directory
+
+    # Files are made first and then every row is timed under one hold of the lock; with --low-disk each file is
+    # made, timed (holding the lock for that row only) and deleted in turn.
+    if not a.low_disk:
+        for name in formats:
+            make(name)
+        for qtype in llama_types:
+            make_gguf(source, work, qtype, a.threads)
+    rows, theirs = {}, {}
+    with locked(None if a.low_disk else a.lock):
+        row_lock = a.lock if a.low_disk else None
+        for name in formats:
+            _, options, dtype, _ = FORMATS[name]
+            path = make(name)
+            weights = weight_bytes(path) * (2 if dtype == "float32" and options is None else 1)
+            rows[name] = (weights, quantize_rss.get(name), timed(a, ["--worker", str(path), dtype], weights, row_lock))
+            if a.low_disk and options is not None:
+                shutil.rmtree(path)
+        for qtype in llama_types:
+            path = make_gguf(source, work, qtype, a.threads)
+            theirs[qtype] = (path.stat().st_size, timed(a, ["--llama-worker", str(path)], path.stat().st_size,
+                                                        row_lock))
+            if a.low_disk:  # q8_0 may be q4_0's source: removed after it
+                for t in [qtype] + (["q8_0"] if qtype == "q4_0" else []):
+                    (work / f"llama-{t}.gguf").unlink(missing_ok=True)
     print_tables(a, rows, theirs)
 
 

@@ -1,9 +1,10 @@
 """BLOOM on a CPU in every weight format paddle_belle runs (float32, bfloat16, int8-g128, int4-g128), and llama.cpp
 on the same weights (f32, f16, q8_0, q4_0), in one run.
 
-The source is a random float16 HF checkpoint (std 0.02, sharded, written tensor by tensor: never all in memory), the
-form BELLE-7B-2M itself is published in, with belle-tiny-zh's tokenizer (no package ships BLOOM's 250k vocabulary).
-Both engines read it as it is:
+The source is a random float16 checkpoint (std 0.02, sharded, written tensor by tensor: never all in memory) in
+transformers' layout, as BELLE-7B-2M is published on the HF hub and as `paddle-belle convert --to hf` writes it
+(written so directly: at 7B a Paddle copy and its export would need 28 GB of disk), with belle-tiny-zh's tokenizer (no
+package ships BLOOM's 250k vocabulary). Both engines read it as it is:
 - ours: bfloat16 / float32 load it directly; int8 / int4 are made by streaming RTN (`paddle-belle quantize --method rtn`,
   its peak RSS shown), with the token table (BLOOM's tied embedding = its head) int8 per token as `quantize` does by
   default, kept float16 (`--embedding keep`, loaded with dtype="float16" so that it stays so), or int4.

@@ -190,6 +190,25 @@ class HalfLinear(nn.Layer):
         return out if self.bias is None else out + self.bias
 
 
+# Rows of x for which FloatLinear takes the native kernel: measured 1.3-1.6x Paddle's matmul at 8..64 rows; at 2..4
+# rows both are bound by the weight's bytes (within the noise of each other).
+FLOAT_KERNEL_ROWS = range(5, 65)
+
+
+class FloatLinear(nn.Linear):
+    """nn.Linear that, in CPU inference on FLOAT_KERNEL_ROWS rows of x (continuous batching's decoding steps), computes
+    through the native float32 kernel: there the step is compute-bound, and Paddle 3.3.1's CPU matmul (MKL's AVX2
+    path, ~45 GFLOP/s a core on Zen 4) reaches ~2/3 of the kernel's speed at bloom-560m's shapes (benchmarks/
+    cpu_kernels.py --m 8,16). Fewer rows are bound by the weight's bytes, where both read at the same speed, and
+    training needs gradients: both stay Paddle's."""
+
+    def forward(self, x):
+        rows = x.size // max(x.shape[-1], 1)
+        if rows in FLOAT_KERNEL_ROWS and not paddle.is_grad_enabled() and kernels.usable(x):
+            return kernels.dense_matmul(x, self.weight, self.bias)
+        return super().forward(x)
+
+
 # ----------------------------------------------------------------------------------------- model surgery
 def decoder_blocks(model) -> nn.LayerList:
     """The transformer blocks of our BLOOM (``bloom.h``) or LLaMA (``llama.layers``)."""
@@ -238,6 +257,18 @@ def replace_linears(model, config: QuantConfig) -> None:
         if model.arch.head in tables:
             model.lm_head = QuantLinear(*model.lm_head.weight.shape, config.embedding_config(), dtype=dtype)
     model.quantization = config
+
+
+def float_linears(model) -> None:
+    """Make the float32 Linears of ``model`` (on the CPU, not yet loaded) FloatLinears: the same parameters, the
+    native kernel for batched decoding steps."""
+    for block in decoder_blocks(model):
+        for _, parent, attr, linear in block_linears(model, block):
+            if type(linear) is nn.Linear:  # a quantized checkpoint's Linears are QuantLinears already
+                setattr(parent, attr, FloatLinear(*linear.weight.shape, bias_attr=None if linear.bias is not None
+                                                  else False))
+    if not model.arch.tied(model.config) and type(model.lm_head) is nn.Linear:
+        model.lm_head = FloatLinear(*model.lm_head.weight.shape, bias_attr=False)
 
 
 def keep_half(model, dtype: str) -> None:

@@ -101,13 +101,34 @@ def test_numpy_head_in_inference_matches_hf_and_training_keeps_gradients(monkeyp
     monkeypatch.setattr(cpu, "NUMPY_HEAD_MIN", 0)  # every head takes the CPU inference path (numpy's BLAS)
     hf, ours = tiny_bloom(4, 0.5)
     ref = hf_logits(hf, IDS, MASK).logits.numpy()
-    out = our_logits(ours, IDS, MASK).logits.numpy()  # under no_grad
+    out = our_logits(ours, IDS, MASK).logits.numpy()  # under no_grad; several rows: Paddle's matmul
     real = MASK == 1
     assert max_rel_diff(out[real], ref[real]) <= TOL
+    calls = []
+    real_from_dlpack = np.from_dlpack
+    monkeypatch.setattr(np, "from_dlpack", lambda t: calls.append(1) or real_from_dlpack(t))
+    with paddle.no_grad():  # one row (a decoding step of one reply): numpy's BLAS
+        single = ours(paddle.to_tensor(IDS[:1, :1])).logits.numpy()
+    assert calls
+    assert max_rel_diff(single[0], hf_logits(hf, IDS[:1, :1], MASK[:1, :1]).logits.numpy()[0]) <= TOL
     ours.train()  # with gradients the head stays a Paddle matmul, so the embedding still learns through it
     loss = ours(paddle.to_tensor(IDS), labels=paddle.to_tensor(IDS)).loss
     loss.backward()
     assert float(ours.bloom.word_embeddings.weight.grad.abs().sum()) > 0
+
+
+def test_a_float32_checkpoint_on_cpu_computes_batched_rows_through_the_kernel(tmp_path):
+    """from_pretrained in float32 on the CPU gives FloatLinears; eight one-token rows (a batched decoding step's
+    shape) then go through the native kernel and still match HF."""
+    from paddle_belle.quant.linear import FloatLinear
+
+    hf, ours = tiny_bloom(4, 0.5)
+    ours.save_pretrained(tmp_path)
+    loaded = BloomForCausalLM.from_pretrained(tmp_path)
+    assert all(type(layer) is FloatLinear for layer in loaded.sublayers() if isinstance(layer, paddle.nn.Linear))
+    ids = IDS[:, :4].reshape(8, 1)
+    out = our_logits(loaded, ids).logits.numpy()
+    assert max_rel_diff(out, hf_logits(hf, ids).logits.numpy()) <= TOL
 
 
 def test_threads_hold_paddle_and_numpy_blas_alike(tmp_path):

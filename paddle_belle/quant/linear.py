@@ -259,28 +259,28 @@ def replace_linears(model, config: QuantConfig) -> None:
     model.quantization = config
 
 
-def float_linears(model) -> None:
-    """Make the float32 Linears of ``model`` (on the CPU, not yet loaded) FloatLinears: the same parameters, the
-    native kernel for batched decoding steps."""
+def _swap_linears(model, make) -> None:
+    """Replace each plain nn.Linear of the decoder blocks, and an untied head, by ``make(linear)``."""
     for block in decoder_blocks(model):
         for _, parent, attr, linear in block_linears(model, block):
             if type(linear) is nn.Linear:  # a quantized checkpoint's Linears are QuantLinears already
-                setattr(parent, attr, FloatLinear(*linear.weight.shape, bias_attr=None if linear.bias is not None
-                                                  else False))
+                setattr(parent, attr, make(linear))
     if not model.arch.tied(model.config) and type(model.lm_head) is nn.Linear:
-        model.lm_head = FloatLinear(*model.lm_head.weight.shape, bias_attr=False)
+        model.lm_head = make(model.lm_head)
+
+
+def float_linears(model) -> None:
+    """Make the float32 Linears of ``model`` (on the CPU, not yet loaded) FloatLinears: the same parameters, the
+    native kernel for batched decoding steps."""
+    _swap_linears(model, lambda linear: FloatLinear(*linear.weight.shape,
+                                                    bias_attr=None if linear.bias is not None else False))
 
 
 def keep_half(model, dtype: str) -> None:
     """Make ``model`` (built in float32, not yet loaded) hold its Linear weights and input embedding in ``dtype``
     (bfloat16 or float16) for the CPU: Linears become HalfLinears, the embedding's rows are widened as they are
     looked up, a tied head goes through the native kernel (cpu.tied_head); norms and biases stay float32."""
-    for block in decoder_blocks(model):
-        for _, parent, attr, linear in block_linears(model, block):
-            if type(linear) is nn.Linear:  # a quantized checkpoint's Linears are QuantLinears already
-                setattr(parent, attr, HalfLinear(*linear.weight.shape, dtype, linear.bias is not None))
-    if not model.arch.tied(model.config) and type(model.lm_head) is nn.Linear:
-        model.lm_head = HalfLinear(*model.lm_head.weight.shape, dtype)
+    _swap_linears(model, lambda linear: HalfLinear(*linear.weight.shape, dtype, linear.bias is not None))
     embedding = model.get_input_embeddings()
     if isinstance(embedding, QuantEmbedding):  # a quantized checkpoint's token tables are integers already
         return

@@ -18,7 +18,7 @@ from paddle_belle.checkpoint import to_paddle, write_json
 from paddle_belle.convert import engine
 from paddle_belle.cpu import set_cpu_threads
 from paddle_belle.quant.format import QuantConfig
-from paddle_belle.quant.linear import float_linears, keep_half, replace_linears
+from paddle_belle.quant.linear import keep_half, replace_linears
 
 
 def check_dtype(dtype) -> str:
@@ -81,8 +81,6 @@ def load(cls, path, dtype=None, strict=True, config=None, threads=None, **config
             replace_linears(model, QuantConfig.from_dict(quantization, f"{path / CONFIG_NAME}"))
         if half_on_cpu:
             keep_half(model, weights)
-        elif weights == "float32" and paddle.get_device() == "cpu":
-            float_linears(model)
     load_weights(model, path, strict=strict)
     model.eval()
     return model

@@ -190,23 +190,24 @@ class HalfLinear(nn.Layer):
         return out if self.bias is None else out + self.bias
 
 
-# Rows of x for which FloatLinear takes the native kernel: measured 1.3-1.6x Paddle's matmul at 8..64 rows; at 2..4
-# rows both are bound by the weight's bytes (within the noise of each other).
+# Rows of x for which linear() takes the native kernel: measured 1.3-1.6x Paddle's matmul at 8..64 rows; at 2..4 rows
+# both are bound by the weight's bytes (within the noise of each other).
 FLOAT_KERNEL_ROWS = range(5, 65)
 
 
-class FloatLinear(nn.Linear):
-    """nn.Linear that, in CPU inference on FLOAT_KERNEL_ROWS rows of x (continuous batching's decoding steps), computes
-    through the native float32 kernel: there the step is compute-bound, and Paddle 3.3.1's CPU matmul (MKL's AVX2
-    path, ~45 GFLOP/s a core on Zen 4) reaches ~2/3 of the kernel's speed at bloom-560m's shapes (benchmarks/
-    cpu_kernels.py --m 8,16). Fewer rows are bound by the weight's bytes, where both read at the same speed, and
-    training needs gradients: both stay Paddle's."""
-
-    def forward(self, x):
-        rows = x.size // max(x.shape[-1], 1)
-        if rows in FLOAT_KERNEL_ROWS and not paddle.is_grad_enabled() and kernels.usable(x):
-            return kernels.dense_matmul(x, self.weight, self.bias)
-        return super().forward(x)
+def linear(layer, x):
+    """``layer(x)``; for a plain float32 nn.Linear in CPU inference on FLOAT_KERNEL_ROWS rows of x (continuous
+    batching's decoding steps) the same product through the native float32 kernel: there the step is compute-bound,
+    and Paddle 3.3.1's CPU matmul (MKL's AVX2 path, ~45 GFLOP/s a core on Zen 4) reaches ~2/3 of the kernel's speed
+    at bloom-560m's shapes (benchmarks/cpu_kernels.py --m 8,16). One row is bound by the weight's bytes, prefill
+    chunks and training (gradients) are Paddle's. The models call their Linears through this rather than swapping
+    in a subclass: PaddleSlim's GPTQ accepts a layer only if its type is exactly nn.Linear
+    (paddleslim/quant/advanced/gptq.py), and a layer with hooks (calibration) is always called."""
+    if (type(layer) is nn.Linear and x.size // max(x.shape[-1], 1) in FLOAT_KERNEL_ROWS and not paddle.is_grad_enabled()
+            and layer.weight.dtype == paddle.float32 and not layer._forward_pre_hooks
+            and not layer._forward_post_hooks and kernels.usable(x)):
+        return kernels.dense_matmul(x, layer.weight, layer.bias)
+    return layer(x)
 
 
 # ----------------------------------------------------------------------------------------- model surgery
@@ -259,28 +260,16 @@ def replace_linears(model, config: QuantConfig) -> None:
     model.quantization = config
 
 
-def _swap_linears(model, make) -> None:
-    """Replace each plain nn.Linear of the decoder blocks, and an untied head, by ``make(linear)``."""
-    for block in decoder_blocks(model):
-        for _, parent, attr, linear in block_linears(model, block):
-            if type(linear) is nn.Linear:  # a quantized checkpoint's Linears are QuantLinears already
-                setattr(parent, attr, make(linear))
-    if not model.arch.tied(model.config) and type(model.lm_head) is nn.Linear:
-        model.lm_head = make(model.lm_head)
-
-
-def float_linears(model) -> None:
-    """Make the float32 Linears of ``model`` (on the CPU, not yet loaded) FloatLinears: the same parameters, the
-    native kernel for batched decoding steps."""
-    _swap_linears(model, lambda linear: FloatLinear(*linear.weight.shape,
-                                                    bias_attr=None if linear.bias is not None else False))
-
-
 def keep_half(model, dtype: str) -> None:
     """Make ``model`` (built in float32, not yet loaded) hold its Linear weights and input embedding in ``dtype``
     (bfloat16 or float16) for the CPU: Linears become HalfLinears, the embedding's rows are widened as they are
     looked up, a tied head goes through the native kernel (cpu.tied_head); norms and biases stay float32."""
-    _swap_linears(model, lambda linear: HalfLinear(*linear.weight.shape, dtype, linear.bias is not None))
+    for block in decoder_blocks(model):
+        for _, parent, attr, linear in block_linears(model, block):
+            if type(linear) is nn.Linear:  # a quantized checkpoint's Linears are QuantLinears already
+                setattr(parent, attr, HalfLinear(*linear.weight.shape, dtype, linear.bias is not None))
+    if not model.arch.tied(model.config) and type(model.lm_head) is nn.Linear:
+        model.lm_head = HalfLinear(*model.lm_head.weight.shape, dtype)
     embedding = model.get_input_embeddings()
     if isinstance(embedding, QuantEmbedding):  # a quantized checkpoint's token tables are integers already
         return

@@ -12,9 +12,9 @@ from paddle_belle import kernels
 from paddle_belle.quant import QuantConfig, QuantEmbedding, QuantLinear, dequantize
 from paddle_belle.quant.quantize import quantize_model
 
-ISAS = ["best", "avx2", "scalar"]
+ISAS = ["best", "avx2", "scalar"]  # PADDLE_BELLE_KERNELS_ISA caps the path the kernel takes (never raises it)
 # Rows of x: one and a few (one tile: up to 4 rows), batched decoding steps (whole and partial blocks of 4 rows).
-ROWS = [1, 2, 3, 5, 8, 16, 17]  # PADDLE_BELLE_KERNELS_ISA caps the path the kernel takes (never raises it)
+ROWS = [1, 2, 3, 5, 8, 16, 17]
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,15 @@
-"""Decode-shaped (M = 1) matmuls on CPU: Paddle's float32 matmul, numpy's gemv, the native kernels of
-paddle_belle/kernels (float32, bfloat16, int8, int4; int4 also through QuantLinear, plain and with GPTQ's act-order
-permutation, which it applies to x before the kernel) and QuantLinear's pure-Paddle block-wise path (int8, int4).
+"""Decode-shaped matmuls on CPU (M rows of x: 1 for one reply, up to 16 for a batched decoding step): Paddle's
+float32 matmul, numpy's, the native kernels of paddle_belle/kernels (float32, bfloat16, int8, int4; int4 also through
+QuantLinear, plain and with GPTQ's act-order permutation, which it applies to x before the kernel) and QuantLinear's
+pure-Paddle block-wise path (int8, int4; M = 1 only, it is slow).
 
-    python benchmarks/cpu_kernels.py [--threads 2] [--m 1] [--repeats 30] [--rounds 3]
+    python benchmarks/cpu_kernels.py [--threads 2] [--m 1,4,8,16] [--repeats 30] [--rounds 3] [--head]
 
 Shapes: bloom-560m's Linears (K=1024 -> N=3072 query_key_value, N=4096 dense_h_to_4h; K=4096 -> N=1024
-dense_4h_to_h) and bloom-7b's dense_h_to_4h (K=4096 -> N=16384). Prints the median ms per call and GB/s = bytes of
-weight read per call (codes + scales for the integer formats, group 128) / time, and the GB/s of the fastest call
-(the machine may be shared: the best call shows what an idle one does). The methods take turns, round
+dense_4h_to_h) and bloom-7b's dense_h_to_4h (K=4096 -> N=16384); --head adds bloom-560m's tied head (K=1024 ->
+N=250,880, 1 GB in float32). Prints the median ms per call, GB/s = bytes of weight read per call (codes + scales for
+the integer formats, group 128) / time, the GB/s of the fastest call (the machine may be shared: the best call shows
+what an idle one does), and GFLOP/s (2 M K N / time: what bounds M = 16). The methods take turns, round
 after round, so that drift in the machine's speed spreads over all of them; each cell is the median of all rounds.
 Before its turn each method waits 0.3 s, for the previous one's threads to stop spinning (numpy's BLAS threads
 keep 2 cores busy well after their call returns).
@@ -15,6 +17,7 @@ keep 2 cores busy well after their call returns).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -31,7 +34,8 @@ GROUP = 128
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--m", type=int, default=1, help="rows of x (1: one decoded token)")
+    parser.add_argument("--m", default="1", help="rows of x, comma-separated (1: one decoded token)")
+    parser.add_argument("--head", action="store_true", help="also bloom-560m's tied head, 1024 -> 250,880")
     parser.add_argument("--repeats", type=int, default=30, help="calls per method per round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -51,8 +55,8 @@ def main():
           f"threads {args.threads}, M={args.m}, MKL_DEBUG_CPU_TYPE={os.environ.get('MKL_DEBUG_CPU_TYPE')}")
     rng = np.random.RandomState(0)
     rows = []
-    for k, n in SHAPES:
-        x_np = rng.standard_normal((args.m, k)).astype(np.float32)
+    for (k, n), m in itertools.product(SHAPES + [(1024, 250880)] * args.head, [int(v) for v in args.m.split(",")]):
+        x_np = rng.standard_normal((m, k)).astype(np.float32)
         x = paddle.to_tensor(x_np)
         w_np = (rng.standard_normal((k, n)) * 0.02).astype(np.float32)
         w = paddle.to_tensor(w_np)
@@ -86,10 +90,11 @@ def main():
                 ("layer int4", lambda: layers[4](x), quant_bytes(4)),  # QuantLinear.forward around the kernel
                 ("layer int4 act-ord", lambda: layers["4 act-order"](x), quant_bytes(4)),
             ]
-        methods += [
-            ("blockwise int8", lambda: layers[8]._blockwise_forward(x), quant_bytes(8)),
-            ("blockwise int4", lambda: layers[4]._blockwise_forward(x), quant_bytes(4)),
-        ]
+        if m == 1:
+            methods += [
+                ("blockwise int8", lambda: layers[8]._blockwise_forward(x), quant_bytes(8)),
+                ("blockwise int4", lambda: layers[4]._blockwise_forward(x), quant_bytes(4)),
+            ]
         times = {name: [] for name, _, _ in methods}
         with paddle.no_grad():
             for _ in range(args.rounds):
@@ -105,11 +110,12 @@ def main():
                         times[name].append(time.perf_counter() - start)
         for name, _, nbytes in methods:
             seconds, best = float(np.median(times[name])), float(np.min(times[name]))
-            rows.append((f"{k}x{n}", name, seconds * 1e3, nbytes / seconds / 1e9, nbytes / best / 1e9))
+            rows.append((f"{k}x{n}", m, name, seconds * 1e3, nbytes / seconds / 1e9, nbytes / best / 1e9,
+                         2 * m * k * n / seconds / 1e9))
 
-    print(f"\n{'shape KxN':<11} {'method':<18} {'ms':>9} {'GB/s':>7} {'best GB/s':>10}")
-    for shape, name, ms, gbs, best in rows:
-        print(f"{shape:<11} {name:<18} {ms:9.3f} {gbs:7.1f} {best:10.1f}")
+    print(f"\n{'shape KxN':<12} {'M':>3} {'method':<18} {'ms':>9} {'GB/s':>7} {'best GB/s':>10} {'GFLOP/s':>8}")
+    for shape, m, name, ms, gbs, best, flops in rows:
+        print(f"{shape:<12} {m:>3} {name:<18} {ms:9.3f} {gbs:7.1f} {best:10.1f} {flops:8.1f}")
 
 
 if __name__ == "__main__":

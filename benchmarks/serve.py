@@ -14,6 +14,7 @@ On a shared machine expect +-30% between runs (the load average is printed). Not
     python benchmarks/serve.py [--shape bloom-560m | --model DIR] [--formats float32,int4] [--clients 1,4,16]
                                [--rows 16] [--chunk 128] [--new 48] [--requests 1] [--long 1000] [--threads 2]
                                [--rows-table 1,16]     (--clients '': the in-process table only)
+                               [--step-only]           (only the decoding steps of the in-process table: quick)
 """
 import argparse
 import json
@@ -112,11 +113,11 @@ def prefill_delay(url, clients, long_prompt, new):
     return statistics.median(before), max(during), usage.prompt_tokens, first[0] - sent
 
 
-def in_process(directory, prompt_ids, chunk, threads, rows=()):
+def in_process(directory, prompt_ids, chunk, threads, rows=(), step_only=False):
     """Without HTTP: (seconds of one prefill chunk of ``prompt_ids`` alone, a Batcher step after a warm-up one;
     tokens/s of generation.stream, batch 1: the reference; {rows: (wall s, CPU s) of a decoding step with that many
     rows busy}). CPU seconds (all threads of this process) show what batching costs apart from the share of the
-    cores that a shared machine leaves this process."""
+    cores that a shared machine leaves this process. ``step_only``: the decoding steps alone (the others None)."""
     import resource
 
     from paddle_belle import AutoModelForCausalLM, AutoTokenizer, generation
@@ -124,19 +125,20 @@ def in_process(directory, prompt_ids, chunk, threads, rows=()):
 
     model = AutoModelForCausalLM.from_pretrained(directory, threads=threads)
     tok = AutoTokenizer.from_pretrained(directory)
-    batcher = Batcher(model, tok, rows=1, chunk=chunk)
-    batcher.add(prompt_ids, generation.GenerationConfig(max_new_tokens=1))
-    times = []
-    for _ in range(2):
-        t = time.perf_counter()
-        batcher.step()
-        times.append(time.perf_counter() - t)
     ids, new = tok(generation_prompt(PROMPT))["input_ids"], 16
     config = generation.GenerationConfig(max_new_tokens=new, min_new_tokens=new)
-    for _ in range(2):  # the first: warm-up
-        t = time.perf_counter()
-        list(generation.stream(model, np.array([ids]), config=config))
-        stream_s = time.perf_counter() - t
+    times, stream_s = [None, None], None
+    if not step_only:
+        batcher = Batcher(model, tok, rows=1, chunk=chunk)
+        batcher.add(prompt_ids, generation.GenerationConfig(max_new_tokens=1))
+        for i in range(2):
+            t = time.perf_counter()
+            batcher.step()
+            times[i] = time.perf_counter() - t
+        for _ in range(2):  # the first: warm-up
+            t = time.perf_counter()
+            list(generation.stream(model, np.array([ids]), config=config))
+            stream_s = time.perf_counter() - t
 
     def cpu():
         r = resource.getrusage(resource.RUSAGE_SELF)
@@ -154,7 +156,7 @@ def in_process(directory, prompt_ids, chunk, threads, rows=()):
             batcher.step()
             count += 1
         steps[n] = ((time.perf_counter() - wall) / count, (cpu() - cpu0) / count)
-    return times[1], new / stream_s, steps
+    return times[1], stream_s and new / stream_s, steps
 
 
 def generation_prompt(text):
@@ -177,6 +179,8 @@ def main():
     p.add_argument("--delay-clients", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rows-table", default="1,16", help="rows of the in-process table ('': none)")
+    p.add_argument("--step-only", action="store_true",
+                   help="only the in-process decoding steps (--rows-table), no server, no prefill figures")
     p.add_argument("--workdir", default="/tmp/serve-bench")
     a = p.parse_args()
     dirs = {"model": Path(a.model)} if a.model else make_checkpoints(a.shape, Path(a.workdir))
@@ -190,15 +194,16 @@ def main():
     long_prompt = tok.decode(long_ids)
     print(f"{a.model or a.shape}: {a.rows} rows, prefill chunk {a.chunk}, {a.new} tokens a request, "
           f"{a.threads} threads; load average {os.getloadavg()[0]:.1f} at the start")
-    print("| format | clients | tokens/s | x 1 client | median TTFT (s) | p95 between tokens (s) | x 1 client |")
-    print("|---|---|---|---|---|---|---|")
+    if a.clients and not a.step_only:
+        print("| format | clients | tokens/s | x 1 client | median TTFT (s) | p95 between tokens (s) | x 1 client |")
+        print("|---|---|---|---|---|---|---|")
     delays, rows_tables = [], []
     for name, directory in dirs.items():
         rows = [int(n) for n in a.rows_table.split(",") if n]
         chunk_s, stream_tok_s, steps = in_process(directory, tok(generation_prompt(long_prompt))["input_ids"],
-                                                  a.chunk, a.threads, rows)
+                                                  a.chunk, a.threads, rows, a.step_only)
         rows_tables += [(name, n, wall, cpu_s, steps[rows[0]]) for n, (wall, cpu_s) in steps.items()]
-        if not a.clients:
+        if not a.clients or a.step_only:
             continue
         server = BelleServer(directory, "--max-concurrency", a.rows, "--prefill-chunk", a.chunk, "--served-model-name",
                              "m", "--threads", a.threads, "--max-tokens", 4096)

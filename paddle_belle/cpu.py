@@ -43,10 +43,11 @@ def set_cpu_threads(n: int | None = None) -> int:
 def tied_head(x, embedding):
     """Logits ``x @ embedding^T`` for a head tied to the [vocab, hidden] input embedding.
 
-    In inference on CPU the product goes through numpy's BLAS on a zero-copy view of the embedding: Paddle 3.3.1's
-    CPU matmul streams this, the largest matrix of a decode step (1 GB for bloom-560m, 4 GB for belle-7b-2m), at
-    ~28 GB/s where numpy reaches ~42 GB/s on the same machine (benchmarks/decode.py; the head is ~45% of
-    bloom-560m's bytes per token). With gradients needed, or on any other device, it stays a Paddle matmul.
+    In inference on CPU, for one row, the product goes through numpy's BLAS on a zero-copy view of the embedding:
+    Paddle 3.3.1's CPU matmul streams this, the largest matrix of a decode step (1 GB for bloom-560m, 4 GB for
+    belle-7b-2m), at ~28 GB/s where numpy reaches ~42 GB/s on the same machine (benchmarks/decode.py; the head is ~45%
+    of bloom-560m's bytes per token). Several rows (a batched decoding step), gradients needed, or any other device:
+    a Paddle matmul.
     """
     import numpy as np
     import paddle
@@ -62,10 +63,11 @@ def tied_head(x, embedding):
         return paddle.concat([paddle.matmul(x, embedding[r : r + rows].astype(x.dtype), transpose_y=True)
                               for r in range(0, embedding.shape[0], rows)], axis=-1)
     large = embedding.size >= NUMPY_HEAD_MIN  # a small head is overhead-bound, not bandwidth-bound: no gain there
-    if large and x.place.is_cpu_place() and x.dtype == paddle.float32 and (
+    # One row only: numpy's OpenBLAS (0.3.23, Cooperlake kernels) is slow at x [rows, hidden] @ E^T for several rows
+    # (bloom-560m's head, one Zen 4 core of a busy machine: 4 rows 255 ms, 16 rows 310 ms; Paddle's matmul 141 / 202 ms).
+    one_row = x.size == x.shape[-1]
+    if large and one_row and x.place.is_cpu_place() and x.dtype == paddle.float32 and (
             not paddle.is_grad_enabled() or x.stop_gradient and embedding.stop_gradient):
-        # x as one [rows, hidden] matrix: numpy's matmul on a stack [batch, seq, hidden] loops over the batch, one
-        # gemv a row, each streaming the whole head (16 rows of a batched decoding step read it 16 times)
-        logits = x.reshape([-1, x.shape[-1]]).numpy() @ np.from_dlpack(embedding.detach()).T
+        logits = x.reshape([1, -1]).numpy() @ np.from_dlpack(embedding.detach()).T
         return paddle.to_tensor(logits.reshape(x.shape[:-1] + [-1]))
     return paddle.matmul(x, embedding, transpose_y=True)

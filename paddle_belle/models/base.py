@@ -14,7 +14,7 @@ from paddlenlp.transformers.model_outputs import CausalLMOutputWithPast
 from paddle_belle import generation
 from paddle_belle.cpu import tied_head
 from paddle_belle.models import loading
-from paddle_belle.quant.linear import QuantEmbedding
+from paddle_belle.quant.linear import QuantEmbedding, linear
 
 # Large negative instead of -inf: a fully masked row (a padding query) then softmaxes to uniform, not NaN.
 MASKED = float(np.finfo(np.float32).min)
@@ -172,7 +172,7 @@ class CausalLM(PretrainedModel):
 
     def lm_logits(self, x):
         if not self.arch.tied(self.config):
-            return self.lm_head(x)
+            return linear(self.lm_head, x)
         embedding = self.get_input_embeddings()
         if isinstance(embedding, QuantEmbedding):  # stored as the head it is tied to (quant/format.py)
             return embedding.logits(x)

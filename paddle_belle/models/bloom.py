@@ -16,6 +16,7 @@ from paddlenlp.transformers import PretrainedConfig
 
 from paddle_belle.arch import BLOOM as ARCH
 from paddle_belle.models.base import CausalLM, attend, attention_bias
+from paddle_belle.quant.linear import linear
 
 
 class BloomConfig(PretrainedConfig):
@@ -102,12 +103,12 @@ class BloomAttention(nn.Layer):
 
     def forward(self, x, bias, cache, layer):
         b, s, _ = x.shape
-        qkv = self.query_key_value(x).reshape([b, s, self.n_head, 3, self.head_dim])
+        qkv = linear(self.query_key_value, x).reshape([b, s, self.n_head, 3, self.head_dim])
         q, k, v = qkv.transpose([3, 0, 2, 1, 4]).unbind(0)  # each [b, n_head, s, head_dim]
         if cache is not None:
             k, v = cache.update(layer, k, v)
         out = attend(q, k, v, bias, self.attention_dropout)
-        return self.dense(out.transpose([0, 2, 1, 3]).reshape([b, s, -1]))
+        return linear(self.dense, out.transpose([0, 2, 1, 3]).reshape([b, s, -1]))
 
 
 class BloomMLP(nn.Layer):
@@ -117,7 +118,7 @@ class BloomMLP(nn.Layer):
         self.dense_4h_to_h = nn.Linear(4 * config.hidden_size, config.hidden_size)
 
     def forward(self, x):
-        return self.dense_4h_to_h(bloom_gelu(self.dense_h_to_4h(x)))
+        return linear(self.dense_4h_to_h, bloom_gelu(linear(self.dense_h_to_4h, x)))
 
 
 class BloomBlock(nn.Layer):

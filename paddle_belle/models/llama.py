@@ -12,6 +12,7 @@ from paddlenlp.transformers import PretrainedConfig
 
 from paddle_belle.arch import LLAMA as ARCH, rope_scaling_fields
 from paddle_belle.models.base import CausalLM, attend, attention_bias, cast, token_positions
+from paddle_belle.quant.linear import linear
 
 class LlamaConfig(PretrainedConfig):
     """LLaMA hyper-parameters under PaddleNLP's field names.
@@ -124,15 +125,15 @@ class LlamaAttention(nn.Layer):
 
     def forward(self, x, cos, sin, bias, cache, layer):
         b, s, _ = x.shape
-        q = self.q_proj(x).reshape([b, s, self.n_head, self.head_dim]).transpose([0, 2, 1, 3])
-        k = self.k_proj(x).reshape([b, s, self.n_kv_head, self.head_dim]).transpose([0, 2, 1, 3])
-        v = self.v_proj(x).reshape([b, s, self.n_kv_head, self.head_dim]).transpose([0, 2, 1, 3])
+        q = linear(self.q_proj, x).reshape([b, s, self.n_head, self.head_dim]).transpose([0, 2, 1, 3])
+        k = linear(self.k_proj, x).reshape([b, s, self.n_kv_head, self.head_dim]).transpose([0, 2, 1, 3])
+        v = linear(self.v_proj, x).reshape([b, s, self.n_kv_head, self.head_dim]).transpose([0, 2, 1, 3])
         cos, sin = cast(cos, q.dtype), cast(sin, q.dtype)
         q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
         if cache is not None:
             k, v = cache.update(layer, k, v)  # the cache holds kv heads, not repeated ones (attend groups them)
         out = attend(q, k, v, bias, self.attention_dropout)
-        return self.o_proj(out.transpose([0, 2, 1, 3]).reshape([b, s, -1]))
+        return linear(self.o_proj, out.transpose([0, 2, 1, 3]).reshape([b, s, -1]))
 
 
 class LlamaMLP(nn.Layer):
@@ -143,7 +144,7 @@ class LlamaMLP(nn.Layer):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias_attr=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return linear(self.down_proj, F.silu(linear(self.gate_proj, x)) * linear(self.up_proj, x))
 
 
 class LlamaDecoderLayer(nn.Layer):

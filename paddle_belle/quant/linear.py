@@ -190,6 +190,26 @@ class HalfLinear(nn.Layer):
         return out if self.bias is None else out + self.bias
 
 
+# Rows of x for which linear() takes the native kernel: measured 1.3-1.6x Paddle's matmul at 8..64 rows; at 2..4 rows
+# both are bound by the weight's bytes (within the noise of each other).
+FLOAT_KERNEL_ROWS = range(5, 65)
+
+
+def linear(layer, x):
+    """``layer(x)``; for a plain float32 nn.Linear in CPU inference on FLOAT_KERNEL_ROWS rows of x (continuous
+    batching's decoding steps) the same product through the native float32 kernel: there the step is compute-bound,
+    and Paddle 3.3.1's CPU matmul (MKL's AVX2 path, ~45 GFLOP/s a core on Zen 4) reaches ~2/3 of the kernel's speed
+    at bloom-560m's shapes (benchmarks/cpu_kernels.py --m 8,16). One row is bound by the weight's bytes, prefill
+    chunks and training (gradients) are Paddle's. The models call their Linears through this rather than swapping
+    in a subclass: PaddleSlim's GPTQ accepts a layer only if its type is exactly nn.Linear
+    (paddleslim/quant/advanced/gptq.py), and a layer with hooks (calibration) is always called."""
+    if (type(layer) is nn.Linear and x.size // max(x.shape[-1], 1) in FLOAT_KERNEL_ROWS and not paddle.is_grad_enabled()
+            and layer.weight.dtype == paddle.float32 and not layer._forward_pre_hooks
+            and not layer._forward_post_hooks and kernels.usable(x)):
+        return kernels.dense_matmul(x, layer.weight, layer.bias)
+    return layer(x)
+
+
 # ----------------------------------------------------------------------------------------- model surgery
 def decoder_blocks(model) -> nn.LayerList:
     """The transformer blocks of our BLOOM (``bloom.h``) or LLaMA (``llama.layers``)."""

@@ -13,6 +13,8 @@ from paddle_belle.quant import QuantConfig, QuantEmbedding, QuantLinear, dequant
 from paddle_belle.quant.quantize import quantize_model
 
 ISAS = ["best", "avx2", "scalar"]  # PADDLE_BELLE_KERNELS_ISA caps the path the kernel takes (never raises it)
+# Rows of x: one and a few (one tile: up to 4 rows), batched decoding steps (whole and partial blocks of 4 rows).
+ROWS = [1, 2, 3, 5, 8, 16, 17]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ CONFIG_IDS = ["int8", "int8-asym-channel", "int4", "int4-asym-actorder", "int4-c
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
-@pytest.mark.parametrize("m", [1, 3, 17])
+@pytest.mark.parametrize("m", ROWS)
 def test_quant_kernel_equals_dequantized_matmul(config, m, isa):
     # K = 200 in groups of 64: a partial last group (8 rows); N = 37: whole vectors and single columns.
     layer, weight, bias = random_layer(config, 200, 37, seed=m)
@@ -73,7 +75,7 @@ def test_quant_kernel_whole_tiles_batched_input(config, isa):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-@pytest.mark.parametrize("m", [1, 3, 17])
+@pytest.mark.parametrize("m", ROWS)
 def test_dense_kernel_equals_float32_matmul(dtype, m, isa):
     rng = np.random.RandomState(m)
     for k, n in ((200, 37), (96, 300)):
@@ -86,7 +88,7 @@ def test_dense_kernel_equals_float32_matmul(dtype, m, isa):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-@pytest.mark.parametrize("m", [1, 3, 17])
+@pytest.mark.parametrize("m", ROWS)
 def test_rows_kernel_equals_the_transposed_matmul(dtype, m, isa):
     """x @ e^T with e [N, K] read as stored: the LM head tied to the input embedding."""
     rng = np.random.RandomState(m)

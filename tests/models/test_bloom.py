@@ -101,13 +101,34 @@ def test_numpy_head_in_inference_matches_hf_and_training_keeps_gradients(monkeyp
     monkeypatch.setattr(cpu, "NUMPY_HEAD_MIN", 0)  # every head takes the CPU inference path (numpy's BLAS)
     hf, ours = tiny_bloom(4, 0.5)
     ref = hf_logits(hf, IDS, MASK).logits.numpy()
-    out = our_logits(ours, IDS, MASK).logits.numpy()  # under no_grad
+    out = our_logits(ours, IDS, MASK).logits.numpy()  # under no_grad; several rows: Paddle's matmul
     real = MASK == 1
     assert max_rel_diff(out[real], ref[real]) <= TOL
+    calls = []
+    real_from_dlpack = np.from_dlpack
+    monkeypatch.setattr(np, "from_dlpack", lambda t: calls.append(1) or real_from_dlpack(t))
+    with paddle.no_grad():  # one row (a decoding step of one reply): numpy's BLAS
+        single = ours(paddle.to_tensor(IDS[:1, :1])).logits.numpy()
+    assert calls
+    assert max_rel_diff(single[0], hf_logits(hf, IDS[:1, :1], MASK[:1, :1]).logits.numpy()[0]) <= TOL
     ours.train()  # with gradients the head stays a Paddle matmul, so the embedding still learns through it
     loss = ours(paddle.to_tensor(IDS), labels=paddle.to_tensor(IDS)).loss
     loss.backward()
     assert float(ours.bloom.word_embeddings.weight.grad.abs().sum()) > 0
+
+
+def test_a_batched_decoding_step_goes_through_the_float32_kernel_and_matches_hf(monkeypatch):
+    """Eight one-token rows (a batched decoding step's shape): the float32 Linears take the native kernel."""
+    from paddle_belle import kernels
+
+    calls = []
+    real = kernels.dense_matmul
+    monkeypatch.setattr(kernels, "dense_matmul", lambda *a: calls.append(1) or real(*a))
+    hf, ours = tiny_bloom(4, 0.5)
+    ids = IDS[:, :4].reshape(8, 1)
+    out = our_logits(ours, ids).logits.numpy()
+    assert len(calls) == 4 * 2 or kernels.cpu_kernels() is None  # 4 Linears a block, 2 blocks
+    assert max_rel_diff(out, hf_logits(hf, ids).logits.numpy()) <= TOL
 
 
 def test_threads_hold_paddle_and_numpy_blas_alike(tmp_path):

@@ -70,3 +70,36 @@ def test_quantized_embedding_lookup_and_head_equal_the_dequantized_table(embeddi
         logits = layer.logits(paddle.to_tensor(x)).numpy()
     expected = x.astype(np.float64) @ table.T.astype(np.float64)
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 8, 16, 17, 64, 65])
+def test_linear_equals_the_float32_matmul_on_either_path(rows, monkeypatch):
+    """linear(layer, x) (the models' Linear calls) takes the native kernel for FLOAT_KERNEL_ROWS rows of a float32
+    nn.Linear in inference, Paddle's matmul otherwise, with gradients and with hooks; the result is always
+    nn.Linear's. K = 200, N = 37: partial vectors."""
+    from paddle_belle import kernels
+
+    if kernels.cpu_kernels() is None:
+        pytest.skip("the native CPU kernels could not be built here")
+    calls = []
+    real = kernels.dense_matmul
+    monkeypatch.setattr(kernels, "dense_matmul", lambda *a: calls.append(1) or real(*a))
+    paddle.seed(rows)
+    layer = paddle.nn.Linear(200, 37)
+    layer.bias.set_value(paddle.randn([37]))
+    x = np.random.RandomState(rows).standard_normal((rows, 1, 200)).astype(np.float32)  # a decoding step's shape
+    expected = x.astype(np.float64) @ layer.weight.numpy().astype(np.float64) + layer.bias.numpy()
+    with paddle.no_grad():
+        out = linear_module.linear(layer, paddle.to_tensor(x)).numpy()
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+        assert bool(calls) == (rows in linear_module.FLOAT_KERNEL_ROWS)
+        calls.clear()
+        seen = []  # a hook (calibration collects inputs so) must see the call: the layer itself runs
+        handle = layer.register_forward_post_hook(lambda _, inputs, out: seen.append(out.shape))
+        linear_module.linear(layer, paddle.to_tensor(x))
+        handle.remove()
+        assert seen and not calls
+    xt = paddle.to_tensor(x, stop_gradient=False)
+    linear_module.linear(layer, xt).sum().backward()  # training: Paddle's matmul, gradients to input and weight
+    assert not calls and layer.weight.grad is not None
+    np.testing.assert_allclose(xt.grad.numpy()[0, 0], layer.weight.numpy().sum(axis=1), rtol=1e-5, atol=1e-5)

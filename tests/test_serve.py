@@ -106,6 +106,8 @@ def test_auth_and_limits(server, client):
     with pytest.raises(openai.BadRequestError, match=r"the prompt \(\d+ tokens, the last message alone\)") as e:
         chat(client, "长" * 3000, max_tokens=8)
     assert e.value.code == "context_length_exceeded" and e.value.param == "messages"
+    with pytest.raises(openai.BadRequestError, match=r"the prompt \(\d+ tokens, the last message alone\)"):
+        chat(client, "长" * 3000, max_tokens=8, stream=True)  # streamed too: a 400, not an error inside a 200 stream
     with pytest.raises(openai.BadRequestError, match=r"the prompt \(\d+ tokens\) and max_tokens \(8\) exceed") as e:
         client.completions.create(model="belle-tiny", prompt="长" * 3000, max_tokens=8)
     assert e.value.code == "context_length_exceeded"

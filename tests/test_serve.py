@@ -164,6 +164,7 @@ def test_sixteen_streaming_clients_share_four_rows(server, client):
     assert after["completed"] - before["completed"] == 16 and after["rejected"] == before["rejected"]
     assert after["peak_active"] == 4 and after["peak_queued"] >= 1 and after["active"] == after["queued"] == 0
     assert after["batch_rows_busy"] == 0 and after["mean_batch"] > 1  # replies were decoded together
+    assert after["step_seconds"] > before["step_seconds"] > 0
 
 
 LONG_STREAM = """

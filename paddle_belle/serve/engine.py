@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import groupby
@@ -116,6 +117,7 @@ class Engine:
         # every row's whole context allocated now: growing it later would stall every reply in flight (batching.py)
         self.batcher = Batcher(model, self.tokenizer, rows, self.context, prefill_chunk, columns=self.context)
         self._jobs = queue.SimpleQueue()
+        self.step_seconds = 0.0  # spent in Batcher.step: over the wall time, how busy the model thread kept
         threading.Thread(target=self._loop, name="paddle-belle-model", daemon=True).start()
 
     def _loop(self):
@@ -128,6 +130,7 @@ class Engine:
                 self._jobs.get_nowait()()
             if not self.batcher.busy:
                 continue
+            start = time.perf_counter()
             try:
                 events = self.batcher.step()
             except Exception as e:  # every reply in flight gets the error; the server goes on
@@ -135,6 +138,7 @@ class Engine:
                 for r in [r for r in self.batcher.slots if r is not None] + list(self.batcher.waiting):
                     self.batcher.cancel(r)
                     r.tag(e)
+            self.step_seconds += time.perf_counter() - start
             for request, text in events:  # what the event loop needs, read now: the next step changes request
                 request.tag((text, request.finish_reason, len(request.tokens)))
 

@@ -103,7 +103,7 @@ def load(url, clients, per_client, new):
 
 
 def step_seconds(url):
-    return requests.get(url + "/health", timeout=60).json()["step_seconds"]
+    return requests.get(url + "/health", timeout=60).json().get("step_seconds", float("nan"))  # nan: an older server
 
 
 def prefill_delay(url, clients, long_prompt, new):

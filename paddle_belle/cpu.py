@@ -9,6 +9,7 @@ import os
 import sys
 
 NUMPY_HEAD_MIN = 1 << 23  # elements (32 MB in float32): beyond any CPU cache
+KERNEL_HEAD_ROWS = (2, 16)  # rows of a float32 tied head that go through the native kernel: a decoding batch
 
 
 def fast_mkl_on_amd() -> None:
@@ -46,7 +47,8 @@ def tied_head(x, embedding):
     In inference on CPU the product goes through numpy's BLAS on a zero-copy view of the embedding: Paddle 3.3.1's
     CPU matmul streams this, the largest matrix of a decode step (1 GB for bloom-560m, 4 GB for belle-7b-2m), at
     ~28 GB/s where numpy reaches ~42 GB/s on the same machine (benchmarks/decode.py; the head is ~45% of
-    bloom-560m's bytes per token). With gradients needed, or on any other device, it stays a Paddle matmul.
+    bloom-560m's bytes per token); the rows of a decoding batch go through the native kernel instead (KERNEL_HEAD_ROWS).
+    With gradients needed, or on any other device, it stays a Paddle matmul.
     """
     import numpy as np
     import paddle
@@ -64,6 +66,15 @@ def tied_head(x, embedding):
     large = embedding.size >= NUMPY_HEAD_MIN  # a small head is overhead-bound, not bandwidth-bound: no gain there
     if large and x.place.is_cpu_place() and x.dtype == paddle.float32 and (
             not paddle.is_grad_enabled() or x.stop_gradient and embedding.stop_gradient):
+        rows = int(np.prod(x.shape[:-1]))
+        if KERNEL_HEAD_ROWS[0] <= rows <= KERNEL_HEAD_ROWS[1]:
+            from paddle_belle import kernels
+
+            # numpy's OpenBLAS computes a few rows at nearly a pass over the head each, where the native kernel
+            # reads it once for them (bloom-560m's head, 1 thread, CPU s: 4 rows 0.25 vs 0.06, 16 rows 0.31 vs 0.25;
+            # one row 0.057 either way, kept on numpy); many rows (a prompt's logits) are compute-bound: numpy
+            if kernels.usable(x):
+                return kernels.rows_matmul(x, embedding)
         # x as one [rows, hidden] matrix: numpy's matmul on a stack [batch, seq, hidden] loops over the batch, one
         # gemv a row, each streaming the whole head (16 rows of a batched decoding step read it 16 times)
         logits = x.reshape([-1, x.shape[-1]]).numpy() @ np.from_dlpack(embedding.detach()).T

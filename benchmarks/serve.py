@@ -7,17 +7,23 @@ Every request generates exactly --new tokens (min_tokens masks EOS). Prints, per
 generated tokens/s, median time to first token and p95 time between tokens (the gaps between a stream's chunks).
 Without HTTP, a decoding step with 1 and 16 rows busy (--rows-table), in wall and CPU seconds. Then the prefill
 delay: while --delay-clients streams run, one --long-token prompt arrives; the running streams' largest gap during
-its prefill, less their median gap before it, is the delay it caused, shown beside one prefill chunk measured in
-process (a Batcher step of the same prompt's first chunk alone) and generation.stream alone (batch 1, no HTTP).
-On a shared machine expect +-30% between runs (the load average is printed). Nothing is asserted.
+its prefill, less their median gap before it, is the delay it caused, shown beside the slowest prefill chunk
+measured in process (each chunk of the same prompt as a Batcher step alone: the last, attending to the whole prompt,
+is the slowest) and generation.stream alone (batch 1, no HTTP). Per client count, "model thread busy" is the share
+of the wall time the server's model thread spent in batch steps (/health step_seconds): the rest it waited for
+requests or ran their jobs. On a shared machine expect +-30% between runs (the load average is printed). Nothing is
+asserted.
 
     python benchmarks/serve.py [--shape bloom-560m | --model DIR] [--formats float32,int4] [--clients 1,4,16]
                                [--rows 16] [--chunk 128] [--new 48] [--requests 1] [--long 1000] [--threads 2]
-                               [--rows-table 1,16]     (--clients '': the in-process table only)
-                               [--step-only]           (only the decoding steps of the in-process table: quick)
+                               [--rows-table 1,16] [--step-only]
+    quick subsets: --formats float32 --clients 1,4 --long 0 --rows-table ''   (--clients '': in process only;
+                   --long 0: no long prompt; --rows-table '': no decoding-step table; --step-only: only the
+                   in-process decoding steps, no server)
 """
 import argparse
 import json
+import logging
 import os
 import shutil
 import statistics
@@ -29,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import openai
+import requests
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -70,27 +77,34 @@ def stream_one(client, messages, new, marks):
     return usage
 
 
-def load(url, clients, requests, new):
-    """(tokens/s, median TTFT, p95 time between tokens) of ``clients`` streaming clients."""
+def load(url, clients, per_client, new):
+    """(tokens/s, median TTFT, p95 time between tokens, share of the wall time the model thread spent in steps) of
+    ``clients`` streaming clients."""
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=3600)
     ttft, gaps, tokens = [], [], []
     barrier = threading.Barrier(clients)
 
     def one():
         barrier.wait()
-        for _ in range(requests):
+        for _ in range(per_client):
             start, marks = time.perf_counter(), []
             tokens.append(stream_one(client, [{"role": "user", "content": PROMPT}], new, marks).completion_tokens)
             ttft.append(marks[0] - start)
             gaps.extend(np.diff(marks))
 
     threads = [threading.Thread(target=one) for _ in range(clients)]
-    start = time.perf_counter()
+    busy, start = step_seconds(url), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return sum(tokens) / (time.perf_counter() - start), statistics.median(ttft), float(np.percentile(gaps, 95))
+    wall = time.perf_counter() - start
+    return (sum(tokens) / wall, statistics.median(ttft), float(np.percentile(gaps, 95)),
+            (step_seconds(url) - busy) / wall)
+
+
+def step_seconds(url):
+    return requests.get(url + "/health", timeout=60).json().get("step_seconds", float("nan"))  # nan: an older server
 
 
 def prefill_delay(url, clients, long_prompt, new):
@@ -114,7 +128,8 @@ def prefill_delay(url, clients, long_prompt, new):
 
 
 def in_process(directory, prompt_ids, chunk, threads, rows=(), step_only=False):
-    """Without HTTP: (seconds of one prefill chunk of ``prompt_ids`` alone, a Batcher step after a warm-up one;
+    """Without HTTP: (seconds of the slowest prefill chunk of ``prompt_ids`` alone, each a Batcher step after a
+    warm-up one (None without a prompt);
     tokens/s of generation.stream, batch 1: the reference; {rows: (wall s, CPU s) of a decoding step with that many
     rows busy}). CPU seconds (all threads of this process) show what batching costs apart from the share of the
     cores that a shared machine leaves this process. ``step_only``: the decoding steps alone (the others None)."""
@@ -125,16 +140,22 @@ def in_process(directory, prompt_ids, chunk, threads, rows=(), step_only=False):
 
     model = AutoModelForCausalLM.from_pretrained(directory, threads=threads)
     tok = AutoTokenizer.from_pretrained(directory)
-    ids, new = tok(generation_prompt(PROMPT))["input_ids"], 16
-    config = generation.GenerationConfig(max_new_tokens=new, min_new_tokens=new)
-    times, stream_s = [None, None], None
-    if not step_only:
-        batcher = Batcher(model, tok, rows=1, chunk=chunk)
-        batcher.add(prompt_ids, generation.GenerationConfig(max_new_tokens=1))
-        for i in range(2):
+    times = []
+    for warm_up in (True, False) if prompt_ids and not step_only else ():
+        # columns for the whole prompt from the start: no cache growth inside a timed step (the server has them too)
+        batcher = Batcher(model, tok, rows=1, chunk=chunk, columns=len(prompt_ids) + 1)
+        request = batcher.add(prompt_ids, generation.GenerationConfig(max_new_tokens=1))
+        while not request.tokens:
             t = time.perf_counter()
             batcher.step()
-            times[i] = time.perf_counter() - t
+            times.append(time.perf_counter() - t)
+            if warm_up:
+                times = []
+                break
+    ids, new = tok(generation_prompt(PROMPT))["input_ids"], 16
+    config = generation.GenerationConfig(max_new_tokens=new, min_new_tokens=new)
+    stream_s = None
+    if not step_only:
         for _ in range(2):  # the first: warm-up
             t = time.perf_counter()
             list(generation.stream(model, np.array([ids]), config=config))
@@ -156,7 +177,7 @@ def in_process(directory, prompt_ids, chunk, threads, rows=(), step_only=False):
             batcher.step()
             count += 1
         steps[n] = ((time.perf_counter() - wall) / count, (cpu() - cpu0) / count)
-    return times[1], stream_s and new / stream_s, steps
+    return max(times, default=None), stream_s and new / stream_s, steps
 
 
 def generation_prompt(text):
@@ -175,7 +196,7 @@ def main():
     p.add_argument("--chunk", type=int, default=128, help="--prefill-chunk of the server")
     p.add_argument("--requests", type=int, default=1, help="requests per client")
     p.add_argument("--new", type=int, default=48)
-    p.add_argument("--long", type=int, default=1000, help="tokens of the prompt that arrives mid-run")
+    p.add_argument("--long", type=int, default=1000, help="tokens of the prompt that arrives mid-run (0: none)")
     p.add_argument("--delay-clients", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rows-table", default="1,16", help="rows of the in-process table ('': none)")
@@ -183,6 +204,8 @@ def main():
                    help="only the in-process decoding steps (--rows-table), no server, no prefill figures")
     p.add_argument("--workdir", default="/tmp/serve-bench")
     a = p.parse_args()
+    for name in ("httpx", "httpx2"):  # the openai client's HTTP library (httpx2: newer openai) logs every request
+        logging.getLogger(name).setLevel(logging.WARNING)  # at INFO ("HTTP Request: POST ..."), shown by PaddleNLP
     dirs = {"model": Path(a.model)} if a.model else make_checkpoints(a.shape, Path(a.workdir))
     if not a.model:
         dirs = {f: d for f, d in dirs.items() if f in a.formats.split(",")}
@@ -195,13 +218,14 @@ def main():
     print(f"{a.model or a.shape}: {a.rows} rows, prefill chunk {a.chunk}, {a.new} tokens a request, "
           f"{a.threads} threads; load average {os.getloadavg()[0]:.1f} at the start")
     if a.clients and not a.step_only:
-        print("| format | clients | tokens/s | x 1 client | median TTFT (s) | p95 between tokens (s) | x 1 client |")
-        print("|---|---|---|---|---|---|---|")
+        print("| format | clients | tokens/s | x 1 client | median TTFT (s) | p95 between tokens (s) | x 1 client | "
+              "model thread busy |")
+        print("|---|---|---|---|---|---|---|---|")
     delays, rows_tables = [], []
     for name, directory in dirs.items():
         rows = [int(n) for n in a.rows_table.split(",") if n]
-        chunk_s, stream_tok_s, steps = in_process(directory, tok(generation_prompt(long_prompt))["input_ids"],
-                                                  a.chunk, a.threads, rows, a.step_only)
+        prompt_ids = tok(generation_prompt(long_prompt))["input_ids"] if a.long else []
+        chunk_s, stream_tok_s, steps = in_process(directory, prompt_ids, a.chunk, a.threads, rows, a.step_only)
         rows_tables += [(name, n, wall, cpu_s, steps[rows[0]]) for n, (wall, cpu_s) in steps.items()]
         if not a.clients or a.step_only:
             continue
@@ -211,10 +235,12 @@ def main():
             load(server.url, 1, 1, 4)  # warm-up
             base = None
             for clients in map(int, a.clients.split(",")):
-                tps, ttft, tbt = load(server.url, clients, a.requests, a.new)
+                tps, ttft, tbt, busy = load(server.url, clients, a.requests, a.new)
                 base = base or (tps, tbt)
                 print(f"| {name} | {clients} | {tps:.1f} | {tps / base[0]:.1f} | {ttft:.2f} | {tbt:.3f} | "
-                      f"{tbt / base[1]:.1f} |", flush=True)
+                      f"{tbt / base[1]:.1f} | {busy:.0%} |", flush=True)
+            if not a.long:
+                continue
             # the streams run on through the whole prefill: 8 tokens before it, one a step during it, 8 after
             before, during, n, ttft = prefill_delay(server.url, a.delay_clients, long_prompt, a.long // a.chunk + 24)
             delays.append((name, n, ttft, before, during, chunk_s, stream_tok_s))
@@ -232,11 +258,11 @@ def main():
         return
     print(f"\nA long prompt arriving while {a.delay_clients} streams run (prefill chunk {a.chunk} tokens):")
     print("| format | prompt tokens | its TTFT (s) | running streams' median gap before (s) | largest gap during "
-          "its prefill (s) | delay (s) | slowest chunk alone (s) | generation.stream batch 1 tok/s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "its prefill (s) | delay (s) | slowest chunk alone (s) | delay / chunk | generation.stream batch 1 tok/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, n, ttft, before, during, chunk_s, stream_tok_s in delays:
         print(f"| {name} | {n} | {ttft:.2f} | {before:.3f} | {during:.3f} | {during - before:.3f} | {chunk_s:.3f} | "
-              f"{stream_tok_s:.1f} |")
+              f"{(during - before) / chunk_s:.2f} | {stream_tok_s:.1f} |")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ so rows of any lengths share the cache without padding in front. The attention m
 alibi_bias), so a row computes what it would alone. A decoding step runs rows [0, highest busy row]: requests take
 the lowest free row, and the highest busy row moves down (with its cache) when a row below it frees. A new request
 is prefilled in chunks between decoding steps (at most ``chunk`` prompt tokens a step, oldest request first), so
-a long prompt delays running streams by one chunk at most, and joins the batch with its first token; it leaves at
-EOS, a stop string or its length, and its row is free for the next request at once.
+a long prompt delays running streams by one chunk at most (a chunk before a prompt's last computes no logits), and
+joins the batch with its first token; it leaves at EOS, a stop string or its length, and its row is free for the
+next request at once.
 
 Sampling is per row (generation.py's steps, in HF's order) with the request's own settings and its own numpy
 Generator, so a seeded request draws the same numbers whatever else shares the batch.
@@ -178,10 +179,14 @@ class Batcher:
         start, end = r.prefilled, r.prefilled + n
         self._reserve(len(r.ids))  # the whole prompt at its first chunk: one growth (a cache copy), not one a chunk
         ids = paddle.to_tensor([r.ids[start:end]], dtype="int64")
-        out = self.model(ids, attention_mask=paddle.ones([1, end], dtype="int64"),
-                         cache=RowCache(self.cache, end, row=r.row, start=start), last_only=True)
+        mask, cache = paddle.ones([1, end], dtype="int64"), RowCache(self.cache, end, row=r.row, start=start)
+        if end < len(r.ids):  # a chunk before the last only fills the cache: the body alone, no head (its largest
+            self.model.base_model(ids, mask, None, cache)  # matmul: 1 GB of bloom-560m's weights for one position)
+            r.prefilled = end
+            return []
+        logits = self.model(ids, attention_mask=mask, cache=cache, last_only=True).logits[:, -1]
         r.prefilled = end
-        return [self._emit(r, out.logits[:, -1])] if end == len(r.ids) else []
+        return [self._emit(r, logits)]
 
     def _decode(self, decoding: list[Request]) -> list:
         b = max(r.row for r in decoding) + 1

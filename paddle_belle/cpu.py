@@ -9,6 +9,7 @@ import os
 import sys
 
 NUMPY_HEAD_MIN = 1 << 23  # elements (32 MB in float32): beyond any CPU cache
+KERNEL_HEAD_ROWS = (2, 16)  # rows of a float32 tied head that go through the native kernel: a decoding batch
 
 
 def fast_mkl_on_amd() -> None:
@@ -46,7 +47,8 @@ def tied_head(x, embedding):
     In inference on CPU, for one row, the product goes through numpy's BLAS on a zero-copy view of the embedding:
     Paddle 3.3.1's CPU matmul streams this, the largest matrix of a decode step (1 GB for bloom-560m, 4 GB for
     belle-7b-2m), at ~28 GB/s where numpy reaches ~42 GB/s on the same machine (benchmarks/decode.py; the head is ~45%
-    of bloom-560m's bytes per token). Several rows (a batched decoding step), gradients needed, or any other device:
+    of bloom-560m's bytes per token). The rows of a decoding batch go through the native kernel (KERNEL_HEAD_ROWS),
+    which reads the head once for all of them. Many rows (a prompt's logits), gradients needed, or any other device:
     a Paddle matmul.
     """
     import numpy as np
@@ -63,11 +65,20 @@ def tied_head(x, embedding):
         return paddle.concat([paddle.matmul(x, embedding[r : r + rows].astype(x.dtype), transpose_y=True)
                               for r in range(0, embedding.shape[0], rows)], axis=-1)
     large = embedding.size >= NUMPY_HEAD_MIN  # a small head is overhead-bound, not bandwidth-bound: no gain there
-    # One row only: numpy's OpenBLAS (0.3.23, Cooperlake kernels) is slow at x [rows, hidden] @ E^T for several rows
-    # (bloom-560m's head, one Zen 4 core of a busy machine: 4 rows 255 ms, 16 rows 310 ms; Paddle's matmul 141 / 202 ms).
-    one_row = x.size == x.shape[-1]
-    if large and one_row and x.place.is_cpu_place() and x.dtype == paddle.float32 and (
+    rows = x.size // x.shape[-1]
+    if large and x.place.is_cpu_place() and x.dtype == paddle.float32 and (
             not paddle.is_grad_enabled() or x.stop_gradient and embedding.stop_gradient):
-        logits = x.reshape([1, -1]).numpy() @ np.from_dlpack(embedding.detach()).T
-        return paddle.to_tensor(logits.reshape(x.shape[:-1] + [-1]))
+        if KERNEL_HEAD_ROWS[0] <= rows <= KERNEL_HEAD_ROWS[1]:
+            from paddle_belle import kernels
+
+            # numpy's OpenBLAS computes a few rows at nearly a pass over the head each, where the native kernel
+            # reads it once for them (bloom-560m's head, 1 thread, CPU s: 4 rows 0.25 vs 0.06, 16 rows 0.31 vs 0.25;
+            # one row 0.057 either way, kept on numpy)
+            if kernels.usable(x):
+                return kernels.rows_matmul(x, embedding)
+        # Several rows without the kernel: numpy's OpenBLAS (0.3.23, Cooperlake kernels) is slower than Paddle's
+        # matmul (bloom-560m's head, one Zen 4 core of a busy machine: 4 rows 255 ms, 16 rows 310 ms; Paddle 141 / 202)
+        if rows == 1:
+            logits = x.reshape([1, -1]).numpy() @ np.from_dlpack(embedding.detach()).T
+            return paddle.to_tensor(logits.reshape(x.shape[:-1] + [-1]))
     return paddle.matmul(x, embedding, transpose_y=True)

@@ -106,6 +106,8 @@ def test_auth_and_limits(server, client):
     with pytest.raises(openai.BadRequestError, match=r"the prompt \(\d+ tokens, the last message alone\)") as e:
         chat(client, "长" * 3000, max_tokens=8)
     assert e.value.code == "context_length_exceeded" and e.value.param == "messages"
+    with pytest.raises(openai.BadRequestError, match=r"the prompt \(\d+ tokens, the last message alone\)"):
+        chat(client, "长" * 3000, max_tokens=8, stream=True)  # streamed too: a 400, not an error inside a 200 stream
     with pytest.raises(openai.BadRequestError, match=r"the prompt \(\d+ tokens\) and max_tokens \(8\) exceed") as e:
         client.completions.create(model="belle-tiny", prompt="长" * 3000, max_tokens=8)
     assert e.value.code == "context_length_exceeded"
@@ -162,6 +164,7 @@ def test_sixteen_streaming_clients_share_four_rows(server, client):
     assert after["completed"] - before["completed"] == 16 and after["rejected"] == before["rejected"]
     assert after["peak_active"] == 4 and after["peak_queued"] >= 1 and after["active"] == after["queued"] == 0
     assert after["batch_rows_busy"] == 0 and after["mean_batch"] > 1  # replies were decoded together
+    assert after["step_seconds"] > before["step_seconds"] > 0
 
 
 LONG_STREAM = """

@@ -192,9 +192,9 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
         except ValueError as e:
             raise APIError(400, str(e), param="max_tokens" if "max_tokens" in str(e) else None) from None
 
-    async def encode(prompt: str, config):
+    def encode(prompt: str, config):  # on the model thread (Engine.generate's prepare)
         try:
-            return await engine.run(engine.encode, prompt, config.max_new_tokens)
+            return engine.encode(prompt, config.max_new_tokens)
         except ContextExceeded as e:
             raise APIError(400, str(e), code="context_length_exceeded") from None
         except ValueError as e:
@@ -207,23 +207,29 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
             raise APIError(429, f"server busy: {e}", type_="rate_limit_error", code="rate_limit_exceeded",
                            headers={"Retry-After": "1"}) from None
 
-    async def respond(request: Request, req: _Request, ids, config, chunk_of, final_of, strip: bool):
-        """The reply, streamed or whole; ``chunk_of(text)`` and ``final_of(reply)`` shape the objects."""
+    async def respond(request: Request, req: _Request, prepare, config, chunk_of, final_of, strip: bool):
+        """The reply, streamed or whole; ``prepare()`` gives the prompt's ids on the model thread (Engine.generate);
+        ``chunk_of(text)`` and ``final_of(reply)`` shape the objects. A request is admitted (or refused with 429)
+        before its prompt is tokenized: tokenizing and joining the batch are then one job of the model thread."""
         stack = contextlib.AsyncExitStack()
         await admitted(stack)
         reply = Reply()
+        chunks = engine.generate(prepare, config, reply, strip)
+        # closing it cancels the reply: also run by the response's background task if the stream never starts
+        stack.push_async_callback(chunks.aclose)
+        try:
+            await chunks.__anext__()  # in the batch now; a bad prompt raises here, a 400 before any reply is sent
+        except BaseException:
+            await stack.aclose()
+            raise
         if not req.stream:
-            async with stack:
+            async with stack:  # its exit closes ``chunks`` now (not at garbage collection), then frees the slot
                 parts = []
-                chunks = engine.generate(ids, config, reply, strip)
-                try:
-                    async for chunk in chunks:
-                        parts.append(chunk)
-                        if await request.is_disconnected():  # stop writing a reply nobody will read
-                            slots.stats.disconnected += 1
-                            return JSONResponse({}, status_code=499)
-                finally:
-                    await chunks.aclose()  # frees the model-thread generator now, not at garbage collection
+                async for chunk in chunks:
+                    parts.append(chunk)
+                    if await request.is_disconnected():  # stop writing a reply nobody will read
+                        slots.stats.disconnected += 1
+                        return JSONResponse({}, status_code=499)
                 slots.stats.completed += 1
             return JSONResponse(final_of(reply, "".join(parts)))
 
@@ -235,7 +241,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
                 first = chunk_of(None, reply)
                 if first is not None:
                     yield _sse(first)
-                async for chunk in engine.generate(ids, config, reply, strip):
+                async for chunk in chunks:
                     yield _sse(chunk_of(chunk, reply))
                 yield _sse(chunk_of("", reply, finish=True))
                 if include_usage:
@@ -258,13 +264,15 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
     @app.get("/health")
     async def health():
         s, b = slots.stats, engine.batcher
-        # batch occupancy: rows holding a request now, and the mean number of rows a decoding step has carried
+        # batch occupancy: rows holding a request now, and the mean number of rows a decoding step has carried;
+        # step_seconds: the model thread's time in steps (the rest of the wall time it idled or ran jobs)
         return {"status": "ok", "model": model_name, "active": s.active, "queued": s.queued,
                 "peak_active": s.peak_active, "peak_queued": s.peak_queued, "completed": s.completed,
                 "disconnected": s.disconnected, "rejected": s.rejected,
                 "max_concurrency": slots.max_active, "max_queue": slots.max_queue, "context": engine.context,
                 "batch_rows_busy": b.occupied, "decode_steps": b.steps,
-                "mean_batch": round(b.rows_stepped / b.steps, 2) if b.steps else 0.0}
+                "mean_batch": round(b.rows_stepped / b.steps, 2) if b.steps else 0.0,
+                "step_seconds": round(engine.step_seconds, 3)}
 
     # The chat page. No key is needed to load it or its settings (as for /health): the page asks the user for the
     # key and sends it with each /v1 request; it is never part of what is served here.
@@ -293,13 +301,16 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
         config = config_of(req, chat=True)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
-        try:
-            prompt = await engine.run(engine.chat_prompt, messages, config.max_new_tokens, req.prompt_style)
-        except ContextExceeded as e:
-            raise APIError(400, str(e), code="context_length_exceeded", param="messages") from None
-        except ValueError as e:
-            raise APIError(400, str(e), param="messages") from None
-        ids = await encode(prompt, config)
+
+        def prepare():
+            try:
+                prompt = engine.chat_prompt(messages, config.max_new_tokens, req.prompt_style)
+            except ContextExceeded as e:
+                raise APIError(400, str(e), code="context_length_exceeded", param="messages") from None
+            except ValueError as e:
+                raise APIError(400, str(e), param="messages") from None
+            return encode(prompt, config)
+
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_name}
 
@@ -317,14 +328,13 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
                                  "logprobs": None, "finish_reason": reply.finish_reason}],
                     "usage": _usage(reply)}
 
-        return await respond(request, req, ids, config, chunk_of, final_of, strip=True)
+        return await respond(request, req, prepare, config, chunk_of, final_of, strip=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         req = await parse(request, CompletionRequest)
         config = config_of(req, chat=False)
         prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-        ids = await encode(prompt, config)
         rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": rid, "object": "text_completion", "created": now, "model": model_name}
 
@@ -338,7 +348,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
             return {**head, "choices": [{"index": 0, "text": text, "logprobs": None,
                                          "finish_reason": reply.finish_reason}], "usage": _usage(reply)}
 
-        return await respond(request, req, ids, config, chunk_of, final_of, strip=False)
+        return await respond(request, req, lambda: encode(prompt, config), config, chunk_of, final_of, strip=False)
 
     return app
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import groupby
@@ -116,6 +117,7 @@ class Engine:
         # every row's whole context allocated now: growing it later would stall every reply in flight (batching.py)
         self.batcher = Batcher(model, self.tokenizer, rows, self.context, prefill_chunk, columns=self.context)
         self._jobs = queue.SimpleQueue()
+        self.step_seconds = 0.0  # spent in Batcher.step: over the wall time, how busy the model thread kept
         threading.Thread(target=self._loop, name="paddle-belle-model", daemon=True).start()
 
     def _loop(self):
@@ -128,6 +130,7 @@ class Engine:
                 self._jobs.get_nowait()()
             if not self.batcher.busy:
                 continue
+            start = time.perf_counter()
             try:
                 events = self.batcher.step()
             except Exception as e:  # every reply in flight gets the error; the server goes on
@@ -135,6 +138,7 @@ class Engine:
                 for r in [r for r in self.batcher.slots if r is not None] + list(self.batcher.waiting):
                     self.batcher.cancel(r)
                     r.tag(e)
+            self.step_seconds += time.perf_counter() - start
             for request, text in events:  # what the event loop needs, read now: the next step changes request
                 request.tag((text, request.finish_reason, len(request.tokens)))
 
@@ -187,21 +191,27 @@ class Engine:
                                   f"model's context of {self.context} tokens")
         return ids
 
-    async def generate(self, ids: list[int], config: generation.GenerationConfig, reply: Reply, strip=True):
-        """Async text increments of one reply, filling ``reply``; ``strip``: for a chat reply. The reply joins the
-        batch on the model thread; if the consumer stops early (a client disconnected), it is cancelled there
-        before the next step, which frees its row."""
+    async def generate(self, prepare, config: generation.GenerationConfig, reply: Reply, strip=True):
+        """Async text increments of one reply, filling ``reply``; ``strip``: for a chat reply. ``prepare()`` gives the
+        prompt's ids: it runs on the model thread in the same job that adds the reply to the batch, so a request
+        waits for one step to end, not one per tokenizer call (each a wait of up to a whole step, during which its
+        row sits idle). The first increment is "", yielded once the reply is in the batch: awaiting it raises what
+        ``prepare`` raised (a bad prompt) before anything is sent to the client. If the consumer stops early (a
+        client disconnected), the reply is cancelled on the model thread before the next step, which frees its row.
+        """
         loop, increments, added = asyncio.get_running_loop(), asyncio.Queue(), []
 
         def add():  # ``added``: the cancelling job below (after this one on the thread) finds the request there
+            ids = prepare()
+            reply.prompt_tokens = len(ids)
             added.append(self.batcher.add(ids, config, strip, tag=deliver))
 
         def deliver(item):  # on the model thread: (text, finish reason, tokens) after a step, or an exception
             loop.call_soon_threadsafe(increments.put_nowait, item)
 
-        reply.prompt_tokens = len(ids)
         try:
             await self.run(add)
+            yield ""
             while True:
                 item = await increments.get()
                 if isinstance(item, Exception):
@@ -218,7 +228,7 @@ class Engine:
                 self._jobs.put(lambda: added and self.batcher.cancel(added[0]))
 
     async def run(self, fn, *args):
-        """Run ``fn`` (tokenizer work: prompts, encoding; adding to the batch) on the model thread."""
+        """Run ``fn`` (tokenizer work: prompts, encoding; adding to the batch) on the model thread, between steps."""
         future = Future()
 
         def job():

@@ -141,3 +141,22 @@ def test_threads_hold_paddle_and_numpy_blas_alike(tmp_path):
         assert blas and all(i["num_threads"] == 1 for i in blas)
     finally:
         set_cpu_threads()  # back to every core, for the tests that follow
+
+
+def test_a_decoding_batch_takes_the_large_tied_head_through_the_kernel(monkeypatch):
+    """1 row and a prompt's many rows: numpy's BLAS; 2-16 rows (a decoding batch): the native kernel. Same logits."""
+    import paddle_belle.cpu as cpu
+    from paddle_belle import kernels
+
+    if kernels.cpu_kernels() is None:
+        pytest.skip("the native CPU kernels could not be built here (no C++ compiler?)")
+    monkeypatch.setattr(cpu, "NUMPY_HEAD_MIN", 0)
+    calls, real = [], kernels.rows_matmul
+    monkeypatch.setattr(kernels, "rows_matmul", lambda x, e: calls.append(x.shape[0]) or real(x, e))
+    embedding = paddle.randn([300, 32])
+    for rows in (1, 3, 16, 17):
+        x = paddle.randn([rows, 1, 32])
+        with paddle.no_grad():
+            np.testing.assert_allclose(cpu.tied_head(x, embedding).numpy(), x.numpy() @ embedding.numpy().T,
+                                       rtol=1e-5, atol=1e-5)
+    assert calls == [3, 16]

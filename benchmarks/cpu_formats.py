@@ -316,7 +316,7 @@ def main():
     if a.llama_worker:
         print(json.dumps(run_llama_cpp(a.llama_worker, a.prompt, a.new, a.threads)))
         return
-    formats, llama_types = a.formats.split(","), [t for t in a.llama_cpp.split(",") if t]
+    formats, llama_types = [f for f in a.formats.split(",") if f], [t for t in a.llama_cpp.split(",") if t]
     work = Path(a.workdir) / a.shape
     source = work / "fp16"
     if not source.exists():

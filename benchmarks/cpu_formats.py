@@ -239,8 +239,11 @@ def make_gguf(source: Path, work: Path, qtype: str, threads: int) -> Path:
         return out
     tmp = out.with_name(out.name + ".tmp")
     if qtype in ("f32", "f16", "q8_0"):
-        subprocess.run([sys.executable, "-c", CONVERT, str(llama_cpp_tree(work.parent)), str(source), "--outtype", qtype,
-                        "--outfile", str(tmp)], check=True, capture_output=True)
+        run = subprocess.run([sys.executable, "-c", CONVERT, str(llama_cpp_tree(work.parent)), str(source), "--outtype",
+                              qtype, "--outfile", str(tmp)], capture_output=True, text=True)
+        if run.returncode:
+            tmp.unlink(missing_ok=True)
+            raise RuntimeError(f"convert_hf_to_gguf.py {source} --outtype {qtype}: {run.stderr.strip().splitlines()[-1]}")
     else:  # q4_0: the converter cannot; llama.cpp's quantizer (llama-quantize's code) makes it
         import llama_cpp
 
@@ -316,7 +319,7 @@ def main():
     if a.llama_worker:
         print(json.dumps(run_llama_cpp(a.llama_worker, a.prompt, a.new, a.threads)))
         return
-    formats, llama_types = a.formats.split(","), [t for t in a.llama_cpp.split(",") if t]
+    formats, llama_types = [f for f in a.formats.split(",") if f], [t for t in a.llama_cpp.split(",") if t]
     work = Path(a.workdir) / a.shape
     source = work / "fp16"
     if not source.exists():

@@ -64,7 +64,7 @@ def tied_head(x, embedding):
                               for r in range(0, embedding.shape[0], rows)], axis=-1)
     large = embedding.size >= NUMPY_HEAD_MIN  # a small head is overhead-bound, not bandwidth-bound: no gain there
     # One row only: numpy's OpenBLAS (0.3.23, Cooperlake kernels) is slow at x [rows, hidden] @ E^T for several rows
-    # (bloom-560m's head, one Zen 4 core of a busy machine: 4 rows 255 ms, 16 rows 310 ms; Paddle's matmul 141 / 202 ms).
+    # (bloom-560m's head, one Zen 4 core of a busy machine: 4 rows 255 ms, 16 rows 310 ms; Paddle's matmul 141/202 ms).
     one_row = x.size == x.shape[-1]
     if large and one_row and x.place.is_cpu_place() and x.dtype == paddle.float32 and (
             not paddle.is_grad_enabled() or x.stop_gradient and embedding.stop_gradient):

@@ -192,9 +192,10 @@ class HalfLinear(nn.Layer):
         return out if self.bias is None else out + self.bias
 
 
-# Rows of x for which linear() takes the native kernel: measured 1.3-1.6x Paddle's matmul at 8..64 rows; at 2..4 rows
-# both are bound by the weight's bytes (within the noise of each other).
-FLOAT_KERNEL_ROWS = range(5, 65)
+# Rows of x for which linear() takes the native kernel. benchmarks/cpu_kernels.py at bloom-560m's shapes, 2 threads:
+# Paddle's matmul takes 2.4-3.0x the kernel's time at 4 rows, 1.2-1.8x at 8 and 16 (one thread: 1.4-1.6x up to 64
+# rows); 2-3 rows were not timed apart (between 1 and 4). One row, where the weight's bytes bound both, stays Paddle's.
+FLOAT_KERNEL_ROWS = range(2, 65)
 
 
 def linear(layer, x):

@@ -169,7 +169,7 @@ class Batcher:
         if not busy or low > busy[-1]:
             return
         r, n = self.slots[busy[-1]], self.slots[busy[-1]].length
-        for kv in (self.cache.keys, self.cache.values):
+        for kv in (self.cache.keys, self.cache.values) if n else ():  # a request not prefilled yet has no cache
             for t in kv:
                 t[low : low + 1, :, :n] = t[r.row : r.row + 1, :, :n]
         self.slots[low], self.slots[r.row], r.row = r, None, low

@@ -112,3 +112,17 @@ def test_prefill_chunks_before_the_last_compute_no_logits(belle):
     finally:
         del model.lm_logits
     assert request.tokens == reference and heads == [1] * 6  # then one position a decoding step
+
+
+def test_a_request_not_yet_prefilled_moves_down_when_the_row_below_frees(belle):
+    model, tok = belle
+    first, second = (tok(prompts.render("belle", [], q, tok.eos_token))["input_ids"] for q in ("你好", "讲个故事"))
+    config = GenerationConfig(max_new_tokens=8, min_new_tokens=8)
+    batcher = Batcher(model, tok, rows=2, chunk=len(first))
+    doomed, request = batcher.add(first, config), batcher.add(second, config)
+    batcher.step()  # the chunk budget goes to the first prompt: the second has its row and nothing in the cache yet
+    assert (request.row, request.prefilled) == (1, 0)
+    batcher.cancel(doomed)
+    while batcher.busy:
+        batcher.step()
+    assert batcher.moves == 1 and request.tokens == alone(model, tok, second, config).tokens

@@ -154,7 +154,7 @@ def test_sixteen_streaming_clients_share_four_rows(server, client):
         t.start()
     for t in threads:
         t.join()
-    assert not errors and len(results) == 16
+    assert not errors and len(results) == 16, server.output()
     for i, (text, finish, usage) in results.items():
         e = expected[i]
         assert (text.rstrip(), finish, usage.completion_tokens) == \

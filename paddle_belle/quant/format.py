@@ -181,8 +181,8 @@ def quantize_codes(w: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int
 
 
 def quantize_rtn(weight, config: QuantConfig):
-    """Round-to-nearest: (codes uint8 [in, out], scales float32 [groups, out], zeros uint8 [groups, out]) as Paddle
-    tensors, for a Paddle-layout weight [in, out] (a Paddle tensor or numpy), group by group along the input."""
+    """Round-to-nearest: (codes uint8 [in, out], scales float32 [groups, out], zeros uint8 [groups, out]) in numpy,
+    for a Paddle-layout weight [in, out] (a Paddle tensor or numpy), group by group along the input."""
     import paddle
 
     w = np.asarray(weight.astype("float32").numpy() if isinstance(weight, paddle.Tensor) else weight, np.float32)
@@ -193,8 +193,7 @@ def quantize_rtn(weight, config: QuantConfig):
         codes.append(quantize_codes(w[start : start + size], scale, zero, config.bits))
         scales.append(scale)
         zeros.append(zero)
-    return (paddle.to_tensor(np.concatenate(codes).astype(np.uint8)), paddle.to_tensor(np.stack(scales)),
-            paddle.to_tensor(np.stack(zeros).astype(np.uint8)))
+    return np.concatenate(codes).astype(np.uint8), np.stack(scales), np.stack(zeros).astype(np.uint8)
 
 
 def dequantize(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, group_size: int) -> np.ndarray:

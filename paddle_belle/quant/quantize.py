@@ -55,7 +55,7 @@ def calibration_windows(ids, nsamples: int, seqlen: int, source: str = "calibrat
 
 def _rtn_layer(linear, config: QuantConfig) -> QuantLinear:
     codes, scales, zeros = quantize_rtn(linear.weight, config)
-    return QuantLinear.from_codes(codes.numpy(), scales.numpy(), zeros.numpy(), config, bias=linear.bias)
+    return QuantLinear.from_codes(codes, scales, zeros, config, bias=linear.bias)
 
 
 def rtn_tensors(weight: np.ndarray, config: QuantConfig, transpose: bool = False) -> dict[str, np.ndarray]:
@@ -72,10 +72,10 @@ def rtn_tensors(weight: np.ndarray, config: QuantConfig, transpose: bool = False
     for c0 in range(0, cols, width):
         part = weight[c0 : c0 + width].T if transpose else weight[:, c0 : c0 + width]
         codes, scales, zeros = quantize_rtn(to_paddle(np.ascontiguousarray(part), "float32"), config)
-        out["qweight"][:, c0 : c0 + width] = pack(codes.numpy(), config.bits)
-        out["scales"][:, c0 : c0 + width] = scales.numpy()
+        out["qweight"][:, c0 : c0 + width] = pack(codes, config.bits)
+        out["scales"][:, c0 : c0 + width] = scales
         if not config.sym:
-            out["zeros"][:, c0 : c0 + width] = zeros.numpy()
+            out["zeros"][:, c0 : c0 + width] = zeros
     if config.act_order:  # RTN keeps the input order
         out["perm"] = np.arange(rows, dtype=np.int32)
     return out

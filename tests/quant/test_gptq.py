@@ -84,7 +84,7 @@ def test_gptq_output_error_below_rtn(bits, sym):
     x = correlated_inputs(8, 128)
     config = QuantConfig(bits=bits, group_size=32, sym=sym)
     codes, scales, zeros = quantize_rtn(copy.weight, config)
-    rtn = QuantLinear.from_codes(codes.numpy(), scales.numpy(), zeros.numpy(), config, bias=copy.bias)
+    rtn = QuantLinear.from_codes(codes, scales, zeros, config, bias=copy.bias)
     wrapper = GPTQ(layer, quant_bits=bits)
     calibrate(wrapper, x)
     exact = paddle.nn.functional.linear(paddle.to_tensor(x), copy.weight, copy.bias).numpy()

@@ -9,7 +9,7 @@ import os
 import sys
 
 NUMPY_HEAD_MIN = 1 << 23  # elements (32 MB in float32): beyond any CPU cache
-KERNEL_HEAD_ROWS = (2, 16)  # rows of a float32 tied head that go through the native kernel: a decoding batch
+KERNEL_HEAD_ROWS = 16  # 2 to this many rows of a float32 tied head (a decoding batch) take the native kernel
 
 
 def fast_mkl_on_amd() -> None:
@@ -68,17 +68,16 @@ def tied_head(x, embedding):
     rows = x.size // x.shape[-1]
     if large and x.place.is_cpu_place() and x.dtype == paddle.float32 and (
             not paddle.is_grad_enabled() or x.stop_gradient and embedding.stop_gradient):
-        if KERNEL_HEAD_ROWS[0] <= rows <= KERNEL_HEAD_ROWS[1]:
-            from paddle_belle import kernels
-
-            # numpy's OpenBLAS computes a few rows at nearly a pass over the head each, where the native kernel
-            # reads it once for them (bloom-560m's head, 1 thread, CPU s: 4 rows 0.25 vs 0.06, 16 rows 0.31 vs 0.25;
-            # one row 0.057 either way, kept on numpy)
-            if kernels.usable(x):
-                return kernels.rows_matmul(x, embedding)
-        # Several rows without the kernel: numpy's OpenBLAS (0.3.23, Cooperlake kernels) is slower than Paddle's
-        # matmul (bloom-560m's head, one Zen 4 core of a busy machine: 4 rows 255 ms, 16 rows 310 ms; Paddle 141 / 202)
         if rows == 1:
             logits = x.reshape([1, -1]).numpy() @ np.from_dlpack(embedding.detach()).T
             return paddle.to_tensor(logits.reshape(x.shape[:-1] + [-1]))
+        from paddle_belle import kernels
+
+        # A decoding batch's rows: numpy's OpenBLAS computes a few rows at nearly a pass over the head each, where the
+        # native kernel reads it once for them (bloom-560m's head, 1 thread, CPU s: 4 rows 0.25 vs 0.06, 16 rows
+        # 0.31 vs 0.25; one row 0.057 either way, kept on numpy). More rows (a prompt's logits) or no kernel: Paddle's
+        # matmul, faster than OpenBLAS (0.3.23, Cooperlake kernels) at several rows (one Zen 4 core of a busy
+        # machine: 4 rows 255 ms, 16 rows 310 ms; Paddle 141 / 202)
+        if 2 <= rows <= KERNEL_HEAD_ROWS and kernels.usable(x):
+            return kernels.rows_matmul(x, embedding)
     return paddle.matmul(x, embedding, transpose_y=True)

@@ -25,7 +25,7 @@ import re
 import shutil
 import struct
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
 
@@ -107,45 +107,111 @@ _PICKLE_ALLOWED = {
 }
 
 
-class ArraySpec:
-    """Stands in for an ndarray when only names, dtypes and shapes are wanted: numpy's pickle state arrives
-    through __setstate__, and the raw bytes are dropped on the spot, so memory holds one tensor at most."""
+class _InFile(NamedTuple):
+    """Where a large payload lies in the file: it is skipped while unpickling and read when its tensor is."""
+
+    offset: int
+    size: int
+
+
+class PdTensor:
+    """A tensor of a .pdparams file: .dtype and .shape at once, the array on .load(). It is what the unpickler makes
+    of numpy's ndarray pickle: ``_reconstruct`` gives this object, whose ``__setstate__`` then receives numpy's state
+    (version, shape, dtype, Fortran order, raw bytes). Protocols 3 and 4 write a payload of 64 KiB or more as
+    BINBYTES/BINBYTES8 outside any frame (CPython Lib/pickle.py, _Framer.write_large_bytes); the lazy unpickler
+    below skips those bytes, leaving an _InFile, so a 15 GB file is opened without reading its tensors. Smaller
+    payloads (inside frames) and every payload of a protocol-2 file (bytes spelled as ``_codecs.encode``) arrive
+    as bytes, in memory."""
+
+    name = "?"  # the state-dict key, for error messages; set by open_pdparams
+
+    def __init__(self, path: str, keep_bytes: bool):
+        self.path, self.keep_bytes = path, keep_bytes
 
     def __setstate__(self, state):
-        _version, shape, self.dtype, _fortran, _raw = state
+        _version, shape, self.dtype, self.fortran, raw = state
         self.shape = list(shape)
+        self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        if not isinstance(raw, (bytes, _InFile)) or (raw.size if isinstance(raw, _InFile) else len(raw)) != self.nbytes:
+            raise ValueError(f"array of shape {self.shape} and dtype {self.dtype} without its {self.nbytes} bytes")
+        self.raw = raw if self.keep_bytes or isinstance(raw, _InFile) else None
+
+    def load(self) -> np.ndarray:
+        count = self.nbytes // self.dtype.itemsize
+        if isinstance(self.raw, _InFile):
+            with open(self.path, "rb") as f:
+                f.seek(self.raw.offset)
+                array = np.fromfile(f, self.dtype, count)
+            if array.size != count:  # the file shrank after it was opened
+                raise CheckpointError(f"{self.path}: truncated .pdparams file: tensor {self.name!r} ends past the end")
+        else:
+            array = np.frombuffer(self.raw, self.dtype, count).copy()  # writable and owning, as numpy unpickles
+        return array.reshape(self.shape, order="F" if self.fortran else "C")
 
 
-def _array_spec(*_):
-    return ArraySpec()
+class _Restricted:
+    """find_class for both unpicklers: the allow-list above, and numpy's arrays made into PdTensors."""
 
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: str, metadata_only: bool = False):
+    def __init__(self, file, source: str, keep_bytes: bool):
         super().__init__(file)
-        self.source, self.metadata_only = source, metadata_only
+        self.source, self.keep_bytes = source, keep_bytes
 
     def find_class(self, module, name):
-        if self.metadata_only and name == "_reconstruct" and (module, name) in _PICKLE_ALLOWED:
-            return _array_spec
-        if (module, name) in _PICKLE_ALLOWED:
-            return super().find_class(module, name)
-        raise CheckpointError(
-            f"{self.source}: refusing to unpickle {module}.{name}; a weight file should hold only arrays "
-            "(this file may be hostile, or not a paddle.save state dict)"
-        )
+        if (module, name) not in _PICKLE_ALLOWED:
+            raise CheckpointError(
+                f"{self.source}: refusing to unpickle {module}.{name}; a weight file should hold only arrays "
+                "(this file may be hostile, or not a paddle.save state dict)"
+            )
+        if name == "_reconstruct":  # numpy's _reconstruct(ndarray, (0,), b"b"), then __setstate__(state)
+            return lambda *_: PdTensor(self.source, self.keep_bytes)
+        return super().find_class(module, name)
 
 
-def read_pdparams(path: str | os.PathLike, metadata_only: bool = False) -> dict[str, np.ndarray]:
-    """Load a paddle.save state dict without executing any code from the file (``metadata_only``: ArraySpecs
-    with .dtype and .shape instead of arrays)."""
+class _RestrictedUnpickler(_Restricted, pickle.Unpickler):
+    """CPython's C unpickler, which reads every byte: for protocol-2 files, which have no large-bytes opcodes."""
+
+
+class _LazyUnpickler(_Restricted, pickle._Unpickler):
+    """CPython's pure-Python unpickler (the C one has no hook for this), with BINBYTES/BINBYTES8 read outside a
+    frame replaced by an _InFile: the bytes are seeked over, not read. It only walks the pickle's structure: see
+    the README's BELLE-7B section for its time on a file of many tensors."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file, source: str, keep_bytes: bool):
+        super().__init__(file, source, keep_bytes)
+        self.file, self.size = file, os.fstat(file.fileno()).st_size
+
+    def _large_bytes(self, size_format: str) -> None:
+        (size,) = struct.unpack(size_format, self.read(struct.calcsize(size_format)))
+        if self._unframer.current_frame is not None:  # inside a frame: already in memory, as pickle reads it
+            self.append(self.read(size))
+            return
+        offset = self.file.tell()
+        if offset + size > self.size:
+            raise EOFError(f"{size} bytes at offset {offset} run past the end of the file ({self.size} bytes)")
+        self.file.seek(size, io.SEEK_CUR)
+        self.append(_InFile(offset, size))
+
+    dispatch[pickle.BINBYTES[0]] = lambda self: self._large_bytes("<I")
+    dispatch[pickle.BINBYTES8[0]] = lambda self: self._large_bytes("<Q")
+
+
+def open_pdparams(path: str | os.PathLike, metadata_only: bool = False) -> dict[str, PdTensor]:
+    """{name: PdTensor} of a paddle.save state dict, without executing any code from the file and, for protocols
+    3 and 4 (paddle.save's default is 4), without reading its large tensors: each is read by its .load().
+    Protocol-2 files are read whole (``metadata_only``: their bytes dropped as each tensor is unpickled)."""
     path = str(path)
     try:
         with open(path, "rb") as f:
-            obj = _RestrictedUnpickler(io.BufferedReader(f, 1 << 20), path, metadata_only).load()
+            head = f.read(2)  # PROTO and the protocol number
+            f.seek(0)
+            lazy = len(head) == 2 and head[:1] == pickle.PROTO and head[1] >= 3
+            unpickler = _LazyUnpickler if lazy else _RestrictedUnpickler
+            obj = unpickler(f if lazy else io.BufferedReader(f, 1 << 20), path, not metadata_only).load()
     except CheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, struct.error) as e:
         raise CheckpointError(f"{path}: truncated or corrupt .pdparams file ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
@@ -153,12 +219,20 @@ def read_pdparams(path: str | os.PathLike, metadata_only: bool = False) -> dict[
     for name, value in obj.items():
         if name == "StructuredToParameterName@@":  # paddle.save bookkeeping, not a tensor
             continue
-        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], (np.ndarray, ArraySpec)):
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], PdTensor):
             value = value[1]  # a Tensor pickled by paddle.save as (tensor name, data)
-        if not isinstance(value, (np.ndarray, ArraySpec)) or value.dtype.kind not in "fiub":
+        if not isinstance(value, PdTensor) or value.dtype.kind not in "fiub":
             raise CheckpointError(f"{path}: entry {name!r} is not a numeric tensor ({type(value).__name__})")
+        value.name = name
         state[name] = value
     return state
+
+
+def read_pdparams(path: str | os.PathLike, metadata_only: bool = False) -> dict[str, np.ndarray]:
+    """Load a paddle.save state dict whole, without executing any code from the file (``metadata_only``: PdTensors,
+    with .dtype and .shape, instead of arrays)."""
+    state = open_pdparams(path, metadata_only)
+    return state if metadata_only else {name: t.load() for name, t in state.items()}
 
 
 def write_pdparams(state: Mapping[str, np.ndarray], path: Path) -> None:
@@ -248,7 +322,7 @@ def iter_file(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
     if path.endswith(".safetensors"):
         yield from iter_safetensors(path)
     elif path.endswith(".pdparams"):
-        yield from read_pdparams(path).items()
+        yield from _iter_pdparams(open_pdparams(path))
     else:
         raise CheckpointError(f"{path}: unknown weight file type (expected .safetensors or .pdparams)")
 
@@ -299,7 +373,8 @@ def check_shard(file: Path, names: list[str], weight_map: dict[str, str] | None)
 
 
 def iter_state_dict(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
-    """Stream (name, array) from a weight file or a checkpoint directory, one shard in memory at a time."""
+    """Stream (name, array) from a weight file or a checkpoint directory, one tensor in memory at a time (a
+    protocol-2 .pdparams file, one shard)."""
     path = Path(path)
     if not path.is_dir():
         yield from iter_file(path)
@@ -310,10 +385,14 @@ def iter_state_dict(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]
             check_shard(file, list(read_safetensors_header(file)[0]), weight_map)
             yield from iter_safetensors(file)
         else:
-            state = read_pdparams(file)
-            check_shard(file, list(state), weight_map)
-            for name in list(state):  # each array let go once used, not when the whole shard is
-                yield name, state.pop(name)
+            tensors = open_pdparams(file)
+            check_shard(file, list(tensors), weight_map)
+            yield from _iter_pdparams(tensors)
+
+
+def _iter_pdparams(tensors: dict[str, PdTensor]) -> Iterator[tuple[str, np.ndarray]]:
+    for name in list(tensors):  # each read when asked for, and let go (small ones' bytes too) once used
+        yield name, tensors.pop(name).load()
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:

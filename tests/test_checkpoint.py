@@ -1,4 +1,5 @@
 """Weight files: safe unpickling, corrupt files, shards, bf16, atomic writes, strict loading."""
+import collections
 import json
 import pickle
 
@@ -13,6 +14,7 @@ from paddle_belle.checkpoint import (
     atomic_dir,
     atomic_path,
     load_state_dict,
+    open_pdparams,
     parse_size,
     read_pdparams,
     save_state_dict,
@@ -29,13 +31,95 @@ def tiny_llama_dir(tmp_path, **save_kwargs):
     return model
 
 
-def test_hostile_pdparams_is_refused_and_runs_nothing(tmp_path):
+@pytest.mark.parametrize("protocol", [2, 4])  # read whole by the C unpickler; lazily by the pure-Python one
+def test_hostile_pdparams_is_refused_and_runs_nothing(tmp_path, protocol):
     marker = tmp_path / "pwned"
     path = tmp_path / "model_state.pdparams"
-    path.write_bytes(pickle.dumps({"w": np.ones(2), "x": Exploit(marker)}))
-    with pytest.raises(CheckpointError, match=r"model_state.pdparams: refusing to unpickle (posix|os)\.system"):
-        read_pdparams(path)
+    path.write_bytes(pickle.dumps({"w": np.ones(100_000), "x": Exploit(marker)}, protocol=protocol))
+    for read in (read_pdparams, open_pdparams, load_state_dict):
+        with pytest.raises(CheckpointError, match=r"model_state.pdparams: refusing to unpickle (posix|os)\.system"):
+            read(path)
     assert not marker.exists()
+
+
+def _paddle_state():
+    """Every dtype a checkpoint holds, tensors under 64 KiB (pickled inside a frame) and over (outside any)."""
+    paddle.seed(0)
+    return collections.OrderedDict([
+        ("bf16", paddle.randn([300, 200]).astype("bfloat16")),  # 120 KB
+        ("fp16", paddle.randn([7]).astype("float16")),
+        ("fp32", paddle.randn([200, 100])),  # 80 KB
+        ("fp16_big", paddle.randn([256, 300]).astype("float16")),  # 154 KB
+        ("int8", paddle.to_tensor(np.arange(-128, 128, dtype="int8"))),
+        ("uint8", paddle.to_tensor((np.arange(70_000) % 251).astype("uint8"))),  # 70 KB
+        ("scalar", paddle.to_tensor(2.5)),
+    ])
+
+
+LARGE = {"bf16", "fp32", "fp16_big", "uint8"}
+
+
+def assert_lazy_equals(path, reference: dict, large=LARGE):
+    """open_pdparams(path) leaves the large tensors in the file, and loads the arrays of ``reference``."""
+    lazy = open_pdparams(path)
+    assert {name for name, t in lazy.items() if not isinstance(t.raw, bytes)} == large
+    assert list(lazy) == list(reference)
+    for name, t in lazy.items():
+        array, expected = t.load(), np.asarray(reference[name])
+        assert (array.dtype, array.shape) == (expected.dtype, expected.shape), name
+        assert array.tobytes() == expected.tobytes() and array.flags.writeable, name
+    assert {k: v.tobytes() for k, v in read_pdparams(path).items()} == {k: np.asarray(v).tobytes() for k, v in reference.items()}
+
+
+def test_lazy_read_of_paddle_save_equals_paddle_load(tmp_path):
+    path = tmp_path / "w.pdparams"
+    paddle.save(_paddle_state(), str(path))  # a state dict: numpy arrays plus paddle.save's bookkeeping entry
+    reference = paddle.load(str(path), return_numpy=True)
+    reference.pop("StructuredToParameterName@@", None)
+    assert reference["bf16"].dtype == np.uint16 and reference["scalar"].shape == ()
+    assert_lazy_equals(path, reference)
+    # Not a state dict (an ndarray beside the Tensors): each Tensor is pickled as a (name, ndarray) tuple.
+    paddle.save({**_paddle_state(), "extra": np.ones(3, "float32")}, str(path))
+    assert isinstance(pickle.loads(path.read_bytes())["fp32"], tuple)
+    assert_lazy_equals(path, {**paddle.load(str(path), return_numpy=True), "extra": np.ones(3, "float32")})
+
+
+def test_protocol_2_pdparams_is_read_whole(tmp_path):
+    path = tmp_path / "w.pdparams"
+    paddle.save(_paddle_state(), str(path), protocol=2)
+    reference = paddle.load(str(path), return_numpy=True)
+    reference.pop("StructuredToParameterName@@", None)
+    assert_lazy_equals(path, reference, large=set())
+    assert all(t.raw is None for t in read_pdparams(path, metadata_only=True).values())  # bytes dropped at once
+
+
+def test_lazy_read_of_paddlenlp_save_pretrained(tmp_path):
+    from paddlenlp.transformers import BloomConfig as NLPBloomConfig, BloomForCausalLM as NLPBloom
+
+    paddle.seed(0)
+    model = NLPBloom(NLPBloomConfig(vocab_size=1000, hidden_size=64, n_layer=1, n_head=4))
+    model.to(dtype="bfloat16")
+    model.save_pretrained(tmp_path, safe_serialization=False)
+    path = tmp_path / "model_state.pdparams"
+    reference = paddle.load(str(path), return_numpy=True)
+    reference.pop("StructuredToParameterName@@", None)
+    large = {k for k, v in reference.items() if v.nbytes >= 1 << 16}
+    assert large and all(v.dtype == np.uint16 for v in reference.values())
+    assert_lazy_equals(path, reference, large)
+
+
+def test_lazy_read_of_write_pdparams(tmp_path):
+    rng = np.random.default_rng(0)
+    state = collections.OrderedDict([
+        ("fp64", rng.standard_normal((90, 100))), ("fp32_fortran", np.asfortranarray(rng.standard_normal((300, 100)), "float32")),
+        ("fp16", rng.standard_normal(5).astype("float16")), ("bf16_bits", rng.integers(0, 2**16, (400, 100), dtype="uint16")),
+        ("int64", np.arange(9_000)), ("int8", rng.integers(-128, 128, 70_000, dtype="int8")),
+        ("uint8", np.arange(3, dtype="uint8")), ("bool", np.array([True, False])), ("scalar", np.array(1.5, "float32")),
+    ])
+    path = tmp_path / "model_state.pdparams"
+    save_state_dict(state, tmp_path, safe_serialization=False)
+    assert_lazy_equals(path, state, {"fp64", "fp32_fortran", "bf16_bits", "int64", "int8"})
+    assert open_pdparams(path)["fp32_fortran"].load().flags.f_contiguous  # as numpy's own unpickling gives it
 
 
 def test_paddle_save_output_loads_including_bf16(tmp_path):
@@ -54,6 +138,21 @@ def test_truncated_file_is_a_clear_error(tmp_path, name):
     (tmp_path / name).write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=rf"{name}: (truncated or corrupt|not a valid)"):
         load_state_dict(tmp_path)
+
+
+def test_truncated_large_tensor_is_named(tmp_path):
+    state = {"small": np.ones(3, "float32"), "big": np.ones((300, 300), "float32")}
+    path = tmp_path / "model_state.pdparams"
+    save_state_dict(state, tmp_path, safe_serialization=False)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 50_000])  # inside big's bytes, which opening skips
+    with pytest.raises(CheckpointError, match=r"model_state.pdparams: truncated or corrupt .pdparams file .*run past the end"):
+        open_pdparams(path)
+    path.write_bytes(data)
+    tensors = open_pdparams(path)
+    path.write_bytes(data[: len(data) - 50_000])  # shrunk between opening and reading
+    with pytest.raises(CheckpointError, match=r"model_state.pdparams: truncated .pdparams file: tensor 'big'"):
+        tensors["big"].load()
 
 
 @pytest.mark.parametrize("safe", [True, False])

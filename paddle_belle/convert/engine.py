@@ -2,9 +2,9 @@
 
 One engine runs the name tables of arch.py: it lists the source tensors from file headers (no data
 read), plans every output tensor (name, transpose, dtype, shape; each checked against the shapes the config
-implies), then streams: one tensor is read, transformed and written at a time (a .pdparams source is a pickle,
-so at most one source shard is in memory). The output is built in a temporary directory beside DST and renamed
-into place at the end: an interrupted or failed run leaves nothing that looks like a checkpoint.
+implies), then streams: one tensor is read, transformed and written at a time (a protocol-2 .pdparams source is
+read a shard at a time: see checkpoint.open_pdparams). The output is built in a temporary directory beside DST
+and renamed into place at the end: an interrupted or failed run leaves nothing that looks like a checkpoint.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from paddle_belle.checkpoint import (
     CheckpointError,
     atomic_dir,
     check_shard,
-    read_pdparams,
+    open_pdparams,
     read_safetensors_header,
     safetensors_writer,
     shard_names,
@@ -109,14 +109,15 @@ def list_tensors(directory: Path, layouts, shard_pattern) -> list[Tensor]:
         elif file.suffix == ".bin":
             found = [(name, t.dtype, t.shape) for name, t in read_torch_bin(file).items()]
         else:
-            found = [(name, a.dtype, a.shape) for name, a in read_pdparams(file, metadata_only=True).items()]
+            found = [(name, a.dtype, a.shape) for name, a in open_pdparams(file, metadata_only=True).items()]
         check_shard(file, [name for name, _, _ in found], weight_map)
         tensors += [Tensor(file, name, np.dtype(dtype), list(shape)) for name, dtype, shape in found]
     return tensors
 
 
 class Reader:
-    """Reads source tensors in order, keeping at most one source file's decoded contents."""
+    """Reads source tensors one at a time, keeping the current source file's table of contents (a protocol-2
+    .pdparams file's bytes too)."""
 
     def __init__(self):
         self.file, self.contents = None, None
@@ -129,16 +130,14 @@ class Reader:
             elif t.file.suffix == ".bin":
                 self.contents = read_torch_bin(t.file)
             else:
-                self.contents = read_pdparams(t.file)
+                self.contents = open_pdparams(t.file)
         if t.file.suffix == ".safetensors":
             entries, start = self.contents
             e = entries[t.stored]
             with open(t.file, "rb") as f:
                 f.seek(start + e["offsets"][0])
                 return np.fromfile(f, e["dtype"], int(np.prod(e["shape"], dtype=np.int64))).reshape(e["shape"])
-        if t.file.suffix == ".bin":
-            return self.contents[t.stored].load()
-        return self.contents[t.stored]
+        return self.contents[t.stored].load()  # a torch_bin.LazyTensor or a checkpoint.PdTensor
 
     def output(self, o: "Output") -> np.ndarray:
         """``o``'s source tensor in ``o``'s layout (transposed where the table says), not yet cast."""

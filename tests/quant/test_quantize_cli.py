@@ -1,5 +1,7 @@
 """`paddle-belle quantize`: end to end on a BELLE-like checkpoint (tiny BLOOM + real BPE tokenizer), bad inputs."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import paddle
@@ -231,3 +233,46 @@ def test_gptq_keeps_a_float16_source_float16_where_it_does_not_quantize(belle, t
     ids = paddle.to_tensor([[5, 60, 7, 100, 3]])
     np.testing.assert_array_equal(AutoModelForCausalLM.from_pretrained(out)(ids).logits.numpy(),
                                   model(ids).logits.numpy())
+
+
+def peak_rss_growth(body: str) -> int:
+    """How far the peak RSS of a new Python process rises over its RSS after importing Paddle and the quantizer, in
+    running ``body``. The peak is the kernel's, as a small launcher gets it when reaping the process (os.wait4's
+    ru_maxrss): reaped by this test process, ru_maxrss would start at this process's RSS (Linux keeps the pre-exec
+    peak), and a process's own VmHWM may lag (the kernel updates it lazily)."""
+    code = f"""import paddle, paddle_belle.quant.quantize
+print("rss", next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1], flush=True)
+{body}"""
+    launch = """import os, subprocess, sys
+proc = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+_, status, usage = os.wait4(proc.pid, 0)
+print("peak", os.waitstatus_to_exitcode(status), usage.ru_maxrss)"""
+    run = subprocess.run([sys.executable, "-c", launch, code], capture_output=True, text=True, timeout=600)
+    found = {line.split()[0]: line.split()[1:] for line in run.stdout.splitlines() if line.startswith(("rss ", "peak "))}
+    assert found.get("peak", ["?"])[0] == "0", run.stdout + run.stderr
+    return (int(found["peak"][1]) - int(found["rss"][0])) * 1024  # both in KiB on Linux
+
+
+def test_streaming_rtn_of_one_pdparams_file_holds_a_tensor_at_a_time(tmp_path):
+    """A 304 MB float16 model_state.pdparams (one file, as belle-7b-2m's 15 GB one) is quantized with peak RSS
+    growth well under its size: its tensors are read one at a time (checkpoint.open_pdparams)."""
+    from paddle_belle import arch
+    from paddle_belle.checkpoint import write_json, write_pdparams
+
+    config = {"model_type": "bloom", "vocab_size": 4000, "hidden_size": 768, "n_layer": 21, "n_head": 12,
+              "dtype": "float16"}
+    rng = np.random.default_rng(0)
+    pool = (rng.standard_normal(1 << 22, np.float32) * 0.02).astype(np.float16)
+    state = {name: np.resize(pool[i:], shape) for i, (name, shape) in enumerate(arch.BLOOM.checkpoint_shapes(config).items())}
+    src = tmp_path / "src"
+    src.mkdir()
+    write_pdparams(state, src / "model_state.pdparams")
+    write_json(src / "config.json", config)
+    size = (src / "model_state.pdparams").stat().st_size
+    del state
+    assert size > 300e6
+    body = (f"paddle_belle.quant.quantize.quantize_checkpoint({str(src)!r}, {str(tmp_path / 'q4')!r}, "
+            "paddle_belle.quant.QuantConfig(bits=4, group_size=128, method='rtn'))")
+    growth = peak_rss_growth(body)
+    assert growth < 150e6, f"peak RSS grew {growth / 1e6:.0f} MB quantizing a {size / 1e6:.0f} MB file"
+    assert (tmp_path / "q4" / "model.safetensors").stat().st_size < size / 2

@@ -120,8 +120,8 @@ class PdTensor:
     (version, shape, dtype, Fortran order, raw bytes). Protocols 3 and 4 write a payload of 64 KiB or more as
     BINBYTES/BINBYTES8 outside any frame (CPython Lib/pickle.py, _Framer.write_large_bytes); the lazy unpickler
     below skips those bytes, leaving an _InFile, so a 15 GB file is opened without reading its tensors. Smaller
-    payloads (inside frames) and every payload of a protocol-2 file (bytes spelled as ``_codecs.encode``) arrive
-    as bytes, in memory."""
+    payloads (inside frames) and every payload of a protocol-2 or -5 file (bytes spelled as ``_codecs.encode``;
+    bytearrays) arrive as bytes, in memory."""
 
     name = "?"  # the state-dict key, for error messages; set by open_pdparams
 
@@ -164,7 +164,14 @@ class _Restricted:
             )
         if name == "_reconstruct":  # numpy's _reconstruct(ndarray, (0,), b"b"), then __setstate__(state)
             return lambda *_: PdTensor(self.source, self.keep_bytes)
+        if name == "_frombuffer":  # protocol 5's spelling: numpy's _frombuffer(buffer, dtype, shape, order)
+            return lambda buf, dtype, shape, order: self._tensor((1, shape, dtype, order == "F", bytes(buf)))
         return super().find_class(module, name)
+
+    def _tensor(self, state) -> PdTensor:
+        tensor = PdTensor(self.source, self.keep_bytes)
+        tensor.__setstate__(state)
+        return tensor
 
 
 class _RestrictedUnpickler(_Restricted, pickle.Unpickler):
@@ -200,7 +207,7 @@ class _LazyUnpickler(_Restricted, pickle._Unpickler):
 def open_pdparams(path: str | os.PathLike, metadata_only: bool = False) -> dict[str, PdTensor]:
     """{name: PdTensor} of a paddle.save state dict, without executing any code from the file and, for protocols
     3 and 4 (paddle.save's default is 4), without reading its large tensors: each is read by its .load().
-    Protocol-2 files are read whole (``metadata_only``: their bytes dropped as each tensor is unpickled)."""
+    Protocol-2 and -5 files are read whole (``metadata_only``: their bytes dropped as each tensor is unpickled)."""
     path = str(path)
     try:
         with open(path, "rb") as f:

@@ -127,16 +127,17 @@ def main():
                                              str(source), "--method", "rtn", "--bits", "4", "--out", str(out)])
         shutil.rmtree(out)
         l_peak, l_seconds, output = launch(tree, [sys.executable, "-c", LOAD.format(source=str(source))])
-        before, after, params = (int(x) for x in next(l for l in output.splitlines() if l.startswith("RSS")).split()[1:])
+        rss = next(line for line in output.splitlines() if line.startswith("RSS")).split()[1:]
+        before, after, params = (int(x) for x in rss)
         rows.append({"tree": f"{name} ({tree})", "quantize_s": q_seconds, "quantize_peak": q_peak, "load_s": l_seconds,
-                     "load_peak": l_peak, "rss_before_load": before, "resident_after_load": after, "param_bytes": params})
+                     "load_peak": l_peak, "before_load": before, "after_load": after, "param_bytes": params})
     gb = lambda n: f"{n / 1e9:.2f} GB"  # noqa: E731
     print("| tree | quantize rtn-4 | quantize peak RSS | load (float16) | load peak RSS | resident after load "
           "(over the RSS before it) | parameters |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['tree']} | {r['quantize_s']:.1f} s | {gb(r['quantize_peak'])} | {r['load_s']:.1f} s | "
-              f"{gb(r['load_peak'])} | {gb(r['resident_after_load'])} ({gb(r['resident_after_load'] - r['rss_before_load'])}) | "
+              f"{gb(r['load_peak'])} | {gb(r['after_load'])} ({gb(r['after_load'] - r['before_load'])}) | "
               f"{gb(r['param_bytes'])} |")
     print(json.dumps(open_times(a.workdir, a.tensors)))
     print(f"load average {os.getloadavg()[0]:.2f}")

@@ -248,7 +248,7 @@ proc = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
 _, status, usage = os.wait4(proc.pid, 0)
 print("peak", os.waitstatus_to_exitcode(status), usage.ru_maxrss)"""
     run = subprocess.run([sys.executable, "-c", launch, code], capture_output=True, text=True, timeout=600)
-    found = {line.split()[0]: line.split()[1:] for line in run.stdout.splitlines() if line.startswith(("rss ", "peak "))}
+    found = {line.split()[0]: line.split()[1:] for line in run.stdout.splitlines() if line.startswith(("rss", "peak"))}
     assert found.get("peak", ["?"])[0] == "0", run.stdout + run.stderr
     return (int(found["peak"][1]) - int(found["rss"][0])) * 1024  # both in KiB on Linux
 
@@ -263,7 +263,8 @@ def test_streaming_rtn_of_one_pdparams_file_holds_a_tensor_at_a_time(tmp_path):
               "dtype": "float16"}
     rng = np.random.default_rng(0)
     pool = (rng.standard_normal(1 << 22, np.float32) * 0.02).astype(np.float16)
-    state = {name: np.resize(pool[i:], shape) for i, (name, shape) in enumerate(arch.BLOOM.checkpoint_shapes(config).items())}
+    shapes = arch.BLOOM.checkpoint_shapes(config)
+    state = {name: np.resize(pool[i:], shape) for i, (name, shape) in enumerate(shapes.items())}
     src = tmp_path / "src"
     src.mkdir()
     write_pdparams(state, src / "model_state.pdparams")

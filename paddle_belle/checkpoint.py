@@ -132,7 +132,8 @@ class PdTensor:
         _version, shape, self.dtype, self.fortran, raw = state
         self.shape = list(shape)
         self.nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-        if not isinstance(raw, (bytes, _InFile)) or (raw.size if isinstance(raw, _InFile) else len(raw)) != self.nbytes:
+        size = raw.size if isinstance(raw, _InFile) else len(raw) if isinstance(raw, bytes) else None
+        if size != self.nbytes:
             raise ValueError(f"array of shape {self.shape} and dtype {self.dtype} without its {self.nbytes} bytes")
         self.raw = raw if self.keep_bytes or isinstance(raw, _InFile) else None
 

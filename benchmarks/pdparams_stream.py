@@ -5,7 +5,7 @@ on the CPU (peak RSS, resident after loading, and the RSS before loading, i.e. P
 the time to open a pickle of many tensors: checkpoint.open_pdparams (the pure-Python unpickler, large tensors
 skipped) against CPython's C unpickler reading it whole.
 
-    python benchmarks/pdparams_stream.py --other /path/to/old/checkout [--shape bloom-1b7] [--workdir /tmp/pdparams]
+    python benchmarks/pdparams_stream.py --other /path/to/old/checkout [--shape bloom-1b7] [--workdir /tmp/pdparams-stream]
 
 Peak RSS is the kernel's, as a small launcher process gets it when it reaps each step (os.wait4's ru_maxrss): a
 process started by this one would report this one's peak as its own (Linux keeps the pre-exec peak).
@@ -76,7 +76,7 @@ def write_source(shape: str, out: Path) -> None:
 
 def launch(tree: Path, argv: list[str]) -> tuple[int, float, str]:
     """Peak RSS (bytes) and wall seconds of ``argv`` run with ``tree`` first on the path, and its output."""
-    env = dict(os.environ, PYTHONPATH=str(tree))
+    env = dict(os.environ, PYTHONPATH=str(tree))  # cwd "/": `python -c` puts the cwd first on the path
     run = subprocess.run([sys.executable, "-c", LAUNCH, *argv], env=env, cwd="/", capture_output=True, text=True)
     peak = next((line.split() for line in run.stdout.splitlines() if line.startswith("PEAK")), None)
     if peak is None or peak[1] != "0":

@@ -238,8 +238,8 @@ def test_gptq_keeps_a_float16_source_float16_where_it_does_not_quantize(belle, t
 def peak_rss_growth(body: str) -> int:
     """How far the peak RSS of a new Python process rises over its RSS after importing Paddle and the quantizer, in
     running ``body``. The peak is the kernel's, as a small launcher gets it when reaping the process (os.wait4's
-    ru_maxrss): reaped by this test process, ru_maxrss would start at this process's RSS (Linux keeps the pre-exec
-    peak), and a process's own VmHWM may lag (the kernel updates it lazily)."""
+    ru_maxrss): reaped by this test process, ru_maxrss would start at this process's RSS (Linux keeps the peak from
+    before exec, and a child starts as a copy of its parent)."""
     code = f"""import paddle, paddle_belle.quant.quantize
 print("rss", next(line for line in open("/proc/self/status") if line.startswith("VmRSS")).split()[1], flush=True)
 {body}"""

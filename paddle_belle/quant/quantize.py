@@ -7,11 +7,11 @@ calibration activations.
 
 GPTQ runs the way the reference (IST-DASLab/gptq llama.py ``llama_sequential``) does, so that memory holds one
 block's calibration activations, never the whole model's: the inputs of block 0 are captured by stopping the
-forward pass at it; for each block, group by group of Linears, the calibration inputs run through the block up to
-the group, whose Hessian PaddleSlim's GPTQ accumulates, each Linear is quantized, and the inputs run through the
-now-quantized block once more to become the next block's inputs. Everything else the block needs (RoPE cos/sin, or BLOOM's ALiBi + causal
-bias) is captured with the inputs and passed along unchanged. ``quantize_model`` does the same to a model already
-in memory.
+forward pass at it; for each block, each calibration window makes one pass through it, paused before each group of
+Linears until the group's Hessian (PaddleSlim's GPTQ accumulates it) has every window's input and the group is
+quantized; the passes' outputs, through the now-quantized block, are the next block's inputs. Everything else the
+block needs (RoPE cos/sin, or BLOOM's ALiBi + causal bias) is captured with the inputs and passed along unchanged.
+``quantize_model`` does the same to a model already in memory.
 """
 from __future__ import annotations
 
@@ -166,36 +166,31 @@ def _block_inputs(model, calibration: np.ndarray) -> tuple[list, list]:
 
 
 def _gptq_block(model, block, i: int, inputs: list, extra: list, config: QuantConfig) -> tuple[dict, list]:
-    """GPTQ of block ``i``'s Linears on its calibration ``inputs``: ({id(Linear): QuantizedWeight}, the next block's
-    inputs). The block's Linears are left holding the dequantized weights GPTQ writes back.
+    """GPTQ of block ``i``'s Linears on its calibration ``inputs`` (emptied: the passes own them now): ({id(Linear):
+    QuantizedWeight}, the next block's inputs). The block's Linears are left holding the dequantized weights GPTQ
+    writes back (the same numbers a QuantLinear computes with, without unpacking the integers on every pass).
 
     Within a block the Linears go group by group (arch.py linear_groups, "true sequential" in the GPTQ reference):
     a later group's Hessian comes from the outputs of the groups already quantized, so it can correct their error.
-    Three shortcuts keep the calibration passes cheap, none changing a result: the Linears of a group read the same
-    input, so they share one Hessian (the reference accumulates the same matrix once per Linear); a pass stops
-    at the group's first Linear, before computing it (nothing after it is needed); and the quantized Linears are
-    float Linears holding the dequantized weights (the same numbers a QuantLinear computes with, without unpacking
-    the integers on every pass)."""
-    args = tuple(extra[:-1]) + (i,)  # the last argument of our blocks is their layer index
+    Each window makes one pass through the block (the block's ``stages``), paused at each group's input until every
+    window's input has been added to the group's Hessian and the group is quantized; the paused passes hold their
+    activations meanwhile (96 windows of 512 tokens at SmolLM2-135M's down_proj: residual + input, 415 MB). The
+    reference (IST-DASLab/gptq llama.py ``llama_sequential``) instead runs each window from the block's input once
+    per group, three more block passes for LLaMA; the same ops on the same values, so the same codes
+    (tests/quant/test_gptq.py). The Linears of a group read the same input, so they share one Hessian (the
+    reference accumulates the same matrix once per Linear)."""
+    args = tuple(extra[:-2]) + (i,)  # our blocks' last arguments: the KV cache (None here) and the layer index
+    passes = [block.stages(x, *args) for x in inputs]
+    inputs.clear()
     linears, quantized = block_linears(model, block), {}
     for group in model.arch.linear_groups:
         members = [linear for path, _, _, linear in linears if path in group]
         hessian = GPTQ(members[0], quant_bits=config.bits)
-
-        def capture(layer, layer_inputs):
-            hessian.add_batch(layer_inputs[0])
-            raise _Captured
-
-        hook = members[0].register_forward_pre_hook(capture)
-        for x in inputs:
-            try:
-                block(x, *args)
-            except _Captured:
-                pass
-        hook.remove()
+        for p in passes:
+            hessian.add_batch(next(p))
         for linear in members:
             quantized[id(linear)] = quantize_linear(linear, hessian.hessian, config)
-    return quantized, [block(x, *args) for x in inputs]
+    return quantized, [next(p) for p in passes]
 
 
 def _gptq_head(model, inputs: list, config: QuantConfig):

@@ -16,6 +16,7 @@ from paddle_belle.quant import QuantConfig, QuantEmbedding, QuantLinear
 from paddle_belle.quant.quantize import quantize_model
 from paddle_belle.quant.format import quantize_rtn
 from paddle_belle.quant.gptq import GPTQ
+from paddle_belle.quant.linear import decoder_blocks
 
 
 def correlated_inputs(n, features, seed=0, dead=()):
@@ -159,6 +160,60 @@ def test_block_by_block_matches_quantizing_with_float_inputs_for_block_zero():
     quantize_model(model, config, ids, progress=False)
     for name, codes in expected.items():
         np.testing.assert_array_equal(getattr(model.llama.layers[0].self_attn, name).codes().numpy(), codes)
+
+
+class _Stop(Exception):
+    pass
+
+
+def per_group_passes(model, config, ids):
+    """GPTQ in the reference's schedule (IST-DASLab/gptq llama.py ``llama_sequential``, and quantize.py before its
+    one pass per block): for each group of Linears, every window runs from the token ids through the model's own
+    forward, stopped at the group's first Linear by a hook, so the group's Hessian sees the groups quantized before
+    it. Returns {Linear path: QuantizedWeight}; the model is left holding the dequantized weights."""
+    from paddle_belle.quant.linear import block_linears, decoder_blocks
+    from paddle_belle.quant.gptq import quantize_linear
+
+    def stop(layer, inputs):
+        hessian.add_batch(inputs[0])
+        raise _Stop
+
+    out = {}
+    for i, block in enumerate(decoder_blocks(model)):
+        linears = block_linears(model, block)
+        for group in model.arch.linear_groups:
+            members = [(path, linear) for path, _, _, linear in linears if path in group]
+            hessian = GPTQ(members[0][1], quant_bits=config.bits)
+            hook = members[0][1].register_forward_pre_hook(stop)
+            for window in ids:
+                with contextlib.suppress(_Stop), paddle.no_grad():
+                    model(paddle.to_tensor(window[None]))
+            hook.remove()
+            for path, linear in members:
+                out[f"{i}.{path}"] = quantize_linear(linear, hessian.hessian, config)
+    return out
+
+
+@pytest.mark.parametrize("kind, config", [
+    ("llama", QuantConfig(bits=4, group_size=32, act_order=True)),
+    ("bloom", QuantConfig(bits=3, group_size=16, sym=False)),
+])
+def test_one_pass_per_block_gives_the_codes_of_a_pass_per_group(kind, config):
+    """quantize_model runs each window through a block once, quantizing each group of Linears as soon as every
+    window's pass has reached it: the same codes as restarting every window from the token ids for each group."""
+    make = (lambda: tiny_llama(hidden_size=48, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)[1]) \
+        if kind == "llama" else (lambda: tiny_bloom(n_head=4, hidden_size=48)[1])
+    ids = calibration_ids(101)
+    expected = per_group_passes(make(), config, ids)
+    model = quantize_model(make(), config, ids, progress=False)
+    assert len(expected) == 2 * sum(map(len, model.arch.linear_groups))
+    for name, q in expected.items():
+        block, path = name.split(".", 1)
+        layer = decoder_blocks(model)[int(block)]
+        for attr in path.split("."):
+            layer = getattr(layer, attr)
+        np.testing.assert_array_equal(layer.codes().numpy(), q.codes, err_msg=name)
+        np.testing.assert_array_equal(layer.scales.numpy(), q.scales, err_msg=name)
 
 
 def test_quantize_lm_head(tmp_path):

@@ -29,7 +29,7 @@ from paddle_belle.checkpoint import TOKENIZER_FILES, CheckpointError, as_numpy, 
     safetensors_writer, to_paddle, write_json
 from paddle_belle.cpu import set_cpu_threads
 from paddle_belle.quant.format import TIED_HEAD_ERROR, QuantConfig, pack, quantize_rtn, token_tables
-from paddle_belle.quant.gptq import GPTQ, quantize_linear
+from paddle_belle.quant.gptq import Hessian, quantize_linears
 from paddle_belle.quant.linear import BLOCK_ELEMENTS, QuantEmbedding, QuantLinear, block_linears, decoder_blocks, \
     quantizable
 
@@ -165,6 +165,24 @@ def _block_inputs(model, calibration: np.ndarray) -> tuple[list, list]:
     return inputs, extra
 
 
+class _BlasLinear(nn.Layer):
+    """A float32 Linear whose product runs through numpy's BLAS, in place of the block's Linear during its
+    calibration passes: Paddle 3.3.1's CPU matmul (MKL's AVX2 path on Zen 4) took ~2.5x as long as numpy's
+    OpenBLAS on a window (SmolLM2-135M's [512, 576] x [576, 1536]: 24-54 vs 8-21 ms), the largest part of the
+    passes. The weight is read at each call: GPTQ writes each group's dequantized weight back into the Linear
+    before the passes go on through it."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x):
+        y = x.numpy() @ self.linear.weight.numpy()
+        if self.linear.bias is not None:
+            y += self.linear.bias.numpy()
+        return paddle.to_tensor(y)
+
+
 def _gptq_block(model, block, i: int, inputs: list, extra: list, config: QuantConfig) -> tuple[dict, list]:
     """GPTQ of block ``i``'s Linears on its calibration ``inputs`` (emptied: the passes own them now): ({id(Linear):
     QuantizedWeight}, the next block's inputs). The block's Linears are left holding the dequantized weights GPTQ
@@ -178,27 +196,32 @@ def _gptq_block(model, block, i: int, inputs: list, extra: list, config: QuantCo
     reference (IST-DASLab/gptq llama.py ``llama_sequential``) instead runs each window from the block's input once
     per group, three more block passes for LLaMA; the same ops on the same values, so the same codes
     (tests/quant/test_gptq.py). The Linears of a group read the same input, so they share one Hessian (the
-    reference accumulates the same matrix once per Linear)."""
+    reference accumulates the same matrix once per Linear) and its inverse's factor."""
     args = tuple(extra[:-2]) + (i,)  # our blocks' last arguments: the KV cache (None here) and the layer index
     passes = [block.stages(x, *args) for x in inputs]
     inputs.clear()
     linears, quantized = block_linears(model, block), {}
-    for group in model.arch.linear_groups:
-        members = [linear for path, _, _, linear in linears if path in group]
-        hessian = GPTQ(members[0], quant_bits=config.bits)
-        for p in passes:
-            hessian.add_batch(next(p))
-        for linear in members:
-            quantized[id(linear)] = quantize_linear(linear, hessian.hessian, config)
-    return quantized, [next(p) for p in passes]
+    for _, parent, attr, linear in linears:
+        setattr(parent, attr, _BlasLinear(linear))
+    try:
+        for group in model.arch.linear_groups:
+            members = [linear for path, _, _, linear in linears if path in group]
+            hessian = Hessian(members[0].weight.shape[0])
+            for p in passes:
+                hessian.add(next(p))
+            quantized.update(zip(map(id, members), quantize_linears(members, hessian.matrix(), config)))
+        return quantized, [next(p) for p in passes]
+    finally:
+        for _, parent, attr, linear in linears:
+            setattr(parent, attr, linear)
 
 
 def _gptq_head(model, inputs: list, config: QuantConfig):
     """GPTQ of a separate LM head on the last block's outputs (after the final norm)."""
-    gptq = GPTQ(model.lm_head, quant_bits=config.bits)
+    hessian = Hessian(model.lm_head.weight.shape[0])
     for x in inputs:
-        gptq(model.base_model.norm(x))  # (only LLaMA has a head of its own)
-    return gptq.quantize(config)
+        hessian.add(model.base_model.norm(x))  # (only LLaMA has a head of its own)
+    return quantize_linears([model.lm_head], hessian.matrix(), config)[0]
 
 
 # -------------------------------------------------------------------------------------------- end to end

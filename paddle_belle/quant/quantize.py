@@ -8,8 +8,8 @@ calibration activations.
 GPTQ runs the way the reference (IST-DASLab/gptq llama.py ``llama_sequential``) does, so that memory holds one
 block's calibration activations, never the whole model's: the inputs of block 0 are captured by stopping the
 forward pass at it; for each block, each calibration window makes one pass through it, paused before each group of
-Linears until the group's Hessian (PaddleSlim's GPTQ accumulates it) has every window's input and the group is
-quantized; the passes' outputs, through the now-quantized block, are the next block's inputs. Everything else the
+Linears until the group's Hessian (quant/gptq.py) has every window's input and the group is quantized; the
+passes' outputs, through the now-quantized block, are the next block's inputs. Everything else the
 block needs (RoPE cos/sin, or BLOOM's ALiBi + causal bias) is captured with the inputs and passed along unchanged.
 ``quantize_model`` does the same to a model already in memory.
 """
@@ -194,15 +194,17 @@ def _gptq_block(model, block, i: int, inputs: list, extra: list, config: QuantCo
     window's input has been added to the group's Hessian and the group is quantized; the paused passes hold their
     activations meanwhile (96 windows of 512 tokens at SmolLM2-135M's down_proj: residual + input, 415 MB). The
     reference (IST-DASLab/gptq llama.py ``llama_sequential``) instead runs each window from the block's input once
-    per group, three more block passes for LLaMA; the same ops on the same values, so the same codes
-    (tests/quant/test_gptq.py). The Linears of a group read the same input, so they share one Hessian (the
+    per group, four passes instead of one for LLaMA; the same ops on the same values, so the same codes
+    (tests/quant/test_gptq.py; the products go through numpy's BLAS here, _BlasLinear, so the scales may differ
+    from the model's own passes by float32 rounding). The Linears of a group read the same input, so they share one Hessian (the
     reference accumulates the same matrix once per Linear) and its inverse's factor."""
     args = tuple(extra[:-2]) + (i,)  # our blocks' last arguments: the KV cache (None here) and the layer index
+    blas = inputs[0].place.is_cpu_place()  # (a GPU multiplies faster where the tensors are)
     passes = [block.stages(x, *args) for x in inputs]
     inputs.clear()
     linears, quantized = block_linears(model, block), {}
     for _, parent, attr, linear in linears:
-        setattr(parent, attr, _BlasLinear(linear))
+        setattr(parent, attr, _BlasLinear(linear) if blas else linear)
     try:
         for group in model.arch.linear_groups:
             members = [linear for path, _, _, linear in linears if path in group]

@@ -16,7 +16,7 @@ from paddle_belle.quant import QuantConfig, QuantEmbedding, QuantLinear
 from paddle_belle.quant.quantize import quantize_model
 from paddle_belle.quant.format import quantize_rtn
 from paddle_belle.quant.gptq import Hessian, quantize_linears
-from paddle_belle.quant.linear import decoder_blocks
+from paddle_belle.quant.linear import block_linears, decoder_blocks
 
 
 def correlated_inputs(n, features, seed=0, dead=()):
@@ -175,8 +175,6 @@ def per_group_passes(model, config, ids):
     one pass per block): for each group of Linears, every window runs from the token ids through the model's own
     forward, stopped at the group's first Linear by a hook, so the group's Hessian sees the groups quantized before
     it. Returns {Linear path: QuantizedWeight}; the model is left holding the dequantized weights."""
-    from paddle_belle.quant.linear import block_linears
-
     def stop(layer, inputs):
         hessian.add(inputs[0])
         raise _Stop

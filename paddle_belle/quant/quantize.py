@@ -195,8 +195,9 @@ def _gptq_block(model, block, i: int, inputs: list, extra: list, config: QuantCo
     activations meanwhile (96 windows of 512 tokens at SmolLM2-135M's down_proj: residual + input, 415 MB). The
     reference (IST-DASLab/gptq llama.py ``llama_sequential``) instead runs each window from the block's input once
     per group, four passes instead of one for LLaMA; the same ops on the same values, so the same codes
-    (tests/quant/test_gptq.py; the products go through numpy's BLAS here, _BlasLinear, so the scales may differ
-    from the model's own passes by float32 rounding). The Linears of a group read the same input, so they share one Hessian (the
+    (tests/quant/test_gptq.py), up to float32 rounding: the products go through numpy's BLAS here (_BlasLinear),
+    and on real models act-order can turn that rounding into another column order (README "Quantizing"). The
+    Linears of a group read the same input, so they share one Hessian (the
     reference accumulates the same matrix once per Linear) and its inverse's factor."""
     args = tuple(extra[:-2]) + (i,)  # our blocks' last arguments: the KV cache (None here) and the layer index
     blas = inputs[0].place.is_cpu_place()  # (a GPU multiplies faster where the tensors are)

@@ -102,13 +102,17 @@ class BloomAttention(nn.Layer):
         self.attention_dropout = nn.Dropout(config.attention_dropout)
 
     def forward(self, x, bias, cache, layer):
+        return linear(self.dense, self.mix(x, bias, cache, layer))
+
+    def mix(self, x, bias, cache, layer):
+        """The attention up to dense's input [b, s, hidden] (GPTQ quantizes query_key_value before dense reads it)."""
         b, s, _ = x.shape
         qkv = linear(self.query_key_value, x).reshape([b, s, self.n_head, 3, self.head_dim])
         q, k, v = qkv.transpose([3, 0, 2, 1, 4]).unbind(0)  # each [b, n_head, s, head_dim]
         if cache is not None:
             k, v = cache.update(layer, k, v)
         out = attend(q, k, v, bias, self.attention_dropout)
-        return linear(self.dense, out.transpose([0, 2, 1, 3]).reshape([b, s, -1]))
+        return out.transpose([0, 2, 1, 3]).reshape([b, s, -1])
 
 
 class BloomMLP(nn.Layer):
@@ -118,7 +122,10 @@ class BloomMLP(nn.Layer):
         self.dense_4h_to_h = nn.Linear(4 * config.hidden_size, config.hidden_size)
 
     def forward(self, x):
-        return linear(self.dense_4h_to_h, bloom_gelu(linear(self.dense_h_to_4h, x)))
+        return linear(self.dense_4h_to_h, self.hidden(x))
+
+    def hidden(self, x):  # dense_4h_to_h's input
+        return bloom_gelu(linear(self.dense_h_to_4h, x))
 
 
 class BloomBlock(nn.Layer):
@@ -138,6 +145,24 @@ class BloomBlock(nn.Layer):
         h = self.post_attention_layernorm(x)
         residual = h if self.post_ln_residual else x
         return residual + F.dropout(self.mlp(h), self.dropout, training=self.training)
+
+    def stages(self, x, bias, layer):
+        """``forward`` (without a cache) one Linear at a time, for GPTQ (quant/quantize.py): yields the input of
+        each (ARCH.linear_groups: query_key_value, dense, dense_h_to_4h, dense_4h_to_h), in that order, before it
+        runs on it, then the block's output. The caller may quantize a Linear's weights before resuming: the rest
+        of the pass then runs on them (GPTQ's "true sequential")."""
+        h = self.input_layernorm(x)
+        residual = h if self.post_ln_residual else x
+        yield h
+        h = self.self_attention.mix(h, bias, None, layer)
+        yield h
+        x = residual + F.dropout(linear(self.self_attention.dense, h), self.dropout, training=self.training)
+        h = self.post_attention_layernorm(x)
+        residual = h if self.post_ln_residual else x
+        yield h
+        h = self.mlp.hidden(h)
+        yield h
+        yield residual + F.dropout(linear(self.mlp.dense_4h_to_h, h), self.dropout, training=self.training)
 
 
 class BloomModel(nn.Layer):

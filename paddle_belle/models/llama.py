@@ -126,6 +126,10 @@ class LlamaAttention(nn.Layer):
         self.attention_dropout = nn.Dropout(config.attention_dropout)
 
     def forward(self, x, cos, sin, bias, cache, layer):
+        return linear(self.o_proj, self.mix(x, cos, sin, bias, cache, layer))
+
+    def mix(self, x, cos, sin, bias, cache, layer):
+        """The attention up to o_proj's input [b, s, hidden] (GPTQ quantizes q/k/v before o_proj reads it)."""
         b, s, _ = x.shape
         q = linear(self.q_proj, x).reshape([b, s, self.n_head, self.head_dim]).transpose([0, 2, 1, 3])
         k = linear(self.k_proj, x).reshape([b, s, self.n_kv_head, self.head_dim]).transpose([0, 2, 1, 3])
@@ -135,7 +139,7 @@ class LlamaAttention(nn.Layer):
         if cache is not None:
             k, v = cache.update(layer, k, v)  # the cache holds kv heads, not repeated ones (attend groups them)
         out = attend(q, k, v, bias, self.attention_dropout)
-        return linear(self.o_proj, out.transpose([0, 2, 1, 3]).reshape([b, s, -1]))
+        return out.transpose([0, 2, 1, 3]).reshape([b, s, -1])
 
 
 class LlamaMLP(nn.Layer):
@@ -146,7 +150,10 @@ class LlamaMLP(nn.Layer):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias_attr=False)
 
     def forward(self, x):
-        return linear(self.down_proj, F.silu(linear(self.gate_proj, x)) * linear(self.up_proj, x))
+        return linear(self.down_proj, self.hidden(x))
+
+    def hidden(self, x):  # down_proj's input
+        return F.silu(linear(self.gate_proj, x)) * linear(self.up_proj, x)
 
 
 class LlamaDecoderLayer(nn.Layer):
@@ -160,6 +167,22 @@ class LlamaDecoderLayer(nn.Layer):
     def forward(self, x, cos, sin, bias, cache, layer):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def stages(self, x, cos, sin, bias, layer):
+        """``forward`` (without a cache) one group of Linears at a time, for GPTQ (quant/quantize.py): yields the
+        input of each group that reads one input (ARCH.linear_groups: q/k/v, o, gate/up, down), in that order,
+        before the group runs on it, then the block's output. The caller may quantize a group's weights before
+        resuming: the rest of the pass then runs on them (GPTQ's "true sequential")."""
+        h = self.input_layernorm(x)
+        yield h
+        h = self.self_attn.mix(h, cos, sin, bias, None, layer)
+        yield h
+        x = x + linear(self.self_attn.o_proj, h)
+        h = self.post_attention_layernorm(x)
+        yield h
+        h = self.mlp.hidden(h)
+        yield h
+        yield x + linear(self.mlp.down_proj, h)
 
 
 class LlamaModel(nn.Layer):

@@ -7,11 +7,11 @@ calibration activations.
 
 GPTQ runs the way the reference (IST-DASLab/gptq llama.py ``llama_sequential``) does, so that memory holds one
 block's calibration activations, never the whole model's: the inputs of block 0 are captured by stopping the
-forward pass at it; for each block, group by group of Linears, the calibration inputs run through the block up to
-the group, whose Hessian PaddleSlim's GPTQ accumulates, each Linear is quantized, and the inputs run through the
-now-quantized block once more to become the next block's inputs. Everything else the block needs (RoPE cos/sin, or BLOOM's ALiBi + causal
-bias) is captured with the inputs and passed along unchanged. ``quantize_model`` does the same to a model already
-in memory.
+forward pass at it; for each block, each calibration window makes one pass through it, paused before each group of
+Linears until the group's Hessian (quant/gptq.py) has every window's input and the group is quantized; the
+passes' outputs, through the now-quantized block, are the next block's inputs. Everything else the
+block needs (RoPE cos/sin, or BLOOM's ALiBi + causal bias) is captured with the inputs and passed along unchanged.
+``quantize_model`` does the same to a model already in memory.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from paddle_belle.checkpoint import TOKENIZER_FILES, CheckpointError, as_numpy, 
     safetensors_writer, to_paddle, write_json
 from paddle_belle.cpu import set_cpu_threads
 from paddle_belle.quant.format import TIED_HEAD_ERROR, QuantConfig, pack, quantize_rtn, token_tables
-from paddle_belle.quant.gptq import GPTQ, quantize_linear
+from paddle_belle.quant.gptq import Hessian, quantize_linears
 from paddle_belle.quant.linear import BLOCK_ELEMENTS, QuantEmbedding, QuantLinear, block_linears, decoder_blocks, \
     quantizable
 
@@ -165,45 +165,66 @@ def _block_inputs(model, calibration: np.ndarray) -> tuple[list, list]:
     return inputs, extra
 
 
+class _BlasLinear(nn.Layer):
+    """A float32 Linear whose product runs through numpy's BLAS, in place of the block's Linear during its
+    calibration passes: Paddle 3.3.1's CPU matmul (MKL's AVX2 path on Zen 4) took ~2.5x as long as numpy's
+    OpenBLAS on a window (SmolLM2-135M's [512, 576] x [576, 1536]: 24-54 vs 8-21 ms), the largest part of the
+    passes. The weight is read at each call: GPTQ writes each group's dequantized weight back into the Linear
+    before the passes go on through it."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x):
+        y = x.numpy() @ self.linear.weight.numpy()
+        if self.linear.bias is not None:
+            y += self.linear.bias.numpy()
+        return paddle.to_tensor(y)
+
+
 def _gptq_block(model, block, i: int, inputs: list, extra: list, config: QuantConfig) -> tuple[dict, list]:
-    """GPTQ of block ``i``'s Linears on its calibration ``inputs``: ({id(Linear): QuantizedWeight}, the next block's
-    inputs). The block's Linears are left holding the dequantized weights GPTQ writes back.
+    """GPTQ of block ``i``'s Linears on its calibration ``inputs`` (emptied: the passes own them now): ({id(Linear):
+    QuantizedWeight}, the next block's inputs). The block's Linears are left holding the dequantized weights GPTQ
+    writes back (the same numbers a QuantLinear computes with, without unpacking the integers on every pass).
 
     Within a block the Linears go group by group (arch.py linear_groups, "true sequential" in the GPTQ reference):
     a later group's Hessian comes from the outputs of the groups already quantized, so it can correct their error.
-    Three shortcuts keep the calibration passes cheap, none changing a result: the Linears of a group read the same
-    input, so they share one Hessian (the reference accumulates the same matrix once per Linear); a pass stops
-    at the group's first Linear, before computing it (nothing after it is needed); and the quantized Linears are
-    float Linears holding the dequantized weights (the same numbers a QuantLinear computes with, without unpacking
-    the integers on every pass)."""
-    args = tuple(extra[:-1]) + (i,)  # the last argument of our blocks is their layer index
+    Each window makes one pass through the block (the block's ``stages``), paused at each group's input until every
+    window's input has been added to the group's Hessian and the group is quantized; the paused passes hold their
+    activations meanwhile (96 windows of 512 tokens at SmolLM2-135M's down_proj: residual + input, 415 MB). The
+    reference (IST-DASLab/gptq llama.py ``llama_sequential``) instead runs each window from the block's input once
+    per group, four passes instead of one for LLaMA; the same ops on the same values, so the same codes
+    (tests/quant/test_gptq.py), up to float32 rounding: the products go through numpy's BLAS here (_BlasLinear),
+    and on real models act-order can turn that rounding into another column order (README "Quantizing"). The
+    Linears of a group read the same input, so they share one Hessian (the
+    reference accumulates the same matrix once per Linear) and its inverse's factor."""
+    args = tuple(extra[:-2]) + (i,)  # our blocks' last arguments: the KV cache (None here) and the layer index
+    blas = inputs[0].place.is_cpu_place()  # (a GPU multiplies faster where the tensors are)
+    passes = [block.stages(x, *args) for x in inputs]
+    inputs.clear()
     linears, quantized = block_linears(model, block), {}
-    for group in model.arch.linear_groups:
-        members = [linear for path, _, _, linear in linears if path in group]
-        hessian = GPTQ(members[0], quant_bits=config.bits)
-
-        def capture(layer, layer_inputs):
-            hessian.add_batch(layer_inputs[0])
-            raise _Captured
-
-        hook = members[0].register_forward_pre_hook(capture)
-        for x in inputs:
-            try:
-                block(x, *args)
-            except _Captured:
-                pass
-        hook.remove()
-        for linear in members:
-            quantized[id(linear)] = quantize_linear(linear, hessian.hessian, config)
-    return quantized, [block(x, *args) for x in inputs]
+    for _, parent, attr, linear in linears:
+        setattr(parent, attr, _BlasLinear(linear) if blas else linear)
+    try:
+        for group in model.arch.linear_groups:
+            members = [linear for path, _, _, linear in linears if path in group]
+            hessian = Hessian(members[0].weight.shape[0])
+            for p in passes:
+                hessian.add(next(p))
+            quantized.update(zip(map(id, members), quantize_linears(members, hessian.matrix(), config)))
+        return quantized, [next(p) for p in passes]
+    finally:
+        for _, parent, attr, linear in linears:
+            setattr(parent, attr, linear)
 
 
 def _gptq_head(model, inputs: list, config: QuantConfig):
     """GPTQ of a separate LM head on the last block's outputs (after the final norm)."""
-    gptq = GPTQ(model.lm_head, quant_bits=config.bits)
+    hessian = Hessian(model.lm_head.weight.shape[0])
     for x in inputs:
-        gptq(model.base_model.norm(x))  # (only LLaMA has a head of its own)
-    return gptq.quantize(config)
+        hessian.add(model.base_model.norm(x))  # (only LLaMA has a head of its own)
+    return quantize_linears([model.lm_head], hessian.matrix(), config)[0]
 
 
 # -------------------------------------------------------------------------------------------- end to end

@@ -15,7 +15,8 @@ from paddle_belle.convert.engine import iter_hf_as_paddle
 from paddle_belle.quant import QuantConfig, QuantEmbedding, QuantLinear
 from paddle_belle.quant.quantize import quantize_model
 from paddle_belle.quant.format import quantize_rtn
-from paddle_belle.quant.gptq import GPTQ
+from paddle_belle.quant.gptq import Hessian, quantize_linears
+from paddle_belle.quant.linear import block_linears, decoder_blocks
 
 
 def correlated_inputs(n, features, seed=0, dead=()):
@@ -48,18 +49,21 @@ def calibrate(wrapper, x):
 def test_same_weights_as_paddleslim_fasterquant(in_features, group_size, act_order):
     """Where PaddleSlim's fasterquant runs at all (some input column is dead, so its H[dead, dead] index is not
     empty), it (Paddle ops, float32) and ours (numpy; the inverse Hessian's Cholesky factor in float64) write the
-    same fake-quantized weights: no code differs (a code is a step of ~1e-2 here), the scales only by float32
-    rounding accumulated over the columns (1e-4 relative over 300 of them)."""
+    same fake-quantized weights from the same Hessian: no code differs (a code is a step of ~1e-2 here), the scales
+    only by float32 rounding accumulated over the columns (1e-4 relative over 300 of them). Our Hessian (numpy)
+    equals the one its forward accumulates (Paddle) within float32 rounding."""
     theirs_layer, ours_layer = linear_pair(in_features, 24)
     x = correlated_inputs(6 if in_features < 100 else 40, in_features, dead=[5, 40])  # 40: more tokens than inputs
-    theirs, ours = PaddleSlimGPTQ(theirs_layer, quant_bits=4), GPTQ(ours_layer, quant_bits=4)
+    theirs, ours = PaddleSlimGPTQ(theirs_layer, quant_bits=4), Hessian(in_features)
     calibrate(theirs, x)
-    for sample in x:  # add_batch is PaddleSlim's forward without the layer's output: the same Hessian
-        ours.add_batch(paddle.to_tensor(sample[None]))
-    np.testing.assert_array_equal(ours.hessian.numpy(), theirs.hessian.numpy())
+    for sample in x:
+        ours.add(paddle.to_tensor(sample[None]))
+    H = theirs.hessian.numpy()
+    np.testing.assert_allclose(ours.matrix(), H, rtol=1e-5, atol=1e-6 * np.abs(H).max())
+    assert (np.diag(ours.matrix()) == 0).sum() == 2  # the dead inputs stay exactly dead
     with contextlib.redirect_stdout(io.StringIO()):  # it prints per layer
         theirs.fasterquant(groupsize=group_size, actorder=act_order)
-    q = ours.quantize(QuantConfig(bits=4, group_size=group_size, act_order=act_order))
+    q, = quantize_linears([ours_layer], H, QuantConfig(bits=4, group_size=group_size, act_order=act_order))
     np.testing.assert_allclose(ours_layer.weight.numpy(), theirs_layer.weight.numpy(), rtol=1e-4, atol=1e-6)
     # ... and our codes and scales are exactly the weights we wrote.
     config = QuantConfig(bits=4, group_size=group_size, act_order=act_order)
@@ -85,10 +89,11 @@ def test_gptq_output_error_below_rtn(bits, sym):
     config = QuantConfig(bits=bits, group_size=32, sym=sym)
     codes, scales, zeros = quantize_rtn(copy.weight, config)
     rtn = QuantLinear.from_codes(codes, scales, zeros, config, bias=copy.bias)
-    wrapper = GPTQ(layer, quant_bits=bits)
-    calibrate(wrapper, x)
+    hessian = Hessian(128)
+    for sample in x:
+        hessian.add(paddle.to_tensor(sample[None]))
     exact = paddle.nn.functional.linear(paddle.to_tensor(x), copy.weight, copy.bias).numpy()
-    q = wrapper.quantize(config)
+    q, = quantize_linears([layer], hessian.matrix(), config)
     gptq = QuantLinear.from_codes(q.codes, q.scales, q.zeros, config, bias=copy.bias)
     error = {name: float(np.square(m(paddle.to_tensor(x)).numpy() - exact).mean()) for name, m in
              (("rtn", rtn), ("gptq", gptq))}
@@ -150,15 +155,67 @@ def test_block_by_block_matches_quantizing_with_float_inputs_for_block_zero():
         linear = getattr(model.llama.layers[0].self_attn, name)
         reference = paddle.nn.Linear(*linear.weight.shape, bias_attr=False)
         reference.weight.set_value(linear.weight)
-        wrapper = GPTQ(reference, quant_bits=4)
+        hessian = Hessian(48)
         with paddle.no_grad():
             for window in ids:
                 x = model.llama.embed_tokens(paddle.to_tensor(window[None]))
-                wrapper(model.llama.layers[0].input_layernorm(x))
-        expected[name] = wrapper.quantize(config).codes
+                hessian.add(model.llama.layers[0].input_layernorm(x))
+        expected[name] = quantize_linears([reference], hessian.matrix(), config)[0].codes
     quantize_model(model, config, ids, progress=False)
     for name, codes in expected.items():
         np.testing.assert_array_equal(getattr(model.llama.layers[0].self_attn, name).codes().numpy(), codes)
+
+
+class _Stop(Exception):
+    pass
+
+
+def per_group_passes(model, config, ids):
+    """GPTQ in the reference's schedule (IST-DASLab/gptq llama.py ``llama_sequential``, and quantize.py before its
+    one pass per block): for each group of Linears, every window runs from the token ids through the model's own
+    forward, stopped at the group's first Linear by a hook, so the group's Hessian sees the groups quantized before
+    it. Returns {Linear path: QuantizedWeight}; the model is left holding the dequantized weights."""
+    def stop(layer, inputs):
+        hessian.add(inputs[0])
+        raise _Stop
+
+    out = {}
+    for i, block in enumerate(decoder_blocks(model)):
+        linears = block_linears(model, block)
+        for group in model.arch.linear_groups:
+            members = [(path, linear) for path, _, _, linear in linears if path in group]
+            hessian = Hessian(members[0][1].weight.shape[0])
+            hook = members[0][1].register_forward_pre_hook(stop)
+            for window in ids:
+                with contextlib.suppress(_Stop), paddle.no_grad():
+                    model(paddle.to_tensor(window[None]))
+            hook.remove()
+            for (path, _), q in zip(members, quantize_linears([m for _, m in members], hessian.matrix(), config)):
+                out[f"{i}.{path}"] = q
+    return out
+
+
+@pytest.mark.parametrize("kind, config", [
+    ("llama", QuantConfig(bits=4, group_size=32, act_order=True)),
+    ("bloom", QuantConfig(bits=3, group_size=16, sym=False)),
+])
+def test_one_pass_per_block_gives_the_codes_of_a_pass_per_group(kind, config):
+    """quantize_model runs each window through a block once, quantizing each group of Linears as soon as every
+    window's pass has reached it: the same codes as restarting every window from the token ids for each group
+    (the scales within float32 rounding: its passes multiply through numpy's BLAS, the model through Paddle)."""
+    make = (lambda: tiny_llama(hidden_size=48, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2)[1]) \
+        if kind == "llama" else (lambda: tiny_bloom(n_head=4, hidden_size=48)[1])
+    ids = calibration_ids(101)
+    expected = per_group_passes(make(), config, ids)
+    model = quantize_model(make(), config, ids, progress=False)
+    assert len(expected) == 2 * sum(map(len, model.arch.linear_groups))
+    for name, q in expected.items():
+        block, path = name.split(".", 1)
+        layer = decoder_blocks(model)[int(block)]
+        for attr in path.split("."):
+            layer = getattr(layer, attr)
+        np.testing.assert_array_equal(layer.codes().numpy(), q.codes, err_msg=name)
+        np.testing.assert_allclose(layer.scales.numpy(), q.scales, rtol=1e-5, err_msg=name)
 
 
 def test_quantize_lm_head(tmp_path):
@@ -205,16 +262,13 @@ def test_missing_scale_is_a_clear_error(tmp_path):
 
 def test_a_hessian_that_is_not_positive_definite_gets_more_damping():
     layer, _ = linear_pair(16, 8)
-    wrapper = GPTQ(layer, quant_bits=4)
     h = np.eye(16, dtype="float32")
     h[-1, -1] = -0.05  # 1 % damping of the mean diagonal leaves it negative; 10 % does not
-    wrapper.hessian = paddle.to_tensor(h)
-    with pytest.warns(UserWarning, match="not positive definite; damping x10"):
-        q = wrapper.quantize(QuantConfig(bits=4, group_size=-1))
+    with pytest.warns(UserWarning, match="16-input Linear not positive definite; damping x10"):
+        q, = quantize_linears([layer], h, QuantConfig(bits=4, group_size=-1))
     assert np.isfinite(q.scales).all()
-    wrapper.hessian = paddle.to_tensor(-np.eye(16, dtype="float32"))  # no damping helps
-    with pytest.raises(ValueError, match="not positive definite even with"):
-        wrapper.quantize(QuantConfig(bits=4, group_size=-1))
+    with pytest.raises(ValueError, match="not positive definite even with"):  # no damping helps
+        quantize_linears([layer], -np.eye(16, dtype="float32"), QuantConfig(bits=4, group_size=-1))
 
 
 def _hf_checkpoint(kind, directory, dtype):

@@ -62,8 +62,8 @@ def stepper(model, rows, steps):
     from paddle_belle.batching import Batcher
 
     prompt = np.random.default_rng(0).integers(5, 5000, (1, 20))
-    n = steps + 4
-    config = generation.GenerationConfig(max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    # no EOS, so every row runs all its steps (not min_new_tokens: masking EOS takes a Batcher's per-row path)
+    config = generation.GenerationConfig(max_new_tokens=steps + 4, eos_token_id=[], do_sample=False)
     if rows == 1:
         tokens = generation.stream(model, prompt, config=config)
         for _ in range(4):

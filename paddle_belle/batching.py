@@ -207,7 +207,7 @@ class Batcher:
                          cache=RowCache(self.cache, width, columns=columns), last_only=True)
         logits = out.logits[:, -1]
         self.steps, self.rows_stepped = self.steps + 1, self.rows_stepped + len(decoding)
-        greedy = logits.argmax(-1).numpy()  # one op for every row that needs no more than the argmax
+        greedy = generation.argmax(logits)  # at once for every row that needs no more than the argmax
         return [self._emit(r, logits[r.row : r.row + 1], greedy[r.row]) for r in decoding]
 
     def _emit(self, r: Request, logits, greedy=None) -> tuple[Request, str]:

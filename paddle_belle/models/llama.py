@@ -123,7 +123,7 @@ def rope_cos_sin(config: LlamaConfig, head_dim: int, position_ids: paddle.Tensor
 
 def rope(x, cos, sin):
     """HF's x * cos + rotate_half(x) * sin, with rotate_half(x) = [-x2, x1] taken as roll(x) = [x2, x1] times the
-    sine's negated first half: the same numbers (a sign moved between the factors), 3 ops fewer a call."""
+    sine's negated first half: the same numbers (a sign moved between the factors), 2 ops fewer a call."""
     return x * cos + paddle.roll(x, x.shape[-1] // 2, axis=-1) * sin
 
 

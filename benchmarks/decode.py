@@ -9,7 +9,7 @@ remaining steps only. The ceiling is memory bandwidth (a large fp32 gemv) / the 
 Shared CPUs drift (fast and slow spells of tens of percent), so the frameworks take turns: each round runs the
 bandwidth probe and then every framework once (load, warm-up, timed runs), and the table shows medians over rounds.
 
-    python benchmarks/decode.py [--shapes bloom-560m,tinyllama-1.1b,small] [--prompt 32] [--new 128]
+    python benchmarks/decode.py [--shapes bloom-560m,tinyllama-1.1b,small,belle-tiny-zh] [--prompt 32] [--new 128]
                                 [--rounds 3] [--threads 2] [--workdir /tmp/decode-bench] [--keep]
 """
 import argparse
@@ -30,6 +30,8 @@ SHAPES = {
                                      num_attention_heads=32, num_key_value_heads=4),
                        {"ceiling": 0.90, "hf": 1.05}),
     "small": ("bloom", dict(vocab_size=5000, hidden_size=512, n_layer=4, n_head=8), {"hf": 1.0, "paddlenlp": 1.5}),
+    # the bundled model's shape (paddle_belle/assets/belle-tiny-zh): a step of it is nearly all per-op overhead
+    "belle-tiny-zh": ("bloom", dict(vocab_size=6000, hidden_size=256, n_layer=4, n_head=8), {"hf": 1.0, "paddlenlp": 1.5}),
 }
 IMPLS = ("ours", "paddlenlp", "hf")
 GEMV_K, GEMV_N = 1024, 131072  # bandwidth probe: x[1, K] @ W[K, N], W = 512 MiB (far beyond any cache)

@@ -60,10 +60,19 @@ def top_p_filter(scores, p: float):
     return paddle.where(mask, paddle.full_like(scores, float("-inf")), scores)
 
 
+def argmax(scores) -> np.ndarray:
+    """The index of each row's largest score (the first of equals), int64 numpy [batch]. On the CPU numpy's argmax
+    on a zero-copy view: Paddle 3.3.1's CPU argmax took 210 us for a row of 250,880 (bloom-560m's vocabulary; 3.4 ms
+    for 16 rows), numpy's 40 (1.6 ms)."""
+    if scores.place.is_cpu_place():
+        return np.from_dlpack(scores.detach()).argmax(-1).astype(np.int64)
+    return scores.argmax(-1).numpy()
+
+
 def next_tokens(scores, config: GenerationConfig, rng: np.random.Generator | None):
     """One token per row from float32 ``scores`` [batch, vocab] that went through penalty and min-tokens."""
     if not config.do_sample:
-        return scores.argmax(-1)
+        return paddle.to_tensor(argmax(scores))
     if config.temperature != 1.0:
         scores = scores / config.temperature
     if config.top_k:

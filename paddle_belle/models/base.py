@@ -70,8 +70,16 @@ def cast(x: paddle.Tensor, dtype) -> paddle.Tensor:
     return x if x.dtype == dtype else x.astype(dtype)
 
 
+def split_heads(x: paddle.Tensor, n_head: int) -> paddle.Tensor:
+    """[batch, seq, n_head * head_dim] -> [batch, n_head, seq, head_dim]. One position (a decoding step) is that
+    already in memory: a reshape, no transpose."""
+    b, s, _ = x.shape
+    return x.reshape([b, n_head, 1, -1]) if s == 1 else x.reshape([b, s, n_head, -1]).transpose([0, 2, 1, 3])
+
+
 def attend(q, k, v, bias, dropout):
-    """softmax(q k^T / sqrt(head_dim) + bias) v, with scores and softmax in float32 as the references do.
+    """softmax(q k^T / sqrt(head_dim) + bias) v, with scores and softmax in float32 as the references do, its heads
+    merged: [batch, seq, n_head * head_dim].
 
     ``k`` and ``v`` may have fewer heads than ``q`` (grouped-query attention, ``bias`` then [batch, 1, ...]): each
     kv head serves n_head / n_kv consecutive query heads, whose rows are folded together rather than the cache
@@ -85,7 +93,9 @@ def attend(q, k, v, bias, dropout):
     scores = cast(paddle.matmul(q, k, transpose_y=True), paddle.float32) * d**-0.5 + bias
     probs = cast(F.softmax(scores, axis=-1), v.dtype)
     out = paddle.matmul(dropout(probs) if dropout.training else probs, v)  # (eval dropout: a call for nothing)
-    return out.reshape([b, n_head, s, d]) if groups > 1 else out
+    if s == 1:  # [b, n_head, 1, d] (or [b, kv, groups, d]) is [b, 1, n_head * d] in memory: no transpose
+        return out.reshape([b, 1, n_head * d])
+    return out.reshape([b, n_head, s, d]).transpose([0, 2, 1, 3]).reshape([b, s, n_head * d])
 
 
 def token_positions(attention_mask: paddle.Tensor, query_length: int) -> paddle.Tensor:

@@ -1,5 +1,6 @@
 """Our LLaMA against HF transformers' LLaMA from identical weights."""
 import numpy as np
+import paddle
 import pytest
 import torch
 from reference import hf_logits, max_rel_diff, our_logits, tiny_llama
@@ -71,6 +72,15 @@ def test_kv_cache_reproduces_full_sequence_logits(variant):
         steps.append(our_logits(ours, IDS[:, t : t + 1], MASK[:, : t + 1], cache=cache).logits.numpy())
     real = MASK == 1
     assert max_rel_diff(np.concatenate(steps, axis=1)[real], full[real]) <= TOL
+
+
+@pytest.mark.parametrize("variant", ["mha", "gqa"])
+def test_inference_ops_equal_the_training_path(variant):
+    # Without gradients RMSNorm (and the residual add before it) is Paddle's fused op; with them, the plain ops.
+    _, ours = tiny_llama(0.5, **VARIANTS[variant])
+    fused = our_logits(ours, IDS, MASK).logits.numpy()
+    plain = ours(paddle.to_tensor(IDS), attention_mask=paddle.to_tensor(MASK)).logits.numpy()
+    assert max_rel_diff(fused, plain) <= 1e-5
 
 
 def test_kv_cache_overflow_is_a_clear_error():

@@ -20,6 +20,7 @@ from itertools import groupby
 from paddle_belle import generation, prompts
 from paddle_belle.batching import Batcher
 from paddle_belle.chat import context_length
+from paddle_belle.cpu import use_cpu_threads_here
 
 
 class QueueFull(Exception):
@@ -123,6 +124,7 @@ class Engine:
     def _loop(self):
         """The compute thread: the jobs that came in, then one step of the batch, for ever. It sleeps on the job
         queue only when no reply is in flight."""
+        use_cpu_threads_here()  # OpenMP thread counts are per thread: this one starts with Paddle's 1
         while True:
             if not self.batcher.busy:
                 self._jobs.get()()

@@ -402,12 +402,13 @@ def serve(model: str, host="127.0.0.1", port=8000, api_key=None, preset="belle-c
     why = ""
     if max_concurrency is None:  # chosen with the model in memory, before the cache is allocated
         max_concurrency, why = default_rows(loaded, context)
+        why = f" ({why})"
     engine = Engine(loaded, AutoTokenizer.from_pretrained(model), style=style, preset=preset,
                     max_tokens_cap=max_tokens_cap, context=context, rows=max_concurrency, prefill_chunk=prefill_chunk,
                     **overrides)
     name = served_name or os.path.basename(os.path.normpath(str(model)))
     app = create_app(engine, name, api_key=api_key, max_queue=max_queue, max_request_bytes=max_request_bytes)
     print(f"paddle-belle serve: {name} on http://{host}:{port}/v1 (style {engine.style}, preset {preset}, "
-          f"{max_concurrency} rows in the batch{why and f' ({why})'}, {max_queue} queued{', API key required' if api_key else ''})",
+          f"{max_concurrency} rows in the batch{why}, {max_queue} queued{', API key required' if api_key else ''})",
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

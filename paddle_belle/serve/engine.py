@@ -101,7 +101,8 @@ def defaults(preset="belle-card", max_tokens_cap=2048, **overrides) -> generatio
     return config
 
 
-MOST_ROWS = 16  # measured (README, Serving): a float32 step of 16 rows gives 7.4x one row's tokens/s, 4 rows 3.5x
+MOST_ROWS = 16  # a float32 step of 16 rows gave 7.4x one row's tokens/s, 4 rows 3.5x (README, Serving); the
+# native kernel takes a tied head's rows up to 16 (cpu.KERNEL_HEAD_ROWS)
 
 
 def default_rows(model, context: int, available: int | None = None, share: float = 0.5) -> tuple[int, str]:

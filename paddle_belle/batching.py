@@ -9,10 +9,12 @@ Each request owns a row of one preallocated KV cache. Rows are left-aligned: a r
 so rows of any lengths share the cache without padding in front. The attention mask marks each row's columns
 [0, length]; ALiBi and RoPE positions are counted over the mask (models/base.py token_positions, models/bloom.py
 alibi_bias), so a row computes what it would alone. A decoding step runs rows [0, highest busy row]: requests take
-the lowest free row, and the highest busy row moves down (with its cache) when a row below it frees. A new request
-is prefilled in chunks between decoding steps (at most ``chunk`` prompt tokens a step, oldest request first), so
-a long prompt delays running streams by one chunk at most (a chunk before a prompt's last computes no logits), and
-joins the batch with its first token; it leaves at EOS, a stop string or its length, and its row is free for the
+the lowest free row, and the highest busy row moves down (with its cache) when a row below it frees. New requests
+are prefilled between decoding steps, at most ``chunk`` prompt positions a step, oldest request first: the prompts
+that fit whole are the right-padded rows of one forward (their padding counted in the budget), with the head on each
+prompt's last position only; a longer prompt is prefilled alone, a chunk a step (a chunk before its last computes no
+logits). So a long prompt delays running streams by one chunk at most, and each request joins the batch with its
+first token; it leaves at EOS, a stop string or its length, and its row is free for the
 next request at once.
 
 Sampling is per row (generation.py's steps, in HF's order) with the request's own settings and its own numpy
@@ -34,11 +36,12 @@ from paddle_belle.prompts import ReplyText
 class RowCache:
     """The model's cache interface (``length``, ``update``) over a KVCache whose rows have lengths of their own.
 
-    Either one row ``row`` takes a chunk of new tokens from column ``start``, or rows [0, b) take one new token
-    each at their own column ``columns[r]``; attention then reads the first ``width`` columns of those rows."""
+    Either one row ``row`` takes a chunk of new tokens from column ``start``; or rows [0, b) take one new token
+    each at their own column ``columns[r]``, and attention then reads the first ``width`` columns of those rows; or
+    the rows ``rows`` take whole prompts (right-padded) from column 0, which attend to their own new keys only."""
 
-    def __init__(self, cache, width, row=None, start=None, columns=None):
-        self.cache, self.width, self.row, self.start = cache, width, row, start
+    def __init__(self, cache, width, row=None, start=None, columns=None, rows=None):
+        self.cache, self.width, self.row, self.start, self.rows = cache, width, row, start, rows
         if columns is not None:  # a decoding step: row r, head h's new vector goes to column columns[r], which is row
             # (r * heads + h) * max_length + columns[r] of a layer's buffer viewed as [-1, head_dim]
             _, heads, length, _ = cache.keys[0].shape
@@ -48,6 +51,11 @@ class RowCache:
 
     def update(self, layer, k, v):
         keys, values = self.cache.keys[layer], self.cache.values[layer]
+        if self.rows is not None:  # a padded tail lands past its row's length: masked until the row overwrites it
+            for i, r in enumerate(self.rows):
+                keys[r : r + 1, :, : k.shape[2]] = k[i : i + 1]
+                values[r : r + 1, :, : k.shape[2]] = v[i : i + 1]
+            return k, v
         if self.row is not None:
             r, s = self.row, self.start
             keys[r : r + 1, :, s : s + k.shape[2]] = k
@@ -155,12 +163,20 @@ class Batcher:
             decoding = [r for r in self.slots if r is not None and r.tokens]
             if decoding:
                 events += self._decode(decoding)
-            budget = self.chunk
+            budget, prompts, width, chunks = self.chunk, [], 0, []
             for request in sorted((r for r in self.slots if r is not None and not r.tokens), key=lambda r: r.order):
-                if budget == 0:
-                    break
-                n = min(budget, len(request.ids) - request.prefilled)
-                budget -= n
+                left = len(request.ids) - request.prefilled
+                # whole prompts go together, their padding counted: a short prompt beside a long one costs as much
+                cost = (len(prompts) + 1) * max(width, left) - len(prompts) * width
+                if not request.prefilled and cost <= budget:
+                    prompts.append(request)
+                    budget, width = budget - cost, max(width, left)
+                elif budget:  # a prompt begun in an earlier step, or longer than what is left: a chunk of it, alone
+                    chunks.append((request, min(budget, left)))
+                    budget -= min(budget, left)
+            if prompts:
+                events += self._prefill_prompts(prompts, width)
+            for request, n in chunks:
                 events += self._prefill(request, n)
         return events
 
@@ -190,6 +206,23 @@ class Batcher:
         logits = self.model(ids, attention_mask=mask, cache=cache, last_only=True).logits[:, -1]
         r.prefilled = end
         return [self._emit(r, logits)]
+
+    def _prefill_prompts(self, requests: list[Request], width: int) -> list:
+        """Whole prompts as the rows of one forward, right-padded to ``width``: positions (ALiBi, RoPE) come from the
+        mask, so each row computes what it would alone, and the head (bloom-560m's: 1 GB) runs once, on each
+        prompt's last position only."""
+        self._reserve(width)
+        ids, mask = np.zeros([len(requests), width], np.int64), np.zeros([len(requests), width], np.int64)
+        for i, r in enumerate(requests):
+            ids[i, : len(r.ids)], mask[i, : len(r.ids)] = r.ids, 1
+        cache = RowCache(self.cache, width, rows=[r.row for r in requests])
+        x = self.model.base_model(paddle.to_tensor(ids), paddle.to_tensor(mask), None, cache)
+        last = paddle.to_tensor([i * width + len(r.ids) - 1 for i, r in enumerate(requests)])
+        logits = self.model.lm_logits(paddle.gather(x.reshape([-1, x.shape[-1]]), last).unsqueeze(1))[:, -1]
+        greedy = generation.argmax(logits)
+        for r in requests:
+            r.prefilled = len(r.ids)
+        return [self._emit(r, logits[i : i + 1], greedy[i]) for i, r in enumerate(requests)]
 
     def _decode(self, decoding: list[Request]) -> list:
         b = max(r.row for r in decoding) + 1

@@ -370,8 +370,9 @@ def cmd_merge_lora(args):
 @arg("--port", type=whole(1, 65535), default=8000)
 @adds(lambda p: p.add_argument("--api-key", default=os.environ.get("PADDLE_BELLE_API_KEY"), help="require "
       "'Authorization: Bearer KEY' on every /v1 request (default: $PADDLE_BELLE_API_KEY)"))  # read at parse time
-@arg("--max-concurrency", type=whole(1), default=8, help="rows in the batch: replies generated together, one forward "
-     "pass per token for all of them (default 8)")
+@arg("--max-concurrency", type=whole(1), help="rows in the batch: replies generated together, one forward pass per "
+     "token for all of them (default: as many as the KV cache of --context tokens a row fits in half the available "
+     "memory, at most 16)")
 @arg("--prefill-chunk", type=whole(1), default=128, help="prompt tokens prefilled between two decoding steps: the "
      "most a new prompt delays the replies in flight (default 128)")
 @arg("--max-queue", type=whole(0), default=64,

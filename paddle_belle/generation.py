@@ -64,7 +64,7 @@ def argmax(scores) -> np.ndarray:
     """The index of each row's largest score (the first of equals), int64 numpy [batch]. On the CPU numpy's argmax
     on a zero-copy view: Paddle 3.3.1's CPU argmax took 210 us for a row of 250,880 (bloom-560m's vocabulary; 3.4 ms
     for 16 rows), numpy's 40 (1.6 ms)."""
-    if scores.place.is_cpu_place():
+    if scores.place.is_cpu_place() and scores.dtype in (paddle.float32, paddle.float16):  # numpy has no bfloat16
         return np.from_dlpack(scores.detach()).argmax(-1).astype(np.int64)
     return scores.argmax(-1).numpy()
 

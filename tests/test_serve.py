@@ -22,7 +22,7 @@ def belle_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(belle_dir):
-    s = BelleServer(belle_dir, "--api-key", KEY, "--max-concurrency", "4", "--max-queue", "32", "--prefill-chunk", "8",
+    s = BelleServer(belle_dir, "--api-key", KEY, "--max-concurrency", "4", "--max-queue", "32", "--prefill-chunk", "40",
                     "--max-tokens", "256", "--max-request-bytes", "20000", "--served-model-name", "belle-tiny")
     yield s
     s.stop()
@@ -124,8 +124,10 @@ def test_auth_and_limits(server, client):
 
 
 def test_sixteen_streaming_clients_share_four_rows(server, client):
-    """Different prompt lengths, max_tokens, stop strings and sampling in one batch (4 rows, 8-token prefill chunks):
-    each reply is exactly what it is alone."""
+    """Different prompt lengths, max_tokens, stop strings and sampling in one batch (4 rows, a prefill budget of 40
+    positions a step: prompts of 16 and 18 tokens arriving together are the rows of one prefill, a third then gets a
+    chunk alone, the longest, 34 tokens, is chunked when it arrives beside others): each reply is exactly what it is
+    alone."""
     prompts = ["你好", "写一首诗", "1+1=?", "翻译：hello，请把这句话翻译成中文，并解释一下它的意思。"]
     kinds = [dict(max_tokens=32, temperature=0), dict(max_tokens=20, temperature=0),
              dict(max_tokens=28, temperature=0, extra_body={"repetition_penalty": 1.3}),

@@ -25,9 +25,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 
+from paddle_belle.chat import context_length
 from paddle_belle.presets import PRESETS
 from paddle_belle.prompts import STYLES
-from paddle_belle.serve.engine import ContextExceeded, Engine, QueueFull, Reply, Slots, defaults
+from paddle_belle.serve.engine import ContextExceeded, Engine, QueueFull, Reply, Slots, default_rows, defaults
 
 STATIC = Path(__file__).parent / "static"
 
@@ -383,7 +384,7 @@ def check_listen(host: str, port: int) -> None:
 
 
 def serve(model: str, host="127.0.0.1", port=8000, api_key=None, preset="belle-card", style=None,
-          max_concurrency=8, max_queue=64, max_tokens_cap=2048, max_request_bytes=1 << 20, served_name=None,
+          max_concurrency=None, max_queue=64, max_tokens_cap=2048, max_request_bytes=1 << 20, served_name=None,
           threads=None, log_level="info", context=None, prefill_chunk=128, **overrides) -> None:
     """Load ``model`` and serve it until interrupted. ``overrides`` (GenerationConfig's temperature, top_k,
     max_new_tokens, ...) change the preset: the defaults of requests that do not set their own."""
@@ -393,15 +394,21 @@ def serve(model: str, host="127.0.0.1", port=8000, api_key=None, preset="belle-c
 
     from paddle_belle import AutoModelForCausalLM, AutoTokenizer
 
-    Slots(max_concurrency, max_queue)  # bad limits and settings fail here, before minutes of model loading
+    Slots(max_concurrency or 1, max_queue)  # bad limits and settings fail here, before minutes of model loading
     defaults(preset, max_tokens_cap, **overrides)
     check_listen(host, port)
-    engine = Engine(AutoModelForCausalLM.from_pretrained(model, threads=threads), AutoTokenizer.from_pretrained(model),
-                    style=style, preset=preset, max_tokens_cap=max_tokens_cap, context=context, rows=max_concurrency,
-                    prefill_chunk=prefill_chunk, **overrides)
+    loaded = AutoModelForCausalLM.from_pretrained(model, threads=threads)
+    context = context or context_length(loaded)
+    why = ""
+    if max_concurrency is None:  # chosen with the model in memory, before the cache is allocated
+        max_concurrency, why = default_rows(loaded, context)
+        why = f" ({why})"
+    engine = Engine(loaded, AutoTokenizer.from_pretrained(model), style=style, preset=preset,
+                    max_tokens_cap=max_tokens_cap, context=context, rows=max_concurrency, prefill_chunk=prefill_chunk,
+                    **overrides)
     name = served_name or os.path.basename(os.path.normpath(str(model)))
     app = create_app(engine, name, api_key=api_key, max_queue=max_queue, max_request_bytes=max_request_bytes)
     print(f"paddle-belle serve: {name} on http://{host}:{port}/v1 (style {engine.style}, preset {preset}, "
-          f"{max_concurrency} rows in the batch, {max_queue} queued{', API key required' if api_key else ''})",
+          f"{max_concurrency} rows in the batch{why}, {max_queue} queued{', API key required' if api_key else ''})",
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

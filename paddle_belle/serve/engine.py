@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import queue
 import threading
 import time
@@ -20,6 +21,7 @@ from itertools import groupby
 from paddle_belle import generation, prompts
 from paddle_belle.batching import Batcher
 from paddle_belle.chat import context_length
+from paddle_belle.cpu import use_cpu_threads_here
 
 
 class QueueFull(Exception):
@@ -99,6 +101,32 @@ def defaults(preset="belle-card", max_tokens_cap=2048, **overrides) -> generatio
     return config
 
 
+MOST_ROWS = 16  # a float32 step of 16 rows gave 7.4x one row's tokens/s, 4 rows 3.5x (README, Serving); the
+# native kernel takes a tied head's rows up to 16 (cpu.KERNEL_HEAD_ROWS)
+
+
+def default_rows(model, context: int, available: int | None = None, share: float = 0.5) -> tuple[int, str]:
+    """``--max-concurrency``'s default and why, in words: as many rows as the KV cache (allocated for all of them at
+    start) fits into ``share`` of the memory still available (bytes, default MemAvailable: the model is loaded by
+    then), at least 1 and at most MOST_ROWS. The rest stays for a prefill's activations and everything else."""
+    one = model.new_cache(1, 1)  # a row's bytes a token, from the cache the model makes (the arch's shapes, dtype)
+    row = context * sum(t.numel().item() * t.element_size() for t in one.keys + one.values)
+    if available is None:
+        available = available_memory()
+    rows = int(max(1, min(MOST_ROWS, share * available // row)))
+    return rows, (f"default: the KV cache, {row / 2**20:,.0f} MiB a row of {context} tokens, within {share:.0%} of "
+                  f"{available / 2**30:.1f} GiB available, at most {MOST_ROWS}")
+
+
+def available_memory() -> int:
+    """Bytes the kernel could give this process without swapping (MemAvailable), or every byte it has."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 class Engine:
     """A model, its tokenizer and the defaults of the server (prompt style, preset, caps)."""
 
@@ -123,6 +151,7 @@ class Engine:
     def _loop(self):
         """The compute thread: the jobs that came in, then one step of the batch, for ever. It sleeps on the job
         queue only when no reply is in flight."""
+        use_cpu_threads_here()  # OpenMP thread counts are per thread: this one starts with Paddle's 1
         while True:
             if not self.batcher.busy:
                 self._jobs.get()()

@@ -14,7 +14,9 @@ With one runtime the kernels use exactly the threads Paddle's matmul would.
 Ops (float32 x [..., K] -> float32 [..., N]):
 
 - ``quant_matmul(x, qweight, scales, zeros, bits, group_size, bias=None)``: the packed format of quant/format.py,
-  all bit widths (2, 3, 4, 8), symmetric (zeros None) or asymmetric; act-order is the caller's (permute x first);
+  all bit widths (2, 3, 4, 8), symmetric (zeros None) or asymmetric; act-order is the caller's (permute x first).
+  4- and 8-bit codes multiply x quantized to int8 in blocks of 32 (``int8_activations``; cpu_matmul.cc says why
+  and how), unless ``PADDLE_BELLE_INT8_ACTIVATIONS=0``;
 - ``dense_matmul(x, w, bias=None)``: w [K, N] float32, bfloat16 or float16, meant for small M (decode).
 """
 from __future__ import annotations
@@ -62,11 +64,20 @@ def usable(x) -> bool:
             and cpu_kernels() is not None)
 
 
+def int8_activations(bits: int) -> bool:
+    """Whether ``bits``-bit weights multiply int8-quantized activations (integer dot products, as llama.cpp's
+    q4_0/q8_0 do): 4 and 8 bits unless ``PADDLE_BELLE_INT8_ACTIVATIONS=0``. The native kernel and QuantLinear's
+    Paddle path then compute the same integers (cpu_matmul.cc, "int8 activations")."""
+    return bits in (4, 8) and os.environ.get("PADDLE_BELLE_INT8_ACTIVATIONS", "1").strip().lower() not in (
+        "0", "false", "no", "off")
+
+
 def quant_matmul(x, qweight, scales, zeros, bits: int, group_size: int, bias=None):
     """x [..., K] @ the packed weight (quant/format.py) + bias, with the native kernel; group_size > 0 (K per
     channel). A bias that is not float32 is added afterwards."""
     fused = bias is None or bias.dtype == paddle.float32
-    out = _call("belle_quant_matmul", x, qweight, scales, zeros, bias if fused else None, bits, group_size)
+    out = _call("belle_quant_matmul", x, qweight, scales, zeros, bias if fused else None, bits, group_size,
+                int8_activations(bits))
     return out if fused else out + bias
 
 

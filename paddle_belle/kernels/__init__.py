@@ -72,12 +72,13 @@ def int8_activations(bits: int) -> bool:
         "0", "false", "no", "off")
 
 
-def quant_matmul(x, qweight, scales, zeros, bits: int, group_size: int, bias=None):
+def quant_matmul(x, qweight, scales, zeros, bits: int, group_size: int, bias=None, int8_x: bool | None = None):
     """x [..., K] @ the packed weight (quant/format.py) + bias, with the native kernel; group_size > 0 (K per
-    channel). A bias that is not float32 is added afterwards."""
+    channel). A bias that is not float32 is added afterwards. ``int8_x``: the integer path (4 and 8 bits only);
+    None: ``int8_activations(bits)``."""
     fused = bias is None or bias.dtype == paddle.float32
-    out = _call("belle_quant_matmul", x, qweight, scales, zeros, bias if fused else None, bits, group_size,
-                int8_activations(bits))
+    int8_x = int8_activations(bits) if int8_x is None else bool(int8_x and bits in (4, 8))
+    out = _call("belle_quant_matmul", x, qweight, scales, zeros, bias if fused else None, bits, group_size, int8_x)
     return out if fused else out + bias
 
 

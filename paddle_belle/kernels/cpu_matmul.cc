@@ -11,11 +11,12 @@
 // end instead would save one integer op per 16 codes, but loses digits to cancellation: 4e-5 off on int8.)
 //
 // With 4- and 8-bit codes the default is to quantize x to int8 too (per row, blocks of 32 within a group, as
-// llama.cpp's q8_0) and take integer dot products: see "int8 activations" below. Chosen because at a few rows the
-// float path is bound by decoding codes to floats, not by bytes (bloom-560m int4, 1 row: 31 % of the bandwidth
-// ceiling), and the integer path is 1.3-2.3x faster there; its cost, measured on the shipped belle-tiny-zh (RTN
-// int4/int8 g128), moves the logits by 0.6-0.7 % of the largest, against 11.6 % / 0.9 % for quantizing the weights,
-// and changes the next-token choice only at near-ties (tests/kernels/test_cpu_matmul.py). The float path stays
+// llama.cpp's q8_0) and take integer dot products: see "int8 activations" below. Chosen because the float path is
+// bound by decoding codes to floats, not by bytes, most of all at several rows (batched decoding steps), and the
+// integer path is faster there (benchmarks/cpu_kernels.py at bloom-560m's and 7B's shapes, 1-16 rows: int4 1.4-3x,
+// int8 1.1-1.7x; README, "Int8 activations"); its cost, measured on the shipped belle-tiny-zh (RTN int4/int8 g128),
+// moves the logits by 0.6-0.7 % of the largest, against 11.6 % / 0.9 % for quantizing the weights, and changes the
+// next-token choice only at near-ties (tests/kernels/test_cpu_matmul.py). The float path stays
 // (PADDLE_BELLE_INT8_ACTIVATIONS=0, and always for 2- and 3-bit codes).
 //
 // The kernel is written once (tile/block below) against a few vector helpers, one set per instruction set

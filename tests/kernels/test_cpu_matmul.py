@@ -94,8 +94,8 @@ INT8_X_CONFIGS = [
 ]
 INT8_X_IDS = ["int8", "int8-asym-channel", "int8-g96-actorder", "int4", "int4-asym-actorder", "int4-asym-channel",
               "int4-g6"]
-# K: blocks of 32 and a rest of 8 (200), whole groups of 128 but 264 is 8 x 32 + 8, odd (257: a padding nibble);
-# N: one partial tile (37), whole tiles of every path and single columns (300, 130).
+# K: 200 and 264 (blocks of 32 and a rest of 8), 257 (odd: a padding nibble, and the weight's last rows read within
+# a 4-row lane); N: one partial tile (37), whole tiles of every path and single columns (300, 130).
 INT8_X_SHAPES = [(200, 37), (264, 300), (257, 130)]
 
 

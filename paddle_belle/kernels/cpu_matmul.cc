@@ -322,7 +322,7 @@ static void block_avx512(const Args& a, int64_t n0, int64_t n1) {
 //   y[m, n] += scale[g, n] * (sx[m, c] * (sum_k q[m, k] * code[k, n] - zero[g, n] * sum_k q[m, k]))
 // |sum| <= 32 * 255 * 127 < 2^24, so its float conversion is exact too and every path (VNNI, AVX2, scalar, the
 // Paddle fallback in quant/linear.py) computes the same integers; only the float sums over chunks differ in order.
-// Four K-values of one column make one 32-bit lane of unsigned codes (Ui), multiplied with four int8 values of q
+// Four K-values of one column make one 32-bit lane of unsigned codes, multiplied with four int8 values of q
 // and summed into the lane (AVX-512 VNNI vpdpbusd; AVX2 vpmaddwd on 16-bit halves, exact; scalar the same sums).
 // A 4-bit byte holds K and K+1, so two packed rows give the lane [k0, k2, k1, k3]: q is stored permuted alike,
 // once per call. quads() builds QV lane vectors from a tile's 4 K rows; their columns come out in an ISA-specific

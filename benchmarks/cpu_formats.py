@@ -7,7 +7,8 @@ transformers' layout, as BELLE-7B-2M is published on the HF hub and as `paddle-b
 package ships BLOOM's 250k vocabulary). Both engines read it as it is:
 - ours: bfloat16 / float32 load it directly; int8 / int4 are made by streaming RTN (`paddle-belle quantize --method rtn`,
   its peak RSS shown), with the token table (BLOOM's tied embedding = its head) int8 per token as `quantize` does by
-  default, kept float16 (`--embedding keep`, loaded with dtype="float16" so that it stays so), or int4.
+  default, kept float16 (`--embedding keep`, loaded with dtype="float16" so that it stays so), or int4; int8 and int4
+  also with int8 activations (PADDLE_BELLE_INT8_ACTIVATIONS=1: the kernels' opt-in integer path, same files).
 - llama.cpp (llama-cpp-python, built from PyPI's sdist): f32 / f16 / q8_0 by llama.cpp's own convert_hf_to_gguf.py
   (taken from that sdist), q4_0 by llama.cpp's own quantizer (llama_model_quantize, as `llama-quantize`) from the f16
   file, or from the q8_0 one when no f16 is made (at 7B an f16 GGUF beside the source needs 28 GB of disk).
@@ -48,8 +49,10 @@ FORMATS = {
     "bfloat16": ("fp16", None, "bfloat16", "f16"),
     "int8 (fp16 embedding)": ("int8-keep", ["--bits", "8", "--embedding", "keep"], "float16", "q8_0"),
     "int8": ("int8", ["--bits", "8"], "float32", "q8_0"),  # the token table int8, quantize's default
+    "int8 (int8 activations)": ("int8", ["--bits", "8"], "float32", "q8_0"),  # PADDLE_BELLE_INT8_ACTIVATIONS=1
     "int4 (fp16 embedding)": ("int4-keep", ["--bits", "4", "--embedding", "keep"], "float16", "q4_0"),
     "int4": ("int4", ["--bits", "4"], "float32", "q4_0"),
+    "int4 (int8 activations)": ("int4", ["--bits", "4"], "float32", "q4_0"),
     "int4 (int4 embedding)": ("int4-int4", ["--bits", "4", "--embedding", "int4"], "float32", "q4_0"),
 }
 LLAMA_TYPES = ("f32", "f16", "q8_0", "q4_0")
@@ -285,8 +288,9 @@ def locked(path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def timed(a, worker: list[str], need: int, lock=None) -> dict:
-    """Bandwidth probe + one worker process (under ``lock``); refused (None) when the machine lacks the memory."""
+def timed(a, worker: list[str], need: int, lock=None, env=None) -> dict:
+    """Bandwidth probe + one worker process (under ``lock``, with ``env`` added to its environment); refused (None)
+    when the machine lacks the memory."""
     if memory_available() < need + 2e9:
         print(f"skipped {worker[1]}: needs ~{need / 1e9:.1f} GB + 2 GB spare, {memory_available() / 1e9:.1f} GB "
               "available", file=sys.stderr)
@@ -295,7 +299,8 @@ def timed(a, worker: list[str], need: int, lock=None) -> dict:
         load = os.getloadavg()[0]
         bandwidth = gemv_bandwidth(a.threads)
         run = subprocess.run([sys.executable, __file__, *worker, "--prompt", str(a.prompt), "--new", str(a.new),
-                              "--threads", str(a.threads)], check=True, capture_output=True, text=True)
+                              "--threads", str(a.threads)], check=True, capture_output=True, text=True,
+                             env={**os.environ, **(env or {})})
     return {**json.loads(run.stdout.strip().splitlines()[-1]), "bandwidth": bandwidth, "load": load}
 
 
@@ -346,7 +351,9 @@ def main():
             _, options, dtype, _ = FORMATS[name]
             path = make(name)
             weights = weight_bytes(path) * (2 if dtype == "float32" and options is None else 1)
-            rows[name] = (weights, quantize_rss.get(name), timed(a, ["--worker", str(path), dtype], weights, row_lock))
+            env = {"PADDLE_BELLE_INT8_ACTIVATIONS": "1"} if "int8 activations" in name else None
+            rows[name] = (weights, quantize_rss.get(name),
+                          timed(a, ["--worker", str(path), dtype], weights, row_lock, env))
             if a.low_disk and options is not None:
                 shutil.rmtree(path)
         for qtype in llama_types:

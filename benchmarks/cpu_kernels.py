@@ -1,9 +1,10 @@
 """Decode-shaped matmuls on CPU (M rows of x: 1 for one reply, up to 16 for a batched decoding step): Paddle's
-float32 matmul, numpy's, the native kernels of paddle_belle/kernels (float32, bfloat16, int8, int4; int4 also through
+float32 matmul, numpy's, the native kernels of paddle_belle/kernels (float32, bfloat16, int8, int4 with float32
+activations, and int8, int4 with int8 activations: "x-int8"; int4 also through
 QuantLinear, plain and with GPTQ's act-order permutation, which it applies to x before the kernel) and QuantLinear's
 pure-Paddle block-wise path (int8, int4; M = 1 only, it is slow).
 
-    python benchmarks/cpu_kernels.py [--threads 2] [--m 1,4,8,16] [--repeats 30] [--rounds 3] [--head]
+    python benchmarks/cpu_kernels.py [--threads 2] [--m 1,4,8,16] [--repeats 30] [--rounds 3] [--head] [--methods ...]
 
 Shapes: bloom-560m's Linears (K=1024 -> N=3072 query_key_value, N=4096 dense_h_to_4h; K=4096 -> N=1024
 dense_4h_to_h) and bloom-7b's dense_h_to_4h (K=4096 -> N=16384); --head adds bloom-560m's tied head (K=1024 ->
@@ -38,6 +39,8 @@ def main():
     parser.add_argument("--head", action="store_true", help="also bloom-560m's tied head, 1024 -> 250,880")
     parser.add_argument("--repeats", type=int, default=30, help="calls per method per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--methods", default="", help="only methods whose name contains one of these "
+                        "comma-separated strings (e.g. 'kernel int' for the A/B of float vs int8 activations)")
     args = parser.parse_args()
 
     import paddle_belle  # noqa: F401  (before paddle: MKL's fast path on AMD, as the CLI does)
@@ -71,8 +74,9 @@ def main():
         act_order = QuantConfig(bits=4, group_size=GROUP, act_order=True)
         layers["4 act-order"] = QuantLinear.from_codes(codes, scales, None, act_order, perm=rng.permutation(k))
 
-        def quant(layer):
-            return kernels.quant_matmul(x, layer.qweight, layer.scales, None, layer.config.bits, layer.group_size)
+        def quant(layer, int8_x=False):
+            return kernels.quant_matmul(x, layer.qweight, layer.scales, None, layer.config.bits, layer.group_size,
+                                        int8_x=int8_x)
 
         def quant_bytes(bits):
             return k * n * bits // 8 + (k // GROUP) * n * 4
@@ -86,7 +90,9 @@ def main():
                 ("kernel fp32", lambda: kernels.dense_matmul(x, w), k * n * 4),
                 ("kernel bf16", lambda: kernels.dense_matmul(x, w_bf16), k * n * 2),
                 ("kernel int8", lambda: quant(layers[8]), quant_bytes(8)),
+                ("kernel int8 x-int8", lambda: quant(layers[8], True), quant_bytes(8)),
                 ("kernel int4", lambda: quant(layers[4]), quant_bytes(4)),
+                ("kernel int4 x-int8", lambda: quant(layers[4], True), quant_bytes(4)),
                 ("layer int4", lambda: layers[4](x), quant_bytes(4)),  # QuantLinear.forward around the kernel
                 ("layer int4 act-ord", lambda: layers["4 act-order"](x), quant_bytes(4)),
             ]
@@ -95,6 +101,8 @@ def main():
                 ("blockwise int8", lambda: layers[8]._blockwise_forward(x), quant_bytes(8)),
                 ("blockwise int4", lambda: layers[4]._blockwise_forward(x), quant_bytes(4)),
             ]
+        if args.methods:
+            methods = [method for method in methods if any(part in method[0] for part in args.methods.split(","))]
         times = {name: [] for name, _, _ in methods}
         with paddle.no_grad():
             for _ in range(args.rounds):

@@ -179,6 +179,29 @@ def random_quant_layer(config, in_features, out_features, seed=0, bias=True):
     return layer, weight, None if b is None else b.numpy()
 
 
+def int8_activation_matmul(layer, x):
+    """What the integer path computes for a QuantLinear (paddle_belle/kernels/cpu_matmul.cc, "int8 activations"),
+    in numpy: x [M, in] float32 (input order) read in stored order, quantized per row in blocks of at most 32 inputs
+    within a group (scale max|x| / 127, round half to even), each block's exact integer dot with code - zero, then
+    y += scale * (x's scale * dot) block after block in float32."""
+    if layer.perm is not None:
+        x = x[:, layer.perm.numpy()]
+    codes = layer.codes().numpy().astype(np.int64)
+    scales = layer.scales.numpy()
+    zeros = (np.full(scales.shape, 1 << (layer.config.bits - 1)) if layer.zeros is None
+             else layer.zeros.numpy()).astype(np.int64)
+    (m, k), group = x.shape, layer.group_size
+    y = np.zeros((m, codes.shape[1]), np.float32)
+    for g0 in range(0, k, group):
+        for k0 in range(g0, min(g0 + group, k), 32):
+            block = x[:, k0 : min(k0 + 32, g0 + group, k)]
+            scale = (np.abs(block).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)
+            q = np.round(block / np.where(scale > 0, scale, np.float32(1))).astype(np.int64)  # ties to even
+            dot = (q @ (codes[k0 : k0 + block.shape[1]] - zeros[g0 // group])).astype(np.float32)
+            y += scales[g0 // group] * (scale * dot)
+    return y if layer.bias is None else y + layer.bias.numpy()
+
+
 def llama3_style_tokenizer_json(directory, bos=True):
     """A small byte-level BPE the way SmolLM2's and Llama-3's tokenizer.json are built (digits split one by one,
     GPT-2's regex, ChatML special tokens; with ``bos``, a post-processor that puts <|im_start|> first, as

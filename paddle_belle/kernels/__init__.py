@@ -14,7 +14,9 @@ With one runtime the kernels use exactly the threads Paddle's matmul would.
 Ops (float32 x [..., K] -> float32 [..., N]):
 
 - ``quant_matmul(x, qweight, scales, zeros, bits, group_size, bias=None)``: the packed format of quant/format.py,
-  all bit widths (2, 3, 4, 8), symmetric (zeros None) or asymmetric; act-order is the caller's (permute x first);
+  all bit widths (2, 3, 4, 8), symmetric (zeros None) or asymmetric; act-order is the caller's (permute x first).
+  4- and 8-bit codes multiply x quantized to int8 in blocks of 32 (``int8_activations``; cpu_matmul.cc says why
+  and how), unless ``PADDLE_BELLE_INT8_ACTIVATIONS=0``;
 - ``dense_matmul(x, w, bias=None)``: w [K, N] float32, bfloat16 or float16, meant for small M (decode).
 """
 from __future__ import annotations
@@ -62,11 +64,22 @@ def usable(x) -> bool:
             and cpu_kernels() is not None)
 
 
-def quant_matmul(x, qweight, scales, zeros, bits: int, group_size: int, bias=None):
+def int8_activations(bits: int) -> bool:
+    """Whether ``bits``-bit weights multiply int8-quantized activations (integer dot products, as llama.cpp's
+    q4_0/q8_0 do): 4 and 8 bits with ``PADDLE_BELLE_INT8_ACTIVATIONS=1``. The native kernel and QuantLinear's
+    Paddle path then compute the same integers (cpu_matmul.cc, "int8 activations"). Off by default: issue 14 allows
+    it only where the test models' greedy ids stay those of the float path, and they part at near-ties."""
+    return bits in (4, 8) and os.environ.get("PADDLE_BELLE_INT8_ACTIVATIONS", "0").strip().lower() in (
+        "1", "true", "yes", "on")
+
+
+def quant_matmul(x, qweight, scales, zeros, bits: int, group_size: int, bias=None, int8_x: bool | None = None):
     """x [..., K] @ the packed weight (quant/format.py) + bias, with the native kernel; group_size > 0 (K per
-    channel). A bias that is not float32 is added afterwards."""
+    channel). A bias that is not float32 is added afterwards. ``int8_x``: the integer path (4 and 8 bits only);
+    None: ``int8_activations(bits)``."""
     fused = bias is None or bias.dtype == paddle.float32
-    out = _call("belle_quant_matmul", x, qweight, scales, zeros, bias if fused else None, bits, group_size)
+    int8_x = int8_activations(bits) if int8_x is None else bool(int8_x and bits in (4, 8))
+    out = _call("belle_quant_matmul", x, qweight, scales, zeros, bias if fused else None, bits, group_size, int8_x)
     return out if fused else out + bias
 
 

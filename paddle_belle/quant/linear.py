@@ -79,19 +79,21 @@ class QuantLinear(nn.Layer):
         return paddle.stack(parts, axis=1).reshape([-1, packed.shape[1]])[: stop - start]
 
     def dequantize(self, start: int = 0, stop: int | None = None, dtype: str = "float32",
-                   columns=None) -> paddle.Tensor:
-        """The float weight of stored rows [start, stop) (group-aligned ``start``), [rows, out]; or of the given
-        ``columns`` only, [rows, len(columns)]."""
+                   columns=None, scaled: bool = True) -> paddle.Tensor:
+        """The float weight of stored rows [start, stop) (``start`` on a whole byte), [rows, out]; or of the given
+        ``columns`` only, [rows, len(columns)]. ``scaled=False``: code - zero only (exact integers)."""
         stop = self.in_features if stop is None else stop
         g0, g1 = start // self.group_size, -(-stop // self.group_size)
         index = paddle.arange(start, stop) // self.group_size - g0  # group of each row, within the block
         pick = (lambda t: t) if columns is None else (lambda t: paddle.gather(t, columns, axis=1))
-        scales = pick(self.scales[g0:g1]).index_select(index, axis=0)
         if self.zeros is not None:
             zero = pick(self.zeros[g0:g1]).astype("float32").index_select(index, axis=0)
         else:
             zero = float(1 << (self.config.bits - 1))
-        return ((self.codes(start, stop, columns).astype("float32") - zero) * scales).astype(dtype)
+        weight = self.codes(start, stop, columns).astype("float32") - zero
+        if scaled:
+            weight = weight * pick(self.scales[g0:g1]).index_select(index, axis=0)
+        return weight.astype(dtype)
 
     def weight(self) -> paddle.Tensor:
         """The whole dequantized weight [in, out] in the input's original row order (for tests and export)."""
@@ -113,6 +115,9 @@ class QuantLinear(nn.Layer):
         elif kernels.usable(x):  # the native CPU kernel reads the packed codes directly, every bit width
             return kernels.quant_matmul(x, self.qweight, self.scales, self.zeros, self.config.bits, self.group_size,
                                         self.bias)
+        if (kernels.int8_activations(self.config.bits) and x.place.is_cpu_place() and x.dtype == paddle.float32
+                and (x.stop_gradient or not paddle.is_grad_enabled())):  # what the kernel would have computed
+            return self._int8_blockwise_forward(x)
         return self._blockwise_forward(x)
 
     def _blockwise_forward(self, x):
@@ -123,6 +128,42 @@ class QuantLinear(nn.Layer):
             stop = min(start + rows, self.in_features)
             part = paddle.matmul(x[..., start:stop], self.dequantize(start, stop, dtype=x.dtype))
             out = part if out is None else out + part
+        return out if self.bias is None else out + self.bias
+
+    def _int8_blockwise_forward(self, x):
+        """The native kernel's integer path in Paddle (kernels/cpu_matmul.cc, "int8 activations"), with the same
+        integers: x quantized per row in blocks of at most 32 inputs within a group (scale max|x| / 127, round half
+        to even), and each block's dot q . (code - zero), an integer below 2^24 that a float32 matmul computes
+        exactly; then y += scale * (x's scale * dot). A batch of blocks at a time, at most BLOCK_ELEMENTS weights
+        and BLOCK_ELEMENTS products, so memory stays bounded."""
+        shape, K, N = x.shape, self.in_features, self.out_features
+        x = x.reshape([-1, K])
+        M = x.shape[0]
+        # Blocks (first row, rows): at most 32 rows, never across a group; rows padded with zeros to 32.
+        blocks = [(k, min(k + 32, g + self.group_size, K)) for g in range(0, K, self.group_size)
+                  for k in range(g, min(g + self.group_size, K), 32)]
+        index = paddle.to_tensor([[k if k < k1 else K for k in range(k0, k0 + 32)] for k0, k1 in blocks], "int64")
+        xb = paddle.gather(paddle.concat([x, paddle.zeros([M, 1], x.dtype)], axis=1), index.reshape([-1]), axis=1)
+        xb = xb.reshape([M, len(blocks), 32]).transpose([1, 0, 2])  # [blocks, M, 32]
+        finite = paddle.isfinite(xb).all(axis=-1, keepdim=True)
+        scale = xb.abs().max(axis=-1, keepdim=True) / 127.0
+        # + - 1.5 * 2^23: round half to even in float32, as the kernel does (paddle.round rounds half away from 0)
+        q = (xb / scale + 12582912.0) - 12582912.0
+        q = paddle.where(finite & (scale > 0), q, paddle.zeros_like(q))
+        scale = paddle.where(finite, scale, paddle.full_like(scale, float("nan")))  # inf/NaN in x: NaN, as the kernel
+        per_batch = max(1, min(BLOCK_ELEMENTS // (32 * N), BLOCK_ELEMENTS // (M * N)))
+        out = None
+        for b0 in range(0, len(blocks), per_batch):
+            b1 = min(b0 + per_batch, len(blocks))
+            start, stop = blocks[b0][0], blocks[b1 - 1][1]
+            weight = paddle.concat([self.dequantize(start, stop, scaled=False), paddle.zeros([1, N])])
+            local = (index[b0:b1] - start).clip(max=stop - start)  # padding -> the zero row
+            weight = paddle.gather(weight, local.reshape([-1]), axis=0).reshape([b1 - b0, 32, N])
+            groups = paddle.to_tensor([k0 // self.group_size for k0, _ in blocks[b0:b1]], "int64")
+            scales = paddle.gather(self.scales, groups, axis=0).unsqueeze(1)  # [blocks, 1, N]
+            part = (scales * (scale[b0:b1] * paddle.matmul(q[b0:b1], weight))).sum(axis=0)
+            out = part if out is None else out + part
+        out = out.reshape([*shape[:-1], N])
         return out if self.bias is None else out + self.bias
 
     def _gpu_forward(self, x):

@@ -113,6 +113,13 @@ def with_weights(hf, dequantized):
     return hf
 
 
+@pytest.fixture(autouse=True)
+def float_activations(monkeypatch):
+    """Our logits are checked against transformers holding the exact dequantized weights (to 1e-4): float
+    activations, not the int8 ones 4- and 8-bit layers use by default (tests/kernels/test_cpu_matmul.py)."""
+    monkeypatch.setenv("PADDLE_BELLE_INT8_ACTIVATIONS", "0")
+
+
 def hf_logits(hf):
     with torch.no_grad():
         return hf(torch.tensor(IDS)).logits.numpy()

@@ -16,7 +16,9 @@ from paddle_belle.quant import linear as linear_module
 ], ids=["int4-sym", "int4-asym", "int8-channel", "int3-actorder", "int2-asym-actorder"])
 @pytest.mark.parametrize("block_elements", [1 << 22, 1])
 def test_quantized_linear_equals_dequantized_matmul(config, block_elements, monkeypatch):
-    # 72 inputs in groups of 32: the last group is partial. block_elements=1 forces one group per block.
+    # 72 inputs in groups of 32: the last group is partial. block_elements=1 forces one group per block. Float
+    # activations: the int8 ones (4 and 8 bits by default) are tested in tests/kernels/test_cpu_matmul.py.
+    monkeypatch.setenv("PADDLE_BELLE_INT8_ACTIVATIONS", "0")
     monkeypatch.setattr(linear_module, "BLOCK_ELEMENTS", block_elements)
     layer, weight, bias = random_layer(config, 72, 24)
     x = np.random.RandomState(1).standard_normal((2, 5, 72)).astype(np.float32)
@@ -57,6 +59,7 @@ def test_quantized_embedding_lookup_and_head_equal_the_dequantized_table(embeddi
     from paddle_belle.quant import QuantEmbedding
 
     monkeypatch.setenv("PADDLE_BELLE_KERNELS", kernels_on)
+    monkeypatch.setenv("PADDLE_BELLE_INT8_ACTIVATIONS", "0")  # the exact head; int8 activations: test_cpu_matmul.py
     config = QuantConfig(method="rtn", embedding=embedding).embedding_config()
     hidden, vocab = 200, 37  # int4: groups of 128, the last partial; an odd vocabulary
     head, weight, _ = random_layer(config, hidden, vocab, bias=False)

@@ -261,14 +261,23 @@ def make_gguf(source: Path, work: Path, qtype: str, threads: int) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- the run
+# Peak RSS through a small launcher: a child's ru_maxrss starts from what its parent's address space held when it was
+# forked (vfork/exec: this script's own peak, e.g. writing a 7B source), the launcher's is small after its exec.
+LAUNCH = """import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024)"""
+
+
 def quantize(source: Path, out: Path, options: list[str]) -> int:
     """`paddle-belle quantize --method rtn` in its own process; returns its peak RSS (bytes)."""
-    child = subprocess.Popen([sys.executable, "-m", "paddle_belle.cli", "quantize", "--model", str(source), "--method",
-                              "rtn", "--group-size", "128", *options, "--out", str(out)], stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
+    done = subprocess.run([sys.executable, "-c", LAUNCH, sys.executable, "-m", "paddle_belle.cli", "quantize", "--model",
+                           str(source), "--method", "rtn", "--group-size", "128", *options, "--out", str(out)],
+                          check=True, capture_output=True, text=True)
+    status, peak = map(int, done.stdout.split()[-2:])
     if status:
         raise RuntimeError(f"paddle-belle quantize {' '.join(options)} failed ({status})")
-    return usage.ru_maxrss * 1024
+    return peak
 
 
 def memory_available() -> int:

@@ -15,8 +15,8 @@ Ops (float32 x [..., K] -> float32 [..., N]):
 
 - ``quant_matmul(x, qweight, scales, zeros, bits, group_size, bias=None)``: the packed format of quant/format.py,
   all bit widths (2, 3, 4, 8), symmetric (zeros None) or asymmetric; act-order is the caller's (permute x first).
-  4- and 8-bit codes multiply x quantized to int8 in blocks of 32 (``int8_activations``; cpu_matmul.cc says why
-  and how), unless ``PADDLE_BELLE_INT8_ACTIVATIONS=0``;
+  With ``PADDLE_BELLE_INT8_ACTIVATIONS=1`` (opt-in), 4- and 8-bit codes multiply x quantized to int8 in blocks of
+  32 (``int8_activations``; cpu_matmul.cc says why and how);
 - ``dense_matmul(x, w, bias=None)``: w [K, N] float32, bfloat16 or float16, meant for small M (decode).
 """
 from __future__ import annotations

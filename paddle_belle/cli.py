@@ -197,7 +197,7 @@ def cmd_decrypt(args):
 
 
 @command("quantize", help="quantize a checkpoint to 2/3/4/8-bit weights (GPTQ or round-to-nearest)",
-         description="Quantize the Linear weights of the decoder blocks block by block (GPTQ with PaddleSlim, "
+         description="Quantize the Linear weights of the decoder blocks block by block (GPTQ as PaddleSlim's, "
          "calibrated on a text file; or RTN) and write a quantized checkpoint that from_pretrained loads. "
          "--estimate prints sizes instead, for any registry model.")
 @arg("--model", required=True, help="checkpoint directory, community name or short name")

@@ -247,8 +247,8 @@ def linear(layer, x):
     and Paddle 3.3.1's CPU matmul (MKL's AVX2 path, ~45 GFLOP/s a core on Zen 4) reaches ~2/3 of the kernel's speed
     at bloom-560m's shapes (benchmarks/cpu_kernels.py --m 8,16). One row is bound by the weight's bytes, prefill
     chunks and training (gradients) are Paddle's. The models call their Linears through this rather than swapping
-    in a subclass: PaddleSlim's GPTQ accepts a layer only if its type is exactly nn.Linear
-    (paddleslim/quant/advanced/gptq.py), and a layer with hooks (calibration) is always called."""
+    in a subclass, so that a Linear stays exactly nn.Linear (PaddleSlim's GPTQ, the tests' reference, accepts no
+    other type: paddleslim/quant/advanced/gptq.py), and a layer with hooks is always called."""
     if (type(layer) is not nn.Linear or layer._forward_pre_hooks or layer._forward_post_hooks
             or paddle.is_grad_enabled() or not x.place.is_cpu_place()):
         return layer(x)

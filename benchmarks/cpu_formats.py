@@ -261,20 +261,30 @@ def make_gguf(source: Path, work: Path, qtype: str, threads: int) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- the run
-# Peak RSS through a small launcher: a child's ru_maxrss starts from what its parent's address space held when it was
-# forked (vfork/exec: this script's own peak, e.g. writing a 7B source), the launcher's is small after its exec.
-LAUNCH = """import os, subprocess, sys
-proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+# A command's peak RSS, measured by a small launcher that runs it: a child's ru_maxrss starts from what its parent's
+# address space held when it was forked (vfork/exec keep the pre-exec peak: a 2 GB parent makes `python -c pass`
+# report 2.08 GB), and the launcher's own is small once it has exec'd. Also used by pdparams_stream.py, gptq_ab.py.
+LAUNCH = """import os, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:])
 _, status, usage = os.wait4(proc.pid, 0)
-print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024)"""
+print("PEAK", os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024, time.perf_counter() - start)"""
+
+
+def run_measured(argv: list[str], **kwargs) -> tuple[int, int, float, subprocess.CompletedProcess]:
+    """Run ``argv`` through the launcher, its stdout captured (``kwargs``: subprocess.run's env, cwd, stderr):
+    (exit status, peak RSS in bytes, wall seconds, the finished launcher)."""
+    run = subprocess.run([sys.executable, "-c", LAUNCH, *argv], stdout=subprocess.PIPE, text=True, **kwargs)
+    peak = next((line.split() for line in reversed(run.stdout.splitlines()) if line.startswith("PEAK ")), None)
+    if peak is None:  # the launcher itself failed
+        return run.returncode or 1, 0, 0.0, run
+    return int(peak[1]), int(peak[2]), float(peak[3]), run
 
 
 def quantize(source: Path, out: Path, options: list[str]) -> int:
     """`paddle-belle quantize --method rtn` in its own process; returns its peak RSS (bytes)."""
-    done = subprocess.run([sys.executable, "-c", LAUNCH, sys.executable, "-m", "paddle_belle.cli", "quantize", "--model",
-                           str(source), "--method", "rtn", "--group-size", "128", *options, "--out", str(out)],
-                          check=True, capture_output=True, text=True)
-    status, peak = map(int, done.stdout.split()[-2:])
+    status, peak, _, _ = run_measured([sys.executable, "-m", "paddle_belle.cli", "quantize", "--model", str(source),
+                                       "--method", "rtn", "--group-size", "128", *options, "--out", str(out)])
     if status:
         raise RuntimeError(f"paddle-belle quantize {' '.join(options)} failed ({status})")
     return peak

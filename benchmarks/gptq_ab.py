@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import quant
+from cpu_formats import run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANTIZE = """
@@ -30,15 +29,14 @@ quantize_checkpoint(spec["model"], spec["out"], QuantConfig(**spec["quant"]), ca
 
 
 def quantize(root: Path, spec: dict) -> dict:
-    """Wall time and peak RSS of quantize_checkpoint from the tree ``root``, in a fresh process."""
+    """Wall time and peak RSS of quantize_checkpoint from the tree ``root``, in a fresh process (through
+    cpu_formats' launcher: this process's own peak, e.g. from evaluating the other tree's result, is not counted)."""
     env = dict(os.environ, PYTHONPATH=str(root))
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", QUANTIZE, json.dumps(spec)], env=env, cwd="/",
-                            stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    status, peak, seconds, run = run_measured([sys.executable, "-c", QUANTIZE, json.dumps(spec)], env=env, cwd="/",
+                                              stderr=subprocess.PIPE)
     if status:
-        sys.exit(f"{root}: quantize failed:\n{proc.stderr.read()[-3000:]}")
-    return {"seconds": time.perf_counter() - start, "peak_rss": usage.ru_maxrss * 1024}
+        sys.exit(f"{root}: quantize failed:\n{run.stderr[-3000:]}")
+    return {"seconds": seconds, "peak_rss": peak}
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ skipped) against CPython's C unpickler reading it whole.
 
     python benchmarks/pdparams_stream.py --other /path/to/old/checkout [--shape bloom-1b7] [--workdir /tmp/pdparams-stream]
 
-Peak RSS is the kernel's, as a small launcher process gets it when it reaps each step (os.wait4's ru_maxrss): a
-process started by this one would report this one's peak as its own (Linux keeps the pre-exec peak).
+Peak RSS is the kernel's, as a small launcher process gets it when it reaps each step (cpu_formats.run_measured):
+a process started by this one would report this one's peak as its own (Linux keeps the pre-exec peak).
 """
 from __future__ import annotations
 
@@ -23,17 +23,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from cpu_formats import run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this tree's paddle_belle for the steps run here, whatever is installed
 SHAPES = {"bloom-1b7": dict(vocab_size=250880, hidden_size=2048, n_layer=24, n_head=16),  # 3.4 GB in float16
           "bloom-560m": dict(vocab_size=250880, hidden_size=1024, n_layer=24, n_head=16),  # 1.1 GB
           "tiny": dict(vocab_size=1000, hidden_size=64, n_layer=2, n_head=4)}  # a smoke test of this script
-LAUNCH = """import os, subprocess, sys, time
-start = time.perf_counter()
-proc = subprocess.Popen(sys.argv[1:])
-_, status, usage = os.wait4(proc.pid, 0)
-print("PEAK", os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024, time.perf_counter() - start)"""
 LOAD = """import paddle
 from paddle_belle import AutoModelForCausalLM
 def rss(): return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) * 1024
@@ -77,11 +73,10 @@ def write_source(shape: str, out: Path) -> None:
 def launch(tree: Path, argv: list[str]) -> tuple[int, float, str]:
     """Peak RSS (bytes) and wall seconds of ``argv`` run with ``tree`` first on the path, and its output."""
     env = dict(os.environ, PYTHONPATH=str(tree))  # cwd "/": `python -c` puts the cwd first on the path
-    run = subprocess.run([sys.executable, "-c", LAUNCH, *argv], env=env, cwd="/", capture_output=True, text=True)
-    peak = next((line.split() for line in run.stdout.splitlines() if line.startswith("PEAK")), None)
-    if peak is None or peak[1] != "0":
+    status, peak, seconds, run = run_measured(argv, env=env, cwd="/", stderr=subprocess.PIPE)
+    if status:
         sys.exit(f"{tree}: {' '.join(argv[:4])} failed:\n{run.stdout[-2000:]}{run.stderr[-3000:]}")
-    return int(peak[2]), float(peak[3]), run.stdout
+    return peak, seconds, run.stdout
 
 
 def open_times(workdir: Path, n_tensors: int) -> dict:

@@ -57,11 +57,16 @@ def cpu_kernels():
     return _loaded["module"]
 
 
+def cpu_inference(x) -> bool:
+    """Whether ``x`` is what the kernels compute with: a float32 CPU tensor that needs no gradient (the ops have
+    none). QuantLinear's Paddle path takes the kernels' int8-activation numbers for such inputs too."""
+    return x.place.is_cpu_place() and x.dtype == paddle.float32 and (x.stop_gradient or not paddle.is_grad_enabled())
+
+
 def usable(x) -> bool:
-    """Whether the kernels can compute with ``x``: a float32 CPU tensor that needs no gradient (the ops have none),
-    and the kernels built here. Cheap checks first: the last may build them."""
-    return (x.place.is_cpu_place() and x.dtype == paddle.float32 and (x.stop_gradient or not paddle.is_grad_enabled())
-            and cpu_kernels() is not None)
+    """Whether the kernels can compute with ``x``: cpu_inference(x), and the kernels built here. Cheap checks first:
+    the last may build them."""
+    return cpu_inference(x) and cpu_kernels() is not None
 
 
 def int8_activations(bits: int) -> bool:

@@ -115,8 +115,7 @@ class QuantLinear(nn.Layer):
         elif kernels.usable(x):  # the native CPU kernel reads the packed codes directly, every bit width
             return kernels.quant_matmul(x, self.qweight, self.scales, self.zeros, self.config.bits, self.group_size,
                                         self.bias)
-        if (kernels.int8_activations(self.config.bits) and x.place.is_cpu_place() and x.dtype == paddle.float32
-                and (x.stop_gradient or not paddle.is_grad_enabled())):  # what the kernel would have computed
+        if kernels.int8_activations(self.config.bits) and kernels.cpu_inference(x):  # what the kernel would compute
             return self._int8_blockwise_forward(x)
         return self._blockwise_forward(x)
 

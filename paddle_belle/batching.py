@@ -47,7 +47,15 @@ class RowCache:
             _, heads, length, _ = cache.keys[0].shape
             flat = (np.arange(len(columns))[:, None] * heads + np.arange(heads)) * length + np.asarray(columns)[:, None]
             self.index = paddle.to_tensor(flat.reshape(-1).astype(np.int64))
+        self.columns = None if columns is None else paddle.to_tensor(np.asarray(columns, np.int64))
         self.length = 0  # CausalLM.forward advances it; positions come from the attention mask instead
+
+    def buffers(self, layer):
+        return self.cache.buffers(layer)
+
+    def decode_columns(self, batch_size):
+        """Each row's column for a decoding step's new key/value (models/base.py DecodeStep); None for a prefill."""
+        return self.columns
 
     def update(self, layer, k, v):
         keys, values = self.cache.keys[layer], self.cache.values[layer]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import paddle
 
-SOURCE = Path(__file__).with_name("cpu_matmul.cc")
+SOURCES = [Path(__file__).with_name(name) for name in ("cpu_matmul.cc", "decode_attention.cc")]
 CXX_FLAGS = ["-fopenmp", "-O3", "-std=c++17", "-g0"]  # -g0: Python's own flags ask for debug info
 
 _loaded = {}  # "module": the op module or None, once a load was tried in this process
@@ -99,6 +99,14 @@ def rows_matmul(x, e, bias=None):
     return _call("belle_rows_matmul", x, e, bias)
 
 
+def decode_attention(q, k, v, key_cache, value_cache, columns, mask, slopes=None, cos=None, sin=None):
+    """One decoding step's attention (decode_attention.cc): writes each row's new key and value into the caches
+    [B, kv_heads, length, head_dim] (in place) at ``columns`` [b], then attends over the keys ``mask`` [b, width]
+    marks. q [b, n_head, 1, d] with k, v [b, kv_heads, 1, d]; or k = v = None and q BLOOM's fused qkv. ``slopes``:
+    ALiBi's; ``cos``/``sin`` [b, d]: RoPE (models/llama.py rope). Returns [b, 1, n_head * d]."""
+    return _call("belle_decode_attention", q, k, v, key_cache, value_cache, columns, mask, slopes, cos, sin)
+
+
 def _call(op: str, x, *args):
     if _loaded.get("module") is None and cpu_kernels() is None:
         raise RuntimeError("paddle_belle: the native CPU kernels are not available")
@@ -128,7 +136,7 @@ def _load():
     ldflags = _link_flags()
     # A changed source, flags or Paddle build (its custom-op ABI) is a new name, hence a new build.
     built_for = (CXX_FLAGS, ldflags, paddle.__version__, paddle.version.commit, sys.version_info[:2])
-    digest = hashlib.sha256(SOURCE.read_bytes() + repr(built_for).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES) + repr(built_for).encode()).hexdigest()[:12]
     name = f"belle_cpu_kernels_{digest}"
     root = get_build_directory()
     library = Path(root, name, name + ".so")
@@ -142,7 +150,7 @@ def _load():
                 pass
         with _quiet() as log:
             try:
-                return load(name=name, sources=[str(SOURCE)], extra_cxx_cflags=list(CXX_FLAGS),
+                return load(name=name, sources=[str(s) for s in SOURCES], extra_cxx_cflags=list(CXX_FLAGS),
                             extra_ldflags=ldflags, build_directory=root)
             except Exception as e:
                 log.seek(0)

@@ -11,7 +11,7 @@ import paddle.nn.functional as F
 from paddlenlp.transformers import PretrainedModel
 from paddlenlp.transformers.model_outputs import CausalLMOutputWithPast
 
-from paddle_belle import generation
+from paddle_belle import generation, kernels
 from paddle_belle.cpu import tied_head
 from paddle_belle.models import loading
 from paddle_belle.quant.linear import QuantEmbedding, linear
@@ -34,13 +34,60 @@ class KVCache:
         self.max_length = max_length
         self.length = 0
 
-    def update(self, layer: int, k: paddle.Tensor, v: paddle.Tensor):
-        start, end = self.length, self.length + k.shape[2]
+    def _check(self, end):
         if end > self.max_length:
             raise ValueError(f"KV cache holds {self.max_length} positions; {end} are needed")
+
+    def update(self, layer: int, k: paddle.Tensor, v: paddle.Tensor):
+        start, end = self.length, self.length + k.shape[2]
+        self._check(end)
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def buffers(self, layer: int):
+        """Layer ``layer``'s whole key and value buffers (DecodeStep writes and reads them in place)."""
+        return self.keys[layer], self.values[layer]
+
+    def decode_columns(self, batch_size: int) -> paddle.Tensor:
+        """Where a decoding step's new key/value goes in each of the first ``batch_size`` rows: ``length``."""
+        self._check(self.length + 1)
+        return paddle.full([batch_size], self.length, dtype="int64")
+
+
+# Whether decoding steps take the native decode-attention op where it applies (decode_step); tests switch it off to
+# compare with the Paddle path.
+NATIVE_DECODE_ATTENTION = True
+
+
+class DecodeStep:
+    """In place of the bias tensor, for a decoding step (one new token a row) whose attention the native op computes
+    (kernels.decode_attention): the cache, the attention mask [b, width], each row's cache column for its new key and
+    value, and ALiBi's slopes (BLOOM). Built once a forward by ``decode_step``; each layer then calls ``attend``, one
+    op for what ``cache.update`` and ``attend`` do in about ten (decode_attention.cc)."""
+
+    def __init__(self, cache, mask, columns, slopes=None):
+        self.cache, self.mask, self.columns, self.slopes = cache, mask, columns, slopes
+
+    def attend(self, layer, q, k=None, v=None, cos=None, sin=None):
+        """q [b, n_head, 1, d] and k, v [b, kv, 1, d] (any shape with those numbers in that order), or q alone as
+        BLOOM's fused qkv; ``cos``/``sin`` [b, ..., d]: RoPE, applied to q and k in the op. -> [b, 1, n_head * d]."""
+        keys, values = self.cache.buffers(layer)
+        return kernels.decode_attention(q, k, v, keys, values, self.columns, self.mask, self.slopes, cos, sin)
+
+
+def decode_step(cache, attention_mask, x, training, slopes=None) -> DecodeStep | None:
+    """A DecodeStep when this forward is a decoding step the native op can compute: one new position (``x``
+    [b, 1, hidden]) into a float32 cache that has per-row columns for it, float32 CPU inference (kernels.usable), no
+    attention dropout (``training`` false). None otherwise: the Paddle path (cache.update, attend) runs."""
+    if not (NATIVE_DECODE_ATTENTION and cache is not None and x.shape[1] == 1 and not training
+            and kernels.usable(x) and cache.buffers(0)[0].dtype == paddle.float32):
+        return None
+    columns = cache.decode_columns(x.shape[0])
+    if columns is None:
+        return None
+    mask = cast(attention_mask, paddle.int64)
+    return DecodeStep(cache, mask if mask.is_contiguous() else mask.contiguous(), columns, slopes)
 
 
 def attention_bias(attention_mask: paddle.Tensor, query_length: int) -> paddle.Tensor:

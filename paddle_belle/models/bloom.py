@@ -6,6 +6,7 @@ conversion from HF is a plain transpose. The LM head is the word embedding, and 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -15,7 +16,7 @@ import paddle.nn.functional as F
 from paddlenlp.transformers import PretrainedConfig
 
 from paddle_belle.arch import BLOOM as ARCH
-from paddle_belle.models.base import CausalLM, attend, attention_bias
+from paddle_belle.models.base import CausalLM, DecodeStep, attend, attention_bias, decode_step
 from paddle_belle.quant.linear import linear
 
 
@@ -78,6 +79,12 @@ def alibi_slopes(n_head: int) -> list[float]:
     return slopes
 
 
+@functools.lru_cache(maxsize=None)
+def slopes_tensor(n_head: int) -> paddle.Tensor:
+    """alibi_slopes as a float32 tensor [n_head], made once (a decoding step needs no new one)."""
+    return paddle.to_tensor(alibi_slopes(n_head), dtype="float32")
+
+
 def alibi_bias(attention_mask: paddle.Tensor, n_head: int) -> paddle.Tensor:
     """[batch, n_head, 1, kv_length] float32: slope × position, positions counted over real tokens only so that
     left padding does not shift them (HF's build_alibi_tensor)."""
@@ -117,6 +124,8 @@ class BloomAttention(nn.Layer):
         """The attention up to dense's input [b, s, hidden] (GPTQ quantizes query_key_value before dense reads it)."""
         b, s, _ = x.shape
         qkv = linear(self.query_key_value, x)  # [b, s, n_head, 3, head_dim] in memory
+        if isinstance(bias, DecodeStep):  # the native op reads q, k and v from qkv as they lie
+            return bias.attend(layer, qkv)
         if s == 1:  # a decoding step: that is [b, n_head, 3, 1, head_dim], no transpose needed
             q, k, v = qkv.reshape([b, self.n_head, 3, 1, self.head_dim]).unbind(2)
         else:
@@ -188,8 +197,10 @@ class BloomModel(nn.Layer):
     def forward(self, input_ids, attention_mask, position_ids=None, cache=None):
         # position_ids is unused: ALiBi takes positions from the attention mask.
         x = self.word_embeddings_layernorm(self.word_embeddings(input_ids))
-        # ALiBi plus the causal/padding mask, built once for all layers: [batch, n_head, seq, kv_length].
-        bias = alibi_bias(attention_mask, self.n_head) + attention_bias(attention_mask, input_ids.shape[1])
+        # ALiBi plus the causal/padding mask, built once for all layers: [batch, n_head, seq, kv_length]; or for the
+        # native decode attention, the mask and the slopes as they are.
+        bias = decode_step(cache, attention_mask, x, self.training, slopes_tensor(self.n_head)) or (
+            alibi_bias(attention_mask, self.n_head) + attention_bias(attention_mask, input_ids.shape[1]))
         for i, block in enumerate(self.h):
             x = block(x, bias, cache, i)
         return self.ln_f(x)

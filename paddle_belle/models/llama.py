@@ -12,7 +12,8 @@ from paddle.incubate.nn.functional import fused_rms_norm
 from paddlenlp.transformers import PretrainedConfig
 
 from paddle_belle.arch import LLAMA as ARCH, rope_scaling_fields
-from paddle_belle.models.base import CausalLM, attend, attention_bias, cast, split_heads, token_positions
+from paddle_belle.models.base import (CausalLM, DecodeStep, attend, attention_bias, cast, decode_step, split_heads,
+                                      token_positions)
 from paddle_belle.quant.linear import linear
 
 class LlamaConfig(PretrainedConfig):
@@ -143,9 +144,10 @@ class LlamaAttention(nn.Layer):
 
     def mix(self, x, cos, sin, bias, cache, layer):
         """The attention up to o_proj's input [b, s, hidden] (GPTQ quantizes q/k/v before o_proj reads it)."""
-        q = split_heads(linear(self.q_proj, x), self.n_head)
-        k = split_heads(linear(self.k_proj, x), self.n_kv_head)
-        v = split_heads(linear(self.v_proj, x), self.n_kv_head)
+        q, k, v = linear(self.q_proj, x), linear(self.k_proj, x), linear(self.v_proj, x)
+        if isinstance(bias, DecodeStep):  # [b, 1, heads * d] is [b, heads, 1, d] in memory; RoPE in the op
+            return bias.attend(layer, q, k, v, cos, sin)
+        q, k, v = split_heads(q, self.n_head), split_heads(k, self.n_kv_head), split_heads(v, self.n_kv_head)
         cos, sin = cast(cos, q.dtype), cast(sin, q.dtype)
         q, k = rope(q, cos, sin), rope(k, cos, sin)
         if cache is not None:
@@ -208,8 +210,8 @@ class LlamaModel(nn.Layer):
         if position_ids is None:
             position_ids = token_positions(attention_mask, input_ids.shape[1])
         cos, sin = rope_cos_sin(self.config, self.head_dim, position_ids)
-        bias = attention_bias(attention_mask, input_ids.shape[1])
         x = self.embed_tokens(input_ids)
+        bias = decode_step(cache, attention_mask, x, self.training) or attention_bias(attention_mask, input_ids.shape[1])
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, bias, cache, i)
         return self.norm(x)

@@ -1,0 +1,190 @@
+// Decode attention on CPU: one new query token per row against that row's KV cache, in one op.
+//
+// A decoding step's attention in Paddle is about ten small ops a layer (split q/k/v, two cache writes, two slices,
+// two matmuls, scale, bias, softmax, reshape), each a dispatch of 5-30 us against a few microseconds of work at
+// one row; bloom-560m has 24 layers, SmolLM2-135M 30. This op does the whole of it: it writes the row's new key
+// and value into the cache at the row's column (after RoPE for LLaMA), then computes
+//   out[r, h] = softmax_j(q[r, h] . K[r, g, j] / sqrt(d) + slope[h] * pos[r, j]) V[r, g, j]
+// over the row's real keys j (mask[r, j] != 0) among columns [0, width), with g = h / (n_head / kv_heads)
+// (grouped-query attention: the cache holds kv heads only) and pos[r, j] the number of real keys before j (BLOOM's
+// ALiBi, positions counted over real tokens as models/bloom.py alibi_bias does). The arithmetic follows the Paddle
+// path (models/base.py attend): float32 scores, scaled then biased, a max-subtracted softmax, then the weighted sum
+// of values; a row with no real key (not decoding this step) gets zeros, where Paddle's softmax over all-masked
+// scores gives a uniform average nobody reads.
+//
+// Inputs: Q, and K, V when given: Q [b, n_head, 1, d], K and V [b, kv_heads, 1, d] (LLaMA); without K and V, Q is
+// BLOOM's fused query_key_value output [b, 1, n_head * 3 * d] (per head q, k, v: models/bloom.py). KeyCache and
+// ValueCache [B >= b, kv_heads, length, d] are written in place. Columns int64 [b]: where each row's new key goes.
+// Mask int64 [b, width]. Slopes float32 [n_head] (ALiBi). Cos, Sin float32 [b, d] (RoPE with the sine's first half
+// negated: x * cos + roll(x, d / 2) * sin, models/llama.py rope). Out: float32 [b, 1, n_head * d].
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "paddle/extension.h"
+
+namespace {
+
+std::string shape_of(const paddle::Tensor& t) {
+  std::string s = "[";
+  for (size_t i = 0; i < t.shape().size(); ++i) s += (i ? ", " : "") + std::to_string(t.shape()[i]);
+  return s + "]";
+}
+
+void check_float(const paddle::Tensor& t, const char* name, int64_t numel) {
+  PD_CHECK(t.is_cpu() && t.dtype() == paddle::DataType::FLOAT32 && t.is_contiguous(),
+           "belle_decode_attention: ", name, " must be a contiguous float32 CPU tensor, got ", t.dtype(), " ",
+           shape_of(t));
+  PD_CHECK(numel < 0 || t.numel() == numel, "belle_decode_attention: ", name, " must have ", numel,
+           " elements, got ", shape_of(t));
+}
+
+// dst = src * cos + roll(src, d / 2) * sin (or a copy without RoPE)
+inline void rope(float* dst, const float* src, const float* cos, const float* sin, int64_t d) {
+  if (!cos) {
+    std::copy(src, src + d, dst);
+    return;
+  }
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < d; ++i) dst[i] = src[i] * cos[i] + src[(i + half) % d] * sin[i];
+}
+
+inline float dot(const float* a, const float* b, int64_t d) {
+  float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < d; ++i) s += a[i] * b[i];
+  return s;
+}
+
+}  // namespace
+
+std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& q, const paddle::optional<paddle::Tensor>& k,
+                                            const paddle::optional<paddle::Tensor>& v, paddle::Tensor& key_cache,
+                                            paddle::Tensor& value_cache, const paddle::Tensor& columns,
+                                            const paddle::Tensor& mask, const paddle::optional<paddle::Tensor>& slopes,
+                                            const paddle::optional<paddle::Tensor>& cos,
+                                            const paddle::optional<paddle::Tensor>& sin) {
+  const char* op = "belle_decode_attention";
+  PD_CHECK(key_cache.shape().size() == 4 && key_cache.shape() == value_cache.shape(), op,
+           ": the key and value caches must be [batch, kv_heads, length, head_dim] alike, got ", shape_of(key_cache),
+           " and ", shape_of(value_cache));
+  check_float(key_cache, "the key cache", -1);
+  check_float(value_cache, "the value cache", -1);
+  const int64_t B = key_cache.shape()[0], kv = key_cache.shape()[1], L = key_cache.shape()[2],
+                d = key_cache.shape()[3];
+  PD_CHECK(mask.is_cpu() && mask.dtype() == paddle::DataType::INT64 && mask.shape().size() == 2 &&
+               mask.is_contiguous(),
+           op, ": mask must be int64 [batch, width], got ", mask.dtype(), " ", shape_of(mask));
+  const int64_t b = mask.shape()[0], width = mask.shape()[1];
+  PD_CHECK(b <= B && width <= L, op, ": mask ", shape_of(mask), " does not fit the cache ", shape_of(key_cache));
+  PD_CHECK(columns.is_cpu() && columns.dtype() == paddle::DataType::INT64 && columns.numel() == b, op,
+           ": columns must be int64 [", b, "], got ", columns.dtype(), " ", shape_of(columns));
+  PD_CHECK(bool(k) == bool(v), op, ": give both k and v, or neither (q is then BLOOM's fused qkv)");
+  const bool fused = !k;
+  check_float(q, "q", -1);
+  const int64_t n_head = b && d ? q.numel() / (b * d * (fused ? 3 : 1)) : 0;
+  PD_CHECK(n_head > 0 && q.numel() == b * n_head * d * (fused ? 3 : 1) && n_head % kv == 0, op, ": q ",
+           shape_of(q), " is not ", b, " rows of n_head x ", fused ? "3 x " : "", d,
+           " with n_head a multiple of the cache's ", kv, " kv heads");
+  if (!fused) {
+    check_float(*k, "k", b * kv * d);
+    check_float(*v, "v", b * kv * d);
+  }
+  if (slopes) check_float(*slopes, "slopes", n_head);
+  PD_CHECK(bool(cos) == bool(sin), op, ": give both cos and sin, or neither");
+  if (cos) {
+    check_float(*cos, "cos", b * d);
+    check_float(*sin, "sin", b * d);
+  }
+  const int64_t* col = columns.data<int64_t>();
+  for (int64_t r = 0; r < b; ++r)
+    PD_CHECK(col[r] >= 0 && col[r] < L, op, ": column ", col[r], " of row ", r, " is outside the cache's ", L);
+
+  const float* Q = q.data<float>();
+  const float *Kn = fused ? Q + d : k->data<float>(), *Vn = fused ? Q + 2 * d : v->data<float>();
+  float *Kc = key_cache.data<float>(), *Vc = value_cache.data<float>();
+  const int64_t* M = mask.data<int64_t>();
+  const float* S = slopes ? slopes->data<float>() : nullptr;
+  const float *C = cos ? cos->data<float>() : nullptr, *Sn = sin ? sin->data<float>() : nullptr;
+  const int64_t groups = n_head / kv, q_step = fused ? 3 * d : d;  // floats from one head's q to the next
+  // Where head h's (or kv head g's) new k/v of row r starts in q (fused) or k/v
+  auto new_kv = [&](const float* base, int64_t r, int64_t g) {
+    return fused ? base + (r * n_head + g) * q_step : base + (r * kv + g) * d;
+  };
+  auto out = paddle::empty({b, 1, n_head * d}, paddle::DataType::FLOAT32, q.place());
+  float* O = out.data<float>();
+  const float scale = 1.0f / std::sqrt(float(d));
+
+  // 1. the new keys (rotated) and values into the cache; fused (BLOOM) has kv == n_head
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < b * kv; ++i) {
+    const int64_t r = i / kv, g = i % kv, at = ((r * kv + g) * L + col[r]) * d;
+    rope(Kc + at, new_kv(Kn, r, g), C ? C + r * d : nullptr, Sn ? Sn + r * d : nullptr, d);
+    std::copy(new_kv(Vn, r, g), new_kv(Vn, r, g) + d, Vc + at);
+  }
+  // 2. attention, a (row, query head) at a time
+#pragma omp parallel
+  {
+    std::vector<float> p(width), qr(d);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < b * n_head; ++i) {
+      const int64_t r = i / n_head, h = i % n_head, g = h / groups;
+      const int64_t* m = M + r * width;
+      const float *Kr = Kc + (r * kv + g) * L * d, *Vr = Vc + (r * kv + g) * L * d;
+      float* o = O + (r * n_head + h) * d;
+      rope(qr.data(), Q + (r * n_head + h) * q_step, C ? C + r * d : nullptr, Sn ? Sn + r * d : nullptr, d);
+      float top = -INFINITY;
+      int64_t pos = 0;
+      for (int64_t j = 0; j < width; ++j) {
+        if (!m[j]) continue;
+        float s = dot(qr.data(), Kr + j * d, d) * scale;
+        if (S) s += S[h] * float(pos);
+        ++pos;
+        p[j] = s;
+        top = std::max(top, s);
+      }
+      std::fill(o, o + d, 0.0f);
+      if (!pos) continue;  // no real key: not a decoding row this step
+      float sum = 0.0f;
+      for (int64_t j = 0; j < width; ++j)
+        if (m[j]) sum += p[j] = std::exp(p[j] - top);
+      for (int64_t j = 0; j < width; ++j) {
+        if (!m[j]) continue;
+        const float w = p[j] / sum, *vj = Vr + j * d;
+#pragma omp simd
+        for (int64_t t = 0; t < d; ++t) o[t] += w * vj[t];
+      }
+    }
+  }
+  return {out};  // the caches are the in-place outputs
+}
+
+std::vector<std::vector<int64_t>> DecodeAttentionShape(
+    const std::vector<int64_t>& q, const paddle::optional<std::vector<int64_t>>& k,
+    const paddle::optional<std::vector<int64_t>>&, const std::vector<int64_t>& key_cache,
+    const std::vector<int64_t>& value_cache, const std::vector<int64_t>&, const std::vector<int64_t>& mask,
+    const paddle::optional<std::vector<int64_t>>&, const paddle::optional<std::vector<int64_t>>&,
+    const paddle::optional<std::vector<int64_t>>&) {
+  int64_t n = 1;
+  for (auto s : q) n *= s;
+  return {{mask[0], 1, n / mask[0] / (k ? 1 : 3)}, key_cache, value_cache};
+}
+
+std::vector<paddle::DataType> DecodeAttentionDtype(
+    const paddle::DataType&, const paddle::optional<paddle::DataType>&, const paddle::optional<paddle::DataType>&,
+    const paddle::DataType&, const paddle::DataType&, const paddle::DataType&, const paddle::DataType&,
+    const paddle::optional<paddle::DataType>&, const paddle::optional<paddle::DataType>&,
+    const paddle::optional<paddle::DataType>&) {
+  return {paddle::DataType::FLOAT32, paddle::DataType::FLOAT32, paddle::DataType::FLOAT32};
+}
+
+PD_BUILD_OP(belle_decode_attention)
+    .Inputs({"Q", paddle::Optional("K"), paddle::Optional("V"), "KeyCache", "ValueCache", "Columns", "Mask",
+             paddle::Optional("Slopes"), paddle::Optional("Cos"), paddle::Optional("Sin")})
+    .Outputs({"Out", "KeyCacheOut", "ValueCacheOut"})
+    .SetInplaceMap({{"KeyCache", "KeyCacheOut"}, {"ValueCache", "ValueCacheOut"}})
+    .SetKernelFn(PD_KERNEL(DecodeAttention))
+    .SetInferShapeFn(PD_INFER_SHAPE(DecodeAttentionShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(DecodeAttentionDtype));

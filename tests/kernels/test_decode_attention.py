@@ -1,5 +1,7 @@
 """The native decode-attention op (kernels/decode_attention.cc) against the Paddle path it replaces (cache.update +
 models/base.py attend) and against the whole sequence without a cache (the training path)."""
+import os
+
 import numpy as np
 import paddle
 import pytest
@@ -119,3 +121,12 @@ def test_bad_input_is_one_clear_line():
         cache = KVCache(1, 1, 2, 4, 8, "float32")
         cache.length = 4
         cache.decode_columns(1)
+
+
+def test_environment_switches_are_read_once_until_reload(monkeypatch):
+    monkeypatch.setenv("PADDLE_BELLE_KERNELS", "0")  # (conftest.py: monkeypatch's changes reload them)
+    assert not kernels.enabled() and kernels.cpu_kernels() is None
+    os.environ["PADDLE_BELLE_KERNELS"] = "1"  # (monkeypatch restores the variable afterwards)
+    assert not kernels.enabled()
+    kernels.reload()
+    assert kernels.enabled() and kernels.cpu_kernels() is not None

@@ -16,7 +16,7 @@ import paddle.nn.functional as F
 from paddlenlp.transformers import PretrainedConfig
 
 from paddle_belle.arch import BLOOM as ARCH
-from paddle_belle.models.base import CausalLM, DecodeStep, attend, attention_bias, decode_step
+from paddle_belle.models.base import CausalLM, DecodeStep, Layer, attend, attention_bias, decode_step
 from paddle_belle.quant.linear import linear
 
 
@@ -94,7 +94,7 @@ def alibi_bias(attention_mask: paddle.Tensor, n_head: int) -> paddle.Tensor:
     return slopes * positions.unsqueeze([1, 2])
 
 
-class LayerNorm(nn.LayerNorm):
+class LayerNorm(Layer, nn.LayerNorm):
     """nn.LayerNorm over the last axis (same parameters and op), calling the op directly: Paddle 3.3.1's
     F.layer_norm checks its arguments in Python (paddle/nn/functional/norm.py) for ~12 us a call, where the op itself
     takes ~7 on a decoding row of 1024; a bloom-560m step has 49."""
@@ -109,7 +109,7 @@ def bloom_gelu(x):
     return F.gelu(x, approximate=True)
 
 
-class BloomAttention(nn.Layer):
+class BloomAttention(Layer):
     def __init__(self, config: BloomConfig):
         super().__init__()
         self.n_head, self.head_dim = config.n_head, ARCH.head_dim(config)
@@ -135,7 +135,7 @@ class BloomAttention(nn.Layer):
         return attend(q, k, v, bias, self.attention_dropout)
 
 
-class BloomMLP(nn.Layer):
+class BloomMLP(Layer):
     def __init__(self, config: BloomConfig):
         super().__init__()
         self.dense_h_to_4h = nn.Linear(config.hidden_size, 4 * config.hidden_size)
@@ -148,7 +148,7 @@ class BloomMLP(nn.Layer):
         return bloom_gelu(linear(self.dense_h_to_4h, x))
 
 
-class BloomBlock(nn.Layer):
+class BloomBlock(Layer):
     def __init__(self, config: BloomConfig):
         super().__init__()
         self.input_layernorm = LayerNorm(config.hidden_size, epsilon=config.layer_norm_epsilon)
@@ -185,7 +185,7 @@ class BloomBlock(nn.Layer):
         yield residual + F.dropout(linear(self.mlp.dense_4h_to_h, h), self.dropout, training=self.training)
 
 
-class BloomModel(nn.Layer):
+class BloomModel(Layer):
     def __init__(self, config: BloomConfig):
         super().__init__()
         self.n_head = config.n_head

@@ -12,8 +12,8 @@ from paddle.incubate.nn.functional import fused_rms_norm
 from paddlenlp.transformers import PretrainedConfig
 
 from paddle_belle.arch import LLAMA as ARCH, rope_scaling_fields
-from paddle_belle.models.base import (CausalLM, DecodeStep, attend, attention_bias, cast, decode_step, split_heads,
-                                      token_positions)
+from paddle_belle.models.base import (CausalLM, DecodeStep, Layer, attend, attention_bias, cast, decode_step,
+                                      split_heads, token_positions)
 from paddle_belle.quant.linear import linear
 
 class LlamaConfig(PretrainedConfig):
@@ -78,7 +78,7 @@ class LlamaConfig(PretrainedConfig):
             )
 
 
-class LlamaRMSNorm(nn.Layer):
+class LlamaRMSNorm(Layer):
     def __init__(self, hidden_size: int, eps: float):
         super().__init__()
         self.weight = self.create_parameter([hidden_size], default_initializer=nn.initializer.Constant(1.0))
@@ -128,7 +128,7 @@ def rope(x, cos, sin):
     return x * cos + paddle.roll(x, x.shape[-1] // 2, axis=-1) * sin
 
 
-class LlamaAttention(nn.Layer):
+class LlamaAttention(Layer):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.num_attention_heads, ARCH.n_kv_heads(config), ARCH.head_dim(config)
@@ -155,7 +155,7 @@ class LlamaAttention(nn.Layer):
         return attend(q, k, v, bias, self.attention_dropout)
 
 
-class LlamaMLP(nn.Layer):
+class LlamaMLP(Layer):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias_attr=False)
@@ -169,7 +169,7 @@ class LlamaMLP(nn.Layer):
         return F.silu(linear(self.gate_proj, x)) * linear(self.up_proj, x)
 
 
-class LlamaDecoderLayer(nn.Layer):
+class LlamaDecoderLayer(Layer):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.input_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -197,7 +197,7 @@ class LlamaDecoderLayer(nn.Layer):
         yield x + linear(self.mlp.down_proj, h)
 
 
-class LlamaModel(nn.Layer):
+class LlamaModel(Layer):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.config = config

@@ -5,7 +5,8 @@ both sides alike). Rows 1: generation.stream (batch 1); more: a Batcher step wit
 
 Models: bloom-560m's shape with random weights as float32 and int4-g128 (benchmarks/serve.py's checkpoints, made
 once under --workdir), the bundled belle-tiny-zh (float32), and SmolLM2-135M's shape with random weights (LLaMA:
-30 layers, hidden 576, 9 heads / 3 kv heads, tied embedding; built in process). Nothing is asserted.
+30 layers, hidden 576, 9 heads / 3 kv heads, tied embedding; built in process). Nothing is asserted. In square
+brackets: a step's time less that of its weight matmuls alone (matmul_seconds), i.e. the overhead around them.
 
     python benchmarks/steps.py [--checkouts /work/main,.] [--models bloom-560m:float32,bloom-560m:int4,belle-tiny-zh,
                                smollm-135m] [--rows 1,16] [--steps 20] [--rounds 3] [--threads 2] [--profile 25]
@@ -79,6 +80,26 @@ def stepper(model, rows, steps):
     return batcher.step
 
 
+def matmul_seconds(model, rows, steps):
+    """Seconds a step spends in the weight matmuls alone: every Linear of the blocks (through quant.linear.linear,
+    as the models call them) and the head, on random inputs of ``rows`` rows, timed together; the rest of a step's
+    time is the overhead around them (attention, norms, Python)."""
+    import paddle
+
+    from paddle_belle.quant.linear import block_linears, decoder_blocks, linear
+
+    layers = [layer for block in decoder_blocks(model) for *_, layer in block_linears(model, block)]
+    inputs = [paddle.randn([rows, 1, getattr(layer, "in_features", None) or layer.weight.shape[0]]) for layer in layers]
+    hidden = paddle.randn([rows, 1, model.config.hidden_size])
+    with paddle.no_grad():
+        for _ in range(2):  # warm-up
+            [linear(layer, x) for layer, x in zip(layers, inputs)], model.lm_logits(hidden)
+        start = time.perf_counter()
+        for _ in range(steps):
+            [linear(layer, x) for layer, x in zip(layers, inputs)], model.lm_logits(hidden)
+    return (time.perf_counter() - start) / steps
+
+
 def worker(a):
     import cProfile
     import io
@@ -104,7 +125,8 @@ def worker(a):
                 step()
             if profile:
                 profile.disable()
-            result[f"{name} {rows}"] = ((time.perf_counter() - wall) / a.steps, (cpu() - cpu0) / a.steps)
+            result[f"{name} {rows}"] = ((time.perf_counter() - wall) / a.steps, (cpu() - cpu0) / a.steps,
+                                        matmul_seconds(model, rows, a.steps))
             if profile:
                 text = io.StringIO()
                 pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(a.profile)
@@ -157,13 +179,15 @@ def main():
         for c in checkouts:
             runs[c].append(run(a, c))
     print(f"(load average {os.getloadavg()[0]:.1f} at the end)")
-    print("| model | rows | " + " | ".join(f"{c}: ms a step (CPU ms)" for c in checkouts)
+    print("| model | rows | " + " | ".join(f"{c}: ms a step (CPU ms) [not matmuls]" for c in checkouts)
           + "".join(f" | {c} / {checkouts[0]}" for c in checkouts[1:]) + " |")
     print("|---|---|" + "---|" * (2 * len(checkouts) - 1))
     for key in (k for k in runs[checkouts[0]][0] if k != "paddle_belle"):
         wall = {c: statistics.median(r[key][0] for r in runs[c]) for c in checkouts}
         cpu = {c: statistics.median(r[key][1] for r in runs[c]) for c in checkouts}
-        print(f"| {key.replace(' ', ' | ')} | " + " | ".join(f"{1e3 * wall[c]:.2f} ({1e3 * cpu[c]:.2f})" for c in checkouts)
+        other = {c: statistics.median(r[key][0] - r[key][2] for r in runs[c]) for c in checkouts}
+        print(f"| {key.replace(' ', ' | ')} | "
+              + " | ".join(f"{1e3 * wall[c]:.2f} ({1e3 * cpu[c]:.2f}) [{1e3 * other[c]:.2f}]" for c in checkouts)
               + "".join(f" | {wall[c] / wall[checkouts[0]]:.2f}" for c in checkouts[1:]) + " |")
 
 

@@ -117,15 +117,17 @@ std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& q, const paddl
   float* O = out.data<float>();
   const float scale = 1.0f / std::sqrt(float(d));
 
-  // 1. the new keys (rotated) and values into the cache; fused (BLOOM) has kv == n_head
-#pragma omp parallel for schedule(static)
+  // 1. the new keys (rotated) and values into the cache (a few KB: one thread); fused (BLOOM) has kv == n_head
   for (int64_t i = 0; i < b * kv; ++i) {
     const int64_t r = i / kv, g = i % kv, at = ((r * kv + g) * L + col[r]) * d;
     rope(Kc + at, new_kv(Kn, r, g), C ? C + r * d : nullptr, Sn ? Sn + r * d : nullptr, d);
     std::copy(new_kv(Vn, r, g), new_kv(Vn, r, g) + d, Vc + at);
   }
-  // 2. attention, a (row, query head) at a time
-#pragma omp parallel
+  // 2. attention, a (row, query head) at a time; threads only for enough work to pay for waking them (~10 us, and
+  // on a busy machine a preempted thread stalls the whole region): a one-row step of bloom-560m at 30 keys is ~30k
+  // multiply-adds a layer, a few microseconds on one core
+  const bool threads = b * n_head * width * d >= (1 << 20);
+#pragma omp parallel if (threads)
   {
     std::vector<float> p(width), qr(d);
 #pragma omp for schedule(static)

@@ -1,7 +1,8 @@
-"""Native CPU kernels: weight-only matmuls as a Paddle custom operator (cpu_matmul.cc), compiled on first use.
+"""Native CPU kernels: weight-only matmuls (cpu_matmul.cc) and decode attention (decode_attention.cc) as a Paddle
+custom operator, compiled on first use.
 
 ``cpu_kernels()`` returns the loaded operator module, or None when the kernels are off
-(``PADDLE_BELLE_KERNELS=0``) or cannot be built here (no C++ compiler, a failed build: one warning, then the
+(``PADDLE_BELLE_KERNELS=0``; the switches are read once, ``reload()`` reads them again) or cannot be built here (no C++ compiler, a failed build: one warning, then the
 pure-Paddle paths run). The build goes to Paddle's extension cache (``PADDLE_EXTENSION_DIR``, by default
 ~/.cache/paddle_extensions) under a name carrying a hash of the source and flags, so it happens once per machine
 and again only when the source changes; a later process loads the cached library directly.
@@ -18,6 +19,7 @@ Ops (float32 x [..., K] -> float32 [..., N]):
   With ``PADDLE_BELLE_INT8_ACTIVATIONS=1`` (opt-in), 4- and 8-bit codes multiply x quantized to int8 in blocks of
   32 (``int8_activations``; cpu_matmul.cc says why and how);
 - ``dense_matmul(x, w, bias=None)``: w [K, N] float32, bfloat16 or float16, meant for small M (decode).
+- ``decode_attention(...)``: a decoding step's KV-cache writes and attention (models/base.py DecodeStep).
 """
 from __future__ import annotations
 

@@ -51,11 +51,46 @@ inline void rope(float* dst, const float* src, const float* cos, const float* si
   for (int64_t i = 0; i < d; ++i) dst[i] = src[i] * cos[i] + src[(i + half) % d] * sin[i];
 }
 
+// 16 partial sums: independent chains the compiler keeps in vector registers (one sum would wait on each add)
 inline float dot(const float* a, const float* b, int64_t d) {
+  float acc[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= d; i += 16)
+    for (int t = 0; t < 16; ++t) acc[t] += a[i + t] * b[i + t];
   float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < d; ++i) s += a[i] * b[i];
+  for (; i < d; ++i) s += a[i] * b[i];
+  for (int t = 0; t < 16; ++t) s += acc[t];
   return s;
+}
+
+// One (row, query head): out[0, d) = the softmax-weighted sum of the values over the real keys; p: width floats of
+// scratch. Compiled for AVX-512, AVX2 (+FMA) and baseline x86-64, chosen at load time (GCC's target_clones): the
+// extension is built without -march=native, for any machine sharing the cache (cpu_matmul.cc does the same by hand).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+void attend_one(const float* q, const float* K, const float* V, const int64_t* m, int64_t width, int64_t d,
+                float scale, float slope, bool alibi, float* p, float* o) {
+  float top = -INFINITY;
+  int64_t pos = 0;
+  for (int64_t j = 0; j < width; ++j) {
+    if (!m[j]) continue;
+    float s = dot(q, K + j * d, d) * scale;
+    if (alibi) s += slope * float(pos);
+    ++pos;
+    p[j] = s;
+    top = std::max(top, s);
+  }
+  std::fill(o, o + d, 0.0f);
+  if (!pos) return;  // no real key: not a decoding row this step
+  float sum = 0.0f;
+  for (int64_t j = 0; j < width; ++j)
+    if (m[j]) sum += p[j] = std::exp(p[j] - top);
+  for (int64_t j = 0; j < width; ++j) {
+    if (!m[j]) continue;
+    const float w = p[j] / sum, *vj = V + j * d;
+    for (int64_t t = 0; t < d; ++t) o[t] += w * vj[t];
+  }
 }
 
 }  // namespace
@@ -133,31 +168,9 @@ std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& q, const paddl
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < b * n_head; ++i) {
       const int64_t r = i / n_head, h = i % n_head, g = h / groups;
-      const int64_t* m = M + r * width;
-      const float *Kr = Kc + (r * kv + g) * L * d, *Vr = Vc + (r * kv + g) * L * d;
-      float* o = O + (r * n_head + h) * d;
       rope(qr.data(), Q + (r * n_head + h) * q_step, C ? C + r * d : nullptr, Sn ? Sn + r * d : nullptr, d);
-      float top = -INFINITY;
-      int64_t pos = 0;
-      for (int64_t j = 0; j < width; ++j) {
-        if (!m[j]) continue;
-        float s = dot(qr.data(), Kr + j * d, d) * scale;
-        if (S) s += S[h] * float(pos);
-        ++pos;
-        p[j] = s;
-        top = std::max(top, s);
-      }
-      std::fill(o, o + d, 0.0f);
-      if (!pos) continue;  // no real key: not a decoding row this step
-      float sum = 0.0f;
-      for (int64_t j = 0; j < width; ++j)
-        if (m[j]) sum += p[j] = std::exp(p[j] - top);
-      for (int64_t j = 0; j < width; ++j) {
-        if (!m[j]) continue;
-        const float w = p[j] / sum, *vj = Vr + j * d;
-#pragma omp simd
-        for (int64_t t = 0; t < d; ++t) o[t] += w * vj[t];
-      }
+      attend_one(qr.data(), Kc + (r * kv + g) * L * d, Vc + (r * kv + g) * L * d, M + r * width, width, d, scale,
+                 S ? S[h] : 0.0f, S != nullptr, p.data(), O + (r * n_head + h) * d);
     }
   }
   return {out};  // the caches are the in-place outputs

@@ -16,6 +16,7 @@ from paddle_belle.cpu import tied_head
 from paddle_belle.models import loading
 from paddle_belle.quant.linear import QuantEmbedding, linear
 
+
 class Layer(paddle.nn.Layer):
     """nn.Layer whose call is a plain call of ``forward`` while the layer has no hooks. Paddle 3.3.1's
     Layer.__call__ first checks five modes (to_static, dygraph, profiler, ...: paddle/nn/layer/layers.py), ~2.5 us a

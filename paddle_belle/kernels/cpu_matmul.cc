@@ -555,7 +555,8 @@ static inline void rows(const Args& a, int64_t n0, int64_t n1) {
       }
       for (int s = 0; s < S; ++s) {
         int64_t j = k;
-        for (; j + W <= a.K; j += W) acc[s][0] = I::fma(I::loadf(a.x + j), F::template vec<I>(a.w, at[s] + j), acc[s][0]);
+        for (; j + W <= a.K; j += W)
+          acc[s][0] = I::fma(I::loadf(a.x + j), F::template vec<I>(a.w, at[s] + j), acc[s][0]);
         float sum = I::hsum(acc[s][0]) + I::hsum(acc[s][1]);
         for (; j < a.K; ++j) sum += a.x[j] * F::template vec<Scalar>(a.w, at[s] + j);
         const int64_t n = n0 + s * run + i;

@@ -236,9 +236,10 @@ class HalfLinear(nn.Layer):
 
 # Rows of x for which linear() takes the native kernel. benchmarks/cpu_kernels.py at bloom-560m's shapes, 2 threads:
 # Paddle's matmul takes 2.4-3.0x the kernel's time at 4 rows, 1.2-1.8x at 8 and 16 (one thread: 1.4-1.6x up to 64
-# rows); 2-3 rows were not timed apart (between 1 and 4). One row is bound by the weight's bytes, and Paddle's matmul
-# streams them at 17-25 GB/s where the kernel reads 21-42 GB/s (bloom-560m's and bloom-7b's shapes, weights beyond
-# the L3 cache: cpu_matmul.cc, DENSE_CHUNK).
+# rows); 2-3 rows were not timed apart (between 1 and 4). One row is bound by the weight's bytes, which Paddle's
+# matmul streams at 14-19 GB/s where the kernel reads 18-36 (bloom-560m's and bloom-7b's shapes, weights beyond the
+# L3 cache: benchmarks/cpu_kernels.py; cpu_matmul.cc, DENSE_CHUNK): bloom-560m float32 decoding, one process,
+# alternating, 7.3 tok/s with Paddle's one-row Linears, 9.2 with the kernel's (the head on numpy in both).
 FLOAT_KERNEL_ROWS = range(1, 65)
 
 

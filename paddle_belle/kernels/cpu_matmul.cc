@@ -531,8 +531,8 @@ static void iblock_avx512(const Args& a, int64_t n0, int64_t n1) {
 //
 // One row of x (decoding) takes STREAMS rows of E at once, far apart (the thread's share cut in STREAMS runs, one row
 // of each in turn): several sequential streams keep more reads in flight than one. Measured with a standalone copy
-// of this loop at 250,880 x 1024, 2 threads (GB/s, float32 / bfloat16): one stream 29.8 / 28.4, four 30.9 / 32.3; one thread 19.1 / 17.7 -> 21.2 /
-// 22.6 (eight: no better). Adjacent rows at once instead: bfloat16 one thread 9.7.
+// of this loop at 250,880 x 1024, 2 threads (GB/s, float32 / bfloat16): one stream 29.8 / 28.4, four 30.9 / 32.3;
+// one thread 19.1 / 17.7 -> 21.2 / 22.6 (eight: no better). Adjacent rows at once instead: bfloat16 one thread 9.7.
 constexpr int64_t STREAMS = 4;
 
 template <class I, class F>

@@ -4,14 +4,21 @@ activations, and int8, int4 with int8 activations: "x-int8"; int4 also through
 QuantLinear, plain and with GPTQ's act-order permutation, which it applies to x before the kernel) and QuantLinear's
 pure-Paddle block-wise path (int8, int4; M = 1 only, it is slow).
 
-    python benchmarks/cpu_kernels.py [--threads 2] [--m 1,4,8,16] [--repeats 30] [--rounds 3] [--head] [--methods ...]
+    python benchmarks/cpu_kernels.py [--threads 2] [--m 1,4,8,16] [--repeats 30] [--rounds 3] [--head [1024,4096]]
+        [--methods ...]
 
 Shapes: bloom-560m's Linears (K=1024 -> N=3072 query_key_value, N=4096 dense_h_to_4h; K=4096 -> N=1024
-dense_4h_to_h) and bloom-7b's dense_h_to_4h (K=4096 -> N=16384); --head adds bloom-560m's tied head (K=1024 ->
-N=250,880, 1 GB in float32). Prints the median ms per call, GB/s = bytes of weight read per call (codes + scales for
+dense_4h_to_h) and bloom-7b's dense_h_to_4h (K=4096 -> N=16384); --head adds the tied heads x @ E^T with E
+[250,880, K] as stored (cpu.tied_head): bloom-560m's (K=1024, 1 GB in float32) and, with --head 1024,4096,
+belle-7b-2m's (K=4096, 4.1 GB in float32 + 2 GB in bfloat16 resident for the run); their methods are numpy's and
+Paddle's float32 products and the native rows_matmul (float32, bfloat16). Each method rotates over copies of its
+weight that together exceed the L3 cache (--cold-mib), so that every call reads its weight from memory, as a decoding
+step does. Prints the median ms per call, GB/s = bytes of weight read per call (codes + scales for
 the integer formats, group 128) / time, the GB/s of the fastest call (the machine may be shared: the best call shows
-what an idle one does), and GFLOP/s (2 M K N / time: what bounds M = 16). The methods take turns, round
-after round, so that drift in the machine's speed spreads over all of them; each cell is the median of all rounds.
+what an idle one does), and GFLOP/s (2 M K N / time: what bounds M = 16), and first a large-read bandwidth to hold
+them against (cpu_formats.py's ceiling: numpy's float32 gemv over 512 MiB, best of 5, before and after). The methods
+take turns, round after round, so that drift in the machine's speed spreads over all of them; each cell is the
+median of all rounds.
 Before its turn each method waits 0.3 s, for the previous one's threads to stop spinning (numpy's BLAS threads
 keep 2 cores busy well after their call returns).
 """
@@ -29,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SHAPES = [(1024, 3072), (1024, 4096), (4096, 1024), (4096, 16384)]
+HEAD_ROWS = 250880  # BLOOM's vocabulary: the rows of its tied embedding
 GROUP = 128
 
 
@@ -36,7 +44,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--m", default="1", help="rows of x, comma-separated (1: one decoded token)")
-    parser.add_argument("--head", action="store_true", help="also bloom-560m's tied head, 1024 -> 250,880")
+    parser.add_argument("--head", nargs="?", const="1024", default="",
+                        help="also the tied heads 250,880 x K for these K (comma-separated; bare --head: 1024)")
+    parser.add_argument("--cold-mib", type=int, default=256,
+                        help="each method rotates over copies of its weight totalling at least this many MiB")
     parser.add_argument("--repeats", type=int, default=30, help="calls per method per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--methods", default="", help="only methods whose name contains one of these "
@@ -48,7 +59,9 @@ def main():
     import threadpoolctl
 
     from paddle_belle import kernels
-    from paddle_belle.quant import QuantConfig, QuantLinear
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from cpu_formats import gemv_bandwidth
 
     paddle.base.core.set_num_threads(args.threads)
     threadpoolctl.threadpool_limits(args.threads, user_api="blas")
@@ -56,74 +69,123 @@ def main():
     ops = kernels.cpu_kernels()
     print(f"kernels: {'loaded' if ops else 'UNAVAILABLE'} in {time.perf_counter() - t0:.1f} s; "
           f"threads {args.threads}, M={args.m}, MKL_DEBUG_CPU_TYPE={os.environ.get('MKL_DEBUG_CPU_TYPE')}")
+    bandwidth = [gemv_bandwidth(args.threads)]
     rng = np.random.RandomState(0)
+    cases = [(k, n, False) for k, n in SHAPES] + [(int(k), HEAD_ROWS, True) for k in args.head.split(",") if k]
     rows = []
-    for (k, n), m in itertools.product(SHAPES + [(1024, 250880)] * args.head, [int(v) for v in args.m.split(",")]):
+    for (k, n, head), m in itertools.product(cases, [int(v) for v in args.m.split(",")]):
         x_np = rng.standard_normal((m, k)).astype(np.float32)
         x = paddle.to_tensor(x_np)
-        w_np = (rng.standard_normal((k, n)) * 0.02).astype(np.float32)
-        w = paddle.to_tensor(w_np)
-        w_bf16 = w.astype("bfloat16")
-        layers = {}
-        for bits in (8, 4):
-            config = QuantConfig(bits=bits, group_size=GROUP, method="rtn")
-            codes = rng.randint(0, 1 << bits, (k, n)).astype(np.uint8)
-            scales = rng.uniform(0.001, 0.01, (k // GROUP, n)).astype(np.float32)
-            layers[bits] = QuantLinear.from_codes(codes, scales, None, config)
-        # GPTQ's act-order: the same codes with a random row permutation, which the layer applies to x per call.
-        act_order = QuantConfig(bits=4, group_size=GROUP, act_order=True)
-        layers["4 act-order"] = QuantLinear.from_codes(codes, scales, None, act_order, perm=rng.permutation(k))
-
-        def quant(layer, int8_x=False):
-            return kernels.quant_matmul(x, layer.qweight, layer.scales, None, layer.config.bits, layer.group_size,
-                                        int8_x=int8_x)
-
-        def quant_bytes(bits):
-            return k * n * bits // 8 + (k // GROUP) * n * 4
-
-        methods = [  # name, call, bytes of weight read
-            ("paddle fp32", lambda: paddle.matmul(x, w), k * n * 4),
-            ("numpy fp32", lambda: x_np @ w_np, k * n * 4),
-        ]
-        if ops:
-            methods += [
-                ("kernel fp32", lambda: kernels.dense_matmul(x, w), k * n * 4),
-                ("kernel bf16", lambda: kernels.dense_matmul(x, w_bf16), k * n * 2),
-                ("kernel int8", lambda: quant(layers[8]), quant_bytes(8)),
-                ("kernel int8 x-int8", lambda: quant(layers[8], True), quant_bytes(8)),
-                ("kernel int4", lambda: quant(layers[4]), quant_bytes(4)),
-                ("kernel int4 x-int8", lambda: quant(layers[4], True), quant_bytes(4)),
-                ("layer int4", lambda: layers[4](x), quant_bytes(4)),  # QuantLinear.forward around the kernel
-                ("layer int4 act-ord", lambda: layers["4 act-order"](x), quant_bytes(4)),
-            ]
-        if m == 1:
-            methods += [
-                ("blockwise int8", lambda: layers[8]._blockwise_forward(x), quant_bytes(8)),
-                ("blockwise int4", lambda: layers[4]._blockwise_forward(x), quant_bytes(4)),
-            ]
+        methods = head_methods(x, k, n, ops) if head else linear_methods(x, k, n, m, ops, rng, args.cold_mib)
         if args.methods:
             methods = [method for method in methods if any(part in method[0] for part in args.methods.split(","))]
         times = {name: [] for name, _, _ in methods}
         with paddle.no_grad():
             for _ in range(args.rounds):
-                for name, call, _ in methods:
-                    repeats = max(3, args.repeats // 10) if name.startswith("blockwise") else args.repeats
+                for name, calls, _ in methods:
+                    repeats = max(3, args.repeats // 10) if name.startswith("blockwise") or head else args.repeats
                     # Let the previous method's thread pool go idle first: numpy's BLAS threads spin for a while after
                     # a call, and on a 2-core machine they take the cores from the next method's threads.
                     time.sleep(0.3)
-                    call()  # warm (wakes this method's threads)
-                    for _ in range(repeats):
+                    calls[-1]()  # warm (wakes this method's threads)
+                    for i in range(repeats):
+                        call = calls[i % len(calls)]
                         start = time.perf_counter()
                         call()
                         times[name].append(time.perf_counter() - start)
         for name, _, nbytes in methods:
             seconds, best = float(np.median(times[name])), float(np.min(times[name]))
-            rows.append((f"{k}x{n}", m, name, seconds * 1e3, nbytes / seconds / 1e9, nbytes / best / 1e9,
-                         2 * m * k * n / seconds / 1e9))
+            rows.append((f"{n}x{k} E" if head else f"{k}x{n}", m, name, seconds * 1e3, nbytes / seconds / 1e9,
+                         nbytes / best / 1e9, 2 * m * k * n / seconds / 1e9))
+        del methods
+    bandwidth.append(gemv_bandwidth(args.threads))
 
-    print(f"\n{'shape KxN':<12} {'M':>3} {'method':<18} {'ms':>9} {'GB/s':>7} {'best GB/s':>10} {'GFLOP/s':>8}")
+    print(f"\nlarge read (numpy float32 gemv, 512 MiB, best of 5): {bandwidth[0]:.1f} GB/s before, "
+          f"{bandwidth[1]:.1f} GB/s after")
+    print(f"\n{'shape':<14} {'M':>3} {'method':<18} {'ms':>9} {'GB/s':>7} {'best GB/s':>10} {'GFLOP/s':>8}")
     for shape, m, name, ms, gbs, best, flops in rows:
-        print(f"{shape:<12} {m:>3} {name:<18} {ms:9.3f} {gbs:7.1f} {best:10.1f} {flops:8.1f}")
+        print(f"{shape:<14} {m:>3} {name:<18} {ms:9.3f} {gbs:7.1f} {best:10.1f} {flops:8.1f}")
+
+
+def linear_methods(x, k, n, m, ops, rng, cold_mib):
+    """(name, calls over the copies, bytes of weight read per call) for a Linear K -> N."""
+    import paddle
+
+    from paddle_belle import kernels
+    from paddle_belle.quant import QuantConfig, QuantLinear
+
+    copies = max(1, -(-(cold_mib << 20) // (k * n * 2)))  # copies of the bfloat16 weight fill cold_mib
+    x_np = x.numpy()
+    w_np = [(rng.standard_normal((k, n)) * 0.02).astype(np.float32) for _ in range(copies)]
+    w = [paddle.to_tensor(v) for v in w_np]
+    w_bf16 = [v.astype("bfloat16") for v in w]
+    layers = {8: [], 4: [], "4 act-order": []}
+    for _ in range(copies):
+        for bits in (8, 4):
+            config = QuantConfig(bits=bits, group_size=GROUP, method="rtn")
+            codes = rng.randint(0, 1 << bits, (k, n)).astype(np.uint8)
+            scales = rng.uniform(0.001, 0.01, (k // GROUP, n)).astype(np.float32)
+            layers[bits].append(QuantLinear.from_codes(codes, scales, None, config))
+        # GPTQ's act-order: the same codes with a random row permutation, which the layer applies to x per call.
+        act_order = QuantConfig(bits=4, group_size=GROUP, act_order=True)
+        layers["4 act-order"].append(QuantLinear.from_codes(codes, scales, None, act_order, perm=rng.permutation(k)))
+
+    def each(fn, items):
+        return [lambda item=item: fn(item) for item in items]
+
+    def quant(layer, int8_x=False):
+        return kernels.quant_matmul(x, layer.qweight, layer.scales, None, layer.config.bits, layer.group_size,
+                                    int8_x=int8_x)
+
+    def quant_bytes(bits):
+        return k * n * bits // 8 + (k // GROUP) * n * 4
+
+    methods = [  # name, calls (one per copy), bytes of weight read
+        ("paddle fp32", each(lambda v: paddle.matmul(x, v), w), k * n * 4),
+        ("numpy fp32", each(lambda v: x_np @ v, w_np), k * n * 4),
+    ]
+    if ops:
+        methods += [
+            ("kernel fp32", each(lambda v: kernels.dense_matmul(x, v), w), k * n * 4),
+            ("kernel bf16", each(lambda v: kernels.dense_matmul(x, v), w_bf16), k * n * 2),
+            ("kernel int8", each(quant, layers[8]), quant_bytes(8)),
+            ("kernel int8 x-int8", each(lambda v: quant(v, True), layers[8]), quant_bytes(8)),
+            ("kernel int4", each(quant, layers[4]), quant_bytes(4)),
+            ("kernel int4 x-int8", each(lambda v: quant(v, True), layers[4]), quant_bytes(4)),
+            ("layer int4", each(lambda v: v(x), layers[4]), quant_bytes(4)),  # QuantLinear.forward, the kernel
+            ("layer int4 act-ord", each(lambda v: v(x), layers["4 act-order"]), quant_bytes(4)),
+        ]
+    if m == 1:
+        methods += [
+            ("blockwise int8", each(lambda v: v._blockwise_forward(x), layers[8]), quant_bytes(8)),
+            ("blockwise int4", each(lambda v: v._blockwise_forward(x), layers[4]), quant_bytes(4)),
+        ]
+    return methods
+
+
+def head_methods(x, k, n, ops):
+    """The tied head x @ E^T, E [n, k] as stored: float32 (written a block of rows at a time: a float64 draw of the
+    whole would double the memory) and its bfloat16 copy, one each (each far beyond the L3 cache)."""
+    import paddle
+
+    from paddle_belle import kernels
+
+    rng = np.random.default_rng(k)
+    e = paddle.empty([n, k], "float32")
+    for r in range(0, n, 16384):
+        e[r : r + 16384] = paddle.to_tensor(rng.standard_normal((min(16384, n - r), k), np.float32) * 0.02)
+    e_np, x_np = np.from_dlpack(e), x.numpy()
+    methods = [
+        ("numpy fp32", [lambda: x_np @ e_np.T], n * k * 4),
+        ("paddle fp32", [lambda: paddle.matmul(x, e, transpose_y=True)], n * k * 4),
+    ]
+    if ops:
+        e_bf16 = e.astype("bfloat16")
+        methods += [
+            ("kernel rows fp32", [lambda: kernels.rows_matmul(x, e)], n * k * 4),
+            ("kernel rows bf16", [lambda: kernels.rows_matmul(x, e_bf16)], n * k * 2),
+        ]
+    return methods
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""CPU tuning: Intel MKL's fast path on AMD CPUs, thread counts, and the tied LM head through numpy's BLAS.
+"""CPU tuning: Intel MKL's fast path on AMD CPUs, thread counts, and the tied LM head through the native kernel.
 
 ``paddle_belle/__init__`` imports this module before anything imports Paddle (MKL reads its switch when it loads),
 so Paddle (and numpy, which `paddle-belle --version` need not pay for) is imported inside the functions.
@@ -9,7 +9,7 @@ import os
 import sys
 
 NUMPY_HEAD_MIN = 1 << 23  # elements (32 MB in float32): beyond any CPU cache
-KERNEL_HEAD_ROWS = 16  # 2 to this many rows of a float32 tied head (a decoding batch) take the native kernel
+KERNEL_HEAD_ROWS = 16  # 1 to this many rows of a float32 tied head (a decoding step) take the native kernel
 
 
 def fast_mkl_on_amd() -> None:
@@ -62,19 +62,21 @@ def use_cpu_threads_here() -> None:
 def tied_head(x, embedding):
     """Logits ``x @ embedding^T`` for a head tied to the [vocab, hidden] input embedding.
 
-    In inference on CPU, for one row, the product goes through numpy's BLAS on a zero-copy view of the embedding:
-    Paddle 3.3.1's CPU matmul streams this, the largest matrix of a decode step (1 GB for bloom-560m, 4 GB for
-    belle-7b-2m), at ~28 GB/s where numpy reaches ~42 GB/s on the same machine (benchmarks/decode.py; the head is ~45%
-    of bloom-560m's bytes per token). The rows of a decoding batch go through the native kernel (KERNEL_HEAD_ROWS),
-    which reads the head once for all of them. Many rows (a prompt's logits), gradients needed, or any other device:
-    a Paddle matmul.
+    In inference on CPU, for a decoding step's rows (1 to KERNEL_HEAD_ROWS), the native kernel reads the embedding as
+    stored, once for all the rows: this is the largest matrix of a decode step (1 GB for bloom-560m in float32, 4 GB
+    for belle-7b-2m; ~45% of bloom-560m's bytes per token), and Paddle 3.3.1's CPU matmul streams it at ~16-28 GB/s
+    where the kernel reads ~26 (one row, benchmarks/cpu_kernels.py --head). numpy's BLAS reads it about as fast
+    (25), but its OpenBLAS threads spin on after the call and take the cores from the next step's Paddle ops: bloom-560m
+    float32 decoding, one process, alternating, 9.2 tok/s with numpy's head, 13.1 with the kernel's. Without the
+    kernels, one row goes through numpy's BLAS on a zero-copy view of the embedding. Many rows (a prompt's logits),
+    gradients needed, or any other device: a Paddle matmul.
     """
     import numpy as np
     import paddle
 
-    if embedding.dtype in (paddle.bfloat16, paddle.float16):  # CPU half weights (quant/linear.py keep_half)
-        from paddle_belle import kernels
+    from paddle_belle import kernels
 
+    if embedding.dtype in (paddle.bfloat16, paddle.float16):  # CPU half weights (quant/linear.py keep_half)
         if kernels.usable(x):
             return kernels.rows_matmul(x, embedding)
         from paddle_belle.quant.linear import BLOCK_ELEMENTS
@@ -86,16 +88,13 @@ def tied_head(x, embedding):
     rows = x.size // x.shape[-1]
     if large and x.place.is_cpu_place() and x.dtype == paddle.float32 and (
             not paddle.is_grad_enabled() or x.stop_gradient and embedding.stop_gradient):
+        # A decoding batch's rows: numpy's OpenBLAS computes a few rows at nearly a pass over the head each, where the
+        # native kernel reads it once for them (bloom-560m's head, 1 thread, CPU s: 4 rows 0.25 vs 0.06, 16 rows
+        # 0.31 vs 0.25). More rows (a prompt's logits): Paddle's matmul, faster than OpenBLAS (0.3.23, Cooperlake
+        # kernels) at several rows (one Zen 4 core of a busy machine: 4 rows 255 ms, 16 rows 310 ms; Paddle 141 / 202)
+        if rows <= KERNEL_HEAD_ROWS and kernels.usable(x):
+            return kernels.rows_matmul(x, embedding)
         if rows == 1:
             logits = x.reshape([1, -1]).numpy() @ np.from_dlpack(embedding.detach()).T
             return paddle.to_tensor(logits.reshape(x.shape[:-1] + [-1]))
-        from paddle_belle import kernels
-
-        # A decoding batch's rows: numpy's OpenBLAS computes a few rows at nearly a pass over the head each, where the
-        # native kernel reads it once for them (bloom-560m's head, 1 thread, CPU s: 4 rows 0.25 vs 0.06, 16 rows
-        # 0.31 vs 0.25; one row 0.057 either way, kept on numpy). More rows (a prompt's logits) or no kernel: Paddle's
-        # matmul, faster than OpenBLAS (0.3.23, Cooperlake kernels) at several rows (one Zen 4 core of a busy
-        # machine: 4 rows 255 ms, 16 rows 310 ms; Paddle 141 / 202)
-        if 2 <= rows <= KERNEL_HEAD_ROWS and kernels.usable(x):
-            return kernels.rows_matmul(x, embedding)
     return paddle.matmul(x, embedding, transpose_y=True)

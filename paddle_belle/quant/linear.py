@@ -239,18 +239,22 @@ class HalfLinear(nn.Layer):
 
 # Rows of x for which linear() takes the native kernel. benchmarks/cpu_kernels.py at bloom-560m's shapes, 2 threads:
 # Paddle's matmul takes 2.4-3.0x the kernel's time at 4 rows, 1.2-1.8x at 8 and 16 (one thread: 1.4-1.6x up to 64
-# rows); 2-3 rows were not timed apart (between 1 and 4). One row, where the weight's bytes bound both, stays Paddle's.
-FLOAT_KERNEL_ROWS = range(2, 65)
+# rows); 2-3 rows were not timed apart (between 1 and 4). One row is bound by the weight's bytes, which Paddle's
+# matmul streams at 14-19 GB/s where the kernel reads 18-36 (bloom-560m's and bloom-7b's shapes, weights beyond the
+# L3 cache: benchmarks/cpu_kernels.py; cpu_matmul.cc, DENSE_CHUNK): bloom-560m float32 decoding, one process,
+# alternating, 7.3 tok/s with Paddle's one-row Linears, 9.2 with the kernel's (the head on numpy in both).
+FLOAT_KERNEL_ROWS = range(1, 65)
 
 
 def linear(layer, x):
     """``layer(x)``; for a plain float32 nn.Linear in CPU inference on FLOAT_KERNEL_ROWS rows of x (continuous
-    batching's decoding steps) the same product through the native float32 kernel: there the step is compute-bound,
-    and Paddle 3.3.1's CPU matmul (MKL's AVX2 path, ~45 GFLOP/s a core on Zen 4) reaches ~2/3 of the kernel's speed
-    at bloom-560m's shapes (benchmarks/cpu_kernels.py --m 8,16). One row is bound by the weight's bytes, prefill
-    chunks and training (gradients) are Paddle's. The models call their Linears through this rather than swapping
-    in a subclass, so that a Linear stays exactly nn.Linear (PaddleSlim's GPTQ, the tests' reference, accepts no
-    other type: paddleslim/quant/advanced/gptq.py), and a layer with hooks is always called."""
+    batching's decoding steps, and one decoded row) the same product through the native float32 kernel: at several
+    rows the step is compute-bound, and Paddle 3.3.1's CPU matmul (MKL's AVX2 path, ~45 GFLOP/s a core on Zen 4)
+    reaches ~2/3 of the kernel's speed at bloom-560m's shapes (benchmarks/cpu_kernels.py --m 8,16); at one row it
+    reads the weight more slowly (FLOAT_KERNEL_ROWS). Prefill chunks and training (gradients) are Paddle's. The
+    models call their Linears through this rather than swapping in a subclass, so that a Linear stays exactly
+    nn.Linear (PaddleSlim's GPTQ, the tests' reference, accepts no other type: paddleslim/quant/advanced/gptq.py),
+    and a layer with hooks is always called."""
     if (type(layer) is not nn.Linear or layer._forward_pre_hooks or layer._forward_post_hooks
             or paddle.is_grad_enabled() or not x.place.is_cpu_place()):
         return layer(x)

@@ -98,7 +98,8 @@ def test_fresh_model_is_initialised_not_zeroed():
 def test_numpy_head_in_inference_matches_hf_and_training_keeps_gradients(monkeypatch):
     import paddle_belle.cpu as cpu
 
-    monkeypatch.setattr(cpu, "NUMPY_HEAD_MIN", 0)  # every head takes the CPU inference path (numpy's BLAS)
+    monkeypatch.setattr(cpu, "NUMPY_HEAD_MIN", 0)  # every head takes the CPU inference path
+    monkeypatch.setenv("PADDLE_BELLE_KERNELS", "0")  # without the kernels: one row through numpy's BLAS
     hf, ours = tiny_bloom(4, 0.5)
     ref = hf_logits(hf, IDS, MASK).logits.numpy()
     out = our_logits(ours, IDS, MASK).logits.numpy()  # under no_grad; several rows: Paddle's matmul
@@ -143,8 +144,8 @@ def test_threads_hold_paddle_and_numpy_blas_alike(tmp_path):
         set_cpu_threads()  # back to every core, for the tests that follow
 
 
-def test_a_decoding_batch_takes_the_large_tied_head_through_the_kernel(monkeypatch):
-    """1 row and a prompt's many rows: numpy's BLAS; 2-16 rows (a decoding batch): the native kernel. Same logits."""
+def test_a_decoding_step_takes_the_large_tied_head_through_the_kernel(monkeypatch):
+    """1-16 rows (a decoding step): the native kernel; a prompt's many rows: Paddle's matmul. Same logits."""
     import paddle_belle.cpu as cpu
     from paddle_belle import kernels
 
@@ -159,4 +160,4 @@ def test_a_decoding_batch_takes_the_large_tied_head_through_the_kernel(monkeypat
         with paddle.no_grad():
             np.testing.assert_allclose(cpu.tied_head(x, embedding).numpy(), x.numpy() @ embedding.numpy().T,
                                        rtol=1e-5, atol=1e-5)
-    assert calls == [3, 16]
+    assert calls == [1, 3, 16]

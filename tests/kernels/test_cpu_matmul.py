@@ -16,7 +16,7 @@ from paddle_belle.quant import linear as linear_module
 from paddle_belle.quant.quantize import quantize_model
 
 ISAS = ["best", "avx2", "scalar"]  # PADDLE_BELLE_KERNELS_ISA caps the path the kernel takes (never raises it)
-# Rows of x: one and a few (one tile: up to 4 rows), batched decoding steps (whole and partial blocks of 4 rows).
+# Rows of x: one and a few (one tile: up to 4 rows), batched decoding steps (from 5 rows: the "many rows" path).
 ROWS = [1, 2, 3, 5, 8, 16, 17]
 
 
@@ -87,6 +87,23 @@ def test_quant_kernel_whole_tiles_batched_input(config, isa, float_x):
         out = layer(paddle.to_tensor(x)).numpy()
         assert out.shape == (2, 5, 300)
         assert_close(out, x.astype(np.float64) @ weight.astype(np.float64) + bias)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("m", [5, 8, 16, 17])
+def test_many_rows_equal_the_dequantized_matmul_and_each_row_alone(config, m, isa, float_x):
+    """From 5 rows (cpu_matmul.cc, "many rows": each code decoded once for every row, a register-blocked
+    microkernel over them): 8- and 16-row blocks whole, 5 and 17 with a partial block; K = 328, not a multiple of 128
+    (with group 64: a partial last group; spans of 4 chunks with a short last one); N = 213 = 4 whole 48-column
+    tiles, a single vector and 5 single columns. Each row equals itself computed alone (the fewer-row path) to float
+    rounding."""
+    layer, weight, bias = random_layer(config, 328, 213, seed=m)
+    x = np.random.RandomState(m).standard_normal((m, 328)).astype(np.float32)
+    with paddle.no_grad():
+        out = layer(paddle.to_tensor(x)).numpy()
+        alone = np.concatenate([layer(paddle.to_tensor(x[i : i + 1])).numpy() for i in range(m)])
+    assert_close(out, x.astype(np.float64) @ weight.astype(np.float64) + bias)
+    assert_close(out, alone)
 
 
 INT8_X_CONFIGS = [

@@ -90,20 +90,24 @@ def test_quant_kernel_whole_tiles_batched_input(config, isa, float_x):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
-@pytest.mark.parametrize("m", [5, 8, 16, 17])
-def test_many_rows_equal_the_dequantized_matmul_and_each_row_alone(config, m, isa, float_x):
+@pytest.mark.parametrize("m, from_rows", [(5, None), (8, None), (16, None), (17, None), (1, 1), (3, 1)])
+def test_many_rows_equal_the_dequantized_matmul_and_the_tiles(config, m, from_rows, isa, float_x, monkeypatch):
     """From 5 rows (cpu_matmul.cc, "many rows": each code decoded once for every row, a register-blocked
-    microkernel over them): 8- and 16-row blocks whole, 5 and 17 with a partial block; K = 328, not a multiple of 128
-    (with group 64: a partial last group; spans of 4 chunks with a short last one); N = 213 = 4 whole 48-column
-    tiles, a single vector and 5 single columns. Each row equals itself computed alone (the fewer-row path) to float
-    rounding."""
+    microkernel over them; from_rows=1: for 1 and 3 rows too): 8- and 16-row blocks whole, 5, 17, 1 and 3 with a
+    partial block; K = 328, not a multiple of 128 (with group 64: a partial last group; spans of 4 chunks with a short
+    last one); N = 213 = 4 whole 48-column tiles, a single vector and 5 single columns. The same rows through the
+    4-row tiles (the many-rows path turned off) agree to float rounding."""
     layer, weight, bias = random_layer(config, 328, 213, seed=m)
-    x = np.random.RandomState(m).standard_normal((m, 328)).astype(np.float32)
+    x = paddle.to_tensor(np.random.RandomState(m).standard_normal((m, 328)).astype(np.float32))
     with paddle.no_grad():
-        out = layer(paddle.to_tensor(x)).numpy()
-        alone = np.concatenate([layer(paddle.to_tensor(x[i : i + 1])).numpy() for i in range(m)])
-    assert_close(out, x.astype(np.float64) @ weight.astype(np.float64) + bias)
-    assert_close(out, alone)
+        if from_rows:
+            monkeypatch.setenv("PADDLE_BELLE_KERNELS_MANY_ROWS", str(from_rows))
+        out = layer(x).numpy()
+        monkeypatch.setenv("PADDLE_BELLE_KERNELS_MANY_ROWS", "1000000")
+        tiles = layer(x).numpy()
+    assert_close(out, x.numpy().astype(np.float64) @ weight.astype(np.float64) + bias)
+    assert_close(out, tiles)
+    assert not np.array_equal(out, tiles)  # two different paths ran
 
 
 INT8_X_CONFIGS = [

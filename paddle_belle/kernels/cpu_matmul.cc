@@ -686,11 +686,13 @@ static int isa_level() {
   return level;
 }
 
-// The rows of x from which quantized weights take the many-rows path: MANY_ROWS, or PADDLE_BELLE_KERNELS_MANY_ROWS
-// (tests and benchmarks/cpu_kernels.py compare the two paths on the same rows; a large number turns it off).
-static int64_t many_rows() {
+// The rows of x from which codes stored `per` to a byte take the many-rows path: MANY_ROWS, or 16 for 8-bit codes
+// (below 16 rows of a large int8 weight it was slower: 1.12-1.33x at 5 and 8 rows of 4096 x 16384 and 1024 x 250,880,
+// one thread; twice the bytes of int4 per decoded weight), or PADDLE_BELLE_KERNELS_MANY_ROWS (tests and
+// benchmarks/cpu_kernels.py compare the two paths on the same rows; a large number turns it off).
+static int64_t many_rows(int per) {
   const char* rows = std::getenv("PADDLE_BELLE_KERNELS_MANY_ROWS");
-  return rows ? std::max<int64_t>(1, std::atoll(rows)) : MANY_ROWS;
+  return rows ? std::max<int64_t>(1, std::atoll(rows)) : per == 1 ? 16 : MANY_ROWS;
 }
 
 // Chunks of at most CHUNK rows within each group (dense weights: one group of K rows).
@@ -726,7 +728,7 @@ static void run(Args& a, int64_t group) {
   if (level == 1) fn = block_avx2<F>, width = Avx2::NV * Avx2::W;
 #endif
   if constexpr (F::quantized) {
-    if (a.M >= many_rows()) {  // several rows: each code decoded once for all of them ("many rows")
+    if (a.M >= many_rows(F::PER)) {  // several rows: each code decoded once for all of them ("many rows")
       fn = many_scalar<F>, width = 64;
 #ifdef BELLE_X86
       if (level == 2) fn = many_avx512<F>, width = Many<Avx512>::NV * Avx512::W;

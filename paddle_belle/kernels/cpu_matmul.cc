@@ -318,9 +318,10 @@ static void block_avx512(const Args& a, int64_t n0, int64_t n1) {
 // tile of columns are decoded once, scaled ((code - zero) * scale: the dequantized weight, as the reference matmul
 // has it), into an L1-resident buffer (AVX-512: 128 x 48 floats, 24 KiB), and a register-blocked microkernel runs
 // every row over it: MR rows x NV vectors of accumulators (AVX-512: 8 x 3 = 24 of 32 registers, with 3 weights and
-// one x; AVX2: 6 x 2 = 12 of 16), loaded from y once per SPAN chunks. 16 rows: ~93 % of the peak (bloom-560m's
-// Linears, int4 and int8: 0.83-0.90x block()'s time; benchmarks/cpu_kernels.py). A row's numbers differ from the
-// fewer-row path's by float rounding only (the scale applied per weight instead of per chunk sum).
+// one x; AVX2: 6 x 2 = 12 of 16), loaded from y once per SPAN chunks. 16 rows, one thread, alternating with block()
+// in one process: 85-93 GFLOP/s, int4 0.79-0.90x block()'s time, int8 0.86-1.00x (bloom-560m's and 7B's Linears, a
+// 250,880-column head). A row's numbers differ from the fewer-row path's by float rounding only (the scale applied
+// per weight instead of per chunk sum).
 constexpr int64_t MANY_ROWS = 5, SPAN = 4;
 template <class I> struct Many { static constexpr int MR = 4, NV = 1; };  // the portable path
 #ifdef BELLE_X86

@@ -1,6 +1,7 @@
 """Decode-shaped matmuls on CPU (M rows of x: 1 for one reply, up to 16 for a batched decoding step): Paddle's
 float32 matmul, numpy's, the native kernels of paddle_belle/kernels (float32, bfloat16, int8, int4 with float32
-activations, and int8, int4 with int8 activations: "x-int8"; int4 also through
+activations, and int8, int4 with int8 activations: "x-int8"; from 5 rows int8, int4 also without the kernel's
+many-rows path: "4-row", the A/B of cpu_matmul.cc's "many rows"; int4 also through
 QuantLinear, plain and with GPTQ's act-order permutation, which it applies to x before the kernel) and QuantLinear's
 pure-Paddle block-wise path (int8, int4; M = 1 only, it is slow).
 
@@ -38,6 +39,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SHAPES = [(1024, 3072), (1024, 4096), (4096, 1024), (4096, 16384)]
 HEAD_ROWS = 250880  # BLOOM's vocabulary: the rows of its tied embedding
 GROUP = 128
+
+
+def tiles_only(call):
+    """``call`` with the quantized kernels' many-rows path off (PADDLE_BELLE_KERNELS_MANY_ROWS: cpu_matmul.cc)."""
+    def run():
+        os.environ["PADDLE_BELLE_KERNELS_MANY_ROWS"] = "1000000"
+        try:
+            return call()
+        finally:
+            del os.environ["PADDLE_BELLE_KERNELS_MANY_ROWS"]
+    return run
 
 
 def main():
@@ -155,6 +167,9 @@ def linear_methods(x, k, n, m, ops, rng, cold_mib):
             ("layer int4", each(lambda v: v(x), layers[4]), quant_bytes(4)),  # QuantLinear.forward, the kernel
             ("layer int4 act-ord", each(lambda v: v(x), layers["4 act-order"]), quant_bytes(4)),
         ]
+    if ops and m >= 5:  # the same calls without the kernel's many-rows path: its A/B in this process
+        methods += [(name + " 4-row", [tiles_only(call) for call in calls], nbytes) for name, calls, nbytes in methods
+                    if name in ("kernel int8", "kernel int4")]
     if m == 1:
         methods += [
             ("blockwise int8", each(lambda v: v._blockwise_forward(x), layers[8]), quant_bytes(8)),

@@ -322,6 +322,128 @@ static void block_avx512(const Args& a, int64_t n0, int64_t n1) {
 }
 #endif
 
+// ------------------------------------------------------------------------------------------ many rows
+// At MANY_ROWS rows of x or more (continuous batching's decoding steps) the FMAs bound block(), not the weight's
+// bytes, and its tiles reach ~78 % of the FMA peak at 16 rows (one thread: 78 of ~98 GFLOP/s): each decodes its codes
+// again for every MB = 4 rows, and its accumulators go to y after every chunk of 32 K-values. Here SPAN chunks x one
+// tile of columns are decoded once, scaled ((code - zero) * scale: the dequantized weight, as the reference matmul
+// has it), into an L1-resident buffer (AVX-512: 128 x 48 floats, 24 KiB), and a register-blocked microkernel runs
+// every row over it: MR rows x NV vectors of accumulators (AVX-512: 8 x 3 = 24 of 32 registers, with 3 weights and
+// one x; AVX2: 6 x 2 = 12 of 16), loaded from y once per SPAN chunks. 16 rows, one thread, alternating with block()
+// in one process: 85-93 GFLOP/s, int4 0.79-0.90x block()'s time, int8 0.86-1.00x (bloom-560m's and 7B's Linears, a
+// 250,880-column head). A row's numbers differ from the fewer-row path's by float rounding only (the scale applied
+// per weight instead of per chunk sum).
+constexpr int64_t MANY_ROWS = 5, SPAN = 4;
+template <class I> struct Many { static constexpr int MR = 4, NV = 1; };  // the portable path
+#ifdef BELLE_X86
+template <> struct Many<Avx2> { static constexpr int MR = 6, NV = 2; };
+template <> struct Many<Avx512> { static constexpr int MR = 8, NV = 3; };
+#endif
+
+// buf[k - k0][NV * W] = (code - zero) * scale for chunks [c0, c1)'s rows (k0: chunk c0's first), columns
+// [n0, n0 + NV * W).
+template <class I, class F, int NV>
+static inline void decode_tile(const Args& a, int64_t c0, int64_t c1, int64_t n0, float* buf) {
+  for (int64_t c = c0; c < c1; ++c) {
+    const Chunk& chunk = a.chunks[c];
+    typename I::Vi zero[NV];
+    typename I::V scale[NV];
+    for (int j = 0; j < NV; ++j) {
+      zero[j] = a.zeros ? I::bytes(a.zeros + chunk.g * a.N + n0 + j * I::W) : I::set1i(a.zero);
+      scale[j] = I::loadf(a.scales + chunk.g * a.N + n0 + j * I::W);
+    }
+    for (int64_t kb = chunk.k0 / F::PER; kb * F::PER < chunk.k1; ++kb) {  // as tile(), prefetch included
+      const char* ahead = static_cast<const char*>(F::at(a, kb, n0 + PREFETCH_TILES * NV * I::W));
+      for (int line = 0; line < NV * I::W * F::column_bytes; line += 64) __builtin_prefetch(ahead + line);
+      typename F::template Raw<I> raw[NV];
+      for (int j = 0; j < NV; ++j) raw[j] = F::template load<I>(a, kb, n0 + j * I::W);
+      for (int r = 0; r < F::PER; ++r) {
+        const int64_t k = kb * F::PER + r;
+        if (F::PER > 1 && k >= chunk.k1) break;
+        float* out = buf + (k - a.chunks[c0].k0) * NV * I::W;
+        for (int j = 0; j < NV; ++j)
+          I::storef(out + j * I::W, I::mul(scale[j], F::template decode<I>(raw[j], r, zero[j])));
+      }
+    }
+  }
+}
+
+// y[m0 : m0 + MR, tile] += x's rows times chunks [c0, c1)'s decoded tile, MR x NV accumulators in registers (the
+// first chunks start from the bias).
+template <class I, int MR, int NV>
+static inline void micro(const Args& a, int64_t c0, int64_t c1, const float* buf, int64_t m0, int64_t n0) {
+  using V = typename I::V;
+  const float* x = a.x + m0 * a.K;
+  V acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) {
+      const int64_t n = n0 + j * I::W;
+      acc[i][j] = c0 ? I::loadf(a.y + (m0 + i) * a.N + n) : a.bias ? I::loadf(a.bias + n) : I::zero();
+    }
+  const float* w = buf;
+  for (int64_t k = a.chunks[c0].k0; k < a.chunks[c1 - 1].k1; ++k, w += NV * I::W) {
+    V wk[NV];
+    for (int j = 0; j < NV; ++j) wk[j] = I::loadf(w + j * I::W);
+    for (int i = 0; i < MR; ++i) {
+      const V xk = I::set1(x[i * a.K + k]);
+      for (int j = 0; j < NV; ++j) acc[i][j] = I::fma(xk, wk[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) I::storef(a.y + (m0 + i) * a.N + n0 + j * I::W, acc[i][j]);
+}
+
+// micro() for mb <= MR rows, the row count a template argument.
+template <class I, int NV, int MR>
+static inline void micros(const Args& a, int64_t c0, int64_t c1, const float* buf, int64_t m0, int64_t mb,
+                          int64_t n0) {
+  if constexpr (MR > 1)
+    if (mb < MR) return micros<I, NV, MR - 1>(a, c0, c1, buf, m0, mb, n0);
+  micro<I, MR, NV>(a, c0, c1, buf, m0, n0);
+}
+
+// Decode a tile of chunks [c0, c1), then every row over it, in MR-row blocks.
+template <class I, class F, int NV>
+static inline void many_tile(const Args& a, int64_t c0, int64_t c1, int64_t n0, float* buf) {
+  decode_tile<I, F, NV>(a, c0, c1, n0, buf);
+  for (int64_t m0 = 0; m0 < a.M; m0 += Many<I>::MR)
+    micros<I, NV, Many<I>::MR>(a, c0, c1, buf, m0, std::min<int64_t>(Many<I>::MR, a.M - m0), n0);
+}
+
+// block() for many rows: the same order (panels, then SPAN chunks at a time, tiles of a panel), single vectors and
+// columns at the end.
+template <class I, class F>
+static inline void many_block(const Args& a, int64_t n0, int64_t n1) {
+  constexpr int64_t tile_width = Many<I>::NV * I::W;
+  alignas(64) float buf[SPAN * CHUNK * tile_width];
+  const int64_t panel = std::max<int64_t>(tile_width, (16384 / a.M) / tile_width * tile_width);
+  const int64_t chunks = a.chunks.size();
+  for (int64_t p0 = n0; p0 < n1; p0 += panel) {
+    const int64_t p1 = std::min(n1, p0 + panel);
+    for (int64_t c0 = 0; c0 < chunks; c0 += SPAN) {
+      const int64_t c1 = std::min(chunks, c0 + SPAN);
+      int64_t n = p0;
+      for (; n + tile_width <= p1; n += tile_width) many_tile<I, F, Many<I>::NV>(a, c0, c1, n, buf);
+      for (; n + I::W <= p1; n += I::W) many_tile<I, F, 1>(a, c0, c1, n, buf);
+      for (; n < p1; ++n) many_tile<Scalar, F, 1>(a, c0, c1, n, buf);
+    }
+  }
+}
+
+template <class F> __attribute__((flatten)) static void many_scalar(const Args& a, int64_t n0, int64_t n1) {
+  many_block<Scalar, F>(a, n0, n1);
+}
+#ifdef BELLE_X86
+template <class F> __attribute__((target("avx2,fma,f16c"), flatten))
+static void many_avx2(const Args& a, int64_t n0, int64_t n1) {
+  many_block<Avx2, F>(a, n0, n1);
+}
+template <class F> __attribute__((target("avx512f,avx512bw,avx512vl"), flatten))
+static void many_avx512(const Args& a, int64_t n0, int64_t n1) {
+  many_block<Avx512, F>(a, n0, n1);
+}
+#endif
+
 // ------------------------------------------------------------------------------------------ int8 activations
 // The integer path for 4- and 8-bit codes (opt-in: PADDLE_BELLE_INT8_ACTIVATIONS=1, read in paddle_belle/kernels;
 // otherwise the float path above). Decoding at a few rows is bound by the work of turning codes into floats (per code:
@@ -612,6 +734,15 @@ static int isa_level() {
 
 static void fill_bias(float* y, int64_t m, int64_t n, const float* bias);
 
+// The rows of x from which codes stored `per` to a byte take the many-rows path: MANY_ROWS, or 16 for 8-bit codes
+// (below 16 rows of a large int8 weight it was slower: 1.12-1.33x at 5 and 8 rows of 4096 x 16384 and 1024 x 250,880,
+// one thread; twice the bytes of int4 per decoded weight), or PADDLE_BELLE_KERNELS_MANY_ROWS (tests and
+// benchmarks/cpu_kernels.py compare the two paths on the same rows; a large number turns it off).
+static int64_t many_rows(int per) {
+  const char* rows = std::getenv("PADDLE_BELLE_KERNELS_MANY_ROWS");
+  return rows ? std::max<int64_t>(1, std::atoll(rows)) : per == 1 ? 16 : MANY_ROWS;
+}
+
 // Chunks of at most `rows` rows within each group (dense weights: one group of K rows).
 static void add_chunks(Args& a, int64_t group, int64_t rows = CHUNK) {
   for (int64_t g = 0; g * group < a.K; ++g)
@@ -673,6 +804,15 @@ static void run(Args& a, int64_t group) {
   if (level == 2) fn = block_avx512<F>, width = Avx512::NV * Avx512::W;
   if (level == 1) fn = block_avx2<F>, width = Avx2::NV * Avx2::W;
 #endif
+  if constexpr (F::quantized) {
+    if (a.M >= many_rows(F::PER)) {  // several rows: each code decoded once for all of them ("many rows")
+      fn = many_scalar<F>, width = 64;
+#ifdef BELLE_X86
+      if (level == 2) fn = many_avx512<F>, width = Many<Avx512>::NV * Avx512::W;
+      if (level == 1) fn = many_avx2<F>, width = Many<Avx2>::NV * Avx2::W;
+#endif
+    }
+  }
   if (dense_row) parallel_chunks(a, fn);
   else parallel_columns(a, fn, width);
 }

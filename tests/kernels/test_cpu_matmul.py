@@ -16,7 +16,7 @@ from paddle_belle.quant import linear as linear_module
 from paddle_belle.quant.quantize import quantize_model
 
 ISAS = ["best", "avx2", "scalar"]  # PADDLE_BELLE_KERNELS_ISA caps the path the kernel takes (never raises it)
-# Rows of x: one and a few (one tile: up to 4 rows), batched decoding steps (whole and partial blocks of 4 rows).
+# Rows of x: one and a few (one tile: up to 4 rows), batched decoding steps (from 5 rows: the "many rows" path).
 ROWS = [1, 2, 3, 5, 8, 16, 17]
 
 
@@ -87,6 +87,26 @@ def test_quant_kernel_whole_tiles_batched_input(config, isa, float_x):
         out = layer(paddle.to_tensor(x)).numpy()
         assert out.shape == (2, 5, 300)
         assert_close(out, x.astype(np.float64) @ weight.astype(np.float64) + bias)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=CONFIG_IDS)
+@pytest.mark.parametrize("m", [1, 3, 5, 8, 16, 17])
+def test_many_rows_equal_the_dequantized_matmul_and_the_tiles(config, m, isa, float_x, monkeypatch):
+    """The many-rows path (cpu_matmul.cc: each code decoded once for every row, a register-blocked microkernel over
+    them; by default from 5 rows, 16 for int8), here from one row: 8- and 16-row blocks whole, the others with a
+    partial block; K = 328, not a multiple of 128 (with group 64: a partial last group; spans of 4 chunks with a short
+    last one); N = 213 = 4 whole 48-column tiles, a single vector and 5 single columns. The same rows through the
+    4-row tiles (the many-rows path turned off) agree to float rounding."""
+    layer, weight, bias = random_layer(config, 328, 213, seed=m)
+    x = paddle.to_tensor(np.random.RandomState(m).standard_normal((m, 328)).astype(np.float32))
+    with paddle.no_grad():
+        monkeypatch.setenv("PADDLE_BELLE_KERNELS_MANY_ROWS", "1")
+        out = layer(x).numpy()
+        monkeypatch.setenv("PADDLE_BELLE_KERNELS_MANY_ROWS", "1000000")
+        tiles = layer(x).numpy()
+    assert_close(out, x.numpy().astype(np.float64) @ weight.astype(np.float64) + bias)
+    assert_close(out, tiles)
+    assert not np.array_equal(out, tiles)  # two different paths ran
 
 
 INT8_X_CONFIGS = [

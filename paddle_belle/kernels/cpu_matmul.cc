@@ -159,9 +159,10 @@ struct Avx512 {
 // further, STREAM_PREFETCH_TILES tiles ahead, and into L2 only (prefetcht1). Each of a chunk's 32 row streams then
 // has more lines in flight, and the prefetched lines cannot evict one another from L1: a row stride that is a
 // multiple of 4 KiB (N = 4096, 16384) puts every row's line of a tile in one 8-way L1 set, and BLOOM's 250,880-column
-// token table puts 32 rows in 4 sets. benchmarks/cpu_kernels.py, 7B's shapes, one row, 2 threads, ms before -> after:
-// int8 head 4096 x 250,880 55 -> 33 (float x) and 52 -> 34 (int8 x); int8 4096 x 16384 2.04 -> 1.83 and 2.44 ->
-// 1.73 (int8 x was slower than float x at this shape before); int4 4096 x 4096 0.54 -> 0.48.
+// token table puts 32 rows in 4 sets. One row, 2 threads, ms median before -> after (two back-to-back pairs on a
+// shared machine, README "Int8 activations"): the int8 token table of 7B as a head (4096 x 250,880) 50-54 -> 32-38
+// with float x, 52-57 -> 39-46 with int8 x; int8 4096 x 16384 2.4-2.7 -> 1.9 and 2.3-3.1 -> 1.7-2.4 (int8 x was
+// slower than float x at this shape before).
 constexpr int64_t CHUNK = 32, PREFETCH_TILES = 2, STREAM_PREFETCH_TILES = 8;
 
 template <bool streaming> constexpr int64_t ahead_tiles = streaming ? STREAM_PREFETCH_TILES : PREFETCH_TILES;

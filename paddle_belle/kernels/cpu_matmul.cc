@@ -66,6 +66,7 @@ static inline float half_to_float(uint16_t h) {  // exact, without F16C (the sca
 struct Scalar {
   using V = float;
   static constexpr int W = 1, MB = 4, NV = 1;  // a tile: MB rows of x by NV vectors of columns
+  static constexpr bool LUT16 = false;         // lookup(table, i): table[i & 15], see Avx512
   static inline V zero() { return 0.0f; }
   static inline V set1(float v) { return v; }
   static inline V fma(V a, V b, V c) { return a * b + c; }
@@ -94,6 +95,7 @@ struct Scalar {
 struct Avx2 {
   using V = __m256;
   static constexpr int W = 8, MB = 4, NV = 2;  // 8 accumulators, 2 x (codes, zeros, weights), x: 15 of 16 registers
+  static constexpr bool LUT16 = false;         // vpermps has 8 entries here: two and a blend would cost more
   AVX2 V zero() { return _mm256_setzero_ps(); }
   AVX2 V set1(float v) { return _mm256_set1_ps(v); }
   AVX2 V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
@@ -123,6 +125,7 @@ struct Avx2 {
 struct Avx512 {
   using V = __m512;
   static constexpr int W = 16, MB = 4, NV = 4;  // 16 accumulators, 4 x (codes, zeros, weights), x: 29 of 32
+  static constexpr bool LUT16 = true;
   AVX512 V zero() { return _mm512_setzero_ps(); }
   AVX512 V set1(float v) { return _mm512_set1_ps(v); }
   AVX512 V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
@@ -142,6 +145,7 @@ struct Avx512 {
   }
   AVX512 V f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   AVX512 float hsum(V v) { return _mm512_reduce_add_ps(v); }
+  AVX512 V lookup(V table, Vi i) { return _mm512_permutexvar_ps(i, table); }  // vpermps reads i's low 4 bits only
 };
 #endif
 
@@ -158,7 +162,22 @@ struct Avx512 {
 // 4096 x 16384, 32 rows with prefetch 21.9 / 19.2, 8 rows without 42.5 / 38.8 (another run, 8 rows: columns
 // split 32.6 / 31.0, rows split 33.1 / 31.9); 4096 x 1024 (N split in two: 1-2 KB runs) columns 19.5 / 15.0, rows
 // 21.4 / 19.5; 1024 x 3072 26.9 / 22.4 -> 28.8 / 29.6. Paddle's float32 matmul 16.6-24.5 in the same runs.
-constexpr int64_t CHUNK = 32, PREFETCH_TILES = 2, DENSE_CHUNK = 8;
+//
+// One to three rows of x over packed codes (decoding one reply) stream the weight fastest when the prefetch goes
+// further, STREAM_PREFETCH_TILES tiles ahead, and into L2 only (prefetcht1). Each of a chunk's 32 row streams then
+// has more lines in flight, and the prefetched lines cannot evict one another from L1: a row stride that is a
+// multiple of 4 KiB (N = 4096, 16384) puts every row's line of a tile in one 8-way L1 set, and BLOOM's 250,880-column
+// token table puts 32 rows in 4 sets. One row, 2 threads, ms median before -> after (two back-to-back pairs on a
+// shared machine, README "Int8 activations"): the int8 token table of 7B as a head (4096 x 250,880) 50-54 -> 32-38
+// with float x, 52-57 -> 39-46 with int8 x; int8 4096 x 16384 2.4-2.7 -> 1.9 and 2.3-3.1 -> 1.7-2.4 (int8 x was
+// slower than float x at this shape before).
+constexpr int64_t CHUNK = 32, PREFETCH_TILES = 2, STREAM_PREFETCH_TILES = 8, DENSE_CHUNK = 8;
+
+template <bool streaming> constexpr int64_t ahead_tiles = streaming ? STREAM_PREFETCH_TILES : PREFETCH_TILES;
+template <bool streaming> static inline void prefetch(const void* p) {  // into L2 only when streaming
+  if (streaming) __builtin_prefetch(p, 0, 2);
+  else __builtin_prefetch(p);
+}
 struct Chunk {
   int64_t k0, k1, g;     // rows [k0, k1) of group g
   int64_t q_offset = 0;  // the integer path: where the chunk's quantized x starts in a row of Args::q
@@ -234,21 +253,33 @@ struct Float16 : Dense<uint16_t, 2> {
 // ------------------------------------------------------------------------------------------ the kernel
 // Chunk c's contribution to y[m0 : m0 + MB, n0 : n0 + NV * W], with MB x NV accumulators in registers. The first
 // chunk stores y, later ones add to it; quantized formats apply the group's scale and zero here, once per chunk.
-template <class I, class F, int MB, int NV>
+//
+// Lut (4-bit codes, symmetric, an ISA with LUT16): code - zero is looked up in a 16-float table, one vpermps per
+// vector of codes in place of mask, subtract and convert (the work that bounds the float path at one row), and
+// exact all the same. One row, 2 threads, A/B in one process (load ~2), ms median without -> with: int4 g128 4096 x
+// 16384 2.02 -> 1.67, 16384 x 4096 2.45 -> 2.18, 4096 x 12288 1.45 -> 1.28.
+template <class I, class F, int MB, int NV, bool Lut = false>
 static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   using V = typename I::V;
+  constexpr bool streaming = F::quantized && MB <= 3;  // decoding: bound by the codes' bytes
   const Chunk& chunk = a.chunks[c];
   typename I::Vi zero[NV];
   for (int j = 0; j < NV; ++j)
     zero[j] = !F::quantized ? I::set1i(0) : a.zeros ? I::bytes(a.zeros + chunk.g * a.N + n0 + j * I::W) : I::set1i(a.zero);
+  V table = I::zero();
+  if constexpr (Lut) {
+    alignas(64) float values[16];
+    for (int v = 0; v < 16; ++v) values[v] = float(v - a.zero);
+    table = I::loadf(values);
+  }
   V acc[MB][NV];
   for (int i = 0; i < MB; ++i)
     for (int j = 0; j < NV; ++j) acc[i][j] = I::zero();
   for (int64_t kb = chunk.k0 / F::PER; kb * F::PER < chunk.k1; ++kb) {  // chunks start on a whole byte
     // (past the end of a row or of the weight, a prefetch is only a hint: it never faults)
     if (a.prefetch) {
-      const char* ahead = static_cast<const char*>(F::at(a, kb, n0 + PREFETCH_TILES * NV * I::W));
-      for (int line = 0; line < NV * I::W * F::column_bytes; line += 64) __builtin_prefetch(ahead + line);
+      const char* ahead = static_cast<const char*>(F::at(a, kb, n0 + ahead_tiles<streaming> * NV * I::W));
+      for (int line = 0; line < NV * I::W * F::column_bytes; line += 64) prefetch<streaming>(ahead + line);
     }
     typename F::template Raw<I> raw[NV];
     for (int j = 0; j < NV; ++j) raw[j] = F::template load<I>(a, kb, n0 + j * I::W);
@@ -256,7 +287,11 @@ static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
       const int64_t k = kb * F::PER + r;
       if (F::PER > 1 && k >= chunk.k1) break;  // K odd: the last byte's upper codes are padding
       V w[NV];
-      for (int j = 0; j < NV; ++j) w[j] = F::template decode<I>(raw[j], r, zero[j]);
+      if constexpr (Lut) {
+        for (int j = 0; j < NV; ++j) w[j] = I::lookup(table, r ? I::shr(raw[j], 4) : raw[j]);
+      } else {
+        for (int j = 0; j < NV; ++j) w[j] = F::template decode<I>(raw[j], r, zero[j]);
+      }
       for (int i = 0; i < MB; ++i) {
         const V xk = I::set1(a.x[(m0 + i) * a.K + k]);
         for (int j = 0; j < NV; ++j) acc[i][j] = I::fma(xk, w[j], acc[i][j]);
@@ -275,14 +310,16 @@ static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
 }
 
 // The tiles of rows [m0, m0 + mb), mb <= MB, with the register-resident row count as a template argument.
-template <class I, class F, int NV>
+template <class I, class F, int NV, bool Lut = false>
 static inline void tiles(const Args& a, int64_t c, int64_t m0, int64_t mb, int64_t n) {
   static_assert(I::MB == 4, "the switch below covers 1..4 rows");
+  if constexpr (I::LUT16 && F::quantized && F::PER == 2 && !Lut)
+    if (!a.zeros) return tiles<I, F, NV, true>(a, c, m0, mb, n);
   switch (mb) {
-    case 1: tile<I, F, 1, NV>(a, c, m0, n); break;
-    case 2: tile<I, F, 2, NV>(a, c, m0, n); break;
-    case 3: tile<I, F, 3, NV>(a, c, m0, n); break;
-    default: tile<I, F, 4, NV>(a, c, m0, n); break;
+    case 1: tile<I, F, 1, NV, Lut>(a, c, m0, n); break;
+    case 2: tile<I, F, 2, NV, Lut>(a, c, m0, n); break;
+    case 3: tile<I, F, 3, NV, Lut>(a, c, m0, n); break;
+    default: tile<I, F, 4, NV, Lut>(a, c, m0, n); break;
   }
 }
 
@@ -560,6 +597,7 @@ static inline void itile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   using V = typename I::V;
   using Vi = typename I::Vi;
   constexpr int QV = I::QV, PER = 8 / S, ROWS = 4 / PER;  // ROWS: stored rows of 4 K-values
+  constexpr bool streaming = MB <= 3;
   const Chunk& chunk = a.chunks[c];
   const uint8_t* w = static_cast<const uint8_t*>(a.w);
   Vi acc[MB][QV];
@@ -568,8 +606,8 @@ static inline void itile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   const int64_t steps = (chunk.k1 - chunk.k0 + 3) / 4, stored = (a.K + PER - 1) / PER;
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t kb = chunk.k0 / PER + s * ROWS;  // chunks start on a whole byte
-    for (int r = 0; r < ROWS; ++r)  // as the float tile: the tile PREFETCH_TILES ahead, row by row
-      __builtin_prefetch(w + (kb + r) * a.N + n0 + PREFETCH_TILES * QV * I::W);
+    for (int r = 0; r < ROWS; ++r)  // as the float tile: a tile ahead, row by row
+      prefetch<streaming>(w + (kb + r) * a.N + n0 + ahead_tiles<streaming> * QV * I::W);
     Vi codes[QV];
     if (kb + ROWS <= stored) {
       I::template quads<S>(w + kb * a.N + n0, a.N, codes);

@@ -2,7 +2,8 @@
 250,880-token vocabulary and only --layers layers (random float16 weights written as cpu_formats.py writes them),
 quantized by streaming RTN (`paddle-belle quantize`, as a served model is made) and loaded with from_pretrained.
 
-    python benchmarks/step_parts.py [--shape bloom-7b1] [--layers 2] [--bits 4] [--new 16] [--threads 2] [--workdir /tmp/step-parts]
+    python benchmarks/step_parts.py [--shape bloom-7b1] [--layers 2] [--bits 4] [--new 16] [--threads 2]
+                                    [--workdir /tmp/step-parts]
 
 Prints the decode step (generate, batch 1, greedy: a 1-token run subtracted as in cpu_formats.py), then every
 QuantLinear (the four Linears of a block and the int8 token-table head) timed inside generate, beside the same call

@@ -1,9 +1,9 @@
 """Native CPU kernels: weight-only matmuls (cpu_matmul.cc) and decode attention (decode_attention.cc) as a Paddle
 custom operator, compiled on first use.
 
-``cpu_kernels()`` returns the loaded operator module, or None when the kernels are off
-(``PADDLE_BELLE_KERNELS=0``; the switches are read once, ``reload()`` reads them again) or cannot be built here (no C++ compiler, a failed build: one warning, then the
-pure-Paddle paths run). The build goes to Paddle's extension cache (``PADDLE_EXTENSION_DIR``, by default
+``cpu_kernels()`` returns the loaded operator module, or None when the kernels are off (``PADDLE_BELLE_KERNELS=0``;
+the switches are read once, ``reload()`` reads them again) or cannot be built here (no C++ compiler, a failed build:
+one warning, then the pure-Paddle paths run). The build goes to Paddle's extension cache (``PADDLE_EXTENSION_DIR``, by default
 ~/.cache/paddle_extensions) under a name carrying a hash of the source and flags, so it happens once per machine
 and again only when the source changes; a later process loads the cached library directly.
 

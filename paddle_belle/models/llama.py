@@ -131,7 +131,8 @@ def rope(x, cos, sin):
 class LlamaAttention(Layer):
     def __init__(self, config: LlamaConfig):
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = config.num_attention_heads, ARCH.n_kv_heads(config), ARCH.head_dim(config)
+        self.n_head, self.n_kv_head = config.num_attention_heads, ARCH.n_kv_heads(config)
+        self.head_dim = ARCH.head_dim(config)
         h, kv = config.hidden_size, self.n_kv_head * self.head_dim
         self.q_proj = nn.Linear(h, h, bias_attr=False)
         self.k_proj = nn.Linear(h, kv, bias_attr=False)
@@ -211,7 +212,8 @@ class LlamaModel(Layer):
             position_ids = token_positions(attention_mask, input_ids.shape[1])
         cos, sin = rope_cos_sin(self.config, self.head_dim, position_ids)
         x = self.embed_tokens(input_ids)
-        bias = decode_step(cache, attention_mask, x, self.training) or attention_bias(attention_mask, input_ids.shape[1])
+        bias = (decode_step(cache, attention_mask, x, self.training)
+                or attention_bias(attention_mask, input_ids.shape[1]))
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, bias, cache, i)
         return self.norm(x)

@@ -198,6 +198,7 @@ struct Args {  // one call, all row-major and contiguous
   const float* sx = nullptr;     // [M, chunks]: the scales of q
   const int32_t* sq = nullptr;   // [M, chunks]: the sums of q
   bool prefetch = true;          // the float tile's software prefetch (off for a dense weight at one row)
+  bool many = false;             // the float path's many-rows loop (packed codes, several rows: run())
 };
 
 // A format reads stored row kb (PER weight rows: PER codes to a byte, or one dense row), columns [n, n + W), as a
@@ -344,21 +345,6 @@ static inline void block(const Args& a, int64_t n0, int64_t n1) {
   }
 }
 
-// One entry point per instruction set; `flatten` compiles everything above into it for that target.
-template <class F> __attribute__((flatten)) static void block_scalar(const Args& a, int64_t n0, int64_t n1) {
-  block<Scalar, F>(a, n0, n1);
-}
-#ifdef BELLE_X86
-template <class F> __attribute__((target("avx2,fma,f16c"), flatten))
-static void block_avx2(const Args& a, int64_t n0, int64_t n1) {
-  block<Avx2, F>(a, n0, n1);
-}
-template <class F> __attribute__((target("avx512f,avx512bw,avx512vl"), flatten))
-static void block_avx512(const Args& a, int64_t n0, int64_t n1) {
-  block<Avx512, F>(a, n0, n1);
-}
-#endif
-
 // ------------------------------------------------------------------------------------------ many rows
 // At MANY_ROWS rows of x or more (continuous batching's decoding steps) the FMAs bound block(), not the weight's
 // bytes, and its tiles reach ~78 % of the FMA peak at 16 rows (one thread: 78 of ~98 GFLOP/s): each decodes its codes
@@ -467,17 +453,26 @@ static inline void many_block(const Args& a, int64_t n0, int64_t n1) {
   }
 }
 
-template <class F> __attribute__((flatten)) static void many_scalar(const Args& a, int64_t n0, int64_t n1) {
-  many_block<Scalar, F>(a, n0, n1);
+// Columns [n0, n1) of the float path: the many-rows loop where run() chose it (Args::many), else the tiles.
+template <class I, class F>
+static inline void columns(const Args& a, int64_t n0, int64_t n1) {
+  if constexpr (F::quantized)
+    if (a.many) return many_block<I, F>(a, n0, n1);
+  block<I, F>(a, n0, n1);
+}
+
+// One entry point per instruction set; `flatten` compiles everything above into it for that target.
+template <class F> __attribute__((flatten)) static void block_scalar(const Args& a, int64_t n0, int64_t n1) {
+  columns<Scalar, F>(a, n0, n1);
 }
 #ifdef BELLE_X86
 template <class F> __attribute__((target("avx2,fma,f16c"), flatten))
-static void many_avx2(const Args& a, int64_t n0, int64_t n1) {
-  many_block<Avx2, F>(a, n0, n1);
+static void block_avx2(const Args& a, int64_t n0, int64_t n1) {
+  columns<Avx2, F>(a, n0, n1);
 }
 template <class F> __attribute__((target("avx512f,avx512bw,avx512vl"), flatten))
-static void many_avx512(const Args& a, int64_t n0, int64_t n1) {
-  many_block<Avx512, F>(a, n0, n1);
+static void block_avx512(const Args& a, int64_t n0, int64_t n1) {
+  columns<Avx512, F>(a, n0, n1);
 }
 #endif
 
@@ -834,23 +829,15 @@ static void run(Args& a, int64_t group) {
   const bool dense_row = !F::quantized && a.M == 1;  // see DENSE_CHUNK
   add_chunks(a, group, dense_row ? DENSE_CHUNK : CHUNK);
   a.prefetch = !dense_row;
+  a.many = F::quantized && a.M >= many_rows(F::PER);  // several rows: each code decoded once for all of them
   using Fn = void (*)(const Args&, int64_t, int64_t);
   Fn fn = block_scalar<F>;
   int64_t width = 64;
 #ifdef BELLE_X86
   const int level = isa_level();
-  if (level == 2) fn = block_avx512<F>, width = Avx512::NV * Avx512::W;
-  if (level == 1) fn = block_avx2<F>, width = Avx2::NV * Avx2::W;
+  if (level == 2) fn = block_avx512<F>, width = (a.many ? Many<Avx512>::NV : Avx512::NV) * Avx512::W;
+  if (level == 1) fn = block_avx2<F>, width = (a.many ? Many<Avx2>::NV : Avx2::NV) * Avx2::W;
 #endif
-  if constexpr (F::quantized) {
-    if (a.M >= many_rows(F::PER)) {  // several rows: each code decoded once for all of them ("many rows")
-      fn = many_scalar<F>, width = 64;
-#ifdef BELLE_X86
-      if (level == 2) fn = many_avx512<F>, width = Many<Avx512>::NV * Avx512::W;
-      if (level == 1) fn = many_avx2<F>, width = Many<Avx2>::NV * Avx2::W;
-#endif
-    }
-  }
   if (dense_row) parallel_chunks(a, fn);
   else parallel_columns(a, fn, width);
 }

@@ -213,7 +213,7 @@ class Batcher:
             return []
         logits = self.model(ids, attention_mask=mask, cache=cache, last_only=True).logits[:, -1]
         r.prefilled = end
-        return [self._emit(r, logits)]
+        return [self._emit(r, generation.host(logits)[0])]
 
     def _prefill_prompts(self, requests: list[Request], width: int) -> list:
         """Whole prompts as the rows of one forward, right-padded to ``width``: positions (ALiBi, RoPE) come from the
@@ -227,10 +227,9 @@ class Batcher:
         x = self.model.base_model(paddle.to_tensor(ids), paddle.to_tensor(mask), None, cache)
         last = paddle.to_tensor([i * width + len(r.ids) - 1 for i, r in enumerate(requests)])
         logits = self.model.lm_logits(paddle.gather(x.reshape([-1, x.shape[-1]]), last).unsqueeze(1))[:, -1]
-        greedy = generation.argmax(logits)
         for r in requests:
             r.prefilled = len(r.ids)
-        return [self._emit(r, logits[i : i + 1], greedy[i]) for i, r in enumerate(requests)]
+        return [self._emit(r, row) for r, row in zip(requests, generation.host(logits))]
 
     def _decode(self, decoding: list[Request]) -> list:
         b = max(r.row for r in decoding) + 1
@@ -248,24 +247,17 @@ class Batcher:
                          cache=RowCache(self.cache, width, columns=columns), last_only=True)
         logits = out.logits[:, -1]
         self.steps, self.rows_stepped = self.steps + 1, self.rows_stepped + len(decoding)
-        greedy = generation.argmax(logits)  # at once for every row that needs no more than the argmax
-        return [self._emit(r, logits[r.row : r.row + 1], greedy[r.row]) for r in decoding]
+        rows = generation.host(logits)
+        return [self._emit(r, rows[r.row]) for r in decoding]
 
-    def _emit(self, r: Request, logits, greedy=None) -> tuple[Request, str]:
-        """Choose ``r``'s next token from its logits [1, vocab] and add it to its reply."""
+    def _emit(self, r: Request, scores) -> tuple[Request, str]:
+        """Choose ``r``'s next token from its row of logits (numpy [vocab], read-only) and add it to its reply."""
         c = r.config
         eos = c.eos_token_id if c.eos_token_id is not None else self.default_eos
         eos = [eos] if isinstance(eos, int) else list(eos)
-        masked_eos = len(r.tokens) < c.min_new_tokens and eos
-        if c.do_sample or c.repetition_penalty != 1.0 or masked_eos or greedy is None:
-            logits = logits if logits.dtype == paddle.float32 else logits.astype("float32")
-            if c.repetition_penalty != 1.0:
-                seen = paddle.to_tensor([r.ids + r.tokens], dtype="int64")
-                logits = generation.apply_repetition_penalty(logits, seen, c.repetition_penalty)
-            if masked_eos:
-                logits[:, eos] = float("-inf")
-            greedy = int(generation.next_tokens(logits, c, r.rng)[0])
-        token = int(greedy)
+        seen = np.array(r.ids + r.tokens, np.int64) if c.repetition_penalty != 1.0 else None
+        scores = generation.adjust(scores, c, seen, eos if len(r.tokens) < c.min_new_tokens else ())
+        token = generation.pick(scores, c, r.rng)
         reason = "eos" if token in eos else "length" if len(r.tokens) + 1 >= c.max_new_tokens else None
         text = r.text.add(token, reason)
         if r.text.finish_reason:

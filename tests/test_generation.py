@@ -189,7 +189,7 @@ def test_sampling_candidates_match_transformers_warpers():
                                                         TopPLogitsWarper)
     rng = np.random.default_rng(5)
     for temperature, top_k, top_p in ((0.35, 30, 0.85), (0.9, 30, 0.6), (1.0, 0, 0.75), (0.7, 8, 1.0)):
-        scores = rng.normal(0, 3, 2000).astype("float32")
+        scores = rng.normal(0, 3, 20000).astype("float32")  # over 256 x top_k: top_k_ids's block maxima
         scores = np.round(scores, 1) if top_p == 1 else scores  # rounded: ties at the k-th
         ref = torch.tensor(scores[None])
         for warper in (TemperatureLogitsWarper(temperature), TopKLogitsWarper(top_k) if top_k else None,

@@ -77,9 +77,13 @@ def stream_one(client, messages, new, marks):
     return usage
 
 
-def load(url, clients, per_client, new):
-    """(tokens/s, median TTFT, p95 time between tokens, share of the wall time the model thread spent in steps) of
-    ``clients`` streaming clients."""
+PARTS = ("step", "decode", "tokens", "prefill", "job")  # /health's *_seconds: the model thread's time
+
+
+def load(url, clients, per_client, new, pid):
+    """(tokens/s, median TTFT, p95 time between tokens, {where the time went}) of ``clients`` streaming clients, the
+    last: the share of the wall time the model thread spent in each of PARTS, the mean rows of a decoding step, and
+    the CPU seconds a wall second of the server process (``pid``) and of this one (the clients)."""
     client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=3600)
     ttft, gaps, tokens = [], [], []
     barrier = threading.Barrier(clients)
@@ -93,18 +97,29 @@ def load(url, clients, per_client, new):
             gaps.extend(np.diff(marks))
 
     threads = [threading.Thread(target=one) for _ in range(clients)]
-    busy, start = step_seconds(url), time.perf_counter()
+    before, cpu0, start = health(url), (process_cpu(pid), process_cpu("self")), time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
-    return (sum(tokens) / wall, statistics.median(ttft), float(np.percentile(gaps, 95)),
-            (step_seconds(url) - busy) / wall)
+    wall, after, cpu1 = time.perf_counter() - start, health(url), (process_cpu(pid), process_cpu("self"))
+    where = {part: (after[f"{part}_seconds"] - before[f"{part}_seconds"]) / wall for part in PARTS}
+    where["rows"] = (after["decode_rows"] - before["decode_rows"]) / max(1, after["decode_steps"] - before["decode_steps"])
+    where["server cpu"], where["client cpu"] = ((b - a) / wall for a, b in zip(cpu0, cpu1))
+    return sum(tokens) / wall, statistics.median(ttft), float(np.percentile(gaps, 95)), where
 
 
-def step_seconds(url):
-    return requests.get(url + "/health", timeout=60).json().get("step_seconds", float("nan"))  # nan: an older server
+def health(url):
+    """/health's figures; nan for those an older server lacks."""
+    got = requests.get(url + "/health", timeout=60).json()
+    keys = [f"{part}_seconds" for part in PARTS] + ["decode_rows", "decode_steps"]
+    return {k: got.get(k, float("nan")) for k in keys}
+
+
+def process_cpu(pid):
+    """CPU seconds (user + system, all threads) of process ``pid`` ("self": this one) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (proc(5), from field 3)
 
 
 def prefill_delay(url, clients, long_prompt, new):
@@ -127,15 +142,18 @@ def prefill_delay(url, clients, long_prompt, new):
     return statistics.median(before), max(during), usage.prompt_tokens, first[0] - sent
 
 
-def in_process(directory, prompt_ids, chunk, threads, rows=(), step_only=False):
+def in_process(directory, prompt_ids, chunk, threads, rows=(), step_only=False, new=48):
     """Without HTTP: (seconds of the slowest prefill chunk of ``prompt_ids`` alone, each a Batcher step after a
     warm-up one (None without a prompt);
     tokens/s of generation.stream, batch 1: the reference; {rows: (wall s, CPU s) of a decoding step with that many
     rows busy}). CPU seconds (all threads of this process) show what batching costs apart from the share of the
-    cores that a shared machine leaves this process. ``step_only``: the decoding steps alone (the others None)."""
+    cores that a shared machine leaves this process. ``step_only``: the decoding steps alone (the others None).
+    The decoding steps are those of the served requests: the same prompt, ``new`` tokens, and the settings the
+    server makes of the benchmark's request (its preset's repetition penalty and the chat style's stop strings
+    with temperature 0 and min_tokens), so that served and in-process figures differ by the serving alone."""
     import resource
 
-    from paddle_belle import AutoModelForCausalLM, AutoTokenizer, generation
+    from paddle_belle import AutoModelForCausalLM, AutoTokenizer, generation, prompts
     from paddle_belle.batching import Batcher
 
     model = AutoModelForCausalLM.from_pretrained(directory, threads=threads)
@@ -152,14 +170,17 @@ def in_process(directory, prompt_ids, chunk, threads, rows=(), step_only=False):
             if warm_up:
                 times = []
                 break
-    ids, new = tok(generation_prompt(PROMPT))["input_ids"], 16
-    config = generation.GenerationConfig(max_new_tokens=new, min_new_tokens=new)
+    ids = tok(generation_prompt(PROMPT))["input_ids"]
+    config = generation.GenerationConfig(max_new_tokens=16, min_new_tokens=16)
     stream_s = None
     if not step_only:
         for _ in range(2):  # the first: warm-up
             t = time.perf_counter()
             list(generation.stream(model, np.array([ids]), config=config))
             stream_s = time.perf_counter() - t
+    # serve/engine.py's Engine.config for stream_one's request, with the server's default preset (belle-card)
+    served = generation.make_config("belle-card", max_new_tokens=new, min_new_tokens=new,
+                                    stop_strings=prompts.get_style("belle").stops, **generation.temperature_settings(0))
 
     def cpu():
         r = resource.getrusage(resource.RUSAGE_SELF)
@@ -169,9 +190,9 @@ def in_process(directory, prompt_ids, chunk, threads, rows=(), step_only=False):
     # The first Batcher's steps pay one-off costs (allocations, first calls): a warm-up run of the first row count,
     # discarded, so that the 1-row step (the ratios' base) is not inflated by them
     for n in list(rows[:1]) + list(rows):
-        batcher = Batcher(model, tok, rows=n, chunk=chunk)
+        batcher = Batcher(model, tok, rows=n, chunk=chunk, columns=len(ids) + new)  # no growth in a timed step
         for _ in range(n):
-            batcher.add(ids, config)
+            batcher.add(ids, served, strip=True)
         while batcher.waiting or any(r is not None and not r.tokens for r in batcher.slots):
             batcher.step()
         wall, cpu0, count = time.perf_counter(), cpu(), 0
@@ -179,7 +200,7 @@ def in_process(directory, prompt_ids, chunk, threads, rows=(), step_only=False):
             batcher.step()
             count += 1
         steps[n] = ((time.perf_counter() - wall) / count, (cpu() - cpu0) / count)
-    return max(times, default=None), stream_s and new / stream_s, steps
+    return max(times, default=None), stream_s and 16 / stream_s, steps
 
 
 def generation_prompt(text):
@@ -223,24 +244,25 @@ def main():
         print("| format | clients | tokens/s | x 1 client | median TTFT (s) | p95 between tokens (s) | x 1 client | "
               "model thread busy |")
         print("|---|---|---|---|---|---|---|---|")
-    delays, rows_tables = [], []
+    delays, rows_tables, wheres = [], [], []
     for name, directory in dirs.items():
         rows = [int(n) for n in a.rows_table.split(",") if n]
         prompt_ids = tok(generation_prompt(long_prompt))["input_ids"] if a.long else []
-        chunk_s, stream_tok_s, steps = in_process(directory, prompt_ids, a.chunk, a.threads, rows, a.step_only)
+        chunk_s, stream_tok_s, steps = in_process(directory, prompt_ids, a.chunk, a.threads, rows, a.step_only, a.new)
         rows_tables += [(name, n, wall, cpu_s, steps[rows[0]]) for n, (wall, cpu_s) in steps.items()]
         if not a.clients or a.step_only:
             continue
         server = BelleServer(directory, "--max-concurrency", a.rows, "--prefill-chunk", a.chunk, "--served-model-name",
                              "m", "--threads", a.threads, "--max-tokens", 4096)
         try:
-            load(server.url, 1, 1, 4)  # warm-up
+            load(server.url, 1, 1, 4, server.proc.pid)  # warm-up
             base = None
             for clients in map(int, a.clients.split(",")):
-                tps, ttft, tbt, busy = load(server.url, clients, a.requests, a.new)
+                tps, ttft, tbt, where = load(server.url, clients, a.requests, a.new, server.proc.pid)
                 base = base or (tps, tbt)
                 print(f"| {name} | {clients} | {tps:.1f} | {tps / base[0]:.1f} | {ttft:.2f} | {tbt:.3f} | "
-                      f"{tbt / base[1]:.1f} | {busy:.0%} |", flush=True)
+                      f"{tbt / base[1]:.1f} | {where['step']:.0%} |", flush=True)
+                wheres.append((name, clients, tps, where))
             if not a.long:
                 continue
             # the streams run on through the whole prefill: 8 tokens before it, one a step during it, 8 after
@@ -249,6 +271,19 @@ def main():
         finally:
             server.stop()
     print(f"(load average {os.getloadavg()[0]:.1f} at the end)")
+    if wheres:
+        print("\nWhere the served time went: the model thread's share of the wall time in decoding forwards, in choosing"
+              " their tokens (sampling, stop strings, text), in prefill, in jobs (tokenizing, adding requests), idle;"
+              " the mean rows of a decoding step; CPU seconds a wall second of the server and of the clients (this "
+              "process); the in-process step of that many rows, as tokens/s")
+        print("| format | clients | tokens/s | decode | tokens | prefill | jobs | idle | rows a step | server CPU | "
+              "client CPU | in process tokens/s |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        alone = {(name, n): n / wall for name, n, wall, *_ in rows_tables}
+        for name, clients, tps, w in wheres:
+            print(f"| {name} | {clients} | {tps:.1f} | {w['decode']:.0%} | {w['tokens']:.1%} | {w['prefill']:.1%} | "
+                  f"{w['job']:.1%} | {1 - w['step'] - w['job']:.1%} | {w['rows']:.1f} | {w['server cpu']:.2f} | "
+                  f"{w['client cpu']:.2f} | {alone.get((name, clients), float('nan')):.1f} |")
     if rows_tables:
         print("\nIn process, no HTTP: a decoding step with N rows busy (tokens/s = N / step; CPU: all threads)")
         print("| format | rows | step (s) | tokens/s | x 1 row | CPU s a step | tokens per CPU s | x 1 row |")

@@ -23,6 +23,7 @@ Generator, so a seeded request draws the same numbers whatever else shares the b
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -123,6 +124,8 @@ class Batcher:
         self._arrivals = itertools.count()
         self.steps = self.rows_stepped = 0  # decoding steps and the rows they carried: mean occupancy
         self.moves = 0  # rows moved down (_compact)
+        # seconds in decoding forwards, in choosing their tokens and extending the replies' text, and in prefill
+        self.seconds = {"decode": 0.0, "tokens": 0.0, "prefill": 0.0}
         eos = model.config.eos_token_id
         self.default_eos = [eos] if isinstance(eos, int) else list(eos or [])
 
@@ -182,10 +185,12 @@ class Batcher:
                 elif budget:  # a prompt begun in an earlier step, or longer than what is left: a chunk of it, alone
                     chunks.append((request, min(budget, left)))
                     budget -= min(budget, left)
+            start = time.perf_counter()
             if prompts:
                 events += self._prefill_prompts(prompts, width)
             for request, n in chunks:
                 events += self._prefill(request, n)
+            self.seconds["prefill"] += time.perf_counter() - start
         return events
 
     def _compact(self) -> None:
@@ -243,12 +248,16 @@ class Batcher:
                 tokens[i, 0] = r.tokens[-1]
                 mask[i, : r.length + 1] = 1
         self._reserve(max(width, int(columns.max()) + 1))
+        start = time.perf_counter()
         out = self.model(paddle.to_tensor(tokens), attention_mask=paddle.to_tensor(mask),
                          cache=RowCache(self.cache, width, columns=columns), last_only=True)
         logits = out.logits[:, -1]
         self.steps, self.rows_stepped = self.steps + 1, self.rows_stepped + len(decoding)
-        rows = generation.host(logits)
-        return [self._emit(r, rows[r.row]) for r in decoding]
+        rows, done = generation.host(logits), time.perf_counter()
+        events = [self._emit(r, rows[r.row]) for r in decoding]
+        self.seconds["decode"] += done - start
+        self.seconds["tokens"] += time.perf_counter() - done
+        return events
 
     def _emit(self, r: Request, scores) -> tuple[Request, str]:
         """Choose ``r``'s next token from its row of logits (numpy [vocab], read-only) and add it to its reply."""

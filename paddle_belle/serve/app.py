@@ -266,14 +266,16 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, max_
     async def health():
         s, b = slots.stats, engine.batcher
         # batch occupancy: rows holding a request now, and the mean number of rows a decoding step has carried;
-        # step_seconds: the model thread's time in steps (the rest of the wall time it idled or ran jobs)
+        # step_seconds: the model thread's time in steps (the rest of the wall time it idled or ran jobs), of which
+        # decode/tokens/prefill seconds (batching.Batcher.seconds); job_seconds: its time in jobs
         return {"status": "ok", "model": model_name, "active": s.active, "queued": s.queued,
                 "peak_active": s.peak_active, "peak_queued": s.peak_queued, "completed": s.completed,
                 "disconnected": s.disconnected, "rejected": s.rejected,
                 "max_concurrency": slots.max_active, "max_queue": slots.max_queue, "context": engine.context,
-                "batch_rows_busy": b.occupied, "decode_steps": b.steps,
+                "batch_rows_busy": b.occupied, "decode_steps": b.steps, "decode_rows": b.rows_stepped,
                 "mean_batch": round(b.rows_stepped / b.steps, 2) if b.steps else 0.0,
-                "step_seconds": round(engine.step_seconds, 3)}
+                "step_seconds": round(engine.step_seconds, 3), "job_seconds": round(engine.job_seconds, 3),
+                **{f"{part}_seconds": round(t, 3) for part, t in b.seconds.items()}}
 
     # The chat page. No key is needed to load it or its settings (as for /health): the page asks the user for the
     # key and sends it with each /v1 request; it is never part of what is served here.

@@ -146,6 +146,7 @@ class Engine:
         self.batcher = Batcher(model, self.tokenizer, rows, self.context, prefill_chunk, columns=self.context)
         self._jobs = queue.SimpleQueue()
         self.step_seconds = 0.0  # spent in Batcher.step: over the wall time, how busy the model thread kept
+        self.job_seconds = 0.0  # spent in the event loop's jobs (tokenizing prompts, adding and cancelling requests)
         threading.Thread(target=self._loop, name="paddle-belle-model", daemon=True).start()
 
     def _loop(self):
@@ -153,10 +154,11 @@ class Engine:
         queue only when no reply is in flight."""
         use_cpu_threads_here()  # OpenMP thread counts are per thread: this one starts with Paddle's 1
         while True:
-            if not self.batcher.busy:
-                self._jobs.get()()
-            while not self._jobs.empty():
-                self._jobs.get_nowait()()
+            jobs = [] if self.batcher.busy else [self._jobs.get()]
+            start = time.perf_counter()
+            while jobs or not self._jobs.empty():
+                (jobs.pop() if jobs else self._jobs.get_nowait())()
+            self.job_seconds += time.perf_counter() - start
             if not self.batcher.busy:
                 continue
             start = time.perf_counter()

@@ -167,6 +167,9 @@ def test_sixteen_streaming_clients_share_four_rows(server, client):
     assert after["peak_active"] == 4 and after["peak_queued"] >= 1 and after["active"] == after["queued"] == 0
     assert after["batch_rows_busy"] == 0 and after["mean_batch"] > 1  # replies were decoded together
     assert after["step_seconds"] > before["step_seconds"] > 0
+    parts = sum(after[f"{part}_seconds"] - before[f"{part}_seconds"] for part in ("decode", "tokens", "prefill"))
+    assert 0 < parts <= after["step_seconds"] - before["step_seconds"] and after["job_seconds"] > 0
+    assert after["decode_rows"] - before["decode_rows"] > after["decode_steps"] - before["decode_steps"]
 
 
 LONG_STREAM = """

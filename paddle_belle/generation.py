@@ -37,12 +37,12 @@ def as_ids(ids):
 # ----------------------------------------------------------------------------------------- logits steps
 # On the host, in numpy, one row at a time: a row's settings are its own (the Batcher's rows are different requests),
 # and the steps touch few of a row's entries. Penalty and min-tokens change the seen and EOS ids only; top-k selects
-# its candidates in linear time (np.partition), and temperature, top-p and the draw then work on those k alone. The
+# its candidates from block maxima (top_k_ids), and temperature, top-p and the draw then work on those k alone. The
 # same steps as Paddle ops over whole rows (topk, sort, argsort, softmax, cumsum, put_along_axis of 250,880 logits,
 # bloom's vocabulary) took 42 ms a row with belle-card's settings: 0.68 s of a 16-row step.
 def host(scores) -> np.ndarray:
     """``scores`` [batch, vocab] as float32 numpy, read-only: on the CPU a zero-copy view (no copy of 16 x 250,880
-    logits a step), elsewhere a copy."""
+    logits a step; and numpy's argmax of such a row took 40 us, Paddle 3.3.1's CPU argmax 210), elsewhere a copy."""
     if scores.place.is_cpu_place() and scores.dtype == paddle.float32:
         return np.from_dlpack(scores.detach())
     return scores.astype("float32").numpy()
@@ -53,10 +53,11 @@ def adjust(scores: np.ndarray, config: GenerationConfig, seen=None, eos=()) -> n
     rule, a seen token's logit divided by the penalty if positive, multiplied if negative) and with the ``eos`` ids
     at -inf (before min_new_tokens). A changed copy: ``scores`` may be a read-only view of the model's logits."""
     penalty = np.float32(config.repetition_penalty)
-    if (penalty == 1 or seen is None or not len(seen)) and not len(eos):
+    penalize = penalty != 1 and seen is not None and len(seen) > 0
+    if not penalize and not len(eos):
         return scores
     scores = scores.copy()
-    if penalty != 1 and seen is not None and len(seen):
+    if penalize:
         old = scores[seen]  # repeated ids get the same value: each is changed once
         scores[seen] = np.where(old < 0, old * penalty, old / penalty)
     scores[list(eos)] = -np.inf
@@ -105,13 +106,6 @@ def pick(scores: np.ndarray, config: GenerationConfig, rng: np.random.Generator 
     # Inverse-CDF draw with u in (0, 1]: u = 0 could pick a token of probability 0; the clip guards float rounding
     u = (1.0 - rng.random()) * cumulative[-1]
     return int(ids[min(np.searchsorted(cumulative, u), len(ids) - 1)])
-
-
-def argmax(scores) -> np.ndarray:
-    """The index of each row's largest score (the first of equals), int64 numpy [batch]. On the CPU numpy's argmax
-    on a zero-copy view: Paddle 3.3.1's CPU argmax took 210 us for a row of 250,880 (bloom-560m's vocabulary; 3.4 ms
-    for 16 rows), numpy's 40 (1.6 ms)."""
-    return host(scores).argmax(-1).astype(np.int64)
 
 
 def next_tokens(scores, config: GenerationConfig, rng: np.random.Generator | None):
@@ -191,6 +185,7 @@ def replies(model, tokenizer, input_ids, attention_mask=None, config=None, strip
 
 
 def log_softmax(row: np.ndarray) -> np.ndarray:
+    """Log-probabilities of one row of scores, in float64."""
     row = row.astype(np.float64)
     row = row - row.max()
     return row - np.log(np.exp(row).sum())

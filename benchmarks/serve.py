@@ -5,13 +5,15 @@ served as float32, and as int4-g128 by streaming RTN: the native int4 kernels) a
 vocabulary padded with placeholder tokens up to BLOOM's 250,880 ids; --model DIR serves a checkpoint of yours.
 Every request generates exactly --new tokens (min_tokens masks EOS). Prints, per format and client count: total
 generated tokens/s, median time to first token and p95 time between tokens (the gaps between a stream's chunks).
-Without HTTP, a decoding step with 1 and 16 rows busy (--rows-table), in wall and CPU seconds. Then the prefill
+Without HTTP, a decoding step with 1 and 16 rows busy (--rows-table), in wall and CPU seconds, for requests like the
+served ones (same prompt, --new tokens, the settings the server makes of them). Then the prefill
 delay: while --delay-clients streams run, one --long-token prompt arrives; the running streams' largest gap during
 its prefill, less their median gap before it, is the delay it caused, shown beside the slowest prefill chunk
 measured in process (each chunk of the same prompt as a Batcher step alone: the last, attending to the whole prompt,
 is the slowest) and generation.stream alone (batch 1, no HTTP). Per client count, "model thread busy" is the share
 of the wall time the server's model thread spent in batch steps (/health step_seconds): the rest it waited for
-requests or ran their jobs. On a shared machine expect +-30% between runs (the load average is printed). Nothing is
+requests or ran their jobs; a second table splits it (decoding forwards, token choice, prefill, jobs) beside the
+mean rows of a decoding step and the CPU seconds of the server and of the clients. On a shared machine expect +-30% between runs (the load average is printed). Nothing is
 asserted.
 
     python benchmarks/serve.py [--shape bloom-560m | --model DIR] [--formats float32,int4] [--clients 1,4,16]

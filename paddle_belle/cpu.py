@@ -66,9 +66,10 @@ def use_cpu_threads_here() -> None:
 
 def serial(elements: int, op, *args):
     """``op(*args)``, on one OpenMP thread when it works on at most SERIAL_ELEMENTS ``elements`` and set_cpu_threads
-    gave Paddle more. Paddle 3.3.1's CPU layer norm, fused RMS norm and embedding lookup open a parallel region on
-    every call, whatever the size (phi/kernels/cpu): for a decoding row that costs more than the work, and on a
-    machine whose other cores are busy the calling thread waits for its helper to be scheduled. On 2 cores beside
+    gave Paddle more. Paddle 3.3.1's CPU layer norm, fused RMS norm and embedding lookup use every thread whatever
+    the size (their time on one row depends on the thread count; add, softmax and a row's GELU do not): for a
+    decoding row the parallel region costs more than the work, and on a machine whose other cores are busy the
+    calling thread waits for its helper to be scheduled. On 2 cores beside
     other jobs (load 3), one row: layer norm of 1024 81 -> 7 us, RMS norm of 576 62 -> 5, an embedding row 49 -> 2;
     bloom-560m int4 decoding, the step's 50 layer norms 4.8 -> 1.2 ms (alternating in one process). Our kernels and
     Paddle's matmuls keep every thread. (omp_set_num_threads is per thread, as is this switch.)"""

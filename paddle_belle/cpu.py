@@ -5,6 +5,7 @@ so Paddle (and numpy, which `paddle-belle --version` need not pay for) is import
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -29,6 +30,9 @@ def fast_mkl_on_amd() -> None:
 
 
 _threads = None  # what set_cpu_threads chose: use_cpu_threads_here gives it to other threads
+_set_threads = None  # paddle.base.core.set_num_threads, once set_cpu_threads has imported Paddle
+# Work of at most this many elements takes one thread (serial): 16 decoding rows of 4096, 64 of 1024.
+SERIAL_ELEMENTS = 1 << 16
 
 
 def set_cpu_threads(n: int | None = None) -> int:
@@ -38,9 +42,10 @@ def set_cpu_threads(n: int | None = None) -> int:
     import paddle
     import threadpoolctl
 
-    global _threads
+    global _threads, _set_threads
     n = n or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    paddle.base.core.set_num_threads(n)
+    _set_threads = paddle.base.core.set_num_threads
+    _set_threads(n)
     threadpoolctl.threadpool_limits(n, user_api="blas")
     _threads = n
     return n
@@ -57,6 +62,24 @@ def use_cpu_threads_here() -> None:
 
     if _threads:
         paddle.base.core.set_num_threads(_threads)
+
+
+def serial(elements: int, op, *args):
+    """``op(*args)``, on one OpenMP thread when it works on at most SERIAL_ELEMENTS ``elements`` and set_cpu_threads
+    gave Paddle more. Paddle 3.3.1's CPU layer norm, fused RMS norm and embedding lookup use every thread whatever
+    the size (their time on one row depends on the thread count; add, softmax and a row's GELU do not): for a
+    decoding row the parallel region costs more than the work, and on a machine whose other cores are busy the
+    calling thread waits for its helper to be scheduled. On 2 cores beside
+    other jobs (load 3), one row: layer norm of 1024 81 -> 7 us, RMS norm of 576 62 -> 5, an embedding row 49 -> 2;
+    bloom-560m int4 decoding, the step's 50 layer norms 4.8 -> 1.2 ms (alternating in one process). Our kernels and
+    Paddle's matmuls keep every thread. (omp_set_num_threads is per thread, as is this switch.)"""
+    if _threads is None or _threads == 1 or elements > SERIAL_ELEMENTS:
+        return op(*args)
+    _set_threads(1)
+    try:
+        return op(*args)
+    finally:
+        _set_threads(_threads)
 
 
 def tied_head(x, embedding):
@@ -84,8 +107,9 @@ def tied_head(x, embedding):
         rows = max(1, BLOCK_ELEMENTS // embedding.shape[1])  # else a block of rows widened at a time
         return paddle.concat([paddle.matmul(x, embedding[r : r + rows].astype(x.dtype), transpose_y=True)
                               for r in range(0, embedding.shape[0], rows)], axis=-1)
-    large = embedding.size >= NUMPY_HEAD_MIN  # a small head is overhead-bound, not bandwidth-bound: no gain there
-    rows = x.size // x.shape[-1]
+    # (not Tensor.size: Paddle's takes numpy's prod, 8 us a call)
+    large = math.prod(embedding.shape) >= NUMPY_HEAD_MIN  # a small head is overhead-bound, not bandwidth-bound
+    rows = math.prod(x.shape[:-1])
     if large and x.place.is_cpu_place() and x.dtype == paddle.float32 and (
             not paddle.is_grad_enabled() or x.stop_gradient and embedding.stop_gradient):
         # A decoding batch's rows: numpy's OpenBLAS computes a few rows at nearly a pass over the head each, where the

@@ -199,3 +199,22 @@ def test_sampling_candidates_match_transformers_warpers():
         ids, probs = nucleus(scores, GenerationConfig(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p))
         assert ids.tolist() == np.flatnonzero(ref).tolist()
         np.testing.assert_allclose(probs, ref[ids], rtol=1e-5)
+
+
+def test_interleaved_streams_compute_without_gradients_and_leave_the_caller_alone():
+    # A generator suspended inside no_grad would leave gradients off in the caller between tokens, and two
+    # interleaved streams (one dropped while the other runs) would restore each other's saved state.
+    hf, ours = tiny_bloom(4, 0.5)
+    modes = []
+    ours.register_forward_pre_hook(lambda layer, inputs: modes.append(paddle.is_grad_enabled()))
+    config = GenerationConfig(max_new_tokens=6, do_sample=False, eos_token_id=[])
+    first = stream(ours, IDS[:1], config=config)
+    next(first)
+    assert paddle.is_grad_enabled()
+    second = stream(ours, IDS[:1], config=config)
+    got = [next(second)]
+    del first  # closed while the second is suspended
+    got += list(second)
+    assert paddle.is_grad_enabled() and modes and not any(modes)
+    ref = hf.generate(torch.tensor(IDS[:1]), max_new_tokens=6, do_sample=False).numpy()[0, 7:]
+    assert np.concatenate(got).tolist() == ref.tolist()

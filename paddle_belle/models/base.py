@@ -5,6 +5,8 @@ config machinery work on them. Loading and saving are ours (models/loading.py); 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -12,7 +14,7 @@ from paddlenlp.transformers import PretrainedModel
 from paddlenlp.transformers.model_outputs import CausalLMOutputWithPast
 
 from paddle_belle import generation, kernels
-from paddle_belle.cpu import tied_head
+from paddle_belle.cpu import serial, tied_head
 from paddle_belle.models import loading
 from paddle_belle.quant.linear import QuantEmbedding, linear
 
@@ -122,6 +124,13 @@ def attention_bias(attention_mask: paddle.Tensor, query_length: int) -> paddle.T
         # A padding query (0) keeps seeing every real key before it, as unpacked rows always did.
         allowed = allowed & ((keys == queries) | (queries == 0))
     return (1.0 - allowed.astype("float32")) * MASKED
+
+
+def embed(embedding, input_ids: paddle.Tensor) -> paddle.Tensor:
+    """``embedding(input_ids)``; a Paddle Embedding's lookup of a decoding step's rows on one thread (cpu.serial)."""
+    if type(embedding) is not paddle.nn.Embedding:  # QuantEmbedding (numpy's lookup), GPTQ's stand-ins
+        return embedding(input_ids)
+    return serial(math.prod(input_ids.shape) * embedding._embedding_dim, embedding, input_ids)
 
 
 def cast(x: paddle.Tensor, dtype) -> paddle.Tensor:

@@ -16,7 +16,8 @@ import paddle.nn.functional as F
 from paddlenlp.transformers import PretrainedConfig
 
 from paddle_belle.arch import BLOOM as ARCH
-from paddle_belle.models.base import CausalLM, DecodeStep, Layer, attend, attention_bias, decode_step
+from paddle_belle.cpu import serial
+from paddle_belle.models.base import CausalLM, DecodeStep, Layer, attend, attention_bias, decode_step, embed
 from paddle_belle.quant.linear import linear
 
 
@@ -97,10 +98,12 @@ def alibi_bias(attention_mask: paddle.Tensor, n_head: int) -> paddle.Tensor:
 class LayerNorm(Layer, nn.LayerNorm):
     """nn.LayerNorm over the last axis (same parameters and op), calling the op directly: Paddle 3.3.1's
     F.layer_norm checks its arguments in Python (paddle/nn/functional/norm.py) for ~12 us a call, where the op itself
-    takes ~7 on a decoding row of 1024; a bloom-560m step has 49."""
+    takes ~7 on a decoding row of 1024; a bloom-560m step has 49. A decoding step's rows on one thread (cpu.serial)."""
 
     def forward(self, x):
-        return paddle._C_ops.layer_norm(x, self.weight, self.bias, self._epsilon, len(x.shape) - 1)
+        shape, p = x.shape, self._parameters  # (not self.weight: Layer.__getattr__, 0.7 us, 100 a bloom-560m step)
+        return serial(math.prod(shape), paddle._C_ops.layer_norm, x, p.get("weight"), p.get("bias"), self._epsilon,
+                      len(shape) - 1)
 
 
 def bloom_gelu(x):
@@ -196,7 +199,7 @@ class BloomModel(Layer):
 
     def forward(self, input_ids, attention_mask, position_ids=None, cache=None):
         # position_ids is unused: ALiBi takes positions from the attention mask.
-        x = self.word_embeddings_layernorm(self.word_embeddings(input_ids))
+        x = self.word_embeddings_layernorm(embed(self.word_embeddings, input_ids))
         # ALiBi plus the causal/padding mask, built once for all layers: [batch, n_head, seq, kv_length]; or for the
         # native decode attention, the mask and the slopes as they are.
         bias = decode_step(cache, attention_mask, x, self.training, slopes_tensor(self.n_head)) or (

@@ -5,6 +5,8 @@ grouped-query attention. Linear weights are Paddle's [in, out]; ``lm_head.weight
 """
 from __future__ import annotations
 
+import math
+
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -12,7 +14,8 @@ from paddle.incubate.nn.functional import fused_rms_norm
 from paddlenlp.transformers import PretrainedConfig
 
 from paddle_belle.arch import LLAMA as ARCH, rope_scaling_fields
-from paddle_belle.models.base import (CausalLM, DecodeStep, Layer, attend, attention_bias, cast, decode_step,
+from paddle_belle.cpu import serial
+from paddle_belle.models.base import (CausalLM, DecodeStep, Layer, attend, attention_bias, cast, decode_step, embed,
                                       split_heads, token_positions)
 from paddle_belle.quant.linear import linear
 
@@ -90,7 +93,9 @@ class LlamaRMSNorm(Layer):
             # Inference: Paddle's fused op (incubate/nn/functional/fused_rms_norm.py; it has no backward on the CPU)
             # with the residual add: one op for the six below (~7 us instead of ~35 at a decoding row of 576), equal
             # to them within float32 rounding (tests/models/test_llama.py)
-            out = fused_rms_norm(x, self.weight, None, self.eps, len(x.shape) - 1, residual=residual)
+            shape = x.shape
+            out = serial(math.prod(shape), fused_rms_norm, x, self.weight, None, self.eps, len(shape) - 1, None,
+                         residual)  # (bias None, then the residual)
             return out[0] if residual is None else out[:2]
         if residual is not None:
             x = x + residual
@@ -211,7 +216,7 @@ class LlamaModel(Layer):
         if position_ids is None:
             position_ids = token_positions(attention_mask, input_ids.shape[1])
         cos, sin = rope_cos_sin(self.config, self.head_dim, position_ids)
-        x = self.embed_tokens(input_ids)
+        x = embed(self.embed_tokens, input_ids)
         bias = (decode_step(cache, attention_mask, x, self.training)
                 or attention_bias(attention_mask, input_ids.shape[1]))
         for i, layer in enumerate(self.layers):

@@ -171,7 +171,7 @@ struct Avx512 {
 // shared machine, README "Int8 activations"): the int8 token table of 7B as a head (4096 x 250,880) 50-54 -> 32-38
 // with float x, 52-57 -> 39-46 with int8 x; int8 4096 x 16384 2.4-2.7 -> 1.9 and 2.3-3.1 -> 1.7-2.4 (int8 x was
 // slower than float x at this shape before).
-constexpr int64_t CHUNK = 32, PREFETCH_TILES = 2, STREAM_PREFETCH_TILES = 8, DENSE_CHUNK = 8;
+constexpr int64_t CHUNK = 32, PREFETCH_TILES = 2, STREAM_PREFETCH_TILES = 8, DENSE_CHUNK = 8, STREAM_ROWS = 3;
 
 template <bool streaming> constexpr int64_t ahead_tiles = streaming ? STREAM_PREFETCH_TILES : PREFETCH_TILES;
 template <bool streaming> static inline void prefetch(const void* p) {  // into L2 only when streaming
@@ -181,6 +181,7 @@ template <bool streaming> static inline void prefetch(const void* p) {  // into 
 struct Chunk {
   int64_t k0, k1, g;     // rows [k0, k1) of group g
   int64_t q_offset = 0;  // the integer path: where the chunk's quantized x starts in a row of Args::q
+  int64_t index = 0;     // the integer path: the chunk's column in Args::sx, sq (a thread may get a share of chunks)
 };
 
 struct Args {  // one call, all row-major and contiguous
@@ -194,7 +195,7 @@ struct Args {  // one call, all row-major and contiguous
   const float* bias;             // [N] or null: added to y
   std::vector<Chunk> chunks;
   const int8_t* q = nullptr;     // the integer path (quantize_x): x quantized, [M, q_stride]
-  int64_t q_stride = 0;
+  int64_t q_stride = 0, q_chunks = 0;  // q's row length, sx's and sq's
   const float* sx = nullptr;     // [M, chunks]: the scales of q
   const int32_t* sq = nullptr;   // [M, chunks]: the sums of q
   bool prefetch = true;          // the float tile's software prefetch (off for a dense weight at one row)
@@ -262,7 +263,7 @@ struct Float16 : Dense<uint16_t, 2> {
 template <class I, class F, int MB, int NV, bool Lut = false>
 static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   using V = typename I::V;
-  constexpr bool streaming = F::quantized && MB <= 3;  // decoding: bound by the codes' bytes
+  constexpr bool streaming = F::quantized && MB <= STREAM_ROWS;  // decoding: bound by the codes' bytes
   const Chunk& chunk = a.chunks[c];
   typename I::Vi zero[NV];
   for (int j = 0; j < NV; ++j)
@@ -592,7 +593,7 @@ static inline void itile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   using V = typename I::V;
   using Vi = typename I::Vi;
   constexpr int QV = I::QV, PER = 8 / S, ROWS = 4 / PER;  // ROWS: stored rows of 4 K-values
-  constexpr bool streaming = MB <= 3;
+  constexpr bool streaming = MB <= STREAM_ROWS;
   const Chunk& chunk = a.chunks[c];
   const uint8_t* w = static_cast<const uint8_t*>(a.w);
   Vi acc[MB][QV];
@@ -626,7 +627,7 @@ static inline void itile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   }
   for (int i = 0; i < MB; ++i) {
     I::natural(acc[i]);
-    const int64_t mc = (m0 + i) * int64_t(a.chunks.size()) + c;
+    const int64_t mc = (m0 + i) * a.q_chunks + chunk.index;
     const V sx = I::set1(a.sx[mc]), minus_sq = I::set1(-float(a.sq[mc]));
     for (int j = 0; j < QV; ++j) {
       const int64_t n = n0 + j * I::W;
@@ -838,7 +839,7 @@ static void run(Args& a, int64_t group) {
   if (level == 2) fn = block_avx512<F>, width = (a.many ? Many<Avx512>::NV : Avx512::NV) * Avx512::W;
   if (level == 1) fn = block_avx2<F>, width = (a.many ? Many<Avx2>::NV : Avx2::NV) * Avx2::W;
 #endif
-  if (dense_row) parallel_chunks(a, fn);
+  if (dense_row || (F::quantized && a.M <= STREAM_ROWS)) parallel_chunks(a, fn);
   else parallel_columns(a, fn, width);
 }
 
@@ -849,7 +850,11 @@ static void run(Args& a, int64_t group) {
 static void quantize_x(Args& a, int S, std::vector<int8_t>& q, std::vector<float>& sx, std::vector<int32_t>& sq) {
   const int64_t chunks = a.chunks.size();
   a.q_stride = 0;
-  for (auto& c : a.chunks) c.q_offset = a.q_stride, a.q_stride += (c.k1 - c.k0 + 3) / 4 * 4;
+  a.q_chunks = chunks;
+  for (int64_t c = 0; c < chunks; ++c) {
+    Chunk& chunk = a.chunks[c];
+    chunk.index = c, chunk.q_offset = a.q_stride, a.q_stride += (chunk.k1 - chunk.k0 + 3) / 4 * 4;
+  }
   q.assign(a.M * a.q_stride, 0), sx.resize(a.M * chunks), sq.resize(a.M * chunks);
   for (int64_t m = 0; m < a.M; ++m)
     for (int64_t c = 0; c < chunks; ++c) {
@@ -891,7 +896,8 @@ static void run_int(Args& a, int64_t group) {
   if (level == 2) fn = iblock_avx512<S>, width = Avx512Int::QV * Avx512Int::W;
   if (level == 1) fn = iblock_avx2<S>, width = Avx2Int::QV * Avx2Int::W;
 #endif
-  parallel_columns(a, fn, width);
+  if (a.M <= STREAM_ROWS) parallel_chunks(a, fn);
+  else parallel_columns(a, fn, width);
 }
 
 // Each thread takes an equal contiguous share of E's rows.

@@ -146,6 +146,25 @@ struct Avx512 {
   AVX512 V f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   AVX512 float hsum(V v) { return _mm512_reduce_add_ps(v); }
   AVX512 V lookup(V table, Vi i) { return _mm512_permutexvar_ps(i, table); }  // vpermps reads i's low 4 bits only
+  AVX512 Vi load64(const uint8_t* p) { return _mm512_loadu_si512(p); }
+  AVX512 void blocks(__m512i* a) {  // a 4 x 4 transpose of 128-bit blocks
+    const __m512i t0 = _mm512_shuffle_i32x4(a[0], a[1], 0x44), t1 = _mm512_shuffle_i32x4(a[0], a[1], 0xee);
+    const __m512i t2 = _mm512_shuffle_i32x4(a[2], a[3], 0x44), t3 = _mm512_shuffle_i32x4(a[2], a[3], 0xee);
+    a[0] = _mm512_shuffle_i32x4(t0, t2, 0x88), a[1] = _mm512_shuffle_i32x4(t0, t2, 0xdd);
+    a[2] = _mm512_shuffle_i32x4(t1, t3, 0x88), a[3] = _mm512_shuffle_i32x4(t1, t3, 0xdd);
+  }
+  // a[j] lane l holds column 4l + j -> 64 columns in order: unpacking gives, in block L of vector j, columns
+  // 16L + 4j .. 16L + 4j + 3, and a transpose of blocks puts those in place.
+  AVX512 void untangle(V* a) {
+    const __m512d t0 = _mm512_castps_pd(_mm512_unpacklo_ps(a[0], a[1]));
+    const __m512d t1 = _mm512_castps_pd(_mm512_unpackhi_ps(a[0], a[1]));
+    const __m512d t2 = _mm512_castps_pd(_mm512_unpacklo_ps(a[2], a[3]));
+    const __m512d t3 = _mm512_castps_pd(_mm512_unpackhi_ps(a[2], a[3]));
+    __m512i u[4] = {_mm512_castpd_si512(_mm512_unpacklo_pd(t0, t2)), _mm512_castpd_si512(_mm512_unpackhi_pd(t0, t2)),
+                    _mm512_castpd_si512(_mm512_unpacklo_pd(t1, t3)), _mm512_castpd_si512(_mm512_unpackhi_pd(t1, t3))};
+    blocks(u);
+    for (int j = 0; j < 4; ++j) a[j] = _mm512_castsi512_ps(u[j]);
+  }
 };
 #endif
 
@@ -264,6 +283,7 @@ template <class I, class F, int MB, int NV, bool Lut = false>
 static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   using V = typename I::V;
   constexpr bool streaming = F::quantized && MB <= STREAM_ROWS;  // decoding: bound by the codes' bytes
+  constexpr bool Wide = Lut && NV * I::W == 64;  // see Lut above
   const Chunk& chunk = a.chunks[c];
   typename I::Vi zero[NV];
   for (int j = 0; j < NV; ++j)
@@ -283,6 +303,20 @@ static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
       const char* ahead = static_cast<const char*>(F::at(a, kb, n0 + ahead_tiles<streaming> * NV * I::W));
       for (int line = 0; line < NV * I::W * F::column_bytes; line += 64) prefetch<streaming>(ahead + line);
     }
+    if constexpr (Wide) {  // the tile's 64 bytes in one load: byte j of lane l is column n0 + 4l + j
+      const typename I::Vi raw = I::load64(static_cast<const uint8_t*>(a.w) + kb * a.N + n0);
+      for (int r = 0; r < 2; ++r) {
+        const int64_t k = kb * 2 + r;
+        if (k >= chunk.k1) break;  // K odd: the last byte's upper codes are padding
+        V w[NV];
+        for (int j = 0; j < NV; ++j) w[j] = I::lookup(table, I::shr(raw, 8 * j + 4 * r));
+        for (int i = 0; i < MB; ++i) {
+          const V xk = I::set1(a.x[(m0 + i) * a.K + k]);
+          for (int j = 0; j < NV; ++j) acc[i][j] = I::fma(xk, w[j], acc[i][j]);
+        }
+      }
+      continue;
+    }
     typename F::template Raw<I> raw[NV];
     for (int j = 0; j < NV; ++j) raw[j] = F::template load<I>(a, kb, n0 + j * I::W);
     for (int r = 0; r < F::PER; ++r) {
@@ -300,6 +334,8 @@ static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
       }
     }
   }
+  if constexpr (Wide)
+    for (int i = 0; i < MB; ++i) I::untangle(acc[i]);
   for (int j = 0; j < NV; ++j) {
     const int64_t n = n0 + j * I::W;
     const V s = F::quantized ? I::loadf(a.scales + chunk.g * a.N + n) : I::set1(1.0f);
@@ -578,12 +614,7 @@ struct Avx512Int : Avx512, Unpack<__m512i, Avx512Int> {
   using Q = __m512i;
   AVX512 Q qset(int32_t q4) { return _mm512_set1_epi32(q4); }
   VNNI Vi dot(Vi acc, Vi codes, Q q) { return _mm512_dpbusd_epi32(acc, codes, q); }
-  AVX512 void natural(Vi* a) {  // a 4 x 4 transpose of 128-bit blocks: 64 columns in order
-    const Vi t0 = _mm512_shuffle_i32x4(a[0], a[1], 0x44), t1 = _mm512_shuffle_i32x4(a[0], a[1], 0xee);
-    const Vi t2 = _mm512_shuffle_i32x4(a[2], a[3], 0x44), t3 = _mm512_shuffle_i32x4(a[2], a[3], 0xee);
-    a[0] = _mm512_shuffle_i32x4(t0, t2, 0x88), a[1] = _mm512_shuffle_i32x4(t0, t2, 0xdd);
-    a[2] = _mm512_shuffle_i32x4(t1, t3, 0x88), a[3] = _mm512_shuffle_i32x4(t1, t3, 0xdd);
-  }
+  AVX512 void natural(Vi* a) { blocks(a); }  // 64 columns in order
 };
 #endif
 

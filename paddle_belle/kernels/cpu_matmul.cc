@@ -182,14 +182,20 @@ struct Avx512 {
 // split 32.6 / 31.0, rows split 33.1 / 31.9); 4096 x 1024 (N split in two: 1-2 KB runs) columns 19.5 / 15.0, rows
 // 21.4 / 19.5; 1024 x 3072 26.9 / 22.4 -> 28.8 / 29.6. Paddle's float32 matmul 16.6-24.5 in the same runs.
 //
-// One to three rows of x over packed codes (decoding one reply) stream the weight fastest when the prefetch goes
-// further, STREAM_PREFETCH_TILES tiles ahead, and into L2 only (prefetcht1). Each of a chunk's 32 row streams then
-// has more lines in flight, and the prefetched lines cannot evict one another from L1: a row stride that is a
-// multiple of 4 KiB (N = 4096, 16384) puts every row's line of a tile in one 8-way L1 set, and BLOOM's 250,880-column
-// token table puts 32 rows in 4 sets. One row, 2 threads, ms median before -> after (two back-to-back pairs on a
-// shared machine, README "Int8 activations"): the int8 token table of 7B as a head (4096 x 250,880) 50-54 -> 32-38
-// with float x, 52-57 -> 39-46 with int8 x; int8 4096 x 16384 2.4-2.7 -> 1.9 and 2.3-3.1 -> 1.7-2.4 (int8 x was
-// slower than float x at this shape before).
+// One to three rows of x over packed codes (decoding one reply; STREAM_ROWS), float or int8 x, take the dense
+// recipe's thread split: the chunks, i.e. the weight's rows, shared out between the threads (parallel_chunks), each
+// thread over every column, so that a chunk's rows are whole rows of the weight (N bytes each) rather than half
+// rows; with N = 1024-4096 the column split left runs of 0.5-2 KB a row. They keep CHUNK rows and the prefetch,
+// which goes further, STREAM_PREFETCH_TILES tiles ahead, into L2 only (prefetcht1): a row stride that is a multiple
+// of 4 KiB (N = 4096, 16384) puts every row's line of a tile in one 8-way L1 set, where prefetched lines evicted one
+// another. Measured in one process, the variants alternating call by call, weights rotated beyond the L3 cache, one
+// row, 2 threads, ms median (a shared machine, load 1.6-4.3), column split -> rows split: int8 g128 4096 x 1024
+// 0.376 -> 0.250, 1024 x 4096 0.237 -> 0.177, 1024 x 3072 0.167 -> 0.137, 4096 x 16384 2.41 -> 2.36; int4 0.184 ->
+// 0.151, 0.151 -> 0.132, 0.111 -> 0.102, 1.60 -> 1.60; int8 x alike (int4 4096 x 1024 0.235 -> 0.164). With the rows
+// split, prefetch off cost int8 4096 x 16384 2.06 -> 3.77 ms; 16 rows a chunk instead of 32 changed nothing; 8 (int4:
+// 4 byte-rows, y revisited twice as often) cost int4 3.07 -> 4.09. At 7B's shape one row of int8 then reads ~29
+// GB/s and of int4 with int8 x ~24-31, about the machine's large read; int4 with float x is bound by decoding codes
+// to floats, not by the access pattern (the Lut notes below).
 constexpr int64_t CHUNK = 32, PREFETCH_TILES = 2, STREAM_PREFETCH_TILES = 8, DENSE_CHUNK = 8, STREAM_ROWS = 3;
 
 template <bool streaming> constexpr int64_t ahead_tiles = streaming ? STREAM_PREFETCH_TILES : PREFETCH_TILES;
@@ -279,6 +285,11 @@ struct Float16 : Dense<uint16_t, 2> {
 // vector of codes in place of mask, subtract and convert (the work that bounds the float path at one row), and
 // exact all the same. One row, 2 threads, A/B in one process (load ~2), ms median without -> with: int4 g128 4096 x
 // 16384 2.02 -> 1.67, 16384 x 4096 2.45 -> 2.18, 4096 x 12288 1.45 -> 1.28.
+// Wide (AVX-512, a 64-column tile): the tile's 64 code bytes come in one load and each code is shifted down to the
+// low bits of the 32-bit lane it lies in, for vpermps, which reads only those: accumulator j then holds columns
+// n0 + 4l + j in lane l, put back in order once per chunk (untangle). This saves the four byte-to-dword widenings
+// (shuffles, the port vpermps needs too) per stored row. Same A/B, int4 one row: 4096 x 16384 1.60 -> 1.51, 4096
+// x 1024 0.162 -> 0.153, 1024 x 4096 0.146 -> 0.141, 1024 x 3072 0.113 -> 0.106.
 template <class I, class F, int MB, int NV, bool Lut = false>
 static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   using V = typename I::V;

@@ -146,6 +146,25 @@ struct Avx512 {
   AVX512 V f16(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   AVX512 float hsum(V v) { return _mm512_reduce_add_ps(v); }
   AVX512 V lookup(V table, Vi i) { return _mm512_permutexvar_ps(i, table); }  // vpermps reads i's low 4 bits only
+  AVX512 Vi load64(const uint8_t* p) { return _mm512_loadu_si512(p); }
+  AVX512 void blocks(__m512i* a) {  // a 4 x 4 transpose of 128-bit blocks
+    const __m512i t0 = _mm512_shuffle_i32x4(a[0], a[1], 0x44), t1 = _mm512_shuffle_i32x4(a[0], a[1], 0xee);
+    const __m512i t2 = _mm512_shuffle_i32x4(a[2], a[3], 0x44), t3 = _mm512_shuffle_i32x4(a[2], a[3], 0xee);
+    a[0] = _mm512_shuffle_i32x4(t0, t2, 0x88), a[1] = _mm512_shuffle_i32x4(t0, t2, 0xdd);
+    a[2] = _mm512_shuffle_i32x4(t1, t3, 0x88), a[3] = _mm512_shuffle_i32x4(t1, t3, 0xdd);
+  }
+  // a[j] lane l holds column 4l + j -> 64 columns in order: unpacking gives, in block L of vector j, columns
+  // 16L + 4j .. 16L + 4j + 3, and a transpose of blocks puts those in place.
+  AVX512 void untangle(V* a) {
+    const __m512d t0 = _mm512_castps_pd(_mm512_unpacklo_ps(a[0], a[1]));
+    const __m512d t1 = _mm512_castps_pd(_mm512_unpackhi_ps(a[0], a[1]));
+    const __m512d t2 = _mm512_castps_pd(_mm512_unpacklo_ps(a[2], a[3]));
+    const __m512d t3 = _mm512_castps_pd(_mm512_unpackhi_ps(a[2], a[3]));
+    __m512i u[4] = {_mm512_castpd_si512(_mm512_unpacklo_pd(t0, t2)), _mm512_castpd_si512(_mm512_unpackhi_pd(t0, t2)),
+                    _mm512_castpd_si512(_mm512_unpacklo_pd(t1, t3)), _mm512_castpd_si512(_mm512_unpackhi_pd(t1, t3))};
+    blocks(u);
+    for (int j = 0; j < 4; ++j) a[j] = _mm512_castsi512_ps(u[j]);
+  }
 };
 #endif
 
@@ -163,15 +182,21 @@ struct Avx512 {
 // split 32.6 / 31.0, rows split 33.1 / 31.9); 4096 x 1024 (N split in two: 1-2 KB runs) columns 19.5 / 15.0, rows
 // 21.4 / 19.5; 1024 x 3072 26.9 / 22.4 -> 28.8 / 29.6. Paddle's float32 matmul 16.6-24.5 in the same runs.
 //
-// One to three rows of x over packed codes (decoding one reply) stream the weight fastest when the prefetch goes
-// further, STREAM_PREFETCH_TILES tiles ahead, and into L2 only (prefetcht1). Each of a chunk's 32 row streams then
-// has more lines in flight, and the prefetched lines cannot evict one another from L1: a row stride that is a
-// multiple of 4 KiB (N = 4096, 16384) puts every row's line of a tile in one 8-way L1 set, and BLOOM's 250,880-column
-// token table puts 32 rows in 4 sets. One row, 2 threads, ms median before -> after (two back-to-back pairs on a
-// shared machine, README "Int8 activations"): the int8 token table of 7B as a head (4096 x 250,880) 50-54 -> 32-38
-// with float x, 52-57 -> 39-46 with int8 x; int8 4096 x 16384 2.4-2.7 -> 1.9 and 2.3-3.1 -> 1.7-2.4 (int8 x was
-// slower than float x at this shape before).
-constexpr int64_t CHUNK = 32, PREFETCH_TILES = 2, STREAM_PREFETCH_TILES = 8, DENSE_CHUNK = 8;
+// One to three rows of x over packed codes (decoding one reply; STREAM_ROWS), float or int8 x, take the dense
+// recipe's thread split: the chunks, i.e. the weight's rows, shared out between the threads (parallel_chunks), each
+// thread over every column, so that a chunk's rows are whole rows of the weight (N bytes each) rather than half
+// rows; with N = 1024-4096 the column split left runs of 0.5-2 KB a row. They keep CHUNK rows and the prefetch,
+// which goes further, STREAM_PREFETCH_TILES tiles ahead, into L2 only (prefetcht1): a row stride that is a multiple
+// of 4 KiB (N = 4096, 16384) puts every row's line of a tile in one 8-way L1 set, where prefetched lines evicted one
+// another. Measured in one process, the variants alternating call by call, weights rotated beyond the L3 cache, one
+// row, 2 threads, ms median (a shared machine, load 1.6-4.3), column split -> rows split: int8 g128 4096 x 1024
+// 0.376 -> 0.250, 1024 x 4096 0.237 -> 0.177, 1024 x 3072 0.167 -> 0.137, 4096 x 16384 2.41 -> 2.36; int4 0.184 ->
+// 0.151, 0.151 -> 0.132, 0.111 -> 0.102, 1.60 -> 1.60; int8 x alike (int4 4096 x 1024 0.235 -> 0.164). With the rows
+// split, prefetch off cost int8 4096 x 16384 2.06 -> 3.77 ms; 16 rows a chunk instead of 32 changed nothing; 8 (int4:
+// 4 byte-rows, y revisited twice as often) cost int4 3.07 -> 4.09. At 7B's shape one row of int8 then reads ~29
+// GB/s and of int4 with int8 x ~24-31, about the machine's large read; int4 with float x is bound by decoding codes
+// to floats, not by the access pattern (the Lut notes below).
+constexpr int64_t CHUNK = 32, PREFETCH_TILES = 2, STREAM_PREFETCH_TILES = 8, DENSE_CHUNK = 8, STREAM_ROWS = 3;
 
 template <bool streaming> constexpr int64_t ahead_tiles = streaming ? STREAM_PREFETCH_TILES : PREFETCH_TILES;
 template <bool streaming> static inline void prefetch(const void* p) {  // into L2 only when streaming
@@ -181,6 +206,7 @@ template <bool streaming> static inline void prefetch(const void* p) {  // into 
 struct Chunk {
   int64_t k0, k1, g;     // rows [k0, k1) of group g
   int64_t q_offset = 0;  // the integer path: where the chunk's quantized x starts in a row of Args::q
+  int64_t index = 0;     // the integer path: the chunk's column in Args::sx, sq (a thread may get a share of chunks)
 };
 
 struct Args {  // one call, all row-major and contiguous
@@ -194,7 +220,7 @@ struct Args {  // one call, all row-major and contiguous
   const float* bias;             // [N] or null: added to y
   std::vector<Chunk> chunks;
   const int8_t* q = nullptr;     // the integer path (quantize_x): x quantized, [M, q_stride]
-  int64_t q_stride = 0;
+  int64_t q_stride = 0, q_chunks = 0;  // q's row length, sx's and sq's
   const float* sx = nullptr;     // [M, chunks]: the scales of q
   const int32_t* sq = nullptr;   // [M, chunks]: the sums of q
   bool prefetch = true;          // the float tile's software prefetch (off for a dense weight at one row)
@@ -259,10 +285,16 @@ struct Float16 : Dense<uint16_t, 2> {
 // vector of codes in place of mask, subtract and convert (the work that bounds the float path at one row), and
 // exact all the same. One row, 2 threads, A/B in one process (load ~2), ms median without -> with: int4 g128 4096 x
 // 16384 2.02 -> 1.67, 16384 x 4096 2.45 -> 2.18, 4096 x 12288 1.45 -> 1.28.
+// Wide (AVX-512, a 64-column tile): the tile's 64 code bytes come in one load and each code is shifted down to the
+// low bits of the 32-bit lane it lies in, for vpermps, which reads only those: accumulator j then holds columns
+// n0 + 4l + j in lane l, put back in order once per chunk (untangle). This saves the four byte-to-dword widenings
+// (shuffles, the port vpermps needs too) per stored row. Same A/B, int4 one row: 4096 x 16384 1.60 -> 1.51, 4096
+// x 1024 0.162 -> 0.153, 1024 x 4096 0.146 -> 0.141, 1024 x 3072 0.113 -> 0.106.
 template <class I, class F, int MB, int NV, bool Lut = false>
 static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   using V = typename I::V;
-  constexpr bool streaming = F::quantized && MB <= 3;  // decoding: bound by the codes' bytes
+  constexpr bool streaming = F::quantized && MB <= STREAM_ROWS;  // decoding: bound by the codes' bytes
+  constexpr bool Wide = Lut && NV * I::W == 64;  // see Lut above
   const Chunk& chunk = a.chunks[c];
   typename I::Vi zero[NV];
   for (int j = 0; j < NV; ++j)
@@ -282,6 +314,20 @@ static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
       const char* ahead = static_cast<const char*>(F::at(a, kb, n0 + ahead_tiles<streaming> * NV * I::W));
       for (int line = 0; line < NV * I::W * F::column_bytes; line += 64) prefetch<streaming>(ahead + line);
     }
+    if constexpr (Wide) {  // the tile's 64 bytes in one load: byte j of lane l is column n0 + 4l + j
+      const typename I::Vi raw = I::load64(static_cast<const uint8_t*>(a.w) + kb * a.N + n0);
+      for (int r = 0; r < 2; ++r) {
+        const int64_t k = kb * 2 + r;
+        if (k >= chunk.k1) break;  // K odd: the last byte's upper codes are padding
+        V w[NV];
+        for (int j = 0; j < NV; ++j) w[j] = I::lookup(table, I::shr(raw, 8 * j + 4 * r));
+        for (int i = 0; i < MB; ++i) {
+          const V xk = I::set1(a.x[(m0 + i) * a.K + k]);
+          for (int j = 0; j < NV; ++j) acc[i][j] = I::fma(xk, w[j], acc[i][j]);
+        }
+      }
+      continue;
+    }
     typename F::template Raw<I> raw[NV];
     for (int j = 0; j < NV; ++j) raw[j] = F::template load<I>(a, kb, n0 + j * I::W);
     for (int r = 0; r < F::PER; ++r) {
@@ -299,6 +345,8 @@ static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
       }
     }
   }
+  if constexpr (Wide)
+    for (int i = 0; i < MB; ++i) I::untangle(acc[i]);
   for (int j = 0; j < NV; ++j) {
     const int64_t n = n0 + j * I::W;
     const V s = F::quantized ? I::loadf(a.scales + chunk.g * a.N + n) : I::set1(1.0f);
@@ -577,12 +625,7 @@ struct Avx512Int : Avx512, Unpack<__m512i, Avx512Int> {
   using Q = __m512i;
   AVX512 Q qset(int32_t q4) { return _mm512_set1_epi32(q4); }
   VNNI Vi dot(Vi acc, Vi codes, Q q) { return _mm512_dpbusd_epi32(acc, codes, q); }
-  AVX512 void natural(Vi* a) {  // a 4 x 4 transpose of 128-bit blocks: 64 columns in order
-    const Vi t0 = _mm512_shuffle_i32x4(a[0], a[1], 0x44), t1 = _mm512_shuffle_i32x4(a[0], a[1], 0xee);
-    const Vi t2 = _mm512_shuffle_i32x4(a[2], a[3], 0x44), t3 = _mm512_shuffle_i32x4(a[2], a[3], 0xee);
-    a[0] = _mm512_shuffle_i32x4(t0, t2, 0x88), a[1] = _mm512_shuffle_i32x4(t0, t2, 0xdd);
-    a[2] = _mm512_shuffle_i32x4(t1, t3, 0x88), a[3] = _mm512_shuffle_i32x4(t1, t3, 0xdd);
-  }
+  AVX512 void natural(Vi* a) { blocks(a); }  // 64 columns in order
 };
 #endif
 
@@ -592,7 +635,7 @@ static inline void itile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   using V = typename I::V;
   using Vi = typename I::Vi;
   constexpr int QV = I::QV, PER = 8 / S, ROWS = 4 / PER;  // ROWS: stored rows of 4 K-values
-  constexpr bool streaming = MB <= 3;
+  constexpr bool streaming = MB <= STREAM_ROWS;
   const Chunk& chunk = a.chunks[c];
   const uint8_t* w = static_cast<const uint8_t*>(a.w);
   Vi acc[MB][QV];
@@ -626,7 +669,7 @@ static inline void itile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   }
   for (int i = 0; i < MB; ++i) {
     I::natural(acc[i]);
-    const int64_t mc = (m0 + i) * int64_t(a.chunks.size()) + c;
+    const int64_t mc = (m0 + i) * a.q_chunks + chunk.index;
     const V sx = I::set1(a.sx[mc]), minus_sq = I::set1(-float(a.sq[mc]));
     for (int j = 0; j < QV; ++j) {
       const int64_t n = n0 + j * I::W;
@@ -838,7 +881,7 @@ static void run(Args& a, int64_t group) {
   if (level == 2) fn = block_avx512<F>, width = (a.many ? Many<Avx512>::NV : Avx512::NV) * Avx512::W;
   if (level == 1) fn = block_avx2<F>, width = (a.many ? Many<Avx2>::NV : Avx2::NV) * Avx2::W;
 #endif
-  if (dense_row) parallel_chunks(a, fn);
+  if (dense_row || (F::quantized && a.M <= STREAM_ROWS)) parallel_chunks(a, fn);
   else parallel_columns(a, fn, width);
 }
 
@@ -849,7 +892,11 @@ static void run(Args& a, int64_t group) {
 static void quantize_x(Args& a, int S, std::vector<int8_t>& q, std::vector<float>& sx, std::vector<int32_t>& sq) {
   const int64_t chunks = a.chunks.size();
   a.q_stride = 0;
-  for (auto& c : a.chunks) c.q_offset = a.q_stride, a.q_stride += (c.k1 - c.k0 + 3) / 4 * 4;
+  a.q_chunks = chunks;
+  for (int64_t c = 0; c < chunks; ++c) {
+    Chunk& chunk = a.chunks[c];
+    chunk.index = c, chunk.q_offset = a.q_stride, a.q_stride += (chunk.k1 - chunk.k0 + 3) / 4 * 4;
+  }
   q.assign(a.M * a.q_stride, 0), sx.resize(a.M * chunks), sq.resize(a.M * chunks);
   for (int64_t m = 0; m < a.M; ++m)
     for (int64_t c = 0; c < chunks; ++c) {
@@ -891,7 +938,8 @@ static void run_int(Args& a, int64_t group) {
   if (level == 2) fn = iblock_avx512<S>, width = Avx512Int::QV * Avx512Int::W;
   if (level == 1) fn = iblock_avx2<S>, width = Avx2Int::QV * Avx2Int::W;
 #endif
-  parallel_columns(a, fn, width);
+  if (a.M <= STREAM_ROWS) parallel_chunks(a, fn);
+  else parallel_columns(a, fn, width);
 }
 
 // Each thread takes an equal contiguous share of E's rows.

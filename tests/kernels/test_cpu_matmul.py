@@ -203,6 +203,31 @@ def test_dense_kernel_one_row_split_between_threads(dtype, threads, ops):
         paddle.base.core.set_num_threads(1)
 
 
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[3], CONFIGS[6]], ids=["int8", "int4-asym-actorder", "int2-asym"])
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("int8", [False, True], ids=["float-x", "int8-x"])
+def test_quant_kernel_few_rows_split_between_threads(config, threads, int8, ops, monkeypatch):
+    """One to three rows of x over packed codes: the chunks of the weight's rows are shared out between the threads,
+    each into its own partial y, then summed (cpu_matmul.cc parallel_chunks; the bias added once); also with fewer
+    chunks than threads (K = 5), a partial last chunk (K = 200, group 64) and odd K and N."""
+    monkeypatch.setenv("PADDLE_BELLE_INT8_ACTIVATIONS", "1" if int8 else "0")
+    paddle.base.core.set_num_threads(threads)
+    try:
+        for m in (1, 2, 3):
+            for k, n in ((5, 37), (200, 37), (257, 300)):
+                layer, weight, bias = random_layer(config, k, n, seed=m + k)
+                x = np.random.RandomState(m).standard_normal((m, k)).astype(np.float32)
+                with paddle.no_grad():
+                    out = layer(paddle.to_tensor(x)).numpy()
+                if int8 and config.bits in (4, 8):
+                    expected = int8_activation_matmul(layer, x)
+                else:
+                    expected = x.astype(np.float64) @ weight.astype(np.float64) + bias
+                assert_close(out, expected)
+    finally:
+        paddle.base.core.set_num_threads(1)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("m", ROWS)
 def test_rows_kernel_equals_the_transposed_matmul(dtype, m, isa):

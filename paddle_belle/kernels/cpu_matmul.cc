@@ -846,7 +846,7 @@ static int64_t many_rows(int per) {
 }
 
 // The rows of x from which x @ E^T takes its many-rows loop (dots): HEAD_MANY_ROWS, or as many_rows() says.
-constexpr int64_t HEAD_MANY_ROWS = 2;
+constexpr int64_t HEAD_MANY_ROWS = 5;
 static int64_t head_many_rows() {
   const char* rows = std::getenv("PADDLE_BELLE_KERNELS_MANY_ROWS");
   return rows ? std::max<int64_t>(1, std::atoll(rows)) : HEAD_MANY_ROWS;

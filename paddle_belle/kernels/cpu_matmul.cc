@@ -358,6 +358,13 @@ static inline void block(const Args& a, int64_t n0, int64_t n1) {
 // in one process: 85-93 GFLOP/s, int4 0.79-0.90x block()'s time, int8 0.86-1.00x (bloom-560m's and 7B's Linears, a
 // 250,880-column head). A row's numbers differ from the fewer-row path's by float rounding only (the scale applied
 // per weight instead of per chunk sum).
+//
+// Dense weights (float32, bfloat16, float16) keep the tiles: they decode nothing, so the tiles already run at ~75 % of
+// the peak, and this loop was slower for them (float32, 16 rows, one thread, in one process, ms: 1024 x 3072 tiles
+// 1.35-1.52, this loop copying the tile into the buffer 1.74-2.30, reading it in place with its row stride 1.86-1.90;
+// 1024 x 4096 1.88-1.92 / 2.41-3.21 / 2.58; 4096 x 1024 1.92-2.74 / 2.52-3.31 / 3.15. The weight's 128 rows a tile,
+// N floats apart, are 128 streams that the prefetchers do not keep ahead of, and at N a multiple of 1024 they share
+// a few L1 sets; 4-bit codes are an eighth of those bytes).
 constexpr int64_t MANY_ROWS = 5, SPAN = 4;
 template <class I> struct Many { static constexpr int MR = 4, NV = 1; };  // the portable path
 #ifdef BELLE_X86
@@ -740,12 +747,13 @@ static inline void rows(const Args& a, int64_t n0, int64_t n1) {
 }
 
 // Several rows of x (continuous batching's decoding steps): the dot products above read two vectors per FMA (x's and
-// E's) and reduce each one alone, ~55 GFLOP/s on 2 cores at 16 rows. Here MR rows of x times NR rows of E at once:
+// E's) and reduce each one alone: 69 GFLOP/s on 2 cores at 16 rows of bloom-560m's head. Here MR rows of x times NR rows of E at once:
 // MR x NR vector accumulators over K (AVX-512: 4 x 6 = 24 of 32 registers, with 4 of x and one of E; AVX2: 3 x 3),
 // MR + NR loads for MR * NR FMAs, each reduced once at the end. E's NR rows (24 KiB at K = 1024) stay in L1 while
 // every block of x's rows goes over them, so E is still read from memory once. x is packed first (pack_rows_x):
 // its rows are K floats apart, so at K a multiple of 1024 the MR rows' lines at one k would share an L1 set with
-// those of E's rows and evict each other.
+// those of E's rows and evict each other. 16 rows, 2 threads, in one process, float32 / bfloat16: 119 -> 69 ms,
+// 90 -> 60 ms, i.e. 119 / 137 GFLOP/s (the int4 checkpoint's int8 head is a QuantLinear [K, V]: the loop above).
 template <class I> struct Dots { static constexpr int MR = 2, NR = 2; };  // the portable path
 #ifdef BELLE_X86
 template <> struct Dots<Avx2> { static constexpr int MR = 3, NR = 3; };
@@ -845,7 +853,9 @@ static int64_t many_rows(int per) {
   return rows ? std::max<int64_t>(1, std::atoll(rows)) : per == 1 ? 16 : MANY_ROWS;
 }
 
-// The rows of x from which x @ E^T takes its many-rows loop (dots): HEAD_MANY_ROWS, or as many_rows() says.
+// The rows of x from which x @ E^T takes its many-rows loop (dots): HEAD_MANY_ROWS (bloom-560m's head, float32, 2
+// threads, dot products -> dots, ms: 2 rows 33 -> 39, 4 rows 40 -> 40 (both bound by E's 1 GB), 16 rows 119 -> 69),
+// or PADDLE_BELLE_KERNELS_MANY_ROWS as for many_rows().
 constexpr int64_t HEAD_MANY_ROWS = 5;
 static int64_t head_many_rows() {
   const char* rows = std::getenv("PADDLE_BELLE_KERNELS_MANY_ROWS");

@@ -747,9 +747,9 @@ static inline void rows(const Args& a, int64_t n0, int64_t n1) {
 }
 
 // Several rows of x (continuous batching's decoding steps): the dot products above read two vectors per FMA (x's and
-// E's) and reduce each one alone: 69 GFLOP/s on 2 cores at 16 rows of bloom-560m's head. Here MR rows of x times NR rows of E at once:
-// MR x NR vector accumulators over K (AVX-512: 4 x 6 = 24 of 32 registers, with 4 of x and one of E; AVX2: 3 x 3),
-// MR + NR loads for MR * NR FMAs, each reduced once at the end. E's NR rows (24 KiB at K = 1024) stay in L1 while
+// E's) and reduce each one alone: 69 GFLOP/s on 2 cores at 16 rows of bloom-560m's head. Here MR rows of x times NR
+// rows of E at once: MR x NR vector accumulators over K (AVX-512: 4 x 6 = 24 of 32 registers, with 4 of x and one of
+// E; AVX2: 3 x 3), MR + NR loads for MR * NR FMAs, each reduced once at the end. E's NR rows (24 KiB at K = 1024) stay in L1 while
 // every block of x's rows goes over them, so E is still read from memory once. x is packed first (pack_rows_x):
 // its rows are K floats apart, so at K a multiple of 1024 the MR rows' lines at one k would share an L1 set with
 // those of E's rows and evict each other. 16 rows, 2 threads, in one process, float32 / bfloat16: 119 -> 69 ms,
@@ -854,8 +854,8 @@ static int64_t many_rows(int per) {
 }
 
 // The rows of x from which x @ E^T takes its many-rows loop (dots): HEAD_MANY_ROWS (bloom-560m's head, float32, 2
-// threads, dot products -> dots, ms: 2 rows 33 -> 39, 4 rows 40 -> 40 (both bound by E's 1 GB), 16 rows 119 -> 69),
-// or PADDLE_BELLE_KERNELS_MANY_ROWS as for many_rows().
+// threads, dot products -> dots in one process, ms: 2 rows 33 -> 39, 4 rows 40 -> 40 (both bound by E's 1 GB), 5
+// rows 58 -> 45, 6 72 -> 48, 8 87 -> 49, 16 119 -> 69), or PADDLE_BELLE_KERNELS_MANY_ROWS as for many_rows().
 constexpr int64_t HEAD_MANY_ROWS = 5;
 static int64_t head_many_rows() {
   const char* rows = std::getenv("PADDLE_BELLE_KERNELS_MANY_ROWS");

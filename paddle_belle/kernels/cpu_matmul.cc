@@ -749,11 +749,12 @@ static inline void rows(const Args& a, int64_t n0, int64_t n1) {
 // Several rows of x (continuous batching's decoding steps): the dot products above read two vectors per FMA (x's and
 // E's) and reduce each one alone: 69 GFLOP/s on 2 cores at 16 rows of bloom-560m's head. Here MR rows of x times NR
 // rows of E at once: MR x NR vector accumulators over K (AVX-512: 4 x 6 = 24 of 32 registers, with 4 of x and one of
-// E; AVX2: 3 x 3), MR + NR loads for MR * NR FMAs, each reduced once at the end. E's NR rows (24 KiB at K = 1024) stay in L1 while
-// every block of x's rows goes over them, so E is still read from memory once. x is packed first (pack_rows_x):
-// its rows are K floats apart, so at K a multiple of 1024 the MR rows' lines at one k would share an L1 set with
-// those of E's rows and evict each other. 16 rows, 2 threads, in one process, float32 / bfloat16: 119 -> 69 ms,
-// 90 -> 60 ms, i.e. 119 / 137 GFLOP/s (the int4 checkpoint's int8 head is a QuantLinear [K, V]: the loop above).
+// E; AVX2: 3 x 3), MR + NR loads for MR * NR FMAs, each reduced once at the end. E's NR rows (24 KiB at K = 1024)
+// stay in L1 while every block of x's rows goes over them, so E is still read from memory once. x is packed first
+// (pack_rows_x): its rows are K floats apart, so at K a multiple of 1024 the MR rows' lines at one k would share an
+// L1 set with those of E's rows and evict each other. 16 rows, 2 threads, in one process, float32 / bfloat16:
+// 119 -> 69 ms, 90 -> 60 ms, i.e. 119 / 137 GFLOP/s (the int4 checkpoint's int8 head is a QuantLinear [K, V]: the
+// many-rows loop above).
 template <class I> struct Dots { static constexpr int MR = 2, NR = 2; };  // the portable path
 #ifdef BELLE_X86
 template <> struct Dots<Avx2> { static constexpr int MR = 3, NR = 3; };

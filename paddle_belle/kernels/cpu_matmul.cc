@@ -845,22 +845,16 @@ static int isa_level() {
 
 static void fill_bias(float* y, int64_t m, int64_t n, const float* bias);
 
-// The rows of x from which codes stored `per` to a byte take the many-rows path: MANY_ROWS, or 16 for 8-bit codes
-// (below 16 rows of a large int8 weight it was slower: 1.12-1.33x at 5 and 8 rows of 4096 x 16384 and 1024 x 250,880,
-// one thread; twice the bytes of int4 per decoded weight), or PADDLE_BELLE_KERNELS_MANY_ROWS (tests and
-// benchmarks/cpu_kernels.py compare the two paths on the same rows; a large number turns it off).
-static int64_t many_rows(int per) {
-  const char* rows = std::getenv("PADDLE_BELLE_KERNELS_MANY_ROWS");
-  return rows ? std::max<int64_t>(1, std::atoll(rows)) : per == 1 ? 16 : MANY_ROWS;
-}
-
-// The rows of x from which x @ E^T takes its many-rows loop (dots): HEAD_MANY_ROWS (bloom-560m's head, float32, 2
-// threads, dot products -> dots in one process, ms: 2 rows 33 -> 39, 4 rows 40 -> 40 (both bound by E's 1 GB), 5
-// rows 58 -> 45, 6 72 -> 48, 8 87 -> 49, 16 119 -> 69), or PADDLE_BELLE_KERNELS_MANY_ROWS as for many_rows().
+// The rows of x from which a many-rows loop is taken: `fallback`, or PADDLE_BELLE_KERNELS_MANY_ROWS (tests and
+// benchmarks/cpu_kernels.py compare the two paths on the same rows; a large number turns it off). Packed codes:
+// MANY_ROWS, or 16 for 8-bit codes (below 16 rows of a large int8 weight it was slower: 1.12-1.33x at 5 and 8 rows
+// of 4096 x 16384 and 1024 x 250,880, one thread; twice the bytes of int4 per decoded weight). x @ E^T (dots):
+// HEAD_MANY_ROWS (bloom-560m's head, float32, 2 threads, dot products -> dots in one process, ms: 2 rows 33 -> 39,
+// 4 rows 40 -> 40 (both bound by E's 1 GB), 5 rows 58 -> 45, 6 72 -> 48, 8 87 -> 49, 16 119 -> 69).
 constexpr int64_t HEAD_MANY_ROWS = 5;
-static int64_t head_many_rows() {
+static int64_t many_rows(int64_t fallback) {
   const char* rows = std::getenv("PADDLE_BELLE_KERNELS_MANY_ROWS");
-  return rows ? std::max<int64_t>(1, std::atoll(rows)) : HEAD_MANY_ROWS;
+  return rows ? std::max<int64_t>(1, std::atoll(rows)) : fallback;
 }
 
 // Chunks of at most `rows` rows within each group (dense weights: one group of K rows).
@@ -916,7 +910,8 @@ static void run(Args& a, int64_t group) {
   const bool dense_row = !F::quantized && a.M == 1;  // see DENSE_CHUNK
   add_chunks(a, group, dense_row ? DENSE_CHUNK : CHUNK);
   a.prefetch = !dense_row;
-  a.many = F::quantized && a.M >= many_rows(F::PER);  // several rows: each code decoded once for all of them
+  // several rows: each code decoded once for all of them
+  a.many = F::quantized && a.M >= many_rows(F::PER == 1 ? 16 : MANY_ROWS);
   using Fn = void (*)(const Args&, int64_t, int64_t);
   Fn fn = block_scalar<F>;
   int64_t width = 64;
@@ -995,7 +990,7 @@ static void pack_rows_x(Args& a, int64_t P, int64_t W, std::vector<float>& xp) {
 // Each thread takes an equal contiguous share of E's rows.
 template <class F>
 static void run_rows(Args& a) {
-  a.many = a.M >= head_many_rows();
+  a.many = a.M >= many_rows(HEAD_MANY_ROWS);
   using Fn = void (*)(const Args&, int64_t, int64_t);
   Fn fn = rows_scalar<F>;
   int64_t mr = Dots<Scalar>::MR, width = Scalar::W;

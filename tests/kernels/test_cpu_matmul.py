@@ -222,8 +222,8 @@ def test_rows_kernel_equals_the_transposed_matmul(dtype, m, isa):
 def test_rows_kernel_many_rows_equal_numpy_and_the_dot_products(dtype, m, isa, monkeypatch):
     """x @ e^T's many-rows loop (cpu_matmul.cc dots: MR rows of x by NR rows of e at once, x packed), here from one
     row: whole and partial blocks of x's rows (4 / 3 / 2 by ISA), N = 301 and 37 (not a multiple of e's 6 / 3 / 2 rows
-    a block: the last rows singly), K = 200 and 67 (a partial last vector, and K below one AVX-512 vector); with and
-    without bias. The same rows through the dot products (the loop turned off) agree to float rounding."""
+    a block: the last rows singly), K = 200 and 67 (not multiples of a vector: the scalar tail after the packed
+    vectors); with and without bias. The same rows through the dot products (the loop turned off) agree to float rounding."""
     rng = np.random.RandomState(m)
     for k, n in ((200, 301), (67, 37)):
         e = paddle.to_tensor(rng.standard_normal((n, k)).astype(np.float32)).astype(dtype)

@@ -12,7 +12,8 @@ Shapes: bloom-560m's Linears (K=1024 -> N=3072 query_key_value, N=4096 dense_h_t
 dense_4h_to_h) and bloom-7b's dense_h_to_4h (K=4096 -> N=16384); --head adds the tied heads x @ E^T with E
 [250,880, K] as stored (cpu.tied_head): bloom-560m's (K=1024, 1 GB in float32) and, with --head 1024,4096,
 belle-7b-2m's (K=4096, 4.1 GB in float32 + 2 GB in bfloat16 resident for the run); their methods are numpy's and
-Paddle's float32 products and the native rows_matmul (float32, bfloat16). Each method rotates over copies of its
+Paddle's float32 products and the native rows_matmul (float32, bfloat16; from 5 rows also without its many-rows
+loop: "dots-off"). Each method rotates over copies of its
 weight that together exceed the L3 cache (--cold-mib), so that every call reads its weight from memory, as a decoding
 step does. Prints the median ms per call, GB/s = bytes of weight read per call (codes + scales for
 the integer formats, group 128) / time, the GB/s of the fastest call (the machine may be shared: the best call shows
@@ -42,7 +43,7 @@ GROUP = 128
 
 
 def tiles_only(call):
-    """``call`` with the quantized kernels' many-rows path off (PADDLE_BELLE_KERNELS_MANY_ROWS: cpu_matmul.cc)."""
+    """``call`` with the kernels' many-rows paths off (PADDLE_BELLE_KERNELS_MANY_ROWS: cpu_matmul.cc)."""
     def run():
         os.environ["PADDLE_BELLE_KERNELS_MANY_ROWS"] = "1000000"
         try:
@@ -200,6 +201,9 @@ def head_methods(x, k, n, ops):
             ("kernel rows fp32", [lambda: kernels.rows_matmul(x, e)], n * k * 4),
             ("kernel rows bf16", [lambda: kernels.rows_matmul(x, e_bf16)], n * k * 2),
         ]
+    if ops and x.shape[0] >= 5:  # the same calls without the many-rows loop (cpu_matmul.cc dots): its A/B
+        methods += [(name + " dots-off", [tiles_only(call) for call in calls], nbytes)
+                    for name, calls, nbytes in methods if name.startswith("kernel rows")]
     return methods
 
 

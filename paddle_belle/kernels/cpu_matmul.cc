@@ -224,7 +224,9 @@ struct Args {  // one call, all row-major and contiguous
   const float* sx = nullptr;     // [M, chunks]: the scales of q
   const int32_t* sq = nullptr;   // [M, chunks]: the sums of q
   bool prefetch = true;          // the float tile's software prefetch (off for a dense weight at one row)
-  bool many = false;             // the float path's many-rows loop (packed codes, several rows: run())
+  bool many = false;             // the many-rows loops (packed codes: run(); x @ E^T: run_rows())
+  const float* xp = nullptr;     // x @ E^T's many-rows loop: x packed in blocks of xp_rows rows (pack_rows_x)
+  int64_t xp_rows = 0;
 };
 
 // A format reads stored row kb (PER weight rows: PER codes to a byte, or one dense row), columns [n, n + W), as a
@@ -404,6 +406,13 @@ static inline void block(const Args& a, int64_t n0, int64_t n1) {
 // in one process: 85-93 GFLOP/s, int4 0.79-0.90x block()'s time, int8 0.86-1.00x (bloom-560m's and 7B's Linears, a
 // 250,880-column head). A row's numbers differ from the fewer-row path's by float rounding only (the scale applied
 // per weight instead of per chunk sum).
+//
+// Dense weights (float32, bfloat16, float16) keep the tiles: they decode nothing, so the tiles already run at ~75 % of
+// the peak, and this loop was slower for them (float32, 16 rows, one thread, in one process, ms: 1024 x 3072 tiles
+// 1.35-1.52, this loop copying the tile into the buffer 1.74-2.30, reading it in place with its row stride 1.86-1.90;
+// 1024 x 4096 1.88-1.92 / 2.41-3.21 / 2.58; 4096 x 1024 1.92-2.74 / 2.52-3.31 / 3.15. The weight's 128 rows a tile,
+// N floats apart, are 128 streams that the prefetchers do not keep ahead of, and at N a multiple of 1024 they share
+// a few L1 sets; 4-bit codes are an eighth of those bytes).
 constexpr int64_t MANY_ROWS = 5, SPAN = 4;
 template <class I> struct Many { static constexpr int MR = 4, NV = 1; };  // the portable path
 #ifdef BELLE_X86
@@ -779,17 +788,86 @@ static inline void rows(const Args& a, int64_t n0, int64_t n1) {
     }
   }
 }
+
+// Several rows of x (continuous batching's decoding steps): the dot products above read two vectors per FMA (x's and
+// E's) and reduce each one alone: 69 GFLOP/s on 2 cores at 16 rows of bloom-560m's head. Here MR rows of x times NR
+// rows of E at once: MR x NR vector accumulators over K (AVX-512: 4 x 6 = 24 of 32 registers, with 4 of x and one of
+// E; AVX2: 3 x 3), MR + NR loads for MR * NR FMAs, each reduced once at the end. E's NR rows (24 KiB at K = 1024)
+// stay in L1 while every block of x's rows goes over them, so E is still read from memory once. x is packed first
+// (pack_rows_x): its rows are K floats apart, so at K a multiple of 1024 the MR rows' lines at one k would share an
+// L1 set with those of E's rows and evict each other. 16 rows, 2 threads, in one process, float32 / bfloat16:
+// 119 -> 69 ms, 90 -> 60 ms, i.e. 119 / 137 GFLOP/s (the int4 checkpoint's int8 head is a QuantLinear [K, V]: the
+// many-rows loop above).
+template <class I> struct Dots { static constexpr int MR = 2, NR = 2; };  // the portable path
+#ifdef BELLE_X86
+template <> struct Dots<Avx2> { static constexpr int MR = 3, NR = 3; };
+template <> struct Dots<Avx512> { static constexpr int MR = 4, NR = 6; };
+#endif
+
+// y[m0 : m0 + MR, n0 : n0 + NR] for x's rows m0.. (packed: block m0 / P, vector k / W of row i at
+// xp[(m0 * K_vectors + (k / W) * P + i) * W]), E's rows n0..; K's last K % W columns one at a time.
+template <class I, class F, int MR, int NR>
+static inline void dots(const Args& a, int64_t m0, int64_t n0) {
+  using V = typename I::V;
+  constexpr int W = I::W;
+  const int64_t P = a.xp_rows, kv = a.K / W;
+  const float* xp = a.xp + m0 * kv * W;
+  V acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int r = 0; r < NR; ++r) acc[i][r] = I::zero();
+  for (int64_t v = 0; v < kv; ++v) {
+    V xk[MR];
+    for (int i = 0; i < MR; ++i) xk[i] = I::loadf(xp + (v * P + i) * W);
+    for (int r = 0; r < NR; ++r) {
+      const V e = F::template vec<I>(a.w, (n0 + r) * a.K + v * W);
+      for (int i = 0; i < MR; ++i) acc[i][r] = I::fma(xk[i], e, acc[i][r]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int r = 0; r < NR; ++r) {
+      const float* x = a.x + (m0 + i) * a.K;
+      float s = I::hsum(acc[i][r]);
+      for (int64_t k = kv * W; k < a.K; ++k) s += x[k] * F::template vec<Scalar>(a.w, (n0 + r) * a.K + k);
+      a.y[(m0 + i) * a.N + n0 + r] = s + (a.bias ? a.bias[n0 + r] : 0.0f);
+    }
+}
+
+// dots() for mb <= MR rows, the row count a template argument.
+template <class I, class F, int MR, int NR>
+static inline void dots_rows(const Args& a, int64_t m0, int64_t mb, int64_t n0) {
+  if constexpr (MR > 1)
+    if (mb < MR) return dots_rows<I, F, MR - 1, NR>(a, m0, mb, n0);
+  dots<I, F, MR, NR>(a, m0, n0);
+}
+
+// E's rows [n0, n1) for every row of x: NR rows of E at a time, then the last ones singly.
+template <class I, class F>
+static inline void many_rows_of_e(const Args& a, int64_t n0, int64_t n1) {
+  constexpr int MR = Dots<I>::MR, NR = Dots<I>::NR;
+  int64_t n = n0;
+  for (; n + NR <= n1; n += NR)
+    for (int64_t m0 = 0; m0 < a.M; m0 += MR) dots_rows<I, F, MR, NR>(a, m0, std::min<int64_t>(MR, a.M - m0), n);
+  for (; n < n1; ++n)
+    for (int64_t m0 = 0; m0 < a.M; m0 += MR) dots_rows<I, F, MR, 1>(a, m0, std::min<int64_t>(MR, a.M - m0), n);
+}
+
+template <class I, class F>
+static inline void rows_or_many(const Args& a, int64_t n0, int64_t n1) {
+  if (a.many) return many_rows_of_e<I, F>(a, n0, n1);
+  rows<I, F>(a, n0, n1);
+}
+
 template <class F> __attribute__((flatten)) static void rows_scalar(const Args& a, int64_t n0, int64_t n1) {
-  rows<Scalar, F>(a, n0, n1);
+  rows_or_many<Scalar, F>(a, n0, n1);
 }
 #ifdef BELLE_X86
 template <class F> __attribute__((target("avx2,fma,f16c"), flatten))
 static void rows_avx2(const Args& a, int64_t n0, int64_t n1) {
-  rows<Avx2, F>(a, n0, n1);
+  rows_or_many<Avx2, F>(a, n0, n1);
 }
 template <class F> __attribute__((target("avx512f,avx512bw,avx512vl"), flatten))
 static void rows_avx512(const Args& a, int64_t n0, int64_t n1) {
-  rows<Avx512, F>(a, n0, n1);
+  rows_or_many<Avx512, F>(a, n0, n1);
 }
 #endif
 
@@ -810,13 +888,16 @@ static int isa_level() {
 
 static void fill_bias(float* y, int64_t m, int64_t n, const float* bias);
 
-// The rows of x from which codes stored `per` to a byte take the many-rows path: MANY_ROWS, or 16 for 8-bit codes
-// (below 16 rows of a large int8 weight it was slower: 1.12-1.33x at 5 and 8 rows of 4096 x 16384 and 1024 x 250,880,
-// one thread; twice the bytes of int4 per decoded weight), or PADDLE_BELLE_KERNELS_MANY_ROWS (tests and
-// benchmarks/cpu_kernels.py compare the two paths on the same rows; a large number turns it off).
-static int64_t many_rows(int per) {
+// The rows of x from which a many-rows loop is taken: `fallback`, or PADDLE_BELLE_KERNELS_MANY_ROWS (tests and
+// benchmarks/cpu_kernels.py compare the two paths on the same rows; a large number turns it off). Packed codes:
+// MANY_ROWS, or 16 for 8-bit codes (below 16 rows of a large int8 weight it was slower: 1.12-1.33x at 5 and 8 rows
+// of 4096 x 16384 and 1024 x 250,880, one thread; twice the bytes of int4 per decoded weight). x @ E^T (dots):
+// HEAD_MANY_ROWS (bloom-560m's head, float32, 2 threads, dot products -> dots in one process, ms: 2 rows 33 -> 39,
+// 4 rows 40 -> 40 (both bound by E's 1 GB), 5 rows 58 -> 45, 6 72 -> 48, 8 87 -> 49, 16 119 -> 69).
+constexpr int64_t HEAD_MANY_ROWS = 5;
+static int64_t many_rows(int64_t fallback) {
   const char* rows = std::getenv("PADDLE_BELLE_KERNELS_MANY_ROWS");
-  return rows ? std::max<int64_t>(1, std::atoll(rows)) : per == 1 ? 16 : MANY_ROWS;
+  return rows ? std::max<int64_t>(1, std::atoll(rows)) : fallback;
 }
 
 // Chunks of at most `rows` rows within each group (dense weights: one group of K rows).
@@ -872,7 +953,8 @@ static void run(Args& a, int64_t group) {
   const bool dense_row = !F::quantized && a.M == 1;  // see DENSE_CHUNK
   add_chunks(a, group, dense_row ? DENSE_CHUNK : CHUNK);
   a.prefetch = !dense_row;
-  a.many = F::quantized && a.M >= many_rows(F::PER);  // several rows: each code decoded once for all of them
+  // several rows: each code decoded once for all of them
+  a.many = F::quantized && a.M >= many_rows(F::PER == 1 ? 16 : MANY_ROWS);
   using Fn = void (*)(const Args&, int64_t, int64_t);
   Fn fn = block_scalar<F>;
   int64_t width = 64;
@@ -942,16 +1024,31 @@ static void run_int(Args& a, int64_t group) {
   else parallel_columns(a, fn, width);
 }
 
+// x for dots(): blocks of P rows, each vector of W columns of the block's rows side by side (row b * P + i, vector v
+// at xp[((b * P) * kv + v * P + i) * W], kv = K / W whole vectors; the rest of K stays in x).
+static void pack_rows_x(Args& a, int64_t P, int64_t W, std::vector<float>& xp) {
+  const int64_t kv = a.K / W;
+  xp.assign((a.M + P - 1) / P * P * kv * W, 0.0f);
+  for (int64_t m = 0; m < a.M; ++m)
+    for (int64_t v = 0; v < kv; ++v)
+      std::memcpy(&xp[((m / P * P) * kv + v * P + m % P) * W], a.x + m * a.K + v * W, W * sizeof(float));
+  a.xp = xp.data(), a.xp_rows = P;
+}
+
 // Each thread takes an equal contiguous share of E's rows.
 template <class F>
-static void run_rows(const Args& a) {
+static void run_rows(Args& a) {
+  a.many = a.M >= many_rows(HEAD_MANY_ROWS);
   using Fn = void (*)(const Args&, int64_t, int64_t);
   Fn fn = rows_scalar<F>;
+  int64_t mr = Dots<Scalar>::MR, width = Scalar::W;
 #ifdef BELLE_X86
   const int level = isa_level();
-  if (level == 2) fn = rows_avx512<F>;
-  if (level == 1) fn = rows_avx2<F>;
+  if (level == 2) fn = rows_avx512<F>, mr = Dots<Avx512>::MR, width = Avx512::W;
+  if (level == 1) fn = rows_avx2<F>, mr = Dots<Avx2>::MR, width = Avx2::W;
 #endif
+  std::vector<float> xp;
+  if (a.many) pack_rows_x(a, mr, width, xp);
 #pragma omp parallel
   {
     int64_t threads = 1, t = 0;

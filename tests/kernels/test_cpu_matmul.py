@@ -242,6 +242,29 @@ def test_rows_kernel_equals_the_transposed_matmul(dtype, m, isa):
         kernels.rows_matmul(paddle.to_tensor(x), paddle.zeros([300, 66]))
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17])
+def test_rows_kernel_many_rows_equal_numpy_and_the_dot_products(dtype, m, isa, monkeypatch):
+    """x @ e^T's many-rows loop (cpu_matmul.cc dots: MR rows of x by NR rows of e at once, x packed), here from one
+    row: whole and partial blocks of x's rows (4 / 3 / 2 by ISA), N = 301 and 37 (not a multiple of e's 6 / 3 / 2 rows
+    a block: the last rows singly), K = 200 and 67 (not multiples of a vector: the scalar tail after the packed
+    vectors); with and without bias. The same rows through the dot products (the loop turned off) agree to float rounding."""
+    rng = np.random.RandomState(m)
+    for k, n in ((200, 301), (67, 37)):
+        e = paddle.to_tensor(rng.standard_normal((n, k)).astype(np.float32)).astype(dtype)
+        x = paddle.to_tensor(rng.standard_normal((m, k)).astype(np.float32))
+        bias = rng.standard_normal(n).astype(np.float32)
+        expected = x.numpy().astype(np.float64) @ e.astype("float32").numpy().astype(np.float64).T
+        monkeypatch.setenv("PADDLE_BELLE_KERNELS_MANY_ROWS", "1")
+        out = kernels.rows_matmul(x, e).numpy()
+        with_bias = kernels.rows_matmul(x, e, paddle.to_tensor(bias)).numpy()
+        monkeypatch.setenv("PADDLE_BELLE_KERNELS_MANY_ROWS", "1000000")
+        dots = kernels.rows_matmul(x, e).numpy()
+        assert_close(out, expected)
+        assert_close(with_bias, expected + bias)
+        assert_close(out, dots)
+
+
 def test_half_subnormals_inf_and_nan_decode_exactly(ops, monkeypatch):
     values = np.array([0, 1e-7, -3e-6, 6e-5, 1.0, -2.5, 65504, np.inf, -np.inf, np.nan], np.float32)
     w = paddle.to_tensor(np.repeat(values, 17)[None, :])  # K = 1, N = 170: vectors and single columns

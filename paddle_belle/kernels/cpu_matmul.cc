@@ -181,6 +181,11 @@ struct Avx512 {
 // 4096 x 16384, 32 rows with prefetch 21.9 / 19.2, 8 rows without 42.5 / 38.8 (another run, 8 rows: columns
 // split 32.6 / 31.0, rows split 33.1 / 31.9); 4096 x 1024 (N split in two: 1-2 KB runs) columns 19.5 / 15.0, rows
 // 21.4 / 19.5; 1024 x 3072 26.9 / 22.4 -> 28.8 / 29.6. Paddle's float32 matmul 16.6-24.5 in the same runs.
+// The same read serves up to DENSE_ROWS rows (a 4-row tile's registers; batched decoding of a few replies), ms,
+// the old read -> this one, two alternating runs of `benchmarks/cpu_kernels.py --m 2,4 --methods "kernel fp32,kernel
+// bf16"` (idle machine, stop 24): float32 2 rows 4096 x 16384 12.4 / 13.9 -> 8.1 / 8.6, 1024 x 4096 0.86 / 0.83 ->
+// 0.54 / 0.74; 4 rows 4096 x 16384 14.4 / 16.1 -> 9.1 / 10.8, 4096 x 1024 1.34 / 1.08 -> 0.74 / 0.84; bfloat16 4 rows
+// 4096 x 16384 6.9 / 8.3 -> 6.3 / 6.9, 1024 x 3072 0.43 / 0.39 -> 0.31 / 0.33.
 //
 // One to three rows of x over packed codes (decoding one reply; STREAM_ROWS), float or int8 x, take the dense
 // recipe's thread split: the chunks, i.e. the weight's rows, shared out between the threads (parallel_chunks), each
@@ -196,7 +201,7 @@ struct Avx512 {
 // 4 byte-rows, y revisited twice as often) cost int4 3.07 -> 4.09. At 7B's shape one row of int8 then reads ~29
 // GB/s and of int4 with int8 x ~24-31, about the machine's large read; int4 with float x is bound by decoding codes
 // to floats, not by the access pattern (the Lut notes below).
-constexpr int64_t CHUNK = 32, PREFETCH_TILES = 2, STREAM_PREFETCH_TILES = 8, DENSE_CHUNK = 8, STREAM_ROWS = 3;
+constexpr int64_t CHUNK = 32, PREFETCH_TILES = 2, STREAM_PREFETCH_TILES = 8, DENSE_CHUNK = 8, DENSE_ROWS = 4, STREAM_ROWS = 3;
 
 template <bool streaming> constexpr int64_t ahead_tiles = streaming ? STREAM_PREFETCH_TILES : PREFETCH_TILES;
 template <bool streaming> static inline void prefetch(const void* p) {  // into L2 only when streaming
@@ -223,7 +228,7 @@ struct Args {  // one call, all row-major and contiguous
   int64_t q_stride = 0, q_chunks = 0;  // q's row length, sx's and sq's
   const float* sx = nullptr;     // [M, chunks]: the scales of q
   const int32_t* sq = nullptr;   // [M, chunks]: the sums of q
-  bool prefetch = true;          // the float tile's software prefetch (off for a dense weight at one row)
+  bool prefetch = true;          // the float tile's software prefetch (off for a dense weight at DENSE_ROWS rows or fewer)
   bool many = false;             // the many-rows loops (packed codes: run(); x @ E^T: run_rows())
   const float* xp = nullptr;     // x @ E^T's many-rows loop: x packed in blocks of xp_rows rows (pack_rows_x)
   int64_t xp_rows = 0;
@@ -950,7 +955,7 @@ static void parallel_chunks(const Args& a, void (*fn)(const Args&, int64_t, int6
 
 template <class F>
 static void run(Args& a, int64_t group) {
-  const bool dense_row = !F::quantized && a.M == 1;  // see DENSE_CHUNK
+  const bool dense_row = !F::quantized && a.M <= DENSE_ROWS;  // see DENSE_CHUNK
   add_chunks(a, group, dense_row ? DENSE_CHUNK : CHUNK);
   a.prefetch = !dense_row;
   // several rows: each code decoded once for all of them

@@ -187,18 +187,19 @@ def test_dense_kernel_equals_float32_matmul(dtype, m, isa):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("threads", [2, 3])
-def test_dense_kernel_one_row_split_between_threads(dtype, threads, ops):
-    """One row of x: the weight's rows are shared out between the threads, each into its own partial y, then summed
+def test_dense_kernel_few_rows_split_between_threads(dtype, threads, ops):
+    """One to four rows of x (DENSE_ROWS): the weight's rows are shared out between the threads, each into its own partial y, then summed
     (cpu_matmul.cc parallel_chunks); also when there are fewer chunks of rows than threads (K = 1, 5)."""
     rng = np.random.RandomState(threads)
     paddle.base.core.set_num_threads(threads)
     try:
         for k, n in ((1, 37), (5, 300), (200, 37), (1031, 130)):
             w = paddle.to_tensor(rng.standard_normal((k, n)).astype(np.float32)).astype(dtype)
-            x = rng.standard_normal((1, k)).astype(np.float32)
-            bias = rng.standard_normal(n).astype(np.float32)
-            expected = x.astype(np.float64) @ w.astype("float32").numpy().astype(np.float64) + bias
-            assert_close(kernels.dense_matmul(paddle.to_tensor(x), w, paddle.to_tensor(bias)).numpy(), expected)
+            for m in (1, 2, 4):
+                x = rng.standard_normal((m, k)).astype(np.float32)
+                bias = rng.standard_normal(n).astype(np.float32)
+                expected = x.astype(np.float64) @ w.astype("float32").numpy().astype(np.float64) + bias
+                assert_close(kernels.dense_matmul(paddle.to_tensor(x), w, paddle.to_tensor(bias)).numpy(), expected)
     finally:
         paddle.base.core.set_num_threads(1)
 

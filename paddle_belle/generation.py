@@ -108,12 +108,6 @@ def pick(scores: np.ndarray, config: GenerationConfig, rng: np.random.Generator 
     return int(ids[min(np.searchsorted(cumulative, u), len(ids) - 1)])
 
 
-def next_tokens(scores, config: GenerationConfig, rng: np.random.Generator | None):
-    """One token per row of float32 ``scores`` [batch, vocab] that went through penalty and min-tokens, int64
-    numpy [batch]; rows draw from ``rng`` in turn."""
-    return np.array([pick(row, config, rng) for row in host(scores)], np.int64)
-
-
 # ------------------------------------------------------------------------------------------------ the loop
 def stream(model, input_ids, attention_mask=None, config: GenerationConfig | None = None,
            tokenizer=None, scores: list | None = None, reasons: list | None = None) -> Iterator[np.ndarray]:

@@ -955,9 +955,9 @@ static void parallel_chunks(const Args& a, void (*fn)(const Args&, int64_t, int6
 
 template <class F>
 static void run(Args& a, int64_t group) {
-  const bool dense_row = !F::quantized && a.M <= DENSE_ROWS;  // see DENSE_CHUNK
-  add_chunks(a, group, dense_row ? DENSE_CHUNK : CHUNK);
-  a.prefetch = !dense_row;
+  const bool dense_few = !F::quantized && a.M <= DENSE_ROWS;  // see DENSE_CHUNK
+  add_chunks(a, group, dense_few ? DENSE_CHUNK : CHUNK);
+  a.prefetch = !dense_few;
   // several rows: each code decoded once for all of them
   a.many = F::quantized && a.M >= many_rows(F::PER == 1 ? 16 : MANY_ROWS);
   using Fn = void (*)(const Args&, int64_t, int64_t);
@@ -968,7 +968,7 @@ static void run(Args& a, int64_t group) {
   if (level == 2) fn = block_avx512<F>, width = (a.many ? Many<Avx512>::NV : Avx512::NV) * Avx512::W;
   if (level == 1) fn = block_avx2<F>, width = (a.many ? Many<Avx2>::NV : Avx2::NV) * Avx2::W;
 #endif
-  if (dense_row || (F::quantized && a.M <= STREAM_ROWS)) parallel_chunks(a, fn);
+  if (dense_few || (F::quantized && a.M <= STREAM_ROWS)) parallel_chunks(a, fn);
   else parallel_columns(a, fn, width);
 }
 

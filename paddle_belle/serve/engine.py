@@ -154,10 +154,12 @@ class Engine:
         queue only when no reply is in flight."""
         use_cpu_threads_here()  # OpenMP thread counts are per thread: this one starts with Paddle's 1
         while True:
-            jobs = [] if self.batcher.busy else [self._jobs.get()]
+            first = None if self.batcher.busy else self._jobs.get()  # (the wait is not a job's time)
             start = time.perf_counter()
-            while jobs or not self._jobs.empty():
-                (jobs.pop() if jobs else self._jobs.get_nowait())()
+            if first:
+                first()
+            while not self._jobs.empty():
+                self._jobs.get_nowait()()
             self.job_seconds += time.perf_counter() - start
             if not self.batcher.busy:
                 continue

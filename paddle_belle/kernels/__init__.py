@@ -91,7 +91,8 @@ def int8_activations(bits: int) -> bool:
     """Whether ``bits``-bit weights multiply int8-quantized activations (integer dot products, as llama.cpp's
     q4_0/q8_0 do): 4 and 8 bits with ``PADDLE_BELLE_INT8_ACTIVATIONS=1``. The native kernel and QuantLinear's
     Paddle path then compute the same integers (cpu_matmul.cc, "int8 activations"). Off by default: issue 14 allows
-    it only where the test models' greedy ids stay those of the float path, and they part at near-ties."""
+    it only where the test models' greedy ids stay those of the float path, and they part at near-ties; and one row
+    of 8-bit codes is slower with it (README, "Int8 activations")."""
     return bits in (4, 8) and _switch("PADDLE_BELLE_INT8_ACTIVATIONS", "0", on=True)
 
 

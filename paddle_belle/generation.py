@@ -108,6 +108,26 @@ def pick(scores: np.ndarray, config: GenerationConfig, rng: np.random.Generator 
     return int(ids[min(np.searchsorted(cumulative, u), len(ids) - 1)])
 
 
+def greedy_token(scores: np.ndarray, config: GenerationConfig, seen=None, eos=()) -> int:
+    """``pick(adjust(scores, config, seen, eos), config, None)`` for a greedy ``config``, without adjust's copy of the
+    row (1 MB of bloom's 250,880 logits, most of a row's token choice at 16 rows): only the seen and EOS ids change,
+    so the argmax is the better of the row's own (if it is none of them) and theirs, the lower id on a tie."""
+    penalty = np.float32(config.repetition_penalty)
+    seen = np.asarray(seen if penalty != 1 and seen is not None else [], np.int64)
+    eos = np.asarray(list(eos), np.int64)
+    changed = np.union1d(seen, eos)  # ascending, so argmax over them takes the lowest id of equals
+    best = int(scores.argmax())
+    if not len(changed):
+        return best
+    if changed[min(np.searchsorted(changed, best), len(changed) - 1)] == best:  # the row's best changes: the copy
+        return int(adjust(scores, config, seen, eos).argmax())
+    old = scores[changed]
+    new = np.where(np.isin(changed, seen), np.where(old < 0, old * penalty, old / penalty), old)
+    new[np.isin(changed, eos)] = -np.inf
+    j = int(new.argmax())
+    return int(changed[j]) if new[j] > scores[best] or (new[j] == scores[best] and changed[j] < best) else best
+
+
 # ------------------------------------------------------------------------------------------------ the loop
 def stream(model, input_ids, attention_mask=None, config: GenerationConfig | None = None,
            tokenizer=None, scores: list | None = None, reasons: list | None = None) -> Iterator[np.ndarray]:

@@ -265,8 +265,9 @@ class Batcher:
         eos = c.eos_token_id if c.eos_token_id is not None else self.default_eos
         eos = [eos] if isinstance(eos, int) else list(eos)
         seen = np.array(r.ids + r.tokens, np.int64) if c.repetition_penalty != 1.0 else None
-        scores = generation.adjust(scores, c, seen, eos if len(r.tokens) < c.min_new_tokens else ())
-        token = generation.pick(scores, c, r.rng)
+        masked = eos if len(r.tokens) < c.min_new_tokens else ()
+        token = (generation.pick(generation.adjust(scores, c, seen, masked), c, r.rng) if c.do_sample
+                 else generation.greedy_token(scores, c, seen, masked))
         reason = "eos" if token in eos else "length" if len(r.tokens) + 1 >= c.max_new_tokens else None
         text = r.text.add(token, reason)
         if r.text.finish_reason:

@@ -108,6 +108,26 @@ def pick(scores: np.ndarray, config: GenerationConfig, rng: np.random.Generator 
     return int(ids[min(np.searchsorted(cumulative, u), len(ids) - 1)])
 
 
+def greedy_token(scores: np.ndarray, config: GenerationConfig, seen=None, eos=()) -> int:
+    """``pick(adjust(scores, config, seen, eos), config, None)`` for a greedy ``config``, without adjust's copy of the
+    row (1 MB of bloom's 250,880 logits, most of a row's token choice at 16 rows): only the seen and EOS ids change,
+    so the argmax is the better of the row's own (if it is none of them) and theirs, the lower id on a tie."""
+    penalty = np.float32(config.repetition_penalty)
+    best = int(scores.argmax())
+    penalized = np.unique(seen) if penalty != 1 and seen is not None and len(seen) else np.zeros(0, np.int64)
+    at = np.searchsorted(penalized, best)
+    if best in eos or at < len(penalized) and penalized[at] == best:  # the row's best changes: adjust's copy
+        return int(adjust(scores, config, seen, eos).argmax())
+    for e in eos:  # an EOS id at -inf wins nothing (np.isin: 30 us, these few compares 1-2)
+        penalized = penalized[penalized != e]
+    if not len(penalized):
+        return best
+    old = scores[penalized]  # ascending ids: argmax takes the lowest of equals
+    new = np.where(old < 0, old * penalty, old / penalty)
+    j = int(new.argmax())
+    return int(penalized[j]) if new[j] > scores[best] or (new[j] == scores[best] and penalized[j] < best) else best
+
+
 # ------------------------------------------------------------------------------------------------ the loop
 def stream(model, input_ids, attention_mask=None, config: GenerationConfig | None = None,
            tokenizer=None, scores: list | None = None, reasons: list | None = None) -> Iterator[np.ndarray]:

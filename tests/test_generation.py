@@ -9,7 +9,8 @@ from paddlenlp.generation import TextIteratorStreamer
 from reference import tiny_belle_dir, tiny_bloom, tiny_llama
 
 from paddle_belle import AutoTokenizer
-from paddle_belle.generation import PRESETS, GenerationConfig, make_config, nucleus, pick, replies, stream
+from paddle_belle.generation import (PRESETS, GenerationConfig, greedy_token, make_config, nucleus, pick, replies,
+                                     stream)
 
 IDS = np.random.default_rng(0).integers(4, 101, (2, 7))
 MASK = np.ones_like(IDS)
@@ -199,6 +200,29 @@ def test_sampling_candidates_match_transformers_warpers():
         ids, probs = nucleus(scores, GenerationConfig(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p))
         assert ids.tolist() == np.flatnonzero(ref).tolist()
         np.testing.assert_allclose(probs, ref[ids], rtol=1e-5)
+
+
+def test_greedy_token_matches_transformers_processors():
+    """The Batcher's greedy choice (no copy of the row) against transformers' repetition-penalty and min-new-tokens
+    processors and torch's argmax: rows whose best id is unseen, seen (penalized) or EOS, ties included (rounded
+    scores, ids seen several times)."""
+    from transformers.generation.logits_process import (MinNewTokensLengthLogitsProcessor,
+                                                        RepetitionPenaltyLogitsProcessor)
+    rng = np.random.default_rng(6)
+    for trial in range(300):
+        scores = np.round(rng.normal(0, 2, 500), 0 if trial % 3 else 2).astype("float32")
+        seen = rng.integers(0, 500, rng.integers(0, 40))
+        if trial % 4 == 0:  # the row's best among the seen ids
+            seen = np.append(seen, scores.argmax())
+        eos, penalty = [int(scores.argmax())] if trial % 5 == 0 else [2], (1.0, 1.2, 0.8)[trial % 3]
+        masked = eos if trial % 2 else ()
+        ref = torch.tensor(scores[None])
+        if len(seen):
+            ref = RepetitionPenaltyLogitsProcessor(penalty)(torch.tensor(seen[None]), ref)
+        if masked:
+            ref = MinNewTokensLengthLogitsProcessor(0, 1, eos)(torch.zeros([1, 0], dtype=torch.long), ref)
+        config = GenerationConfig(repetition_penalty=penalty)
+        assert greedy_token(scores, config, seen, masked) == int(ref[0].argmax()), trial
 
 
 def test_interleaved_streams_compute_without_gradients_and_leave_the_caller_alone():

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -51,45 +52,101 @@ inline void rope(float* dst, const float* src, const float* cos, const float* si
   for (int64_t i = 0; i < d; ++i) dst[i] = src[i] * cos[i] + src[(i + half) % d] * sin[i];
 }
 
-// 16 partial sums: independent chains the compiler keeps in vector registers (one sum would wait on each add)
-inline float dot(const float* a, const float* b, int64_t d) {
-  float acc[16] = {};
-  int64_t i = 0;
-  for (; i + 16 <= d; i += 16)
-    for (int t = 0; t < 16; ++t) acc[t] += a[i + t] * b[i + t];
-  float s = 0.0f;
-  for (; i < d; ++i) s += a[i] * b[i];
-  for (int t = 0; t < 16; ++t) s += acc[t];
-  return s;
+// Sixteen floats: one AVX-512 register, two AVX2 or four SSE ones (GCC's vector extension, lowered for whichever
+// clone of attend_one below it is inlined into).
+typedef float vec __attribute__((vector_size(64)));
+constexpr int64_t W = 16;
+
+// The helpers are always inlined: an out-of-line copy would be compiled for baseline x86-64 only, not per clone.
+#define INLINE __attribute__((always_inline)) inline
+
+INLINE vec load(const float* p) {
+  vec v;
+  std::memcpy(&v, p, sizeof v);  // an unaligned load
+  return v;
 }
 
-// One (row, query head): out[0, d) = the softmax-weighted sum of the values over the real keys; p: width floats of
-// scratch. Compiled for AVX-512, AVX2 (+FMA) and baseline x86-64, chosen at load time (GCC's target_clones): the
-// extension is built without -march=native, for any machine sharing the cache (cpu_matmul.cc does the same by hand).
+INLINE void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
+
+// The sum of v's lanes, halving: three vector adds, not fifteen dependent scalar ones (float addition is not
+// associative, so without -ffast-math the compiler may not reorder a scalar loop's sum into this)
+INLINE float sum_lanes(vec v) {
+  typedef float half __attribute__((vector_size(32)));
+  typedef float quarter __attribute__((vector_size(16)));
+  half a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+           __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  quarter b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+// The keys or values of the next (row, head) a thread takes: their rows are fetched into L2 while this one's are read
+struct Next {
+  const float *K, *V;
+  const int32_t* keys;
+  int64_t n;
+};
+
+// Fetch floats [0, n) of row i of `rows` (a (row, head) block of `nx`) into L2 (prefetcht1): one a cache line
+INLINE void fetch(const float* rows, const Next& nx, int64_t i, int64_t d, int64_t n) {
+  if (rows && i < nx.n)
+    for (int64_t t = 0; t < n; t += W) __builtin_prefetch(rows + nx.keys[i] * d + t, 0, 2);
+}
+
+// o[0, C * W) = sum_i p[i] V[keys[i], 0, C * W): C vectors of sums in registers while the rows of V stream past in
+// order (one pass over the value rows, not one per vector of o)
+template <int C>
+INLINE void weigh(const float* p, const float* V, const int32_t* keys, int64_t n, int64_t d, float* o,
+                  const Next& nx, int64_t t) {
+  vec acc[C] = {};
+  for (int64_t i = 0; i < n; ++i) {
+    const float* v = V + keys[i] * d;
+    fetch(nx.V ? nx.V + t : nullptr, nx, i, d, C * W);
+    for (int c = 0; c < C; ++c) acc[c] += p[i] * load(v + c * W);
+  }
+  for (int c = 0; c < C; ++c) store(o + c * W, acc[c]);
+}
+
+// One (row, query head): out[0, d) = the softmax-weighted sum of the values over the row's n real keys, at cache
+// columns keys[0, n) (ALiBi's position of keys[i] is i); p: n floats of scratch. Compiled for AVX-512, AVX2 (+FMA)
+// and baseline x86-64, chosen at load time (GCC's target_clones): the extension is built without -march=native, for
+// any machine sharing the cache (cpu_matmul.cc does the same by hand). The cache is read once, in order: at 16 rows
+// of bloom-560m a layer's keys and values are a few MB that the step's weights have pushed out of the CPU caches, so
+// the op streams them from memory, and the arithmetic between the loads must be short to keep up. Each (row, head)'s
+// rows are a few KB (of a cache row 2,048 columns long in the server): too short a run for the CPU's own prefetcher,
+// so the rows of the next (row, head) are prefetched while this one's are read (bloom-560m's 16 rows at 48 keys, a
+// layer's cache out of the CPU caches, one thread: 1.0-1.2 ms a layer before this kernel, ~0.5-0.65 ms with it).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #endif
-void attend_one(const float* q, const float* K, const float* V, const int64_t* m, int64_t width, int64_t d,
-                float scale, float slope, bool alibi, float* p, float* o) {
+void attend_one(const float* q, const float* K, const float* V, const int32_t* keys, int64_t n, int64_t d,
+                float scale, float slope, float* p, float* o, const Next& next) {
+  if (!n) {  // no real key: not a decoding row this step
+    std::fill(o, o + d, 0.0f);
+    return;
+  }
+  const int64_t dv = d / W * W;
   float top = -INFINITY;
-  int64_t pos = 0;
-  for (int64_t j = 0; j < width; ++j) {
-    if (!m[j]) continue;
-    float s = dot(q, K + j * d, d) * scale;
-    if (alibi) s += slope * float(pos);
-    ++pos;
-    p[j] = s;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* k = K + keys[i] * d;
+    fetch(next.K, next, i, d, d);
+    vec acc = {};
+    for (int64_t t = 0; t < dv; t += W) acc += load(q + t) * load(k + t);
+    float s = sum_lanes(acc);
+    for (int64_t t = dv; t < d; ++t) s += q[t] * k[t];
+    p[i] = s = s * scale + slope * float(i);
     top = std::max(top, s);
   }
-  std::fill(o, o + d, 0.0f);
-  if (!pos) return;  // no real key: not a decoding row this step
   float sum = 0.0f;
-  for (int64_t j = 0; j < width; ++j)
-    if (m[j]) sum += p[j] = std::exp(p[j] - top);
-  for (int64_t j = 0; j < width; ++j) {
-    if (!m[j]) continue;
-    const float w = p[j] / sum, *vj = V + j * d;
-    for (int64_t t = 0; t < d; ++t) o[t] += w * vj[t];
+  for (int64_t i = 0; i < n; ++i) sum += p[i] = std::exp(p[i] - top);
+  for (int64_t i = 0; i < n; ++i) p[i] /= sum;
+  int64_t t = 0;  // the head's d in pieces of 8, 4 and 1 vectors (bloom-560m's 64: one piece of 4), then scalars
+  for (; t + 8 * W <= dv; t += 8 * W) weigh<8>(p, V + t, keys, n, d, o + t, next, t);
+  for (; t + 4 * W <= dv; t += 4 * W) weigh<4>(p, V + t, keys, n, d, o + t, next, t);
+  for (; t < dv; t += W) weigh<1>(p, V + t, keys, n, d, o + t, next, t);
+  if (t < d) {
+    std::fill(o + t, o + d, 0.0f);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t u = t; u < d; ++u) o[u] += p[i] * V[keys[i] * d + u];
   }
 }
 
@@ -158,19 +215,31 @@ std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& q, const paddl
     rope(Kc + at, new_kv(Kn, r, g), C ? C + r * d : nullptr, Sn ? Sn + r * d : nullptr, d);
     std::copy(new_kv(Vn, r, g), new_kv(Vn, r, g) + d, Vc + at);
   }
-  // 2. attention, a (row, query head) at a time; threads only for enough work to pay for waking them (~10 us, and
-  // on a busy machine a preempted thread stalls the whole region): a one-row step of bloom-560m at 30 keys is ~30k
-  // multiply-adds a layer, a few microseconds on one core
-  const bool threads = b * n_head * width * d >= (1 << 20);
+  // 2. each row's real keys (the mask's nonzero columns), once for all its heads
+  std::vector<int32_t> keys(b * width);
+  std::vector<int64_t> n_keys(b);
+  for (int64_t r = 0; r < b; ++r)
+    for (int64_t j = 0; j < width; ++j)
+      if (M[r * width + j]) keys[r * width + n_keys[r]++] = int32_t(j);
+  // 3. attention, a (row, query head) at a time; both threads once the keys and values to read (the bytes that
+  // bound it) pay for waking the second (~10 us; on a busy machine a preempted thread stalls the whole region): a
+  // one-row step of bloom-560m at 64 keys reads 0.5 MB, ~20 us, on one thread; sixteen rows read 8 MB
+  const bool threads = b * kv * width * d >= (1 << 17);
 #pragma omp parallel if (threads)
   {
-    std::vector<float> p(width), qr(d);
+    thread_local std::vector<float> p, qr;  // scratch, kept between calls
+    p.resize(width);
+    qr.resize(d);
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < b * n_head; ++i) {
       const int64_t r = i / n_head, h = i % n_head, g = h / groups;
+      const int64_t nr = (i + 1) / n_head, ng = (i + 1) % n_head / groups;  // the next (row, head)'s
+      const Next next = i + 1 < b * n_head ? Next{Kc + (nr * kv + ng) * L * d, Vc + (nr * kv + ng) * L * d,
+                                                  keys.data() + nr * width, n_keys[nr]}
+                                           : Next{nullptr, nullptr, nullptr, 0};
       rope(qr.data(), Q + (r * n_head + h) * q_step, C ? C + r * d : nullptr, Sn ? Sn + r * d : nullptr, d);
-      attend_one(qr.data(), Kc + (r * kv + g) * L * d, Vc + (r * kv + g) * L * d, M + r * width, width, d, scale,
-                 S ? S[h] : 0.0f, S != nullptr, p.data(), O + (r * n_head + h) * d);
+      attend_one(qr.data(), Kc + (r * kv + g) * L * d, Vc + (r * kv + g) * L * d, keys.data() + r * width, n_keys[r],
+                 d, scale, S ? S[h] : 0.0f, p.data(), O + (r * n_head + h) * d, next);
     }
   }
   return {out};  // the caches are the in-place outputs

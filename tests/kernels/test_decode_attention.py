@@ -51,11 +51,14 @@ def caches(rows, kv, length, d, seed):
     return pair
 
 
+@pytest.mark.parametrize("d, columns", [(8, [5, 2, 0]), (48, [7, 3, 0]), (200, [119, 40, 0])])
 @pytest.mark.parametrize("arch, n_head, kv", [("bloom", 4, 4), ("llama", 4, 4), ("llama", 6, 2)])
-def test_rows_of_different_lengths_equal_the_paddle_path(arch, n_head, kv):
-    """A Batcher's decoding step (RowCache): rows with 5 and 2 cached keys and one not decoding (all masked),
-    each row's new key at its own column; ALiBi for BLOOM, RoPE and grouped-query heads for LLaMA."""
-    d, length, columns = 8, 10, [5, 2, 0]
+def test_rows_of_different_lengths_equal_the_paddle_path(arch, n_head, kv, d, columns):
+    """A Batcher's decoding step (RowCache): rows with cached keys of their own number and one not decoding (all
+    masked), each row's new key at its own column; ALiBi for BLOOM, RoPE and grouped-query heads for LLaMA. Head
+    sizes: the op's scalar tail alone (8), vectors of 16 floats (48), 8 + 4 vectors and a tail (200, at enough keys
+    for both threads)."""
+    length = max(columns) + 5
     rows, width = len(columns), max(columns) + 1
     mask = np.zeros([rows, width], np.int64)
     mask[0, :6], mask[1, :3] = 1, 1

@@ -749,10 +749,28 @@ static void iblock_avx512(const Args& a, int64_t n0, int64_t n1) {
 // chunks and integers, the same float operations per chunk, into y chunk after chunk; a row's y is therefore
 // bit-identical to itile's whatever other rows share the call (tests/kernels/test_cpu_matmul.py).
 constexpr int64_t INT_MANY_ROWS = 4, ISPAN = 4;
+// The microkernel's loops over rows and vectors are unrolled before GCC 12 decides where the accumulators live: left
+// to its heuristics, some of a 6-row block's 24 accumulator vectors were stored to the stack every step (objdump of
+// imany_avx512; so were all of them when idot took the accumulator by reference).
+#define UNROLL _Pragma("GCC unroll 32")
 template <class I> struct IMany { static constexpr int MR = 4; };  // the portable path
 #ifdef BELLE_X86
 template <> struct IMany<Avx2Int> { static constexpr int MR = 2; };  // 8 accumulators, 4 codes, q's two halves
 template <> struct IMany<Avx512Int> { static constexpr int MR = 6; };
+#endif
+
+// acc plus the lanes of codes times x's 4 bytes at q (I::dot). AVX-512 VNNI: x broadcast from memory by vpdpbusd
+// itself, in place: GCC 12 copies the accumulator to another register and back around each _mm512_dpbusd_epi32.
+template <class I> static inline typename I::Vi idot(typename I::Vi acc, typename I::Vi codes, const int8_t* q) {
+  int32_t q4;
+  std::memcpy(&q4, q, 4);
+  return I::dot(acc, codes, I::qset(q4));
+}
+#ifdef BELLE_X86
+template <> __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline __m512i idot<Avx512Int>(__m512i acc, __m512i codes, const int8_t* q) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(codes), "m"(*reinterpret_cast<const int32_t*>(q)));
+  return acc;
+}
 #endif
 
 // buf[((c - c0) * CHUNK / 4 + s) * QV + j]: step s (K-values 4s .. 4s + 3 of chunk c) of chunks [c0, c1), columns
@@ -791,26 +809,22 @@ static inline void imicro(const Args& a, int64_t c0, int64_t c1, const typename 
     const Chunk& chunk = a.chunks[c];
     const int8_t* q = a.q + m0 * a.q_stride + chunk.q_offset;
     Vi acc[MR][QV];
-    for (int i = 0; i < MR; ++i) {
+    UNROLL for (int i = 0; i < MR; ++i) {
       const Vi start = I::set1i(a.zeros ? 0 : -a.zero * a.sq[(m0 + i) * a.q_chunks + chunk.index]);
-      for (int j = 0; j < QV; ++j) acc[i][j] = start;
+      UNROLL for (int j = 0; j < QV; ++j) acc[i][j] = start;
     }
     const Vi* codes = buf + (c - c0) * CHUNK / 4 * QV;
     const int64_t steps = (chunk.k1 - chunk.k0 + 3) / 4;
     for (int64_t s = 0; s < steps; ++s, codes += QV) {
       Vi w[QV];
-      for (int j = 0; j < QV; ++j) w[j] = codes[j];
-      for (int i = 0; i < MR; ++i) {
-        int32_t q4;
-        std::memcpy(&q4, q + i * a.q_stride + 4 * s, 4);
-        const typename I::Q qi = I::qset(q4);
-        for (int j = 0; j < QV; ++j) acc[i][j] = I::dot(acc[i][j], w[j], qi);
-      }
+      UNROLL for (int j = 0; j < QV; ++j) w[j] = codes[j];
+      UNROLL for (int i = 0; i < MR; ++i)
+        UNROLL for (int j = 0; j < QV; ++j) acc[i][j] = idot<I>(acc[i][j], w[j], q + i * a.q_stride + 4 * s);
     }
-    for (int i = 0; i < MR; ++i) {
+    UNROLL for (int i = 0; i < MR; ++i) {
       const int64_t mc = (m0 + i) * a.q_chunks + chunk.index;
       const V sx = I::set1(a.sx[mc]), minus_sq = I::set1(-float(a.sq[mc]));
-      for (int j = 0; j < QV; ++j) {
+      UNROLL for (int j = 0; j < QV; ++j) {
         const int64_t n = n0 + j * I::W;
         V dot = I::tofloat(acc[i][j]);  // integers below 2^24: exact, as itile's
         if (a.zeros) dot = I::fma(minus_sq, I::tofloat(I::bytes(a.zeros + chunk.g * a.N + n)), dot);

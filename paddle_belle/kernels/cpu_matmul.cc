@@ -739,16 +739,19 @@ static void iblock_avx512(const Args& a, int64_t n0, int64_t n1) {
 // ------------------------------------------------------------------------------------------ int8 activations, many rows
 // From INT_MANY_ROWS rows of x (continuous batching's decoding steps, prefill chunks) iblock() is bound by the work
 // around the integer dot products, not by them: each 4-row tile decodes its codes again (quads: 10-12 shuffles and
-// masks per 4 K-values of a tile), and each row turns its sums back into column order (natural) after every chunk of
-// 32 K-values. Here a tile's codes for ISPAN chunks are decoded once, put in column order (natural() permutes whole
-// 32-bit lanes, so it may as well be applied to the codes as to the sums), into an L1 buffer (AVX-512: 4 chunks x 8
-// steps x 4 vectors, 8 KiB), and a register-blocked microkernel runs every row over it: MR rows x QV vectors of
-// integer accumulators (AVX-512: 6 x 4 = 24 of 32 registers, with the tile's 4 code vectors; x's 4 bytes come
-// broadcast from memory into vpdpbusd). Symmetric codes start the sums at -zero * sum(q) (exact integers, as the
-// float fma they replace: |sum| < 2^24) instead of correcting them in floats. Everything else is itile's: the same
-// chunks and integers, the same float operations per chunk, into y chunk after chunk; a row's y is therefore
-// bit-identical to itile's whatever other rows share the call (tests/kernels/test_cpu_matmul.py).
-constexpr int64_t INT_MANY_ROWS = 4, ISPAN = 4;
+// masks per 4 K-values of a tile), and each row puts its sums back in column order (natural) after every chunk.
+// Here a tile's codes for one chunk are decoded once, put in column order (natural() permutes whole 32-bit lanes, so
+// it may as well be applied to the codes as to the sums), into an L1 buffer (AVX-512: 8 steps x 4 vectors, 2 KiB),
+// and a register-blocked microkernel runs every row over it: MR rows x QV vectors of integer accumulators (AVX-512:
+// 6 x 4 = 24 of 32 registers, with the tile's 4 code vectors; x's 4 bytes broadcast from memory by vpdpbusd itself).
+// Symmetric codes start the sums at -zero * sum(q) (exact integers, as the float fma they replace: |sum| < 2^24).
+// Everything else is itile's: the same chunks, loop order and integers, the same float operations per chunk, into y
+// chunk after chunk; a row's y is therefore bit-identical to itile's whatever other rows share the call
+// (tests/kernels/test_cpu_matmul.py). 1024 x 4096 int4 / int8 g128, one thread, in one process, alternating with
+// iblock() (a shared machine, load ~4; vpdpbusd alone ran 225 GOP/s on one core in the same minutes), ms: 4 rows
+// 0.253 / 0.318 against 0.232 / 0.283 (hence from 5 rows), 5 rows 0.286 / 0.354 against 0.301 / 0.472, 16 rows 0.666
+// / 0.735 (202 / 183 GOP/s) against 0.865 / 1.175, 128 rows 4.85 / 5.00 (221 / 215 GOP/s) against 7.09 / 10.2.
+constexpr int64_t INT_MANY_ROWS = 5;
 // The microkernel's loops over rows and vectors are unrolled before GCC 12 decides where the accumulators live: left
 // to its heuristics, some of a 6-row block's 24 accumulator vectors were stored to the stack every step (objdump of
 // imany_avx512; so were all of them when idot took the accumulator by reference).
@@ -773,98 +776,87 @@ template <> __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inli
 }
 #endif
 
-// buf[((c - c0) * CHUNK / 4 + s) * QV + j]: step s (K-values 4s .. 4s + 3 of chunk c) of chunks [c0, c1), columns
-// [n0, n0 + QV * W) in order, as itile reads them.
+// buf[s * QV + j]: step s (K-values 4s .. 4s + 3) of chunk c, columns [n0, n0 + QV * W) in order, as itile reads them.
 template <class I, int S>
-static inline void decode_quads(const Args& a, int64_t c0, int64_t c1, int64_t n0, typename I::Vi* buf) {
+static inline void decode_quads(const Args& a, int64_t c, int64_t n0, typename I::Vi* buf) {
   constexpr int QV = I::QV, PER = 8 / S, ROWS = 4 / PER;
+  const Chunk& chunk = a.chunks[c];
   const uint8_t* w = static_cast<const uint8_t*>(a.w);
-  const int64_t stored = (a.K + PER - 1) / PER;
-  for (int64_t c = c0; c < c1; ++c) {
-    const Chunk& chunk = a.chunks[c];
-    const int64_t steps = (chunk.k1 - chunk.k0 + 3) / 4;
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t kb = chunk.k0 / PER + s * ROWS;
-      typename I::Vi* codes = buf + ((c - c0) * CHUNK / 4 + s) * QV;
-      for (int r = 0; r < ROWS; ++r) __builtin_prefetch(w + (kb + r) * a.N + n0 + PREFETCH_TILES * QV * I::W);
-      if (kb + ROWS <= stored) {
-        I::template quads<S>(w + kb * a.N + n0, a.N, codes);
-      } else {  // as itile: zeros past the weight's last row
-        alignas(64) uint8_t pad[ROWS][64] = {};
-        for (int64_t r = 0; kb + r < stored; ++r) std::memcpy(pad[r], w + (kb + r) * a.N + n0, QV * I::W);
-        I::template quads<S>(pad[0], 64, codes);
-      }
-      I::natural(codes);
+  const int64_t steps = (chunk.k1 - chunk.k0 + 3) / 4, stored = (a.K + PER - 1) / PER;
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t kb = chunk.k0 / PER + s * ROWS;
+    typename I::Vi* codes = buf + s * QV;
+    for (int r = 0; r < ROWS; ++r) __builtin_prefetch(w + (kb + r) * a.N + n0 + PREFETCH_TILES * QV * I::W);
+    if (kb + ROWS <= stored) {
+      I::template quads<S>(w + kb * a.N + n0, a.N, codes);
+    } else {  // as itile: zeros past the weight's last row
+      alignas(64) uint8_t pad[ROWS][64] = {};
+      for (int64_t r = 0; kb + r < stored; ++r) std::memcpy(pad[r], w + (kb + r) * a.N + n0, QV * I::W);
+      I::template quads<S>(pad[0], 64, codes);
     }
+    I::natural(codes);
   }
 }
 
-// Chunks [c0, c1)'s contributions to y[m0 : m0 + MR, n0 : n0 + QV * W], one chunk after the other, from buf.
+// Chunk c's contribution to y[m0 : m0 + MR, n0 : n0 + QV * W] from its decoded codes (buf).
 template <class I, int S, int MR>
-static inline void imicro(const Args& a, int64_t c0, int64_t c1, const typename I::Vi* buf, int64_t m0, int64_t n0) {
+static inline void imicro(const Args& a, int64_t c, const typename I::Vi* buf, int64_t m0, int64_t n0) {
   using V = typename I::V;
   using Vi = typename I::Vi;
   constexpr int QV = I::QV;
-  for (int64_t c = c0; c < c1; ++c) {
-    const Chunk& chunk = a.chunks[c];
-    const int8_t* q = a.q + m0 * a.q_stride + chunk.q_offset;
-    Vi acc[MR][QV];
-    UNROLL for (int i = 0; i < MR; ++i) {
-      const Vi start = I::set1i(a.zeros ? 0 : -a.zero * a.sq[(m0 + i) * a.q_chunks + chunk.index]);
-      UNROLL for (int j = 0; j < QV; ++j) acc[i][j] = start;
-    }
-    const Vi* codes = buf + (c - c0) * CHUNK / 4 * QV;
-    const int64_t steps = (chunk.k1 - chunk.k0 + 3) / 4;
-    for (int64_t s = 0; s < steps; ++s, codes += QV) {
-      Vi w[QV];
-      UNROLL for (int j = 0; j < QV; ++j) w[j] = codes[j];
-      UNROLL for (int i = 0; i < MR; ++i)
-        UNROLL for (int j = 0; j < QV; ++j) acc[i][j] = idot<I>(acc[i][j], w[j], q + i * a.q_stride + 4 * s);
-    }
-    UNROLL for (int i = 0; i < MR; ++i) {
-      const int64_t mc = (m0 + i) * a.q_chunks + chunk.index;
-      const V sx = I::set1(a.sx[mc]), minus_sq = I::set1(-float(a.sq[mc]));
-      UNROLL for (int j = 0; j < QV; ++j) {
-        const int64_t n = n0 + j * I::W;
-        V dot = I::tofloat(acc[i][j]);  // integers below 2^24: exact, as itile's
-        if (a.zeros) dot = I::fma(minus_sq, I::tofloat(I::bytes(a.zeros + chunk.g * a.N + n)), dot);
-        float* y = a.y + (m0 + i) * a.N + n;
-        const V before = c ? I::loadf(y) : a.bias ? I::loadf(a.bias + n) : I::zero();
-        I::storef(y, I::fma(I::loadf(a.scales + chunk.g * a.N + n), I::mul(sx, dot), before));
-      }
+  const Chunk& chunk = a.chunks[c];
+  const int8_t* q = a.q + m0 * a.q_stride + chunk.q_offset;
+  Vi acc[MR][QV];
+  UNROLL for (int i = 0; i < MR; ++i) {
+    const Vi start = I::set1i(a.zeros ? 0 : -a.zero * a.sq[(m0 + i) * a.q_chunks + chunk.index]);
+    UNROLL for (int j = 0; j < QV; ++j) acc[i][j] = start;
+  }
+  const int64_t steps = (chunk.k1 - chunk.k0 + 3) / 4;
+  for (int64_t s = 0; s < steps; ++s) {
+    Vi w[QV];
+    UNROLL for (int j = 0; j < QV; ++j) w[j] = buf[s * QV + j];
+    UNROLL for (int i = 0; i < MR; ++i)
+      UNROLL for (int j = 0; j < QV; ++j) acc[i][j] = idot<I>(acc[i][j], w[j], q + i * a.q_stride + 4 * s);
+  }
+  UNROLL for (int i = 0; i < MR; ++i) {
+    const int64_t mc = (m0 + i) * a.q_chunks + chunk.index;
+    const V sx = I::set1(a.sx[mc]), minus_sq = I::set1(-float(a.sq[mc]));
+    UNROLL for (int j = 0; j < QV; ++j) {
+      const int64_t n = n0 + j * I::W;
+      V dot = I::tofloat(acc[i][j]);  // integers below 2^24: exact, as itile's
+      if (a.zeros) dot = I::fma(minus_sq, I::tofloat(I::bytes(a.zeros + chunk.g * a.N + n)), dot);
+      float* y = a.y + (m0 + i) * a.N + n;
+      const V before = c ? I::loadf(y) : a.bias ? I::loadf(a.bias + n) : I::zero();
+      I::storef(y, I::fma(I::loadf(a.scales + chunk.g * a.N + n), I::mul(sx, dot), before));
     }
   }
 }
 
 // imicro() for mb <= MR rows, the row count a template argument.
 template <class I, int S, int MR>
-static inline void imicros(const Args& a, int64_t c0, int64_t c1, const typename I::Vi* buf, int64_t m0, int64_t mb,
-                           int64_t n0) {
+static inline void imicros(const Args& a, int64_t c, const typename I::Vi* buf, int64_t m0, int64_t mb, int64_t n0) {
   if constexpr (MR > 1)
-    if (mb < MR) return imicros<I, S, MR - 1>(a, c0, c1, buf, m0, mb, n0);
-  imicro<I, S, MR>(a, c0, c1, buf, m0, n0);
+    if (mb < MR) return imicros<I, S, MR - 1>(a, c, buf, m0, mb, n0);
+  imicro<I, S, MR>(a, c, buf, m0, n0);
 }
 
-// iblock() for many rows: panels, then ISPAN chunks at a time, a panel's tiles decoded once each and every row over
-// them; the last N % (QV * W) columns through itile's scalar tiles, chunk after chunk.
+// iblock() for many rows, in its order (panels, chunk by chunk, the tiles of a panel): each tile's codes decoded once,
+// then every row over them; the last N % (QV * W) columns through itile's scalar tiles.
 template <class I, int S>
 static inline void imany_block(const Args& a, int64_t n0, int64_t n1) {
   constexpr int64_t tile_width = I::QV * I::W, MR = IMany<I>::MR, MB = 4;
-  alignas(64) typename I::Vi buf[ISPAN * CHUNK / 4 * I::QV];
+  alignas(64) typename I::Vi buf[CHUNK / 4 * I::QV];
   const int64_t panel = std::max<int64_t>(tile_width, (16384 / a.M) / tile_width * tile_width);
-  const int64_t chunks = a.chunks.size();
   for (int64_t p0 = n0; p0 < n1; p0 += panel) {
     const int64_t p1 = std::min(n1, p0 + panel);
-    for (int64_t c0 = 0; c0 < chunks; c0 += ISPAN) {
-      const int64_t c1 = std::min(chunks, c0 + ISPAN);
+    for (int64_t c = 0; c < int64_t(a.chunks.size()); ++c) {
       int64_t n = p0;
       for (; n + tile_width <= p1; n += tile_width) {
-        decode_quads<I, S>(a, c0, c1, n, buf);
-        for (int64_t m0 = 0; m0 < a.M; m0 += MR) imicros<I, S, MR>(a, c0, c1, buf, m0, std::min(MR, a.M - m0), n);
+        decode_quads<I, S>(a, c, n, buf);
+        for (int64_t m0 = 0; m0 < a.M; m0 += MR) imicros<I, S, MR>(a, c, buf, m0, std::min(MR, a.M - m0), n);
       }
       for (; n < p1; ++n)
-        for (int64_t c = c0; c < c1; ++c)
-          for (int64_t m0 = 0; m0 < a.M; m0 += MB) itiles<ScalarInt, S>(a, c, m0, std::min(MB, a.M - m0), n);
+        for (int64_t m0 = 0; m0 < a.M; m0 += MB) itiles<ScalarInt, S>(a, c, m0, std::min(MB, a.M - m0), n);
     }
   }
 }

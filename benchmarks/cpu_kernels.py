@@ -1,7 +1,7 @@
 """Decode-shaped matmuls on CPU (M rows of x: 1 for one reply, up to 16 for a batched decoding step): Paddle's
 float32 matmul, numpy's, the native kernels of paddle_belle/kernels (float32, bfloat16, int8, int4 with float32
-activations, and int8, int4 with int8 activations: "x-int8"; from 5 rows int8, int4, from 4 rows their x-int8, also
-without the kernel's many-rows paths: "4-row", the A/B of cpu_matmul.cc's "many rows"; int4 also through
+activations, and int8, int4 with int8 activations: "x-int8"; from 5 rows int8, int4 and their x-int8 also without the
+kernel's many-rows paths: "4-row", the A/B of cpu_matmul.cc's "many rows"; int4 also through
 QuantLinear, plain and with GPTQ's act-order permutation, which it applies to x before the kernel) and QuantLinear's
 pure-Paddle block-wise path (int8, int4; M = 1 only, it is slow).
 
@@ -169,9 +169,9 @@ def linear_methods(x, k, n, m, ops, rng, cold_mib):
             ("layer int4", each(lambda v: v(x), layers[4]), quant_bytes(4)),  # QuantLinear.forward, the kernel
             ("layer int4 act-ord", each(lambda v: v(x), layers["4 act-order"]), quant_bytes(4)),
         ]
-    # the same calls without the kernel's many-rows paths (float x from 5 rows, int8 x from 4): their A/B in this process
-    methods += [(name + " 4-row", [tiles_only(call) for call in calls], nbytes) for name, calls, nbytes in methods
-                if (m >= 5 and name in ("kernel int8", "kernel int4")) or (m >= 4 and name.endswith("x-int8"))]
+    if ops and m >= 5:  # the same calls without the kernel's many-rows paths: their A/B in this process
+        methods += [(name + " 4-row", [tiles_only(call) for call in calls], nbytes) for name, calls, nbytes in methods
+                    if name in ("kernel int8", "kernel int4") or name.endswith("x-int8")]
     if m == 1:
         methods += [
             ("blockwise int8", each(lambda v: v._blockwise_forward(x), layers[8]), quant_bytes(8)),
@@ -202,7 +202,7 @@ def head_methods(x, k, n, ops):
             ("kernel rows fp32", [lambda: kernels.rows_matmul(x, e)], n * k * 4),
             ("kernel rows bf16", [lambda: kernels.rows_matmul(x, e_bf16)], n * k * 2),
         ]
-        # The int8 token table of a quantized checkpoint (quantize --embedding int8, the default), QuantEmbedding.logits:
+        # The int8 token table of a quantized checkpoint (--embedding int8, the default): QuantEmbedding.logits,
         # codes E^T [k, n], one scale per token, through the quant kernel with float x and with int8 x.
         codes = paddle.to_tensor(rng.integers(0, 256, (k, n), np.uint8))
         scales = paddle.to_tensor(rng.uniform(0.001, 0.01, (1, n)).astype(np.float32))
@@ -211,10 +211,10 @@ def head_methods(x, k, n, ops):
             ("kernel int8 table", [lambda: table(False)], k * n + n * 4),
             ("kernel int8 table x-int8", [lambda: table(True)], k * n + n * 4),
         ]
-    if ops and x.shape[0] >= 4:  # the same calls without the many-rows loops (cpu_matmul.cc dots, imany): their A/B
-        methods += [(name + (" dots-off" if name.startswith("kernel rows") else " 4-row"), [tiles_only(call) for call in calls],
-                     nbytes) for name, calls, nbytes in methods if name.startswith("kernel rows") or name.endswith("x-int8")
-                    or (x.shape[0] >= 5 and name == "kernel int8 table")]
+    if ops and x.shape[0] >= 5:  # the same calls without the many-rows loops (cpu_matmul.cc dots, imany): their A/B
+        methods += [(name + (" dots-off" if name.startswith("kernel rows") else " 4-row"),
+                     [tiles_only(call) for call in calls], nbytes)
+                    for name, calls, nbytes in methods if name.startswith("kernel")]
     return methods
 
 

@@ -63,7 +63,8 @@ def main():
     # prefill: one prompt of 4 chunks, its chunks alternating between the variants
     for i in range(max(2, a.steps // 4)):
         batcher = Batcher(model, Tokens(), rows=1, chunk=a.chunk, columns=4 * a.chunk + 2)
-        batcher.add(rng.integers(5, 5000, 4 * a.chunk).tolist(), generation.GenerationConfig(max_new_tokens=1, eos_token_id=[]))
+        one = generation.GenerationConfig(max_new_tokens=1, eos_token_id=[])
+        batcher.add(rng.integers(5, 5000, 4 * a.chunk).tolist(), one)
         for j in range(4):
             name = list(VARIANTS)[(i + j) % 2]
             variant(name)

@@ -4,8 +4,9 @@ once, in its own process, in turn, and the table shows medians over rounds, so t
 both sides alike). Rows 1: generation.stream (batch 1); more: a Batcher step with that many rows decoding.
 
 Models: bloom-560m's shape with random weights as float32 and int4-g128 (benchmarks/serve.py's checkpoints, made
-once under --workdir; "bloom-560m:int4-x8": the int4 one with int8 activations), the bundled belle-tiny-zh (float32), and SmolLM2-135M's shape with random weights (LLaMA:
-30 layers, hidden 576, 9 heads / 3 kv heads, tied embedding; built in process). Nothing is asserted. In square
+once under --workdir; "bloom-560m:int4-x8": the int4 one with int8 activations), the bundled belle-tiny-zh
+(float32), and SmolLM2-135M's shape with random weights (LLaMA: 30 layers, hidden 576, 9 heads / 3 kv heads, tied
+embedding; built in process). Nothing is asserted. In square
 brackets: a step's time less that of its weight matmuls alone (matmul_seconds), i.e. the overhead around them.
 
     python benchmarks/steps.py [--checkouts /work/main,.] [--models bloom-560m:float32,bloom-560m:int4,belle-tiny-zh,

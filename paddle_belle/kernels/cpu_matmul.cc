@@ -736,7 +736,7 @@ static void iblock_avx512(const Args& a, int64_t n0, int64_t n1) {
 }
 #endif
 
-// ------------------------------------------------------------------------------------------ int8 activations, many rows
+// -------------------------------------------------------------------------------------- int8 activations, many rows
 // From INT_MANY_ROWS rows of x (continuous batching's decoding steps, prefill chunks) iblock() is bound by the work
 // around the integer dot products, not by them: each 4-row tile decodes its codes again (quads: 10-12 shuffles and
 // masks per 4 K-values of a tile), and each row puts its sums back in column order (natural) after every chunk.
@@ -770,7 +770,8 @@ template <class I> static inline typename I::Vi idot(typename I::Vi acc, typenam
   return I::dot(acc, codes, I::qset(q4));
 }
 #ifdef BELLE_X86
-template <> __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline __m512i idot<Avx512Int>(__m512i acc, __m512i codes, const int8_t* q) {
+template <> __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+inline __m512i idot<Avx512Int>(__m512i acc, __m512i codes, const int8_t* q) {
   asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(codes), "m"(*reinterpret_cast<const int32_t*>(q)));
   return acc;
 }

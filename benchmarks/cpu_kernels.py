@@ -1,7 +1,7 @@
 """Decode-shaped matmuls on CPU (M rows of x: 1 for one reply, up to 16 for a batched decoding step): Paddle's
 float32 matmul, numpy's, the native kernels of paddle_belle/kernels (float32, bfloat16, int8, int4 with float32
-activations, and int8, int4 with int8 activations: "x-int8"; from 5 rows int8, int4 also without the kernel's
-many-rows path: "4-row", the A/B of cpu_matmul.cc's "many rows"; int4 also through
+activations, and int8, int4 with int8 activations: "x-int8"; from 5 rows int8, int4 and their x-int8 also without the
+kernel's many-rows paths: "4-row", the A/B of cpu_matmul.cc's "many rows"; int4 also through
 QuantLinear, plain and with GPTQ's act-order permutation, which it applies to x before the kernel) and QuantLinear's
 pure-Paddle block-wise path (int8, int4; M = 1 only, it is slow).
 
@@ -13,7 +13,8 @@ dense_4h_to_h) and bloom-7b's dense_h_to_4h (K=4096 -> N=16384); --head adds the
 [250,880, K] as stored (cpu.tied_head): bloom-560m's (K=1024, 1 GB in float32) and, with --head 1024,4096,
 belle-7b-2m's (K=4096, 4.1 GB in float32 + 2 GB in bfloat16 resident for the run); their methods are numpy's and
 Paddle's float32 products and the native rows_matmul (float32, bfloat16; from 5 rows also without its many-rows
-loop: "dots-off"). Each method rotates over copies of its
+loop: "dots-off") and the int8 token table E^T [K, 250,880] of a quantized checkpoint through the quant kernel,
+float and int8 x ("kernel int8 table"). Each method rotates over copies of its
 weight that together exceed the L3 cache (--cold-mib), so that every call reads its weight from memory, as a decoding
 step does. Prints the median ms per call, GB/s = bytes of weight read per call (codes + scales for
 the integer formats, group 128) / time, the GB/s of the fastest call (the machine may be shared: the best call shows
@@ -115,9 +116,9 @@ def main():
 
     print(f"\nlarge read (numpy float32 gemv, 512 MiB, best of 5): {bandwidth[0]:.1f} GB/s before, "
           f"{bandwidth[1]:.1f} GB/s after")
-    print(f"\n{'shape':<14} {'M':>3} {'method':<18} {'ms':>9} {'GB/s':>7} {'best GB/s':>10} {'GFLOP/s':>8}")
+    print(f"\n{'shape':<14} {'M':>3} {'method':<30} {'ms':>9} {'GB/s':>7} {'best GB/s':>10} {'GFLOP/s':>8}")
     for shape, m, name, ms, gbs, best, flops in rows:
-        print(f"{shape:<14} {m:>3} {name:<18} {ms:9.3f} {gbs:7.1f} {best:10.1f} {flops:8.1f}")
+        print(f"{shape:<14} {m:>3} {name:<30} {ms:9.3f} {gbs:7.1f} {best:10.1f} {flops:8.1f}")
 
 
 def linear_methods(x, k, n, m, ops, rng, cold_mib):
@@ -168,9 +169,9 @@ def linear_methods(x, k, n, m, ops, rng, cold_mib):
             ("layer int4", each(lambda v: v(x), layers[4]), quant_bytes(4)),  # QuantLinear.forward, the kernel
             ("layer int4 act-ord", each(lambda v: v(x), layers["4 act-order"]), quant_bytes(4)),
         ]
-    if ops and m >= 5:  # the same calls without the kernel's many-rows path: its A/B in this process
+    if ops and m >= 5:  # the same calls without the kernel's many-rows paths: their A/B in this process
         methods += [(name + " 4-row", [tiles_only(call) for call in calls], nbytes) for name, calls, nbytes in methods
-                    if name in ("kernel int8", "kernel int4")]
+                    if name in ("kernel int8", "kernel int4") or name.endswith("x-int8")]
     if m == 1:
         methods += [
             ("blockwise int8", each(lambda v: v._blockwise_forward(x), layers[8]), quant_bytes(8)),
@@ -201,9 +202,19 @@ def head_methods(x, k, n, ops):
             ("kernel rows fp32", [lambda: kernels.rows_matmul(x, e)], n * k * 4),
             ("kernel rows bf16", [lambda: kernels.rows_matmul(x, e_bf16)], n * k * 2),
         ]
-    if ops and x.shape[0] >= 5:  # the same calls without the many-rows loop (cpu_matmul.cc dots): its A/B
-        methods += [(name + " dots-off", [tiles_only(call) for call in calls], nbytes)
-                    for name, calls, nbytes in methods if name.startswith("kernel rows")]
+        # The int8 token table of a quantized checkpoint (--embedding int8, the default): QuantEmbedding.logits,
+        # codes E^T [k, n], one scale per token, through the quant kernel with float x and with int8 x.
+        codes = paddle.to_tensor(rng.integers(0, 256, (k, n), np.uint8))
+        scales = paddle.to_tensor(rng.uniform(0.001, 0.01, (1, n)).astype(np.float32))
+        table = lambda int8_x: kernels.quant_matmul(x, codes, scales, None, 8, k, int8_x=int8_x)  # noqa: E731
+        methods += [
+            ("kernel int8 table", [lambda: table(False)], k * n + n * 4),
+            ("kernel int8 table x-int8", [lambda: table(True)], k * n + n * 4),
+        ]
+    if ops and x.shape[0] >= 5:  # the same calls without the many-rows loops (cpu_matmul.cc dots, imany): their A/B
+        methods += [(name + (" dots-off" if name.startswith("kernel rows") else " 4-row"),
+                     [tiles_only(call) for call in calls], nbytes)
+                    for name, calls, nbytes in methods if name.startswith("kernel")]
     return methods
 
 

@@ -1,7 +1,8 @@
 """`paddle-belle serve` under load: continuous batching with C concurrent streaming clients (the openai SDK).
 
 By default the model has bloom-560m's shape with random weights (std 0.02, written once under --workdir as float16,
-served as float32, and as int4-g128 by streaming RTN: the native int4 kernels) and belle-tiny-zh's tokenizer, its
+served as float32, as int4-g128 by streaming RTN: the native int4 kernels, and as "int4-x8": that int4 checkpoint
+with int8 activations, PADDLE_BELLE_INT8_ACTIVATIONS=1) and belle-tiny-zh's tokenizer, its
 vocabulary padded with placeholder tokens up to BLOOM's 250,880 ids; --model DIR serves a checkpoint of yours.
 Every request generates exactly --new tokens (min_tokens masks EOS). Prints, per format and client count: total
 generated tokens/s, median time to first token and p95 time between tokens (the gaps between a stream's chunks).
@@ -16,7 +17,7 @@ requests or ran their jobs; a second table splits it (decoding forwards, token c
 mean rows of a decoding step and the CPU seconds of the server and of the clients. On a shared machine expect +-30% between runs (the load average is printed). Nothing is
 asserted.
 
-    python benchmarks/serve.py [--shape bloom-560m | --model DIR] [--formats float32,int4] [--clients 1,4,16]
+    python benchmarks/serve.py [--shape bloom-560m | --model DIR] [--formats float32,int4,int4-x8] [--clients 1,4,16]
                                [--rows 16] [--chunk 128] [--new 48] [--requests 1] [--long 1000] [--threads 2]
                                [--rows-table 1,16] [--step-only]
     quick subsets: --formats float32 --clients 1,4 --long 0 --rows-table ''   (--clients '': in process only;
@@ -63,7 +64,21 @@ def make_checkpoints(shape, workdir: Path) -> dict:
         vocab = json.loads((TOKENIZER / "vocab.json").read_text(encoding="utf-8"))
         vocab.update({f"x{i}": i for i in range(len(vocab), SHAPES[shape]["vocab_size"])})  # random ids decode
         (work / d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    return {"float32": work / "fp16", "int4": work / "int4"}
+    return {"float32": work / "fp16", "int4": work / "int4", "int4-x8": work / "int4"}
+
+
+# Formats that are another format's checkpoint run with int8 activations (paddle_belle/kernels int8_activations):
+# PADDLE_BELLE_INT8_ACTIVATIONS set for their in-process runs and their server, and cleared for every other format.
+INT8_ACTIVATIONS = {"int4-x8"}
+
+
+def activations(name):
+    """Set PADDLE_BELLE_INT8_ACTIVATIONS for format ``name`` (inherited by the server it starts) and have the kernels
+    read it again."""
+    from paddle_belle import kernels
+
+    os.environ["PADDLE_BELLE_INT8_ACTIVATIONS"] = "1" if name in INT8_ACTIVATIONS else "0"
+    kernels.reload()
 
 
 def stream_one(client, messages, new, marks):
@@ -248,6 +263,8 @@ def main():
         print("|---|---|---|---|---|---|---|---|")
     delays, rows_tables, wheres = [], [], []
     for name, directory in dirs.items():
+        if not a.model:  # --model: the environment as given
+            activations(name)
         rows = [int(n) for n in a.rows_table.split(",") if n]
         prompt_ids = tok(generation_prompt(long_prompt))["input_ids"] if a.long else []
         chunk_s, stream_tok_s, steps = in_process(directory, prompt_ids, a.chunk, a.threads, rows, a.step_only, a.new)

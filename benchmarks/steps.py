@@ -4,8 +4,9 @@ once, in its own process, in turn, and the table shows medians over rounds, so t
 both sides alike). Rows 1: generation.stream (batch 1); more: a Batcher step with that many rows decoding.
 
 Models: bloom-560m's shape with random weights as float32 and int4-g128 (benchmarks/serve.py's checkpoints, made
-once under --workdir), the bundled belle-tiny-zh (float32), and SmolLM2-135M's shape with random weights (LLaMA:
-30 layers, hidden 576, 9 heads / 3 kv heads, tied embedding; built in process). Nothing is asserted. In square
+once under --workdir; "bloom-560m:int4-x8": the int4 one with int8 activations), the bundled belle-tiny-zh
+(float32), and SmolLM2-135M's shape with random weights (LLaMA: 30 layers, hidden 576, 9 heads / 3 kv heads, tied
+embedding; built in process). Nothing is asserted. In square
 brackets: a step's time less that of its weight matmuls alone (matmul_seconds), i.e. the overhead around them.
 
     python benchmarks/steps.py [--checkouts /work/main,.] [--models bloom-560m:float32,bloom-560m:int4,belle-tiny-zh,
@@ -29,8 +30,12 @@ SMOLLM = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hid
 def load(name, workdir, threads):
     import paddle
 
-    from paddle_belle import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+    from paddle_belle import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, kernels
     from paddle_belle.cpu import set_cpu_threads
+
+    # "-x8": int8 activations (benchmarks/serve.py INT8_ACTIVATIONS), every other model without
+    os.environ["PADDLE_BELLE_INT8_ACTIVATIONS"] = "1" if name.endswith("-x8") else "0"
+    kernels.reload()
 
     if name == "smollm-135m":
         paddle.seed(0)
@@ -42,7 +47,7 @@ def load(name, workdir, threads):
         directory = HERE.parent / "paddle_belle" / "assets" / "belle-tiny-zh"
     else:
         shape, fmt = name.split(":")
-        directory = Path(workdir) / shape / {"float32": "fp16", "int4": "int4"}[fmt]
+        directory = Path(workdir) / shape / {"float32": "fp16", "int4": "int4", "int4-x8": "int4"}[fmt]
     return AutoModelForCausalLM.from_pretrained(directory, dtype="float32", threads=threads)
 
 

@@ -136,3 +136,32 @@ def test_a_request_not_yet_prefilled_moves_down_when_the_row_below_frees(belle):
     while batcher.busy:
         batcher.step()
     assert batcher.moves == 1 and request.tokens == alone(model, tok, second, config).tokens
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int8_activations_batched_greedy_ids_equal_each_alone(bits, belle, monkeypatch):
+    """A quantized model with int8 activations (PADDLE_BELLE_INT8_ACTIVATIONS=1): decoding steps of 5-6 rows take the
+    integer many-rows loop (cpu_matmul.cc imany_block), a request alone the one-row path; each request's greedy ids
+    are the same either way (the int8 path computes a row's numbers whatever rows share the call)."""
+    from paddle_belle import kernels
+    from paddle_belle.quant import QuantConfig
+    from paddle_belle.quant.quantize import quantize_model
+
+    if kernels.cpu_kernels() is None:
+        pytest.skip("the native CPU kernels are not available here")
+    monkeypatch.setenv("PADDLE_BELLE_INT8_ACTIVATIONS", "1")
+    _, ours = tiny_bloom(6, 0.5)
+    quantize_model(ours, QuantConfig(bits=bits, group_size=32, method="rtn", embedding=f"int{bits}"), progress=False)
+    rng = np.random.default_rng(2)
+    ids = [rng.integers(4, 101, n).tolist() for n in (3, 11, 26, 40, 5, 17, 1)]
+    configs = [GenerationConfig(max_new_tokens=n, eos_token_id=2) for n in (12, 30, 7, 20, 25, 16, 9)]
+    batcher = Batcher(ours, belle[1], rows=6, max_length=128, chunk=8)
+    heads = []  # the rows of each head call
+    ours.lm_logits = lambda x, head=ours.lm_logits: heads.append(x.shape[0]) or head(x)
+    try:
+        got = {i: r.tokens for i, r in generate_all(batcher, ids, configs)}
+    finally:
+        del ours.lm_logits
+    assert sum(rows >= 5 for rows in heads) >= 5  # decoding steps of 5-6 rows
+    for i, (prompt, config) in enumerate(zip(ids, configs)):
+        assert got[i] == alone(ours, belle[1], prompt, config, max_length=128, chunk=8).tokens, i

@@ -767,6 +767,146 @@ static void iblock_avx512(const Args& a, int64_t n0, int64_t n1) {
 }
 #endif
 
+// -------------------------------------------------------------------------------------- int8 activations, many rows
+// From INT_MANY_ROWS rows of x (continuous batching's decoding steps, prefill chunks) iblock() is bound by the work
+// around the integer dot products, not by them: each 4-row tile decodes its codes again (quads: 10-12 shuffles and
+// masks per 4 K-values of a tile), and each row puts its sums back in column order (natural) after every chunk.
+// Here a tile's codes for one chunk are decoded once, put in column order (natural() permutes whole 32-bit lanes, so
+// it may as well be applied to the codes as to the sums), into an L1 buffer (AVX-512: 8 steps x 4 vectors, 2 KiB),
+// and a register-blocked microkernel runs every row over it: MR rows x QV vectors of integer accumulators (AVX-512:
+// 6 x 4 = 24 of 32 registers, with the tile's 4 code vectors; x's 4 bytes broadcast from memory by vpdpbusd itself).
+// Symmetric codes start the sums at -zero * sum(q) (exact integers, as the float fma they replace: |sum| < 2^24).
+// Everything else is itile's: the same chunks, loop order and integers, the same float operations per chunk, into y
+// chunk after chunk; a row's y is therefore bit-identical to itile's whatever other rows share the call
+// (tests/kernels/test_cpu_matmul.py). 1024 x 4096 int4 / int8 g128, one thread, in one process, alternating with
+// iblock() (a shared machine, load ~4; vpdpbusd alone ran 225 GOP/s on one core in the same minutes), ms: 4 rows
+// 0.253 / 0.318 against 0.232 / 0.283 (hence from 5 rows), 5 rows 0.286 / 0.354 against 0.301 / 0.472, 16 rows 0.666
+// / 0.735 (202 / 183 GOP/s) against 0.865 / 1.175, 128 rows 4.85 / 5.00 (221 / 215 GOP/s) against 7.09 / 10.2.
+constexpr int64_t INT_MANY_ROWS = 5;
+// The microkernel's loops over rows and vectors are unrolled before GCC 12 decides where the accumulators live: left
+// to its heuristics, some of a 6-row block's 24 accumulator vectors were stored to the stack every step (objdump of
+// imany_avx512; so were all of them when idot took the accumulator by reference).
+#define UNROLL _Pragma("GCC unroll 32")
+template <class I> struct IMany { static constexpr int MR = 4; };  // the portable path
+#ifdef BELLE_X86
+template <> struct IMany<Avx2Int> { static constexpr int MR = 2; };  // 8 accumulators, 4 codes, q's two halves
+template <> struct IMany<Avx512Int> { static constexpr int MR = 6; };
+#endif
+
+// acc plus the lanes of codes times x's 4 bytes at q (I::dot). AVX-512 VNNI: x broadcast from memory by vpdpbusd
+// itself, in place: GCC 12 copies the accumulator to another register and back around each _mm512_dpbusd_epi32.
+template <class I> static inline typename I::Vi idot(typename I::Vi acc, typename I::Vi codes, const int8_t* q) {
+  int32_t q4;
+  std::memcpy(&q4, q, 4);
+  return I::dot(acc, codes, I::qset(q4));
+}
+#ifdef BELLE_X86
+template <> __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+inline __m512i idot<Avx512Int>(__m512i acc, __m512i codes, const int8_t* q) {
+  asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(codes), "m"(*reinterpret_cast<const int32_t*>(q)));
+  return acc;
+}
+#endif
+
+// buf[s * QV + j]: step s (K-values 4s .. 4s + 3) of chunk c, columns [n0, n0 + QV * W) in order, as itile reads them.
+template <class I, int S>
+static inline void decode_quads(const Args& a, int64_t c, int64_t n0, typename I::Vi* buf) {
+  constexpr int QV = I::QV, PER = 8 / S, ROWS = 4 / PER;
+  const Chunk& chunk = a.chunks[c];
+  const uint8_t* w = static_cast<const uint8_t*>(a.w);
+  const int64_t steps = (chunk.k1 - chunk.k0 + 3) / 4, stored = (a.K + PER - 1) / PER;
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t kb = chunk.k0 / PER + s * ROWS;
+    typename I::Vi* codes = buf + s * QV;
+    for (int r = 0; r < ROWS; ++r) __builtin_prefetch(w + (kb + r) * a.N + n0 + PREFETCH_TILES * QV * I::W);
+    if (kb + ROWS <= stored) {
+      I::template quads<S>(w + kb * a.N + n0, a.N, codes);
+    } else {  // as itile: zeros past the weight's last row
+      alignas(64) uint8_t pad[ROWS][64] = {};
+      for (int64_t r = 0; kb + r < stored; ++r) std::memcpy(pad[r], w + (kb + r) * a.N + n0, QV * I::W);
+      I::template quads<S>(pad[0], 64, codes);
+    }
+    I::natural(codes);
+  }
+}
+
+// Chunk c's contribution to y[m0 : m0 + MR, n0 : n0 + QV * W] from its decoded codes (buf).
+template <class I, int S, int MR>
+static inline void imicro(const Args& a, int64_t c, const typename I::Vi* buf, int64_t m0, int64_t n0) {
+  using V = typename I::V;
+  using Vi = typename I::Vi;
+  constexpr int QV = I::QV;
+  const Chunk& chunk = a.chunks[c];
+  const int8_t* q = a.q + m0 * a.q_stride + chunk.q_offset;
+  Vi acc[MR][QV];
+  UNROLL for (int i = 0; i < MR; ++i) {
+    const Vi start = I::set1i(a.zeros ? 0 : -a.zero * a.sq[(m0 + i) * a.q_chunks + chunk.index]);
+    UNROLL for (int j = 0; j < QV; ++j) acc[i][j] = start;
+  }
+  const int64_t steps = (chunk.k1 - chunk.k0 + 3) / 4;
+  for (int64_t s = 0; s < steps; ++s) {
+    Vi w[QV];
+    UNROLL for (int j = 0; j < QV; ++j) w[j] = buf[s * QV + j];
+    UNROLL for (int i = 0; i < MR; ++i)
+      UNROLL for (int j = 0; j < QV; ++j) acc[i][j] = idot<I>(acc[i][j], w[j], q + i * a.q_stride + 4 * s);
+  }
+  UNROLL for (int i = 0; i < MR; ++i) {
+    const int64_t mc = (m0 + i) * a.q_chunks + chunk.index;
+    const V sx = I::set1(a.sx[mc]), minus_sq = I::set1(-float(a.sq[mc]));
+    UNROLL for (int j = 0; j < QV; ++j) {
+      const int64_t n = n0 + j * I::W;
+      V dot = I::tofloat(acc[i][j]);  // integers below 2^24: exact, as itile's
+      if (a.zeros) dot = I::fma(minus_sq, I::tofloat(I::bytes(a.zeros + chunk.g * a.N + n)), dot);
+      float* y = a.y + (m0 + i) * a.N + n;
+      const V before = c ? I::loadf(y) : a.bias ? I::loadf(a.bias + n) : I::zero();
+      I::storef(y, I::fma(I::loadf(a.scales + chunk.g * a.N + n), I::mul(sx, dot), before));
+    }
+  }
+}
+
+// imicro() for mb <= MR rows, the row count a template argument.
+template <class I, int S, int MR>
+static inline void imicros(const Args& a, int64_t c, const typename I::Vi* buf, int64_t m0, int64_t mb, int64_t n0) {
+  if constexpr (MR > 1)
+    if (mb < MR) return imicros<I, S, MR - 1>(a, c, buf, m0, mb, n0);
+  imicro<I, S, MR>(a, c, buf, m0, n0);
+}
+
+// iblock() for many rows, in its order (panels, chunk by chunk, the tiles of a panel): each tile's codes decoded once,
+// then every row over them; the last N % (QV * W) columns through itile's scalar tiles.
+template <class I, int S>
+static inline void imany_block(const Args& a, int64_t n0, int64_t n1) {
+  constexpr int64_t tile_width = I::QV * I::W, MR = IMany<I>::MR, MB = 4;
+  alignas(64) typename I::Vi buf[CHUNK / 4 * I::QV];
+  const int64_t panel = std::max<int64_t>(tile_width, (16384 / a.M) / tile_width * tile_width);
+  for (int64_t p0 = n0; p0 < n1; p0 += panel) {
+    const int64_t p1 = std::min(n1, p0 + panel);
+    for (int64_t c = 0; c < int64_t(a.chunks.size()); ++c) {
+      int64_t n = p0;
+      for (; n + tile_width <= p1; n += tile_width) {
+        decode_quads<I, S>(a, c, n, buf);
+        for (int64_t m0 = 0; m0 < a.M; m0 += MR) imicros<I, S, MR>(a, c, buf, m0, std::min(MR, a.M - m0), n);
+      }
+      for (; n < p1; ++n)
+        for (int64_t m0 = 0; m0 < a.M; m0 += MB) itiles<ScalarInt, S>(a, c, m0, std::min(MB, a.M - m0), n);
+    }
+  }
+}
+
+template <int S> __attribute__((flatten)) static void imany_scalar(const Args& a, int64_t n0, int64_t n1) {
+  imany_block<ScalarInt, S>(a, n0, n1);
+}
+#ifdef BELLE_X86
+template <int S> __attribute__((target("avx2,fma,f16c"), flatten))
+static void imany_avx2(const Args& a, int64_t n0, int64_t n1) {
+  imany_block<Avx2Int, S>(a, n0, n1);
+}
+template <int S> __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), flatten))
+static void imany_avx512(const Args& a, int64_t n0, int64_t n1) {
+  imany_block<Avx512Int, S>(a, n0, n1);
+}
+#endif
+
 // ------------------------------------------------------------------------------------------ x @ E^T
 // The LM head tied to the input embedding E [N, K] (BLOOM: 250,880 x 4096) reads E as stored: y[m, n] is the dot
 // product of x's row m with E's row n, one contiguous run of K weights, so no transposed copy of E is ever made.
@@ -1048,13 +1188,14 @@ static void run_int(Args& a, int64_t group) {
   std::vector<int32_t> sq;
   quantize_x(a, S, q, sx, sq);
   using Fn = void (*)(const Args&, int64_t, int64_t);
-  Fn fn = iblock_scalar<S>;
+  const bool many = a.M >= many_rows(INT_MANY_ROWS);  // see "int8 activations, many rows"
+  Fn fn = many ? imany_scalar<S> : iblock_scalar<S>;
   int64_t width = 64;
 #ifdef BELLE_X86
   int level = isa_level();
   if (level == 2 && !__builtin_cpu_supports("avx512vnni")) level = 1;  // AVX-512 without VNNI: the AVX2 integers
-  if (level == 2) fn = iblock_avx512<S>, width = Avx512Int::QV * Avx512Int::W;
-  if (level == 1) fn = iblock_avx2<S>, width = Avx2Int::QV * Avx2Int::W;
+  if (level == 2) fn = many ? imany_avx512<S> : iblock_avx512<S>, width = Avx512Int::QV * Avx512Int::W;
+  if (level == 1) fn = many ? imany_avx2<S> : iblock_avx2<S>, width = Avx2Int::QV * Avx2Int::W;
 #endif
   if (a.M <= STREAM_ROWS) parallel_chunks(a, fn);
   else parallel_columns(a, fn, width);

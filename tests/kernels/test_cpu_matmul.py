@@ -139,6 +139,42 @@ def test_int8_activations_equal_the_integer_reference(config, m, isa, int8_x):
 
 
 @pytest.mark.parametrize("config", INT8_X_CONFIGS, ids=INT8_X_IDS)
+@pytest.mark.parametrize("m", [4, 6, 16, 17, 128])
+def test_int8_activations_many_rows_equal_the_reference_and_the_tiles_bit_for_bit(config, m, isa, int8_x, monkeypatch):
+    """The int8 path's many-rows loop (cpu_matmul.cc imany_block: a tile's codes decoded once for every row, 6-row
+    blocks on AVX-512), here from one row: 6-row blocks whole and partial, K 200/264/257 (partial groups and blocks, a
+    padding nibble), N 37/300/130 (a partial tile, whole tiles and single columns). It equals the integer reference,
+    and the 4-row tiles (the loop turned off) bit for bit: the same integers and float operations per block."""
+    for k, n in INT8_X_SHAPES:
+        layer, _, _ = random_layer(config, k, n, seed=m)
+        x = np.random.RandomState(m).standard_normal((m, k)).astype(np.float32)
+        x[:, :5] *= 30
+        with paddle.no_grad():
+            monkeypatch.setenv("PADDLE_BELLE_KERNELS_MANY_ROWS", "1")
+            many = layer(paddle.to_tensor(x)).numpy()
+            monkeypatch.setenv("PADDLE_BELLE_KERNELS_MANY_ROWS", "1000000")
+            tiles = layer(paddle.to_tensor(x)).numpy()
+        assert_close(many, int8_activation_matmul(layer, x))
+        np.testing.assert_array_equal(many, tiles)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int8_activations_a_row_is_the_same_whatever_shares_the_call(bits, ops, int8_x):
+    """Continuous batching: a row's y does not depend on the other rows of the call (alone, in 5 rows, in 16, in
+    17: the few-rows and the many-rows paths), bit for bit (one thread: with two, one row's chunks are split between
+    the threads and their sums added in another order)."""
+    config = QuantConfig(bits=bits, group_size=128, method="rtn", sym=bits == 8)
+    layer, _, _ = random_layer(config, 257, 300, seed=bits)
+    x = np.random.RandomState(bits).standard_normal((17, 257)).astype(np.float32)
+    paddle.base.core.set_num_threads(1)  # (the tests' default, here explicit)
+    with paddle.no_grad():
+        calls = {rows: layer(paddle.to_tensor(x[:rows])).numpy() for rows in (1, 5, 16, 17)}
+        alone = [layer(paddle.to_tensor(x[i : i + 1])).numpy()[0] for i in range(17)]
+    for rows, out in calls.items():
+        np.testing.assert_array_equal(out, np.stack(alone[:rows]), err_msg=f"{rows} rows")
+
+
+@pytest.mark.parametrize("config", INT8_X_CONFIGS, ids=INT8_X_IDS)
 @pytest.mark.parametrize("block_elements", [1 << 22, 1])
 def test_int8_activations_fallback_equals_the_kernel(config, block_elements, ops, int8_x, monkeypatch):
     """QuantLinear's Paddle path (no kernels) computes the kernel's integers; block_elements=1: one block of 32 at

@@ -170,7 +170,7 @@ def linear_methods(x, k, n, m, ops, rng, cold_mib):
         ]
     if ops and m >= 5:  # the same calls without the kernel's many-rows path: its A/B in this process
         methods += [(name + " 4-row", [tiles_only(call) for call in calls], nbytes) for name, calls, nbytes in methods
-                    if name in ("kernel int8", "kernel int4")]
+                    if name in ("kernel fp32", "kernel bf16", "kernel int8", "kernel int4")]
     if m == 1:
         methods += [
             ("blockwise int8", each(lambda v: v._blockwise_forward(x), layers[8]), quant_bytes(8)),

@@ -515,11 +515,147 @@ static inline void many_block(const Args& a, int64_t n0, int64_t n1) {
   }
 }
 
-// Columns [n0, n1) of the float path: the many-rows loop where run() chose it (Args::many), else the tiles.
+// ------------------------------------------------------------------------------------------ dense many rows
+// A dense weight (float32, bfloat16, float16) times more than DENSE_ROWS rows of x (continuous batching's decoding
+// steps) is bound by the FMAs, and the 4-row tiles above left a third of the peak unused (16 rows, 2 threads, float32:
+// 83-133 GFLOP/s of ~196 on bloom-560m's Linears, 4096 x 1024 the worst): each tile's 32 x 64 weights are read again
+// for every 4 rows of x, and with N a multiple of 1024 their 32 rows, N floats apart, fall in 4 sets of the 8-way L1,
+// so all but 8 come from L2 each time; y goes to memory and back every 32 K-values; and the software prefetch never
+// reaches past the end of a thread's columns, so every chunk of 32 rows starts with a wait on memory (at 512 columns
+// a thread, 2 of its 8 tiles: 4096 x 1024 and 1024 x 1024 were the slowest).
+//
+// Here, as in BLIS's and llamafile's sgemm (tinyBLAS), the weight is packed: a sliver of KC rows x NR columns (AVX-512
+// 128 x 64, 32 KiB of float32) is copied, bfloat16/float16 widened to float32, into a contiguous buffer, and a
+// register-blocked microkernel runs every block of MR rows of x over it from there (AVX-512: 6 rows x 4 vectors = 24
+// of 32 registers, 4 weight loads and 6 broadcasts per 24 FMAs; AVX2: 6 x 2 of 16), x packed once a call in blocks of
+// MR rows, k-major, so that a step's MR broadcasts read one line. While the first row block runs over a sliver it
+// prefetches the next sliver's rows into L2, one row of it per K-value, spread over the compute rather than issued
+// in one burst (a burst of hundreds of prefetches overflows the miss buffers and most are dropped: the reason the
+// quantized loop's copy, which prefetched a tile's 128 rows at once, was slower for dense weights).
+//
+// A row's result does not depend on the other rows or on M: the accumulators start from y (the bias, or 0, for the
+// first K panel), so every y[m, n] is one FMA chain over k = 0 .. K-1 in order, whatever the row block, the panel
+// size or the thread's share of columns.
+constexpr int64_t KC = 128;
+template <class I> struct Gemm { static constexpr int MR = 4, NV = 1; };  // the portable path
+#ifdef BELLE_X86
+template <> struct Gemm<Avx2> { static constexpr int MR = 6, NV = 2; };
+template <> struct Gemm<Avx512> { static constexpr int MR = 6, NV = 4; };
+#endif
+
+// x in blocks of P rows, k-major: row m, value k at xp[(m / P * P) * K + k * P + m % P]; a last partial block padded
+// with zeros.
+static void pack_x_blocks(Args& a, int64_t P, std::vector<float>& xp) {
+  xp.assign((a.M + P - 1) / P * P * a.K, 0.0f);
+  for (int64_t m = 0; m < a.M; ++m) {
+    float* out = xp.data() + (m / P * P) * a.K + m % P;
+    for (int64_t k = 0; k < a.K; ++k) out[k * P] = a.x[m * a.K + k];
+  }
+  a.xp = xp.data(), a.xp_rows = P;
+}
+
+// buf[k - k0][NV * W] = weight rows [k0, k1), columns [n0, n0 + NV * W), as float32.
+template <class I, class F, int NV>
+static inline void pack_sliver(const Args& a, int64_t k0, int64_t k1, int64_t n0, float* buf) {
+  for (int64_t k = k0; k < k1; ++k)
+    for (int j = 0; j < NV; ++j) I::storef(buf + (k - k0) * NV * I::W + j * I::W, F::template vec<I>(a.w, k * a.N + n0 + j * I::W));
+}
+
+// y[m0 : m0 + MR, n0 : n0 + NV * W] += x's rows [k0, k1) times the packed sliver, MR x NV accumulators in registers.
+// LINES > 0: prefetch LINES lines of row k of `ahead` (stride bytes apart) into L2 at each k.
+template <class I, int MR, int NV, int LINES>
+static inline void gemm_micro(const Args& a, const float* buf, int64_t k0, int64_t k1, int64_t m0, int64_t n0,
+                              const char* ahead, int64_t stride) {
+  using V = typename I::V;
+  const int64_t P = a.xp_rows;
+  const float* x = a.xp + m0 * a.K + k0 * P;
+  V acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) {
+      const int64_t n = n0 + j * I::W;
+      acc[i][j] = k0 ? I::loadf(a.y + (m0 + i) * a.N + n) : a.bias ? I::loadf(a.bias + n) : I::zero();
+    }
+  for (int64_t k = 0; k < k1 - k0; ++k, buf += NV * I::W, x += P) {
+    if (LINES && ahead)
+      for (int l = 0; l < LINES; ++l) __builtin_prefetch(ahead + k * stride + 64 * l, 0, 2);
+    V w[NV];
+    for (int j = 0; j < NV; ++j) w[j] = I::loadf(buf + j * I::W);
+    for (int i = 0; i < MR; ++i) {
+      const V xk = I::set1(x[i]);
+      for (int j = 0; j < NV; ++j) acc[i][j] = I::fma(xk, w[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) I::storef(a.y + (m0 + i) * a.N + n0 + j * I::W, acc[i][j]);
+}
+
+// buf[k - k0][width] = weight rows [k0, k1), columns [n0, n0 + cols), as float32, zero-padded to `width` columns.
+template <class F>
+static inline void pack_columns(const Args& a, int64_t k0, int64_t k1, int64_t n0, int64_t cols, int64_t width,
+                                float* buf) {
+  for (int64_t k = k0; k < k1; ++k)
+    for (int64_t j = 0; j < width; ++j)
+      buf[(k - k0) * width + j] = j < cols ? F::template vec<Scalar>(a.w, k * a.N + n0 + j) : 0.0f;
+}
+
+// Every block of x's rows over a packed sliver (a last block of mb < MR rows: the row count a template argument); the
+// first block prefetches `ahead`.
+template <class I, int NV, int LINES>
+static inline void gemm_rows(const Args& a, const float* buf, int64_t k0, int64_t k1, int64_t n0, const char* ahead,
+                             int64_t stride) {
+  constexpr int MR = Gemm<I>::MR;
+  static_assert(MR <= 6, "the switch below covers 1..6 rows");
+  for (int64_t m0 = 0; m0 < a.M; m0 += MR) {
+    const char* p = m0 ? nullptr : ahead;
+    switch (std::min<int64_t>(MR, a.M - m0)) {
+      case 1: gemm_micro<I, 1, NV, LINES>(a, buf, k0, k1, m0, n0, p, stride); break;
+      case 2: gemm_micro<I, std::min(2, MR), NV, LINES>(a, buf, k0, k1, m0, n0, p, stride); break;
+      case 3: gemm_micro<I, std::min(3, MR), NV, LINES>(a, buf, k0, k1, m0, n0, p, stride); break;
+      case 4: gemm_micro<I, std::min(4, MR), NV, LINES>(a, buf, k0, k1, m0, n0, p, stride); break;
+      case 5: gemm_micro<I, std::min(5, MR), NV, LINES>(a, buf, k0, k1, m0, n0, p, stride); break;
+      default: gemm_micro<I, MR, NV, LINES>(a, buf, k0, k1, m0, n0, p, stride); break;
+    }
+  }
+}
+
+// Columns [n0, n1) (one thread's share) for every row of x: K panels of KC rows, the share's slivers in each. The last
+// columns (fewer than a sliver) are padded with zeros to a whole one, in a copy of their slice of y, so that they take
+// the same vector FMAs as the others: a scalar loop's may be contracted or not depending on how the compiler
+// vectorizes it across the rows of a block, and a row's result would then depend on its place in the batch.
+template <class I, class F>
+static inline void gemm(const Args& a, int64_t n0, int64_t n1) {
+  constexpr int NV = Gemm<I>::NV, NR = NV * I::W, LINES = (NR * F::column_bytes + 63) / 64;
+  alignas(64) float buf[KC * NR];
+  const int64_t whole = n0 + (n1 - n0) / NR * NR, stride = a.N * F::column_bytes;
+  for (int64_t k0 = 0; k0 < a.K; k0 += KC) {
+    const int64_t k1 = std::min(a.K, k0 + KC);
+    for (int64_t n = n0; n < whole; n += NR) {  // the next sliver: the next NR columns, or the next panel's first
+      const bool last = n + NR >= whole;
+      const char* ahead = last && k1 >= a.K ? nullptr : static_cast<const char*>(F::at(a, last ? k1 : k0, last ? n0 : n + NR));
+      pack_sliver<I, F, NV>(a, k0, k1, n, buf);
+      gemm_rows<I, NV, LINES>(a, buf, k0, k1, n, ahead, stride);
+    }
+  }
+  if (whole == n1) return;
+  std::vector<float> y(a.M * NR), bias(NR, 0.0f);
+  Args rest = a;
+  rest.y = y.data(), rest.N = NR;
+  if (a.bias) std::copy(a.bias + whole, a.bias + n1, bias.begin()), rest.bias = bias.data();
+  for (int64_t k0 = 0; k0 < a.K; k0 += KC) {
+    const int64_t k1 = std::min(a.K, k0 + KC);
+    pack_columns<F>(a, k0, k1, whole, n1 - whole, NR, buf);
+    gemm_rows<I, NV, 0>(rest, buf, k0, k1, 0, nullptr, 0);
+  }
+  for (int64_t m = 0; m < a.M; ++m) std::copy(&y[m * NR], &y[m * NR] + (n1 - whole), a.y + m * a.N + whole);
+}
+
+// Columns [n0, n1) of the float path: the many-rows loops where run() chose them (Args::many), else the tiles.
 template <class I, class F>
 static inline void columns(const Args& a, int64_t n0, int64_t n1) {
-  if constexpr (F::quantized)
-    if (a.many) return many_block<I, F>(a, n0, n1);
+  if (a.many) {
+    if constexpr (F::quantized) return many_block<I, F>(a, n0, n1);
+    else return gemm<I, F>(a, n0, n1);
+  }
   block<I, F>(a, n0, n1);
 }
 
@@ -958,16 +1094,21 @@ static void run(Args& a, int64_t group) {
   const bool dense_few = !F::quantized && a.M <= DENSE_ROWS;  // see DENSE_CHUNK
   add_chunks(a, group, dense_few ? DENSE_CHUNK : CHUNK);
   a.prefetch = !dense_few;
-  // several rows: each code decoded once for all of them
-  a.many = F::quantized && a.M >= many_rows(F::PER == 1 ? 16 : MANY_ROWS);
+  // several rows: each code decoded once for all of them; a dense weight packed (gemm)
+  a.many = !dense_few && a.M >= many_rows(!F::quantized ? DENSE_ROWS + 1 : F::PER == 1 ? 16 : MANY_ROWS);
   using Fn = void (*)(const Args&, int64_t, int64_t);
   Fn fn = block_scalar<F>;
-  int64_t width = 64;
+  int64_t width = 64, mr = Gemm<Scalar>::MR;
+  if (!F::quantized && a.many) width = Gemm<Scalar>::NV * Scalar::W;
 #ifdef BELLE_X86
   const int level = isa_level();
   if (level == 2) fn = block_avx512<F>, width = (a.many ? Many<Avx512>::NV : Avx512::NV) * Avx512::W;
   if (level == 1) fn = block_avx2<F>, width = (a.many ? Many<Avx2>::NV : Avx2::NV) * Avx2::W;
+  if (level == 2 && !F::quantized && a.many) width = Gemm<Avx512>::NV * Avx512::W, mr = Gemm<Avx512>::MR;
+  if (level == 1 && !F::quantized && a.many) width = Gemm<Avx2>::NV * Avx2::W, mr = Gemm<Avx2>::MR;
 #endif
+  std::vector<float> xp;
+  if (!F::quantized && a.many) pack_x_blocks(a, mr, xp);
   if (dense_few || (F::quantized && a.M <= STREAM_ROWS)) parallel_chunks(a, fn);
   else parallel_columns(a, fn, width);
 }

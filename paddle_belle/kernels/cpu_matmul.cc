@@ -554,17 +554,11 @@ static void pack_x_blocks(Args& a, int64_t P, std::vector<float>& xp) {
   a.xp = xp.data(), a.xp_rows = P;
 }
 
-// buf[k - k0][NV * W] = weight rows [k0, k1), columns [n0, n0 + NV * W), as float32.
-template <class I, class F, int NV>
-static inline void pack_sliver(const Args& a, int64_t k0, int64_t k1, int64_t n0, float* buf) {
-  for (int64_t k = k0; k < k1; ++k)
-    for (int j = 0; j < NV; ++j) I::storef(buf + (k - k0) * NV * I::W + j * I::W, F::template vec<I>(a.w, k * a.N + n0 + j * I::W));
-}
-
-// y[m0 : m0 + MR, n0 : n0 + NV * W] += x's rows [k0, k1) times the packed sliver, MR x NV accumulators in registers.
-// LINES > 0: prefetch LINES lines of row k of `ahead` (stride bytes apart) into L2 at each k.
-template <class I, int MR, int NV, int LINES>
-static inline void gemm_micro(const Args& a, const float* buf, int64_t k0, int64_t k1, int64_t m0, int64_t n0,
+// y[m0 : m0 + MR, n0 : n0 + NV * W] += x's rows [k0, k1) times the sliver, MR x NV accumulators in registers. Pack:
+// read the sliver from the weight (F) and write it to buf as float32 on the way (the first block of rows), else read
+// buf. LINES > 0: prefetch LINES lines of row k of `ahead` (stride bytes apart) into L2 at each k.
+template <class I, class F, int MR, int NV, bool Pack, int LINES>
+static inline void gemm_micro(const Args& a, float* buf, int64_t k0, int64_t k1, int64_t m0, int64_t n0,
                               const char* ahead, int64_t stride) {
   using V = typename I::V;
   const int64_t P = a.xp_rows;
@@ -579,7 +573,10 @@ static inline void gemm_micro(const Args& a, const float* buf, int64_t k0, int64
     if (LINES && ahead)
       for (int l = 0; l < LINES; ++l) __builtin_prefetch(ahead + k * stride + 64 * l, 0, 2);
     V w[NV];
-    for (int j = 0; j < NV; ++j) w[j] = I::loadf(buf + j * I::W);
+    for (int j = 0; j < NV; ++j) {
+      if constexpr (Pack) I::storef(buf + j * I::W, w[j] = F::template vec<I>(a.w, (k0 + k) * a.N + n0 + j * I::W));
+      else w[j] = I::loadf(buf + j * I::W);
+    }
     for (int i = 0; i < MR; ++i) {
       const V xk = I::set1(x[i]);
       for (int j = 0; j < NV; ++j) acc[i][j] = I::fma(xk, w[j], acc[i][j]);
@@ -598,22 +595,22 @@ static inline void pack_columns(const Args& a, int64_t k0, int64_t k1, int64_t n
       buf[(k - k0) * width + j] = j < cols ? F::template vec<Scalar>(a.w, k * a.N + n0 + j) : 0.0f;
 }
 
-// Every block of x's rows over a packed sliver (a last block of mb < MR rows: the row count a template argument); the
-// first block prefetches `ahead`.
-template <class I, int NV, int LINES>
-static inline void gemm_rows(const Args& a, const float* buf, int64_t k0, int64_t k1, int64_t n0, const char* ahead,
-                             int64_t stride) {
+// Every block of x's rows over a sliver (a last block of mb < MR rows: the row count a template argument); the first
+// block packs it (Pack) and prefetches `ahead`.
+template <class I, class F, int NV, bool Pack, int LINES>
+static inline void gemm_rows(const Args& a, float* buf, int64_t k0, int64_t k1, int64_t n0, const char* ahead,
+                             int64_t stride, int64_t m0 = 0) {
   constexpr int MR = Gemm<I>::MR;
   static_assert(MR <= 6, "the switch below covers 1..6 rows");
-  for (int64_t m0 = 0; m0 < a.M; m0 += MR) {
-    const char* p = m0 ? nullptr : ahead;
+  for (; m0 < a.M; m0 += MR) {
+    if (Pack && m0) return gemm_rows<I, F, NV, false, 0>(a, buf, k0, k1, n0, nullptr, 0, m0);  // the other blocks
     switch (std::min<int64_t>(MR, a.M - m0)) {
-      case 1: gemm_micro<I, 1, NV, LINES>(a, buf, k0, k1, m0, n0, p, stride); break;
-      case 2: gemm_micro<I, std::min(2, MR), NV, LINES>(a, buf, k0, k1, m0, n0, p, stride); break;
-      case 3: gemm_micro<I, std::min(3, MR), NV, LINES>(a, buf, k0, k1, m0, n0, p, stride); break;
-      case 4: gemm_micro<I, std::min(4, MR), NV, LINES>(a, buf, k0, k1, m0, n0, p, stride); break;
-      case 5: gemm_micro<I, std::min(5, MR), NV, LINES>(a, buf, k0, k1, m0, n0, p, stride); break;
-      default: gemm_micro<I, MR, NV, LINES>(a, buf, k0, k1, m0, n0, p, stride); break;
+      case 1: gemm_micro<I, F, 1, NV, Pack, LINES>(a, buf, k0, k1, m0, n0, ahead, stride); break;
+      case 2: gemm_micro<I, F, std::min(2, MR), NV, Pack, LINES>(a, buf, k0, k1, m0, n0, ahead, stride); break;
+      case 3: gemm_micro<I, F, std::min(3, MR), NV, Pack, LINES>(a, buf, k0, k1, m0, n0, ahead, stride); break;
+      case 4: gemm_micro<I, F, std::min(4, MR), NV, Pack, LINES>(a, buf, k0, k1, m0, n0, ahead, stride); break;
+      case 5: gemm_micro<I, F, std::min(5, MR), NV, Pack, LINES>(a, buf, k0, k1, m0, n0, ahead, stride); break;
+      default: gemm_micro<I, F, MR, NV, Pack, LINES>(a, buf, k0, k1, m0, n0, ahead, stride); break;
     }
   }
 }
@@ -625,15 +622,15 @@ static inline void gemm_rows(const Args& a, const float* buf, int64_t k0, int64_
 template <class I, class F>
 static inline void gemm(const Args& a, int64_t n0, int64_t n1) {
   constexpr int NV = Gemm<I>::NV, NR = NV * I::W, LINES = (NR * F::column_bytes + 63) / 64;
-  alignas(64) float buf[KC * NR];
+  alignas(64) float buf[512 * NR];
+  const int64_t KC = std::getenv("KC") ? std::atoll(std::getenv("KC")) : ::KC;
   const int64_t whole = n0 + (n1 - n0) / NR * NR, stride = a.N * F::column_bytes;
   for (int64_t k0 = 0; k0 < a.K; k0 += KC) {
     const int64_t k1 = std::min(a.K, k0 + KC);
     for (int64_t n = n0; n < whole; n += NR) {  // the next sliver: the next NR columns, or the next panel's first
       const bool last = n + NR >= whole;
       const char* ahead = last && k1 >= a.K ? nullptr : static_cast<const char*>(F::at(a, last ? k1 : k0, last ? n0 : n + NR));
-      pack_sliver<I, F, NV>(a, k0, k1, n, buf);
-      gemm_rows<I, NV, LINES>(a, buf, k0, k1, n, ahead, stride);
+      gemm_rows<I, F, NV, true, LINES>(a, buf, k0, k1, n, ahead, stride);
     }
   }
   if (whole == n1) return;
@@ -644,7 +641,7 @@ static inline void gemm(const Args& a, int64_t n0, int64_t n1) {
   for (int64_t k0 = 0; k0 < a.K; k0 += KC) {
     const int64_t k1 = std::min(a.K, k0 + KC);
     pack_columns<F>(a, k0, k1, whole, n1 - whole, NR, buf);
-    gemm_rows<I, NV, 0>(rest, buf, k0, k1, 0, nullptr, 0);
+    gemm_rows<I, F, NV, false, 0>(rest, buf, k0, k1, 0, nullptr, 0);
   }
   for (int64_t m = 0; m < a.M; ++m) std::copy(&y[m * NR], &y[m * NR] + (n1 - whole), a.y + m * a.N + whole);
 }

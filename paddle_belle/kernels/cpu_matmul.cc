@@ -622,8 +622,7 @@ static inline void gemm_rows(const Args& a, float* buf, int64_t k0, int64_t k1, 
 template <class I, class F>
 static inline void gemm(const Args& a, int64_t n0, int64_t n1) {
   constexpr int NV = Gemm<I>::NV, NR = NV * I::W, LINES = (NR * F::column_bytes + 63) / 64;
-  alignas(64) float buf[512 * NR];
-  const int64_t KC = std::getenv("KC") ? std::atoll(std::getenv("KC")) : ::KC;
+  alignas(64) float buf[KC * NR];
   const int64_t whole = n0 + (n1 - n0) / NR * NR, stride = a.N * F::column_bytes;
   for (int64_t k0 = 0; k0 < a.K; k0 += KC) {
     const int64_t k1 = std::min(a.K, k0 + KC);
@@ -989,8 +988,87 @@ static inline void many_rows_of_e(const Args& a, int64_t n0, int64_t n1) {
     for (int64_t m0 = 0; m0 < a.M; m0 += MR) dots_rows<I, F, MR, 1>(a, m0, std::min<int64_t>(MR, a.M - m0), n);
 }
 
+// A float32 E from HEAD_MANY_ROWS rows of x: x's rows in the lanes of a vector, up to W at once (x transposed, packed
+// once a call, pack_x_lanes), and NR rows of E in NR accumulators, each FMA taking its E value as a broadcast from
+// memory (AVX-512: vfmadd231ps {1to16}): no horizontal sums at the end and no x reload per FMA, as dots() needs.
+// KB K-values of x (16 vectors on AVX-512) stay in registers while the NR = 8 rows of E go over them, so that each
+// row's cache line is used whole at once: E's rows are K floats apart, at K a multiple of 1024 all in one L1 set, and
+// a first try with 24 rows a K-value at a time missed L1 on nearly every load (13 GFLOP/s). The first lane group
+// prefetches the next NR rows of E into L2, a line of each per KB K-values (without it 66 -> 80 GFLOP/s, below). Rows
+// of x beyond W: further lane groups over the same E rows, a panel of LANES_KC K-values at a time, the accumulators
+// kept in scratch between panels. A row's y is one FMA chain over k = 0 .. K-1 in its lane, whatever its lane or
+// group (it does not depend on the other rows), plus the bias at the end. bloom-560m's head, 16 rows, one thread,
+// thread CPU time alternating in one process (load 4-5, a shared machine): float32 dots 57-63 GFLOP/s, this loop
+// 79-80; bfloat16 dots 67, this loop 63: the 2-byte formats keep dots() (a broadcast of a bfloat16 or float16 value
+// costs a conversion per FMA).
+template <class I> struct Lanes { static constexpr int NR = 4, KB = 1; };  // the portable path
+#ifdef BELLE_X86
+template <> struct Lanes<Avx2> { static constexpr int NR = 6, KB = 8; };
+template <> struct Lanes<Avx512> { static constexpr int NR = 8, KB = 16; };
+#endif
+constexpr int64_t LANES_KC = 256;
+
+// x transposed in groups of W rows: row g * W + l, value k at xt[(g * K + k) * W + l]; rows past M zero.
+static void pack_x_lanes(Args& a, int64_t W, std::vector<float>& xt) {
+  xt.assign((a.M + W - 1) / W * W * a.K, 0.0f);
+  for (int64_t m = 0; m < a.M; ++m)
+    for (int64_t k = 0; k < a.K; ++k) xt[((m / W) * a.K + k) * W + m % W] = a.x[m * a.K + k];
+  a.xp = xt.data(), a.xp_rows = W;
+}
+
+// y[rows of lane group g, n0 : n0 + NR] over K-values [k0, k1): accumulators from `scratch` (k0 > 0) and back to
+// it, at the end of K into y. (The prefetch past E's last rows is only a hint: it never faults.)
+template <class I, class F, int NR>
+static inline void lanes(const Args& a, int64_t g, int64_t n0, int64_t k0, int64_t k1, float* scratch) {
+  using V = typename I::V;
+  constexpr int W = I::W;
+  V acc[NR];
+  const char* ahead = g == 0 ? static_cast<const char*>(a.w) + (n0 + NR) * a.K * F::column_bytes : nullptr;
+  for (int r = 0; r < NR; ++r) acc[r] = k0 ? I::loadf(scratch + r * W) : I::zero();
+  const float* xt = a.xp + (g * a.K + k0) * W;
+  constexpr int KB = Lanes<I>::KB;
+  int64_t k = k0;
+  for (; k + KB <= k1; k += KB, xt += KB * W) {
+    V xv[KB];
+    if (ahead)
+      for (int r = 0; r < NR; ++r) __builtin_prefetch(ahead + (r * a.K + k) * F::column_bytes, 0, 2);
+    for (int q = 0; q < KB; ++q) xv[q] = I::loadf(xt + q * W);
+    for (int q = 0; q < KB; ++q)
+      for (int r = 0; r < NR; ++r) acc[r] = I::fma(I::set1(F::template vec<Scalar>(a.w, (n0 + r) * a.K + k + q)), xv[q], acc[r]);
+  }
+  for (; k < k1; ++k, xt += W) {
+    const V xv = I::loadf(xt);
+    for (int r = 0; r < NR; ++r) acc[r] = I::fma(I::set1(F::template vec<Scalar>(a.w, (n0 + r) * a.K + k)), xv, acc[r]);
+  }
+  for (int r = 0; r < NR; ++r) I::storef(scratch + r * W, acc[r]);
+  if (k1 < a.K) return;
+  for (int64_t l = 0; l < W && g * W + l < a.M; ++l)
+    for (int r = 0; r < NR; ++r)
+      a.y[(g * W + l) * a.N + n0 + r] = scratch[r * W + l] + (a.bias ? a.bias[n0 + r] : 0.0f);
+}
+
+// E's rows [n, n + NR) for every lane group of x's rows.
+template <class I, class F, int NR>
+static inline void lanes_block(const Args& a, int64_t n, float* scratch) {
+  const int64_t groups = (a.M + I::W - 1) / I::W, kc = groups == 1 ? a.K : LANES_KC;
+  for (int64_t k0 = 0; k0 < a.K; k0 += kc)
+    for (int64_t g = 0; g < groups; ++g)
+      lanes<I, F, NR>(a, g, n, k0, std::min(a.K, k0 + kc), scratch + g * NR * I::W);
+}
+
+// E's rows [n0, n1): NR at a time, the last ones singly.
+template <class I, class F>
+static inline void many_lanes(const Args& a, int64_t n0, int64_t n1) {
+  constexpr int NR = Lanes<I>::NR;
+  std::vector<float> scratch((a.M + I::W - 1) / I::W * NR * I::W);
+  int64_t n = n0;
+  for (; n + NR <= n1; n += NR) lanes_block<I, F, NR>(a, n, scratch.data());
+  for (; n < n1; ++n) lanes_block<I, F, 1>(a, n, scratch.data());
+}
+
 template <class I, class F>
 static inline void rows_or_many(const Args& a, int64_t n0, int64_t n1) {
+  if (a.many && F::column_bytes == 4) return many_lanes<I, F>(a, n0, n1);  // float32: see LANES
   if (a.many) return many_rows_of_e<I, F>(a, n0, n1);
   rows<I, F>(a, n0, n1);
 }
@@ -1191,7 +1269,8 @@ static void run_rows(Args& a) {
   if (level == 1) fn = rows_avx2<F>, mr = Dots<Avx2>::MR, width = Avx2::W;
 #endif
   std::vector<float> xp;
-  if (a.many) pack_rows_x(a, mr, width, xp);
+  if (a.many && F::column_bytes == 4) pack_x_lanes(a, width, xp);
+  else if (a.many) pack_rows_x(a, mr, width, xp);
 #pragma omp parallel
   {
     int64_t threads = 1, t = 0;

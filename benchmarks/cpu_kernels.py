@@ -171,7 +171,7 @@ def linear_methods(x, k, n, m, ops, rng, cold_mib):
         ]
     if ops and m >= 5:  # the same calls without the kernel's many-rows paths: their A/B in this process
         methods += [(name + " 4-row", [tiles_only(call) for call in calls], nbytes) for name, calls, nbytes in methods
-                    if name in ("kernel int8", "kernel int4") or name.endswith("x-int8")]
+                    if name in ("kernel fp32", "kernel bf16", "kernel int8", "kernel int4") or name.endswith("x-int8")]
     if m == 1:
         methods += [
             ("blockwise int8", each(lambda v: v._blockwise_forward(x), layers[8]), quant_bytes(8)),

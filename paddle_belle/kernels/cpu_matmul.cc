@@ -543,11 +543,143 @@ static inline void many_block(const Args& a, int64_t n0, int64_t n1) {
   }
 }
 
-// Columns [n0, n1) of the float path: the many-rows loop where run() chose it (Args::many), else the tiles.
+// ------------------------------------------------------------------------------------------ dense many rows
+// A dense weight (float32, bfloat16, float16) times more than DENSE_ROWS rows of x (continuous batching's decoding
+// steps) is bound by the FMAs, and the 4-row tiles above left a third of the peak unused (16 rows, 2 threads, float32:
+// 83-133 GFLOP/s of ~196 on bloom-560m's Linears, 4096 x 1024 the worst): each tile's 32 x 64 weights are read again
+// for every 4 rows of x, and with N a multiple of 1024 their 32 rows, N floats apart, fall in 4 sets of the 8-way L1,
+// so all but 8 come from L2 each time; y goes to memory and back every 32 K-values; and the software prefetch never
+// reaches past the end of a thread's columns, so every chunk of 32 rows starts with a wait on memory (at 512 columns
+// a thread, 2 of its 8 tiles: 4096 x 1024 and 1024 x 1024 were the slowest).
+//
+// Here, as in BLIS's and llamafile's sgemm (tinyBLAS), the weight is packed: a sliver of KC rows x NR columns (AVX-512
+// 128 x 64, 32 KiB of float32) is copied, bfloat16/float16 widened to float32, into a contiguous buffer, and a
+// register-blocked microkernel runs every block of MR rows of x over it from there (AVX-512: 6 rows x 4 vectors = 24
+// of 32 registers, 4 weight loads and 6 broadcasts per 24 FMAs; AVX2: 6 x 2 of 16), x packed once a call in blocks of
+// MR rows, k-major, so that a step's MR broadcasts read one line. While the first row block runs over a sliver it
+// prefetches the next sliver's rows into L2, one row of it per K-value, spread over the compute rather than issued
+// in one burst (a burst of hundreds of prefetches overflows the miss buffers and most are dropped: the reason the
+// quantized loop's copy, which prefetched a tile's 128 rows at once, was slower for dense weights).
+//
+// A row's result does not depend on the other rows or on M: the accumulators start from y (the bias, or 0, for the
+// first K panel), so every y[m, n] is one FMA chain over k = 0 .. K-1 in order, whatever the row block, the panel
+// size or the thread's share of columns.
+constexpr int64_t KC = 128;
+template <class I> struct Gemm { static constexpr int MR = 4, NV = 1; };  // the portable path
+#ifdef BELLE_X86
+template <> struct Gemm<Avx2> { static constexpr int MR = 6, NV = 2; };
+template <> struct Gemm<Avx512> { static constexpr int MR = 6, NV = 4; };
+#endif
+
+// x in blocks of P rows, k-major: row m, value k at xp[(m / P * P) * K + k * P + m % P]; a last partial block padded
+// with zeros.
+static void pack_x_blocks(Args& a, int64_t P, std::vector<float>& xp) {
+  xp.assign((a.M + P - 1) / P * P * a.K, 0.0f);
+  for (int64_t m = 0; m < a.M; ++m) {
+    float* out = xp.data() + (m / P * P) * a.K + m % P;
+    for (int64_t k = 0; k < a.K; ++k) out[k * P] = a.x[m * a.K + k];
+  }
+  a.xp = xp.data(), a.xp_rows = P;
+}
+
+// y[m0 : m0 + MR, n0 : n0 + NV * W] += x's rows [k0, k1) times the sliver, MR x NV accumulators in registers. Pack:
+// read the sliver from the weight (F) and write it to buf as float32 on the way (the first block of rows), else read
+// buf. LINES > 0: prefetch LINES lines of row k of `ahead` (stride bytes apart) into L2 at each k.
+template <class I, class F, int MR, int NV, bool Pack, int LINES>
+static inline void gemm_micro(const Args& a, float* buf, int64_t k0, int64_t k1, int64_t m0, int64_t n0,
+                              const char* ahead, int64_t stride) {
+  using V = typename I::V;
+  const int64_t P = a.xp_rows;
+  const float* x = a.xp + m0 * a.K + k0 * P;
+  V acc[MR][NV];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) {
+      const int64_t n = n0 + j * I::W;
+      acc[i][j] = k0 ? I::loadf(a.y + (m0 + i) * a.N + n) : a.bias ? I::loadf(a.bias + n) : I::zero();
+    }
+  for (int64_t k = 0; k < k1 - k0; ++k, buf += NV * I::W, x += P) {
+    if (LINES && ahead)
+      for (int l = 0; l < LINES; ++l) __builtin_prefetch(ahead + k * stride + 64 * l, 0, 2);
+    V w[NV];
+    for (int j = 0; j < NV; ++j) {
+      if constexpr (Pack) I::storef(buf + j * I::W, w[j] = F::template vec<I>(a.w, (k0 + k) * a.N + n0 + j * I::W));
+      else w[j] = I::loadf(buf + j * I::W);
+    }
+    for (int i = 0; i < MR; ++i) {
+      const V xk = I::set1(x[i]);
+      for (int j = 0; j < NV; ++j) acc[i][j] = I::fma(xk, w[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NV; ++j) I::storef(a.y + (m0 + i) * a.N + n0 + j * I::W, acc[i][j]);
+}
+
+// buf[k - k0][width] = weight rows [k0, k1), columns [n0, n0 + cols), as float32, zero-padded to `width` columns.
+template <class F>
+static inline void pack_columns(const Args& a, int64_t k0, int64_t k1, int64_t n0, int64_t cols, int64_t width,
+                                float* buf) {
+  for (int64_t k = k0; k < k1; ++k)
+    for (int64_t j = 0; j < width; ++j)
+      buf[(k - k0) * width + j] = j < cols ? F::template vec<Scalar>(a.w, k * a.N + n0 + j) : 0.0f;
+}
+
+// Every block of x's rows over a sliver (a last block of mb < MR rows: the row count a template argument); the first
+// block packs it (Pack) and prefetches `ahead`.
+template <class I, class F, int NV, bool Pack, int LINES>
+static inline void gemm_rows(const Args& a, float* buf, int64_t k0, int64_t k1, int64_t n0, const char* ahead,
+                             int64_t stride, int64_t m0 = 0) {
+  constexpr int MR = Gemm<I>::MR;
+  static_assert(MR <= 6, "the switch below covers 1..6 rows");
+  for (; m0 < a.M; m0 += MR) {
+    if (Pack && m0) return gemm_rows<I, F, NV, false, 0>(a, buf, k0, k1, n0, nullptr, 0, m0);  // the other blocks
+    switch (std::min<int64_t>(MR, a.M - m0)) {
+      case 1: gemm_micro<I, F, 1, NV, Pack, LINES>(a, buf, k0, k1, m0, n0, ahead, stride); break;
+      case 2: gemm_micro<I, F, std::min(2, MR), NV, Pack, LINES>(a, buf, k0, k1, m0, n0, ahead, stride); break;
+      case 3: gemm_micro<I, F, std::min(3, MR), NV, Pack, LINES>(a, buf, k0, k1, m0, n0, ahead, stride); break;
+      case 4: gemm_micro<I, F, std::min(4, MR), NV, Pack, LINES>(a, buf, k0, k1, m0, n0, ahead, stride); break;
+      case 5: gemm_micro<I, F, std::min(5, MR), NV, Pack, LINES>(a, buf, k0, k1, m0, n0, ahead, stride); break;
+      default: gemm_micro<I, F, MR, NV, Pack, LINES>(a, buf, k0, k1, m0, n0, ahead, stride); break;
+    }
+  }
+}
+
+// Columns [n0, n1) (one thread's share) for every row of x: K panels of KC rows, the share's slivers in each. The last
+// columns (fewer than a sliver) are padded with zeros to a whole one, in a copy of their slice of y, so that they take
+// the same vector FMAs as the others: a scalar loop's may be contracted or not depending on how the compiler
+// vectorizes it across the rows of a block, and a row's result would then depend on its place in the batch.
+template <class I, class F>
+static inline void gemm(const Args& a, int64_t n0, int64_t n1) {
+  constexpr int NV = Gemm<I>::NV, NR = NV * I::W, LINES = (NR * F::column_bytes + 63) / 64;
+  alignas(64) float buf[KC * NR];
+  const int64_t whole = n0 + (n1 - n0) / NR * NR, stride = a.N * F::column_bytes;
+  for (int64_t k0 = 0; k0 < a.K; k0 += KC) {
+    const int64_t k1 = std::min(a.K, k0 + KC);
+    for (int64_t n = n0; n < whole; n += NR) {  // the next sliver: the next NR columns, or the next panel's first
+      const bool last = n + NR >= whole;
+      const char* ahead = last && k1 >= a.K ? nullptr : static_cast<const char*>(F::at(a, last ? k1 : k0, last ? n0 : n + NR));
+      gemm_rows<I, F, NV, true, LINES>(a, buf, k0, k1, n, ahead, stride);
+    }
+  }
+  if (whole == n1) return;
+  std::vector<float> y(a.M * NR), bias(NR, 0.0f);
+  Args rest = a;
+  rest.y = y.data(), rest.N = NR;
+  if (a.bias) std::copy(a.bias + whole, a.bias + n1, bias.begin()), rest.bias = bias.data();
+  for (int64_t k0 = 0; k0 < a.K; k0 += KC) {
+    const int64_t k1 = std::min(a.K, k0 + KC);
+    pack_columns<F>(a, k0, k1, whole, n1 - whole, NR, buf);
+    gemm_rows<I, F, NV, false, 0>(rest, buf, k0, k1, 0, nullptr, 0);
+  }
+  for (int64_t m = 0; m < a.M; ++m) std::copy(&y[m * NR], &y[m * NR] + (n1 - whole), a.y + m * a.N + whole);
+}
+
+// Columns [n0, n1) of the float path: the many-rows loops where run() chose them (Args::many), else the tiles.
 template <class I, class F>
 static inline void columns(const Args& a, int64_t n0, int64_t n1) {
-  if constexpr (F::quantized)
-    if (a.many) return many_block<I, F>(a, n0, n1);
+  if (a.many) {
+    if constexpr (F::quantized) return many_block<I, F>(a, n0, n1);
+    else return gemm<I, F>(a, n0, n1);
+  }
   block<I, F>(a, n0, n1);
 }
 
@@ -1027,8 +1159,87 @@ static inline void many_rows_of_e(const Args& a, int64_t n0, int64_t n1) {
     for (int64_t m0 = 0; m0 < a.M; m0 += MR) dots_rows<I, F, MR, 1>(a, m0, std::min<int64_t>(MR, a.M - m0), n);
 }
 
+// A float32 E from HEAD_MANY_ROWS rows of x: x's rows in the lanes of a vector, up to W at once (x transposed, packed
+// once a call, pack_x_lanes), and NR rows of E in NR accumulators, each FMA taking its E value as a broadcast from
+// memory (AVX-512: vfmadd231ps {1to16}): no horizontal sums at the end and no x reload per FMA, as dots() needs.
+// KB K-values of x (16 vectors on AVX-512) stay in registers while the NR = 8 rows of E go over them, so that each
+// row's cache line is used whole at once: E's rows are K floats apart, at K a multiple of 1024 all in one L1 set, and
+// a first try with 24 rows a K-value at a time missed L1 on nearly every load (13 GFLOP/s). The first lane group
+// prefetches the next NR rows of E into L2, a line of each per KB K-values (without it 66 -> 80 GFLOP/s, below). Rows
+// of x beyond W: further lane groups over the same E rows, a panel of LANES_KC K-values at a time, the accumulators
+// kept in scratch between panels. A row's y is one FMA chain over k = 0 .. K-1 in its lane, whatever its lane or
+// group (it does not depend on the other rows), plus the bias at the end. bloom-560m's head, 16 rows, one thread,
+// thread CPU time alternating in one process (load 4-5, a shared machine): float32 dots 57-63 GFLOP/s, this loop
+// 79-80; bfloat16 dots 67, this loop 63: the 2-byte formats keep dots() (a broadcast of a bfloat16 or float16 value
+// costs a conversion per FMA).
+template <class I> struct Lanes { static constexpr int NR = 4, KB = 1; };  // the portable path
+#ifdef BELLE_X86
+template <> struct Lanes<Avx2> { static constexpr int NR = 6, KB = 8; };
+template <> struct Lanes<Avx512> { static constexpr int NR = 8, KB = 16; };
+#endif
+constexpr int64_t LANES_KC = 256;
+
+// x transposed in groups of W rows: row g * W + l, value k at xt[(g * K + k) * W + l]; rows past M zero.
+static void pack_x_lanes(Args& a, int64_t W, std::vector<float>& xt) {
+  xt.assign((a.M + W - 1) / W * W * a.K, 0.0f);
+  for (int64_t m = 0; m < a.M; ++m)
+    for (int64_t k = 0; k < a.K; ++k) xt[((m / W) * a.K + k) * W + m % W] = a.x[m * a.K + k];
+  a.xp = xt.data(), a.xp_rows = W;
+}
+
+// y[rows of lane group g, n0 : n0 + NR] over K-values [k0, k1): accumulators from `scratch` (k0 > 0) and back to
+// it, at the end of K into y. (The prefetch past E's last rows is only a hint: it never faults.)
+template <class I, class F, int NR>
+static inline void lanes(const Args& a, int64_t g, int64_t n0, int64_t k0, int64_t k1, float* scratch) {
+  using V = typename I::V;
+  constexpr int W = I::W;
+  V acc[NR];
+  const char* ahead = g == 0 ? static_cast<const char*>(a.w) + (n0 + NR) * a.K * F::column_bytes : nullptr;
+  for (int r = 0; r < NR; ++r) acc[r] = k0 ? I::loadf(scratch + r * W) : I::zero();
+  const float* xt = a.xp + (g * a.K + k0) * W;
+  constexpr int KB = Lanes<I>::KB;
+  int64_t k = k0;
+  for (; k + KB <= k1; k += KB, xt += KB * W) {
+    V xv[KB];
+    if (ahead)
+      for (int r = 0; r < NR; ++r) __builtin_prefetch(ahead + (r * a.K + k) * F::column_bytes, 0, 2);
+    for (int q = 0; q < KB; ++q) xv[q] = I::loadf(xt + q * W);
+    for (int q = 0; q < KB; ++q)
+      for (int r = 0; r < NR; ++r) acc[r] = I::fma(I::set1(F::template vec<Scalar>(a.w, (n0 + r) * a.K + k + q)), xv[q], acc[r]);
+  }
+  for (; k < k1; ++k, xt += W) {
+    const V xv = I::loadf(xt);
+    for (int r = 0; r < NR; ++r) acc[r] = I::fma(I::set1(F::template vec<Scalar>(a.w, (n0 + r) * a.K + k)), xv, acc[r]);
+  }
+  for (int r = 0; r < NR; ++r) I::storef(scratch + r * W, acc[r]);
+  if (k1 < a.K) return;
+  for (int64_t l = 0; l < W && g * W + l < a.M; ++l)
+    for (int r = 0; r < NR; ++r)
+      a.y[(g * W + l) * a.N + n0 + r] = scratch[r * W + l] + (a.bias ? a.bias[n0 + r] : 0.0f);
+}
+
+// E's rows [n, n + NR) for every lane group of x's rows.
+template <class I, class F, int NR>
+static inline void lanes_block(const Args& a, int64_t n, float* scratch) {
+  const int64_t groups = (a.M + I::W - 1) / I::W, kc = groups == 1 ? a.K : LANES_KC;
+  for (int64_t k0 = 0; k0 < a.K; k0 += kc)
+    for (int64_t g = 0; g < groups; ++g)
+      lanes<I, F, NR>(a, g, n, k0, std::min(a.K, k0 + kc), scratch + g * NR * I::W);
+}
+
+// E's rows [n0, n1): NR at a time, the last ones singly.
+template <class I, class F>
+static inline void many_lanes(const Args& a, int64_t n0, int64_t n1) {
+  constexpr int NR = Lanes<I>::NR;
+  std::vector<float> scratch((a.M + I::W - 1) / I::W * NR * I::W);
+  int64_t n = n0;
+  for (; n + NR <= n1; n += NR) lanes_block<I, F, NR>(a, n, scratch.data());
+  for (; n < n1; ++n) lanes_block<I, F, 1>(a, n, scratch.data());
+}
+
 template <class I, class F>
 static inline void rows_or_many(const Args& a, int64_t n0, int64_t n1) {
+  if (a.many && F::column_bytes == 4) return many_lanes<I, F>(a, n0, n1);  // float32: see LANES
   if (a.many) return many_rows_of_e<I, F>(a, n0, n1);
   rows<I, F>(a, n0, n1);
 }
@@ -1129,16 +1340,21 @@ static void run(Args& a, int64_t group) {
   const bool dense_few = !F::quantized && a.M <= DENSE_ROWS;  // see DENSE_CHUNK
   add_chunks(a, group, dense_few ? DENSE_CHUNK : CHUNK);
   a.prefetch = !dense_few;
-  // several rows: each code decoded once for all of them
-  a.many = F::quantized && a.M >= many_rows(F::PER == 1 ? 16 : MANY_ROWS);
+  // several rows: each code decoded once for all of them; a dense weight packed (gemm)
+  a.many = !dense_few && a.M >= many_rows(!F::quantized ? DENSE_ROWS + 1 : F::PER == 1 ? 16 : MANY_ROWS);
   using Fn = void (*)(const Args&, int64_t, int64_t);
   Fn fn = block_scalar<F>;
-  int64_t width = 64;
+  int64_t width = 64, mr = Gemm<Scalar>::MR;
+  if (!F::quantized && a.many) width = Gemm<Scalar>::NV * Scalar::W;
 #ifdef BELLE_X86
   const int level = isa_level();
   if (level == 2) fn = block_avx512<F>, width = (a.many ? Many<Avx512>::NV : Avx512::NV) * Avx512::W;
   if (level == 1) fn = block_avx2<F>, width = (a.many ? Many<Avx2>::NV : Avx2::NV) * Avx2::W;
+  if (level == 2 && !F::quantized && a.many) width = Gemm<Avx512>::NV * Avx512::W, mr = Gemm<Avx512>::MR;
+  if (level == 1 && !F::quantized && a.many) width = Gemm<Avx2>::NV * Avx2::W, mr = Gemm<Avx2>::MR;
 #endif
+  std::vector<float> xp;
+  if (!F::quantized && a.many) pack_x_blocks(a, mr, xp);
   if (dense_few || (F::quantized && a.M <= STREAM_ROWS)) parallel_chunks(a, fn);
   else parallel_columns(a, fn, width);
 }
@@ -1225,7 +1441,8 @@ static void run_rows(Args& a) {
   if (level == 1) fn = rows_avx2<F>, mr = Dots<Avx2>::MR, width = Avx2::W;
 #endif
   std::vector<float> xp;
-  if (a.many) pack_rows_x(a, mr, width, xp);
+  if (a.many && F::column_bytes == 4) pack_x_lanes(a, width, xp);
+  else if (a.many) pack_rows_x(a, mr, width, xp);
 #pragma omp parallel
   {
     int64_t threads = 1, t = 0;

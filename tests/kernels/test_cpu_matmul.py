@@ -222,6 +222,52 @@ def test_dense_kernel_equals_float32_matmul(dtype, m, isa):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_dense_kernel_many_rows_equal_float64_and_do_not_depend_on_the_batch(dtype, isa):
+    """From 5 rows (cpu_matmul.cc gemm: packed slivers of 128 K-values, 6-row blocks of x): K over several panels and
+    odd, N with whole slivers and a zero-padded rest (1000), below one sliver (37), odd (131); bias. Each row's y is
+    bitwise the same in a batch of 5..17 rows as in one of 64, and with 3 threads as with 1 (another column split)."""
+    rng = np.random.RandomState(7)
+    for k, n in ((1031, 1000), (200, 37), (300, 131)):
+        w = paddle.to_tensor(rng.standard_normal((k, n)).astype(np.float32)).astype(dtype)
+        x = rng.standard_normal((64, k)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        full = kernels.dense_matmul(paddle.to_tensor(x), w, paddle.to_tensor(bias)).numpy()
+        assert_close(full, x.astype(np.float64) @ w.astype("float32").numpy().astype(np.float64) + bias)
+        for m in (5, 6, 7, 12, 16, 17):
+            np.testing.assert_array_equal(kernels.dense_matmul(paddle.to_tensor(x[:m]), w, paddle.to_tensor(bias)).numpy(),
+                                          full[:m])
+        paddle.base.core.set_num_threads(3)
+        try:
+            np.testing.assert_array_equal(kernels.dense_matmul(paddle.to_tensor(x[:16]), w, paddle.to_tensor(bias)).numpy(),
+                                          full[:16])
+        finally:
+            paddle.base.core.set_num_threads(1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_rows_kernel_many_rows_do_not_depend_on_the_batch(dtype, isa):
+    """x @ e^T from 5 rows (float32: x's rows in a vector's lanes, cpu_matmul.cc lanes; 2-byte formats: dots): 64 rows
+    (several lane groups, K in panels) equal float64; each row's y is bitwise the same in a batch of 5..33 rows and
+    with 3 threads. K odd, N not a multiple of E's row blocks."""
+    rng = np.random.RandomState(8)
+    for k, n in ((1031, 101), (67, 37)):
+        e = paddle.to_tensor(rng.standard_normal((n, k)).astype(np.float32)).astype(dtype)
+        x = rng.standard_normal((64, k)).astype(np.float32)
+        bias = rng.standard_normal(n).astype(np.float32)
+        full = kernels.rows_matmul(paddle.to_tensor(x), e, paddle.to_tensor(bias)).numpy()
+        assert_close(full, x.astype(np.float64) @ e.astype("float32").numpy().astype(np.float64).T + bias)
+        for m in (5, 8, 13, 16, 17, 33):
+            np.testing.assert_array_equal(kernels.rows_matmul(paddle.to_tensor(x[:m]), e, paddle.to_tensor(bias)).numpy(),
+                                          full[:m])
+        paddle.base.core.set_num_threads(3)
+        try:
+            np.testing.assert_array_equal(kernels.rows_matmul(paddle.to_tensor(x[:16]), e, paddle.to_tensor(bias)).numpy(),
+                                          full[:16])
+        finally:
+            paddle.base.core.set_num_threads(1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("threads", [2, 3])
 def test_dense_kernel_few_rows_split_between_threads(dtype, threads, ops):
     """One to four rows of x (DENSE_ROWS): the weight's rows are shared out between the threads, each into its own partial y, then summed

@@ -439,13 +439,7 @@ static inline void block(const Args& a, int64_t n0, int64_t n1) {
 // in one process: 85-93 GFLOP/s, int4 0.79-0.90x block()'s time, int8 0.86-1.00x (bloom-560m's and 7B's Linears, a
 // 250,880-column head). A row's numbers differ from the fewer-row path's by float rounding only (the scale applied
 // per weight instead of per chunk sum).
-//
-// Dense weights (float32, bfloat16, float16) keep the tiles: they decode nothing, so the tiles already run at ~75 % of
-// the peak, and this loop was slower for them (float32, 16 rows, one thread, in one process, ms: 1024 x 3072 tiles
-// 1.35-1.52, this loop copying the tile into the buffer 1.74-2.30, reading it in place with its row stride 1.86-1.90;
-// 1024 x 4096 1.88-1.92 / 2.41-3.21 / 2.58; 4096 x 1024 1.92-2.74 / 2.52-3.31 / 3.15. The weight's 128 rows a tile,
-// N floats apart, are 128 streams that the prefetchers do not keep ahead of, and at N a multiple of 1024 they share
-// a few L1 sets; 4-bit codes are an eighth of those bytes).
+// Dense weights (float32, bfloat16, float16) decode nothing: they take gemm() ("dense many rows" below).
 constexpr int64_t MANY_ROWS = 5, SPAN = 4;
 template <class I> struct Many { static constexpr int MR = 4, NV = 1; };  // the portable path
 #ifdef BELLE_X86

@@ -33,15 +33,29 @@ class _TorchStyleCalls:
         return super().__call__(*args, **kwargs)
 
 
-class LlamaTokenizer(_TorchStyleCalls, _PaddleNLPLlamaTokenizer):
-    """PaddleNLP's LlamaTokenizer (accepting return_tensors="pt")."""
+class _SkipUnknownIds:
+    """Decoding skips ids past the vocabulary, as transformers' fast tokenizers (the ``tokenizers`` library, and
+    JsonTokenizer below) do. BLOOM's embedding has 250,880 rows for a 250,680-token vocabulary, so a sampled padding
+    id (or a random model's) would otherwise end a chat or a served reply in PaddleNLP's KeyError
+    (paddlenlp/transformers/bloom/tokenizer.py ``_convert_id_to_token``; sentencepiece raises the same way)."""
+
+    def convert_ids_to_tokens(self, ids, skip_special_tokens=False):
+        if isinstance(ids, int):
+            return super().convert_ids_to_tokens(ids, skip_special_tokens)
+        size = len(self)
+        return super().convert_ids_to_tokens([i for i in map(int, ids) if 0 <= i < size], skip_special_tokens)
 
 
-class BloomTokenizer(_TorchStyleCalls, _PaddleNLPBloomTokenizer):
+class LlamaTokenizer(_TorchStyleCalls, _SkipUnknownIds, _PaddleNLPLlamaTokenizer):
+    """PaddleNLP's LlamaTokenizer (accepting return_tensors="pt", skipping unknown ids when decoding)."""
+
+
+class BloomTokenizer(_TorchStyleCalls, _SkipUnknownIds, _PaddleNLPBloomTokenizer):
     """PaddleNLP's BloomTokenizer with BLOOM's own pre-tokenizer.
 
     PaddleNLP 2.8.1 splits text with GPT-2's regex, so its ids differ from the ones BLOOM/BELLE were trained on
-    wherever the two splits disagree (punctuation, digits, runs of spaces). Everything else is PaddleNLP's.
+    wherever the two splits disagree (punctuation, digits, runs of spaces). Decoding skips unknown ids
+    (_SkipUnknownIds). Everything else is PaddleNLP's.
     """
 
     def _tokenize(self, text):

@@ -19,6 +19,9 @@ def test_bloom_tokenizer_json_gives_hf_ids(tmp_path):
     expected = hf(TEXT)["input_ids"]
     assert ours(TEXT)["input_ids"] == expected
     assert ours.decode(expected) == TEXT
+    # An id past the vocabulary (BLOOM's embedding has rows beyond it) is skipped, as HF's fast tokenizer does.
+    padded = expected[:3] + [len(ours) + 5] + expected[3:]
+    assert ours.decode(padded) == hf.decode(padded) == TEXT
     assert (ours.eos_token_id, ours.pad_token_id) == (2, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]  # SRC untouched
     # PaddleNLP's own split (GPT-2's regex) disagrees on this text: the reason ours overrides it.
@@ -51,8 +54,11 @@ def test_llama_tokenizer_model_gives_hf_ids(tmp_path):
     ours = AutoTokenizer.from_pretrained(hf_dir)
     assert isinstance(ours, PaddleNLPLlamaTokenizer)
     text = TEXT.replace("\n", " ")  # sentencepiece normalises newlines differently per wrapper; not our concern
-    assert ours(text)["input_ids"] == hf(text)["input_ids"]
+    ids = hf(text)["input_ids"]
+    assert ours(text)["input_ids"] == ids
     assert ours.bos_token_id == 1 and ours.eos_token_id == 2
+    # sentencepiece raises on an id past its pieces; ours skips it (HF's fast tokenizers do)
+    assert ours.decode(ids[:4] + [len(ours) + 5] + ids[4:]) == hf.decode(ids)
 
 
 def test_bloom_split_matches_hf_on_random_text(tmp_path):

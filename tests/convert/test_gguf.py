@@ -460,21 +460,18 @@ def gpt2_style_tokenizer(directory):
                                                      "eos_token": "</s>", "unk_token": "<|endoftext|>"})
 
 
-def json_llama(directory, tokenizer, pre_tokenizer=None):
-    """A tiny random LLaMA whose tokenizer is only a tokenizer.json, its pre-tokenizer optionally replaced."""
-    import json
+def json_llama(directory, tokenizer):
+    """A tiny random LLaMA whose tokenizer is only a tokenizer.json, written by ``tokenizer(directory)``."""
+    from tokenizers import Tokenizer
 
     from paddle_belle import LlamaConfig, LlamaForCausalLM
 
     directory.mkdir()
     tokenizer(directory)
-    data = json.loads((directory / "tokenizer.json").read_text())
-    if pre_tokenizer is not None:
-        (directory / "tokenizer.json").write_text(json.dumps({**data, "pre_tokenizer": pre_tokenizer}))
     paddle.seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(data["model"]["vocab"]), hidden_size=32, intermediate_size=48,
-                                 num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2)).save_pretrained(
-        directory)
+    size = Tokenizer.from_file(str(directory / "tokenizer.json")).get_vocab_size()
+    LlamaForCausalLM(LlamaConfig(vocab_size=size, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(directory)
     return directory
 
 
@@ -514,9 +511,17 @@ def test_tokenizer_json_llama_exports_a_gguf_llama_cpp_tokenizes_alike(request, 
         assert back.get_vocab() == ours.get_vocab() and back(MIXED)["input_ids"] == expected  # BOS too
 
 
-def test_export_refuses_a_pre_tokenizer_llama_cpp_has_no_name_for(tmp_path, capsys):
-    src = json_llama(tmp_path / "src", gpt2_style_tokenizer, LLAMA3_PRE)
+@pytest.mark.parametrize("change, message", [
+    ({"pre_tokenizer": LLAMA3_PRE}, "pre-tokenizer Split + ByteLevel has no llama.cpp name this exporter knows"),
+    ({"normalizer": {"type": "NFC"}}, "normalizer NFC has no GGUF equivalent"),
+])
+def test_export_refuses_a_tokenizer_json_llama_cpp_would_split_otherwise(tmp_path, capsys, change, message):
+    import json
+
+    src = json_llama(tmp_path / "src", gpt2_style_tokenizer)
+    data = json.loads((src / "tokenizer.json").read_text())
+    (src / "tokenizer.json").write_text(json.dumps({**data, **change}))
     assert main(["convert", str(src), str(tmp_path / "m.gguf"), "--to", "gguf"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{src / 'tokenizer.json'}: pre-tokenizer Split + ByteLevel has no llama.cpp name" in err[0]
+    assert len(err) == 1 and f"{src / 'tokenizer.json'}: {message}" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -212,19 +212,16 @@ def _steps(pre_tokenizer) -> list[dict]:
     return [{k: v for k, v in pre_tokenizer.items() if k != "trim_offsets"}]
 
 
-def pre_tokenizer_name(tokenizer) -> str | None:
-    """The tokenizer.ggml.pre of a ``tokenizers.Tokenizer`` (the inverse of PRE_TOKENIZERS: SmolLM2's Digits(individual)
-    + ByteLevel is "smollm", ByteLevel alone "gpt-2"), or None when no name has its steps."""
+def pre_tokenizer_name(pre_tokenizer: dict | None) -> str | None:
+    """The tokenizer.ggml.pre of a tokenizer.json ``pre_tokenizer`` as ``tokenizers`` serializes it (defaults a file
+    leaves out filled in), by the inverse of PRE_TOKENIZERS: SmolLM2's Digits(individual) + ByteLevel is "smollm",
+    ByteLevel alone "gpt-2". None when no name has its steps."""
     from tokenizers import Tokenizer, models
 
-    def steps(t):  # as the installed tokenizers serializes them, so that defaults left out of a file compare equal
-        return _steps(json.loads(t.to_str())["pre_tokenizer"])
-
-    found = steps(tokenizer)
     for name in PRE_TOKENIZERS:
         probe = Tokenizer(models.BPE())
         probe.pre_tokenizer = _pre_tokenizer(name)
-        if steps(probe) == found:
+        if _steps(json.loads(probe.to_str())["pre_tokenizer"]) == _steps(pre_tokenizer):
             return name
     return None
 
@@ -327,11 +324,11 @@ def _add_tokenizer(writer, path: Path, config: dict) -> None:
 
         file = path / "tokenizer.json"
         tokenizer = Tokenizer.from_file(str(file))
-        data = json.loads(tokenizer.to_str())
+        data = json.loads(tokenizer.to_str())  # the file as tokenizers reads it, defaults filled in
         if data["normalizer"] is not None:
-            raise CheckpointError(f"{file}: normalizer {data['normalizer']['type']} has no GGUF equivalent (llama.cpp's "
-                                  "byte-level BPE normalizes nothing)")
-        pre = pre_tokenizer_name(tokenizer)
+            raise CheckpointError(f"{file}: normalizer {data['normalizer']['type']} has no GGUF equivalent "
+                                  "(llama.cpp's byte-level BPE normalizes nothing)")
+        pre = pre_tokenizer_name(data["pre_tokenizer"])
         if pre is None:
             found = " + ".join(step["type"] for step in _steps(data["pre_tokenizer"])) or "none"
             raise CheckpointError(f"{file}: pre-tokenizer {found} has no llama.cpp name this exporter knows (smollm: "

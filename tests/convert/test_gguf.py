@@ -514,7 +514,7 @@ def test_tokenizer_json_llama_exports_a_gguf_llama_cpp_tokenizes_alike(request, 
 @pytest.mark.parametrize("change, message", [
     ({"pre_tokenizer": LLAMA3_PRE}, "pre-tokenizer Split + ByteLevel has no llama.cpp name this exporter knows"),
     ({"normalizer": {"type": "NFC"}}, "normalizer NFC has no GGUF equivalent"),
-])
+], ids=["llama3-split", "normalizer"])
 def test_export_refuses_a_tokenizer_json_llama_cpp_would_split_otherwise(tmp_path, capsys, change, message):
     import json
 

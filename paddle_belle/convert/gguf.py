@@ -18,6 +18,7 @@ stream one tensor at a time and write under a temporary name, renamed at the end
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,12 @@ from paddle_belle.checkpoint import CheckpointError, atomic_dir, atomic_path, sa
 IGNORED = ("rope_freqs.weight",)
 # tokenizer.ggml.pre -> pre-tokenizer steps before byte-level BPE (llama.cpp llama-vocab.cpp; the HF tokenizer.json
 # of the model). "smollm": digits one by one, then GPT-2's regex; "bloom": BLOOM's own split, no GPT-2 regex.
-PRE_TOKENIZERS = {"default": [], "gpt2": [], "smollm": ["digits"], "bloom": ["bloom"]}
+# Export names a tokenizer.json's pre-tokenizer by the first entry with the same steps (pre_tokenizer_name):
+# llama.cpp calls GPT-2's "gpt-2" (it refuses "gpt2"); "gpt2" and "default" are only read.
+PRE_TOKENIZERS = {"gpt-2": [], "smollm": ["digits"], "bloom": ["bloom"], "gpt2": [], "default": []}
 OUTTYPES = ("f32", "f16", "q8_0", "q4_0")
 # Token types of tokenizer.ggml.token_type (gguf-py constants.py TokenType)
-NORMAL, UNKNOWN, CONTROL, UNUSED, BYTE = 1, 2, 3, 5, 6
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
 def _gguf():
@@ -184,12 +187,51 @@ def convert_gguf(src, dst) -> Path:
     return dst
 
 
+def _pre_tokenizer(pre: str):
+    """The ``tokenizers`` pre-tokenizer of a PRE_TOKENIZERS name."""
+    from tokenizers import Regex, pre_tokenizers
+
+    from paddle_belle.convert.tokenizer import BLOOM_SPLIT_ONIGURUMA
+
+    steps = []
+    if "digits" in PRE_TOKENIZERS[pre]:
+        steps.append(pre_tokenizers.Digits(individual_digits=True))
+    if "bloom" in PRE_TOKENIZERS[pre]:
+        steps.append(pre_tokenizers.Split(Regex(BLOOM_SPLIT_ONIGURUMA), behavior="isolated", invert=False))
+    steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex="bloom" not in PRE_TOKENIZERS[pre]))
+    return pre_tokenizers.Sequence(steps)
+
+
+def _steps(pre_tokenizer) -> list[dict]:
+    """The splitting steps of a tokenizer.json ``pre_tokenizer``: a Sequence flattened, ``trim_offsets`` dropped (it
+    moves offsets, not ids)."""
+    if pre_tokenizer is None:
+        return []
+    if pre_tokenizer["type"] == "Sequence":
+        return [step for p in pre_tokenizer["pretokenizers"] for step in _steps(p)]
+    return [{k: v for k, v in pre_tokenizer.items() if k != "trim_offsets"}]
+
+
+def pre_tokenizer_name(pre_tokenizer: dict | None) -> str | None:
+    """The tokenizer.ggml.pre of a tokenizer.json ``pre_tokenizer`` as ``tokenizers`` serializes it (defaults a file
+    leaves out filled in), by the inverse of PRE_TOKENIZERS: SmolLM2's Digits(individual) + ByteLevel is "smollm",
+    ByteLevel alone "gpt-2". None when no name has its steps."""
+    from tokenizers import Tokenizer, models
+
+    for name in PRE_TOKENIZERS:
+        probe = Tokenizer(models.BPE())
+        probe.pre_tokenizer = _pre_tokenizer(name)
+        if _steps(json.loads(probe.to_str())["pre_tokenizer"]) == _steps(pre_tokenizer):
+            return name
+    return None
+
+
 def write_tokenizer(reader, directory: Path, source: str, model_type: str = "llama") -> bool:
     """The tokenizer of a byte-level BPE GGUF: tokenizer.json (+ tokenizer_config.json), and for BLOOM also
     PaddleNLP's vocab.json + merges.txt. False when the GGUF has another kind."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
 
-    from paddle_belle.convert.tokenizer import BLOOM_SPLIT_ONIGURUMA, write_paddle_tokenizer
+    from paddle_belle.convert.tokenizer import write_paddle_tokenizer
 
     kind = reader.fields.get("tokenizer.ggml.model")
     if kind is None or kind.contents() != "gpt2":
@@ -203,24 +245,24 @@ def write_tokenizer(reader, directory: Path, source: str, model_type: str = "lla
         raise CheckpointError(f"{source}: pre-tokenizer {pre!r} is not supported ({', '.join(PRE_TOKENIZERS)})")
     vocab = {t: i for i, (t, kind_) in enumerate(zip(tokens, types)) if kind_ != UNUSED}  # not our [PADn] fillers
     tokenizer = Tokenizer(models.BPE(vocab, merges, ignore_merges=False))
-    steps = []
-    if "digits" in PRE_TOKENIZERS[pre]:
-        steps.append(pre_tokenizers.Digits(individual_digits=True))
-    if "bloom" in PRE_TOKENIZERS[pre]:
-        steps.append(pre_tokenizers.Split(Regex(BLOOM_SPLIT_ONIGURUMA), behavior="isolated", invert=False))
-    steps.append(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex="bloom" not in PRE_TOKENIZERS[pre]))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps)
+    tokenizer.pre_tokenizer = _pre_tokenizer(pre)
     tokenizer.decoder = decoders.ByteLevel()
-    # Control tokens (type 3) and user-defined ones (4) are matched whole, before BPE.
+    # Control tokens and user-defined ones are matched whole, before BPE.
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                                  for t, kind_ in zip(tokens, types) if kind_ in (3, 4)])
-    tokenizer.save(str(directory / "tokenizer.json"))
+                                  for t, kind_ in zip(tokens, types) if kind_ in (CONTROL, USER_DEFINED)])
     settings = {"tokenizer_class": "PreTrainedTokenizerFast"}
     for key, name in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
                       ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
         field = reader.fields.get(f"tokenizer.ggml.{name}")
         if field is not None:
             settings[key] = tokens[int(field.contents())]
+    # BOS/EOS around a text where the GGUF says llama.cpp adds them: a post-processor, as Llama-3's tokenizer.json has
+    bos, eos = (settings[k] if k in settings and _field(reader, f"tokenizer.ggml.add_{k[:3]}_token", False, source)
+                else None for k in ("bos_token", "eos_token"))
+    if bos or eos:
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=[t for t in (bos, "$A", eos) if t], special_tokens=[(t, vocab[t]) for t in (bos, eos) if t])
+    tokenizer.save(str(directory / "tokenizer.json"))
     if "tokenizer.chat_template" in reader.fields:
         settings["chat_template"] = reader.fields["tokenizer.chat_template"].contents()
     write_json(directory / "tokenizer_config.json", settings)
@@ -256,12 +298,16 @@ def _float_weight(layers: dict, name: str) -> np.ndarray:
 def _add_tokenizer(writer, path: Path, config: dict) -> None:
     """tokenizer.ggml.* as llama.cpp's converter writes them: BLOOM's byte-level BPE as "gpt2" with the "bloom"
     pre-tokenizer (_set_vocab_gpt2; llama.cpp recognises BLOOM's real vocabulary by a hash, so it is set here
-    explicitly), LLaMA's sentencepiece as "llama" (_create_vocab_sentencepiece). The list is padded to the model's
-    vocabulary with unused [PADn] tokens, as the converter pads BLOOM's 250,680 tokens to its 250,880 rows."""
-    from paddle_belle.convert.tokenizer import SPECIAL_TOKENS, _bloom_vocab_merges, _sentencepiece_file, special_tokens
+    explicitly), a LLaMA tokenizer that is only a byte-level BPE tokenizer.json as "gpt2" too (its pre-tokenizer named
+    by pre_tokenizer_name, where llama.cpp hashes the ids of a probe text against a list of known models), LLaMA's
+    sentencepiece as "llama" (_create_vocab_sentencepiece). The list is padded to the model's vocabulary with unused
+    [PAD<id>] tokens, as the converter pads BLOOM's 250,680 tokens to its 250,880 rows."""
+    from paddle_belle.convert.tokenizer import (SPECIAL_TOKENS, _bloom_vocab_merges, _sentencepiece_file, json_only,
+                                                special_tokens)
 
     n_vocab, settings = config["vocab_size"], special_tokens(path)
     specials = {k: settings[k] for k in SPECIAL_TOKENS if k in settings}
+    add_eos = False
     if config["model_type"] == "bloom":
         vocab, merges = _bloom_vocab_merges(path)
         tokens = sorted(vocab, key=vocab.get)
@@ -273,6 +319,36 @@ def _add_tokenizer(writer, path: Path, config: dict) -> None:
         writer.add_tokenizer_pre("bloom")
         writer.add_token_merges(merges)
         add_bos = settings.get("add_bos_token", False)  # BLOOM's tokenizer adds neither BOS nor EOS
+    elif json_only(path, "llama"):  # conversion/base.py get_vocab_base + gguf-py vocab.py SpecialVocab
+        from tokenizers import Tokenizer
+
+        file = path / "tokenizer.json"
+        tokenizer = Tokenizer.from_file(str(file))
+        data = json.loads(tokenizer.to_str())  # the file as tokenizers reads it, defaults filled in
+        if data["normalizer"] is not None:
+            raise CheckpointError(f"{file}: normalizer {data['normalizer']['type']} has no GGUF equivalent "
+                                  "(llama.cpp's byte-level BPE normalizes nothing)")
+        pre = pre_tokenizer_name(data["pre_tokenizer"])
+        if pre is None:
+            found = " + ".join(step["type"] for step in _steps(data["pre_tokenizer"])) or "none"
+            raise CheckpointError(f"{file}: pre-tokenizer {found} has no llama.cpp name this exporter knows (smollm: "
+                                  "Digits + ByteLevel, gpt-2: ByteLevel)")
+        names = {i: t for t, i in tokenizer.get_vocab(with_added_tokens=True).items()}
+        added = tokenizer.get_added_tokens_decoder()
+        tokens = [names.get(i, f"[PAD{i}]") for i in range(max(names) + 1)]
+        types = [UNUSED if i not in names else NORMAL if i not in added else CONTROL if added[i].special
+                 else USER_DEFINED for i in range(len(tokens))]
+        ids = {k: tokenizer.token_to_id(t) for k, t in specials.items()}
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(pre)
+        # tokenizers writes merges as "a b" strings, newer versions as ["a", "b"] pairs
+        writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]])
+        # BOS/EOS as its post-processor adds them around a text (Llama-3's TemplateProcessing puts BOS first; GPT-2's
+        # ByteLevel adds none); without one, tokenizer_config.json's add_bos_token/add_eos_token, as SpecialVocab reads.
+        probe = tokenizer.encode("a").ids
+        post = data["post_processor"] is not None
+        add_bos = probe[0] == ids.get("bos_token") if post else settings.get("add_bos_token", False)
+        add_eos = probe[-1] == ids.get("eos_token") if post else settings.get("add_eos_token", False)
     else:
         from sentencepiece import SentencePieceProcessor
 
@@ -288,13 +364,13 @@ def _add_tokenizer(writer, path: Path, config: dict) -> None:
         add_bos = settings.get("add_bos_token", True)  # LLaMA's sentencepiece tokenizer starts with BOS
     if len(tokens) > n_vocab:
         raise CheckpointError(f"{path}: the tokenizer has {len(tokens)} tokens, the model's vocab_size is {n_vocab}")
-    writer.add_token_list(tokens + [f"[PAD{n}]" for n in range(1, n_vocab - len(tokens) + 1)])
+    writer.add_token_list(tokens + [f"[PAD{i}]" for i in range(len(tokens), n_vocab)])
     writer.add_token_types(types + [UNUSED] * (n_vocab - len(tokens)))
     for key, gguf_key in (("bos_token", "bos"), ("eos_token", "eos"), ("unk_token", "unknown"), ("pad_token", "padding")):
         if ids.get(key) is not None and 0 <= ids[key] < n_vocab:
             writer.add_uint32(f"tokenizer.ggml.{gguf_key}_token_id", ids[key])
     writer.add_add_bos_token(bool(add_bos))
-    writer.add_add_eos_token(False)
+    writer.add_add_eos_token(bool(add_eos))
 
 
 def export_gguf(src, dst, outtype: str = "f16", verbose: bool = False) -> Path:

@@ -427,3 +427,101 @@ def test_llama_cpp_applies_belles_prompt_from_the_gguf(tiny_models, tmp_path):
     prompt = formatter(messages=messages).prompt
     assert prompt == render("belle", [("你好", "你好！有什么可以帮你？")], "写一首诗", system="你是BELLE。")
     assert prompt.endswith("Human: 写一首诗\n\nAssistant:")
+
+
+# ------------------------------------------------------------- a LLaMA whose tokenizer is only a tokenizer.json
+MIXED = ("<|im_start|>user\n你好，世界！我想在apple工作1314151天～  3.14, 2024年\t\tI've   been 'told'  \n\n"
+         "<|im_end|>\n<|im_start|>assistant\n")
+# Llama-3's own pre-tokenizer (its tokenizer.json): a Split regex, then ByteLevel without GPT-2's regex
+LLAMA3_PRE = {"type": "Sequence", "pretokenizers": [
+    {"type": "Split", "pattern": {"Regex": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?"
+                                           "[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"},
+     "behavior": "Isolated", "invert": False},
+    {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}
+
+
+def gpt2_style_tokenizer(directory):
+    """A byte-level BPE trained with GPT-2's pre-tokenizer (ByteLevel alone, so digits merge) whose post-processor
+    puts <s> first, as Llama-3's TemplateProcessing puts its BOS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from paddle_belle.checkpoint import write_json
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+    tokenizer.train_from_iterator(CORPUS + ["1314151 2024 3.14 1314 151"] * 20, trainers.BpeTrainer(
+        vocab_size=700, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer.save(str(directory / "tokenizer.json"))
+    write_json(directory / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>",
+                                                     "eos_token": "</s>", "unk_token": "<|endoftext|>"})
+
+
+def json_llama(directory, tokenizer):
+    """A tiny random LLaMA whose tokenizer is only a tokenizer.json, written by ``tokenizer(directory)``."""
+    from tokenizers import Tokenizer
+
+    from paddle_belle import LlamaConfig, LlamaForCausalLM
+
+    directory.mkdir()
+    tokenizer(directory)
+    paddle.seed(0)
+    size = Tokenizer.from_file(str(directory / "tokenizer.json")).get_vocab_size()
+    LlamaForCausalLM(LlamaConfig(vocab_size=size, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("pre", ["smollm", "gpt-2"])
+def test_tokenizer_json_llama_exports_a_gguf_llama_cpp_tokenizes_alike(request, tmp_path, pre):
+    """A byte-level BPE tokenizer.json (SmolLM2's real one: "smollm"; a GPT-2-style one that adds a BOS: "gpt-2")
+    written as llama.cpp's converter writes it: llama.cpp tokenizes text (CJK, digits, runs of spaces, special
+    tokens) from our export to the ids transformers and JsonTokenizer give (for SmolLM2 also to those of its real
+    GGUF), and our import of the export gives the same tokenizer back, BOS included."""
+    import transformers
+    from llama_cpp import LLAMA_TOKEN_ATTR_CONTROL, Llama
+
+    def smollm2_tokenizer(directory):  # Digits(individual) + ByteLevel, 49,152 tokens: what `convert --from-gguf` wrote
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copyfile(request.getfixturevalue("smollm2_import") / name, directory / name)
+
+    src = json_llama(tmp_path / "src", smollm2_tokenizer if pre == "smollm" else gpt2_style_tokenizer)
+    assert main(["convert", str(src), str(tmp_path / "m.gguf"), "--to", "gguf"]) == 0
+    ours, theirs = AutoTokenizer.from_pretrained(src), transformers.AutoTokenizer.from_pretrained(src)
+    llm = Llama(model_path=str(tmp_path / "m.gguf"), vocab_only=True, verbose=False)
+    meta, start = llm.metadata, ours.convert_tokens_to_ids("<|im_start|>")  # the GGUF as llama.cpp reads it
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == pre and llm.token_eos() == 2
+    assert meta["tokenizer.ggml.add_bos_token"] == ("true" if pre == "gpt-2" else "false")
+    assert llm._model.token_get_attr(start) == LLAMA_TOKEN_ATTR_CONTROL != llm._model.token_get_attr(300)
+
+    expected = ours(MIXED)["input_ids"]
+    assert expected == theirs(MIXED)["input_ids"] and start in expected  # matched whole
+    assert (ours.tokenize("1314151") == list("1314151")) == (pre == "smollm")  # the two pre-tokenizers differ
+    assert llm.tokenize(MIXED.encode(), add_bos=True, special=True) == expected  # add_bos: BOS as the GGUF says
+    assert llm.detokenize(expected, special=True).decode() == ("<s>" if pre == "gpt-2" else "") + MIXED
+    if pre == "smollm":
+        real = Llama(model_path=str(request.getfixturevalue("smollm2_gguf")), vocab_only=True, verbose=False)
+        assert real.tokenize(MIXED.encode(), add_bos=True, special=True) == expected
+    else:  # (SmolLM2's import is tested above; reading its 49,152 tokens back would cost 4 s)
+        convert_gguf(tmp_path / "m.gguf", tmp_path / "back")
+        back = AutoTokenizer.from_pretrained(tmp_path / "back")
+        assert back.get_vocab() == ours.get_vocab() and back(MIXED)["input_ids"] == expected  # BOS too
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"pre_tokenizer": LLAMA3_PRE}, "pre-tokenizer Split + ByteLevel has no llama.cpp name this exporter knows"),
+    ({"normalizer": {"type": "NFC"}}, "normalizer NFC has no GGUF equivalent"),
+], ids=["llama3-split", "normalizer"])
+def test_export_refuses_a_tokenizer_json_llama_cpp_would_split_otherwise(tmp_path, capsys, change, message):
+    import json
+
+    src = json_llama(tmp_path / "src", gpt2_style_tokenizer)
+    data = json.loads((src / "tokenizer.json").read_text())
+    (src / "tokenizer.json").write_text(json.dumps({**data, **change}))
+    assert main(["convert", str(src), str(tmp_path / "m.gguf"), "--to", "gguf"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{src / 'tokenizer.json'}: {message}" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 
@@ -41,8 +42,9 @@ def get_style(name: str) -> Style:
 
 def recorded_style(config) -> str:
     """The style a model was trained in, as its config.json's ``prompt_style`` records it (``paddle-belle train``
-    and ``merge-lora`` write it), else ``belle``: the format of BELLE's published models, which record none.
-    ``config``: a model config object or config.json's dict."""
+    and ``merge-lora`` write it; loading fills it in from the model's own chat template, ``directory_style``), else
+    ``belle``: the format of BELLE's published models, which record none. ``config``: a model config object or
+    config.json's dict."""
     style = (config.get("prompt_style") if isinstance(config, dict) else getattr(config, "prompt_style", None))
     style = style or "belle"
     get_style(style)  # a recorded name this version does not know is an error, not a silent fallback
@@ -62,6 +64,48 @@ def render(style: str, history: list[tuple[str, str]], query: str, eos: str = ""
         query = f"{system}\n{query}"
     turns = "".join(s.user.format(text=u) + s.assistant.format(text=a, eos=eos) for u, a in history)
     return opening + turns + s.user.format(text=query)
+
+
+def template_style(template: str, eos: str = "") -> str | None:
+    """The style whose ``render`` gives what the Jinja chat ``template`` gives (HF's ``chat_template``, GGUF's) for a
+    probe conversation with a system text, one earlier exchange and a question, ``eos`` the tokenizer's EOS token;
+    None when no style does (or the template does not render). The environment is transformers' (utils/chat_template_utils.py): sandboxed,
+    trim_blocks, lstrip_blocks, loop controls, ``raise_exception``."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    system, history, query = "Be brief.", [("1+1=?", "2")], "3+3?"
+    messages = [{"role": "system", "content": system}]
+    for user, assistant in history:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    messages.append({"role": "user", "content": query})
+    try:
+        text = env.from_string(template).render(messages=messages, add_generation_prompt=True, bos_token="",
+                                                eos_token=eos)
+    except Exception:  # any template error (a template from a checkpoint): no style recognised
+        return None
+    return next((name for name in STYLES if render(name, history, query, eos, system) == text), None)
+
+
+def directory_style(path) -> str | None:
+    """The style of a checkpoint directory's own chat template (tokenizer_config.json's ``chat_template``: a string,
+    or HF's list of named templates, "default" used), by ``template_style``; None without one or when no style
+    renders like it."""
+    from paddle_belle.convert.tokenizer import special_tokens
+
+    config = Path(path) / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+    if isinstance(template, list):
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    eos = special_tokens(Path(path)).get("eos_token", "")
+    return template_style(template, eos if isinstance(eos, str) else "") if isinstance(template, str) else None
 
 
 def jinja_template(style: str) -> str:

@@ -1,11 +1,14 @@
 """BELLE prompt styles, history truncation, stop-string holdback, a reply's text built token by token."""
+import json
+
 import numpy as np
 import pytest
 
 from reference import llama3_style_tokenizer_json
 
 from paddle_belle import AutoTokenizer
-from paddle_belle.prompts import STYLES, ReplyText, fit_history, jinja_template, render, reply_text, stream_text
+from paddle_belle.prompts import STYLES, ReplyText, directory_style, fit_history, jinja_template, render, reply_text
+from paddle_belle.prompts import stream_text, template_style
 from paddle_belle.prompts import ReplyText as StopHolder  # StopHolder became ReplyText's whole-text side
 
 
@@ -35,6 +38,21 @@ def test_chatml_renders_what_the_models_own_template_renders(tmp_path):
     expected = hf.apply_chat_template(messages, chat_template=SMOLLM2_TEMPLATE, tokenize=False,
                                       add_generation_prompt=True)
     assert render("chatml", history, "3+3?", eos=hf.eos_token, system="Be brief.") == expected
+
+
+def test_a_models_own_chat_template_gives_its_style(tmp_path):
+    assert template_style(SMOLLM2_TEMPLATE, "<|im_end|>") == "chatml"
+    assert template_style(SMOLLM2_TEMPLATE, "</s>") is None  # its turns end in <|im_end|>, not in the EOS
+    assert [template_style(jinja_template(s), "</s>") for s in STYLES] == list(STYLES)  # our GGUF exports' templates
+    llama2 = "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]{% endif %}{% endfor %}"
+    assert template_style(llama2, "</s>") is None
+    assert template_style("{{ raise_exception('no system role') }}", "") is None
+    assert template_style("{% if %}", "") is None  # a syntax error
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": [
+        {"name": "tool_use", "template": "{{ 'x' }}"}, {"name": "default", "template": SMOLLM2_TEMPLATE}],
+        "eos_token": {"content": "<|im_end|>"}}))
+    assert directory_style(tmp_path) == "chatml"  # HF's list of named templates, an AddedToken dict as EOS
+    assert directory_style(tmp_path / "absent") is None
 
 
 @pytest.mark.parametrize("style", STYLES)

@@ -16,7 +16,8 @@ from paddle_belle.cards import facts as F
 from paddle_belle.cards.files import local_files, predicted_files
 from paddle_belle import arch
 from paddle_belle.presets import PRESETS
-from paddle_belle.prompts import STYLES, recorded_style
+from paddle_belle.prompts import STYLES, directory_style, recorded_style
+from paddle_belle.prompts import render as render_prompt
 from paddle_belle.quant.estimate import GIB, estimate, row_name
 from paddle_belle.quant.format import QuantConfig
 
@@ -179,25 +180,34 @@ def _hyper(s: Subject) -> list[str]:
             f"Source: {s.hyper_source}."]
 
 
+def _own_style(s: Subject) -> str | None:
+    """The style of the checkpoint's own chat template (tokenizer_config.json), as loading finds it."""
+    return directory_style(s.local) if s.local is not None else None
+
+
 def _style(s: Subject) -> str:
-    """The prompt style of the model: recorded in its config.json (a fine-tune of ours), else BELLE's facts."""
+    """The prompt style of the model: recorded in its config.json (a fine-tune of ours), else its own chat
+    template's, else BELLE's facts."""
     if s.config.get("prompt_style"):
         return recorded_style(s.config)
-    return s.facts.prompt_style if s.facts else "belle"
+    return _own_style(s) or (s.facts.prompt_style if s.facts else "belle")
 
 
 def _prompt(s: Subject) -> list[str]:
     style = _style(s)
     if s.config.get("prompt_style"):
         source = "`prompt_style` in the model's config.json, as `paddle-belle train` recorded it"
+    elif _own_style(s):
+        source = f"the model's own chat template (tokenizer_config.json), which renders as the `{style}` style"
     else:
         source = s.facts.prompt_source if s.facts else "paddle_belle's `belle` style (BELLE's BLOOM cards)"
-    st = STYLES[style]
-    one = st.user.format(text="{input}")
+    one = STYLES[style].user.format(text="{input}")
+    two = render_prompt(style, [("{input 1}", "{output 1}")], "{input 2}", eos="<EOS>")
+    eos = " (<EOS>: the tokenizer's end-of-sequence token)" if "<EOS>" in two else ""
     return ["The model expects each turn in this form, in training and in use (`--style " + style + "`):", "",
             "```", one, "```", "",
-            "Earlier turns of a conversation are concatenated before the new one, each answer followed by a blank "
-            "line; `paddle-belle chat` does this and trims the oldest turns to fit the context.", "",
+            f"Earlier turns of a conversation come before the new one{eos}; `paddle-belle chat` does this and trims "
+            "the oldest turns to fit the context:", "", "```", two, "```", "",
             f"Source: {source}."]
 
 

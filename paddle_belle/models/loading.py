@@ -12,7 +12,7 @@ import paddle
 from paddlenlp.transformers.model_utils import dtype_guard, no_init_weights
 from tqdm.auto import tqdm
 
-from paddle_belle import arch
+from paddle_belle import arch, prompts
 from paddle_belle.checkpoint import CONFIG_NAME, CheckpointError, iter_state_dict, read_config, save_state_dict
 from paddle_belle.checkpoint import to_paddle, write_json
 from paddle_belle.convert import engine
@@ -70,6 +70,9 @@ def load(cls, path, dtype=None, strict=True, config=None, threads=None, **config
         # Ours (quant/format.py), not PaddleNLP's QuantizationConfig, which would try to parse it.
         quantization = raw.pop("quantization_config", None)
         config = cls.config_class.from_dict(raw, **config_overrides)
+        style = None if getattr(config, "prompt_style", None) else prompts.directory_style(path)
+        if style:  # none recorded: the style of the model's own chat template, where one of ours renders like it
+            config.prompt_style = style
     weights = check_dtype(dtype) if dtype is not None else default_dtype(config)
     half_on_cpu = weights != "float32" and paddle.get_device() == "cpu"
     config.dtype = "float32" if half_on_cpu else weights  # what the model computes in

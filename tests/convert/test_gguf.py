@@ -19,6 +19,7 @@ from paddle_belle.checkpoint import CheckpointError
 from paddle_belle.cli import main
 from paddle_belle.convert.gguf import convert_gguf, export_gguf, qkv_from_gguf, qkv_to_gguf, unpermute
 from paddle_belle.evaluate.perplexity import load_encoder
+from paddle_belle.prompts import template_style
 
 gguf = pytest.importorskip("gguf")
 
@@ -250,10 +251,13 @@ def test_smollm2_hf_directory_converts_chats_and_scores_like_the_gguf_route(smol
     assert main(["convert", str(hf_dir), str(tmp_path / "pd")]) == 0  # the tokenizer travels along
     assert AutoTokenizer.from_pretrained(tmp_path / "pd")(chat)["input_ids"] == theirs(chat)["input_ids"]
     capsys.readouterr()
-    assert main(["generate", "--model", str(hf_dir), "--style", "chatml", "--prompt", "What is the capital of "
-                 "France?", "--temperature", "0", "--max-new-tokens", "16"]) == 0
+    # No --style: the model's own template (tokenizer_config.json) renders as our chatml style, and loading says so.
+    assert model.config.prompt_style == "chatml"
+    assert main(["generate", "--model", str(hf_dir), "--prompt", "What is the capital of France?", "--temperature",
+                 "0", "--max-new-tokens", "16"]) == 0
     assert "Paris" in capsys.readouterr().out
-    session = ChatSession(model, ours, style="chatml", preset="greedy", max_new_tokens=16)
+    session = ChatSession(model, ours, preset="greedy", max_new_tokens=16)
+    assert session.style == "chatml"
     for question in ("Name a colour.", "And another one?"):
         assert "".join(session.ask(question)).strip()
     assert render("chatml", session.history, "?", ours.eos_token, system="Be brief.") == theirs.apply_chat_template(
@@ -505,6 +509,8 @@ def test_tokenizer_json_llama_exports_a_gguf_llama_cpp_tokenizes_alike(request, 
     if pre == "smollm":
         real = Llama(model_path=str(request.getfixturevalue("smollm2_gguf")), vocab_only=True, verbose=False)
         assert real.tokenize(MIXED.encode(), add_bos=True, special=True) == expected
+        # its chat template: SmolLM2's own ChatML (found at load, prompts.directory_style), not BELLE's
+        assert template_style(meta["tokenizer.chat_template"], "<|im_end|>") == "chatml"
     else:  # (SmolLM2's import is tested above; reading its 49,152 tokens back would cost 4 s)
         convert_gguf(tmp_path / "m.gguf", tmp_path / "back")
         back = AutoTokenizer.from_pretrained(tmp_path / "back")

@@ -56,6 +56,7 @@ setup(
         "jieba>=0.42",
         "gguf==0.19.0",  # GGUF import and export (paddle-belle convert): llama.cpp's reader, writer and quantizers
         "matplotlib>=3.8,<3.12",  # loss.png (Agg, headless); every version in the range runs on numpy 1.x
+        "jinja2>=3.1",  # prompts.template_style: a model's own chat template (a PaddleNLP dependency already)
     ],
     extras_require={
         "cpu": ["paddlepaddle==3.3.1"],

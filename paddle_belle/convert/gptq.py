@@ -182,6 +182,12 @@ def convert_gptq(src, dst, config=None) -> Path:
         raise FileExistsError(f"{dst} exists; give a new directory")
     hf_config = read_config(config_dir)
     model_type = archs.model_type_of(hf_config, f"{config_dir}/config.json")
+    # An AutoGPTQ checkpoint (transformers' quantization_config) in the "gptq" format is GPTQ-for-LLaMa's packing;
+    # "gptq_v2" (GPTQModel's, AutoGPTQ's later format) stores the zero points without GPTQ-for-LLaMa's minus one.
+    hf_quant = hf_config.pop("quantization_config", None) or {}
+    if hf_quant.get("checkpoint_format", "gptq") != "gptq" or hf_quant.get("quant_method", "gptq") != "gptq":
+        raise CheckpointError(f"{config_dir}/config.json: quantization_config {hf_quant.get('quant_method')} / "
+                              f"{hf_quant.get('checkpoint_format')}: only GPTQ's gptq format can be imported")
     spec, dims = archs.get(model_type), archs.paddle_config(model_type, hf_config)
     source = _Source(src)
     quant, quantized, floats = _plan(source, model_type, dims)

@@ -55,6 +55,21 @@ def hf_layout(path: Path, model_type: str) -> bool:
     return path.is_dir() and not engine.in_paddle_layout(path, model_type)
 
 
+def foreign_quantization(quantization, path: Path) -> None:
+    """One line saying what to do with a checkpoint quantized by another tool (transformers' ``quant_method``: AutoGPTQ,
+    AWQ, bitsandbytes, ...), whose packed tensors our format does not read as they are."""
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else None
+    if method is None:
+        return
+    where = f"{path / CONFIG_NAME}: a {method} checkpoint (transformers' quantization_config)"
+    if method == "gptq" and quantization.get("checkpoint_format", "gptq") == "gptq":
+        weights = next(iter(sorted(path.glob("*.safetensors"))), path / "model.safetensors")
+        raise CheckpointError(f"{where}; import it once, keeping its codes: paddle-belle convert --from-gptq "
+                              f"{weights} OUT_DIR")
+    raise CheckpointError(f"{where}; paddle_belle imports GPTQ (checkpoint_format gptq) only: quantize the float "
+                          "model with paddle-belle quantize instead")
+
+
 def load(cls, path, dtype=None, strict=True, config=None, threads=None, **config_overrides):
     """Build a ``cls`` model from a local checkpoint directory (config.json + weights) in PaddleNLP's layout or
     HF's (mapped while loading, see load_weights). On CPU, ``threads`` (default: all available cores) are given
@@ -69,6 +84,7 @@ def load(cls, path, dtype=None, strict=True, config=None, threads=None, **config
             raw = arch.paddle_config(cls.arch.model_type, raw)
         # Ours (quant/format.py), not PaddleNLP's QuantizationConfig, which would try to parse it.
         quantization = raw.pop("quantization_config", None)
+        foreign_quantization(quantization, path)
         config = cls.config_class.from_dict(raw, **config_overrides)
         style = None if getattr(config, "prompt_style", None) else prompts.directory_style(path)
         if style:  # none recorded: the style of the model's own chat template, where one of ours renders like it

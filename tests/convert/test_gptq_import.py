@@ -219,6 +219,43 @@ def test_gptq_for_llama_symmetric_file_with_g_idx_and_zero_biases(tmp_path, act_
     assert max_rel_diff(ours, reference) <= 1e-4
 
 
+def test_an_autogptq_directory_says_how_to_import_it_and_then_imports(tmp_path, capsys):
+    """A checkpoint as AutoGPTQ saves it for transformers (model.safetensors in GPTQ-for-LLaMa's packing beside a
+    config.json with transformers' quantization_config): loading it says, in one line, the command that imports it,
+    and that command gives its exact dequantized weights; the v2 format (zero points stored without the minus one)
+    and other methods are refused in one line."""
+    from reference import tiny_llama_dir
+
+    directory = tmp_path / "llama-autogptq"
+    tiny_llama_dir(directory)
+    torch.manual_seed(2)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=400, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4)).eval()
+    for f in directory.glob("model*"):
+        f.unlink()
+    hf.config.quantization_config = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False,
+                                     "sym": True, "checkpoint_format": "gptq"}
+    hf.config.save_pretrained(directory)
+    dequantized = gptq_file(hf, 4, 128, directory / "model.safetensors", sym=True, seed=2)
+    with pytest.raises(ValueError) as raised:
+        AutoModelForCausalLM.from_pretrained(directory)
+    message = str(raised.value)
+    assert "\n" not in message and f"paddle-belle convert --from-gptq {directory / 'model.safetensors'}" in message
+    assert main(message.split("paddle-belle ", 1)[1].replace("OUT_DIR", str(tmp_path / "out")).split()) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    for stem, w in dequantized.items():
+        np.testing.assert_array_equal(our_layer(model, stem).weight().numpy(), w.T)
+
+    config = json.loads((directory / "config.json").read_text())
+    for change in ({"checkpoint_format": "gptq_v2"}, {"quant_method": "awq"}):
+        (directory / "config.json").write_text(json.dumps(
+            {**config, "quantization_config": {**config["quantization_config"], **change}}))
+        capsys.readouterr()
+        assert main(["convert", "--from-gptq", str(directory / "model.safetensors"), str(tmp_path / "v2")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "config.json" in err and not (tmp_path / "v2").exists(), err
+
+
 def test_a_file_that_does_not_fit_the_config_fails_in_one_line_leaving_nothing(bloom_dir, tmp_path, capsys):
     directory, hf = bloom_dir
     path = tmp_path / "bloom7b-2m-4bit-128g.pt"

@@ -147,9 +147,9 @@ def _load(args):
             help="SRC is a llama.cpp GGUF file (BLOOM or LLaMA; quantized tensors are dequantized to "
             "float32); DST gets our PaddleNLP layout and, for byte-level BPE vocabularies, the tokenizer"),
         arg("--from-gptq", action="store_true",
-            help="SRC is a GPTQ-for-Bloom / GPTQ-for-LLaMa file (.pt or .safetensors: BELLE's "
-            "bloom7b-2m-4bit-128g.pt, llama7b-2m-8bit-128g.pt, ...); DST gets our quantized checkpoint, the codes "
-            "repacked, not re-quantized"))
+            help="SRC is a GPTQ-for-Bloom / GPTQ-for-LLaMa / AutoGPTQ file (.pt or .safetensors: BELLE's "
+            "bloom7b-2m-4bit-128g.pt, llama7b-2m-8bit-128g.pt, ...; or model.safetensors.index.json for shards); DST "
+            "gets our quantized checkpoint, the codes repacked, not re-quantized"))
 @arg("--config", metavar="DIR", help="with --from-gptq: the directory with the model's config.json and tokenizer "
      "(default: SRC's directory, as in BELLE's repos)")
 def cmd_convert(args):

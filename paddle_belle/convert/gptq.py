@@ -20,6 +20,7 @@ from config.json. One tensor is in memory at a time.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 from pathlib import Path
@@ -67,24 +68,33 @@ class _Source:
         self.path = path
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such GPTQ file")
-        if path.suffix == ".safetensors":
-            self.entries, self.start = read_safetensors_header(path)
-            self.specs = {n: (e["dtype"], e["shape"]) for n, e in self.entries.items()}
+        if path.name.endswith(".safetensors.index.json"):  # shards, as transformers' save_pretrained writes them
+            shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
+            self.files = [path.parent / shard for shard in shards]
+        elif path.suffix == ".safetensors":
+            self.files = [path]
         else:  # .pt / .pth / .bin: torch.save's zip
+            self.files = None
             self.lazy = read_torch_bin(path)
             self.specs = {n: (t.dtype, t.shape) for n, t in self.lazy.items()}
+            return
+        self.entries = {}  # name -> (file, its data start, header entry)
+        for file in self.files:
+            entries, start = read_safetensors_header(file)
+            self.entries.update((n, (file, start, e)) for n, e in entries.items())
+        self.specs = {n: (e["dtype"], e["shape"]) for n, (_, _, e) in self.entries.items()}
 
     def read(self, name: str) -> np.ndarray:
-        if self.path.suffix == ".safetensors":
-            e = self.entries[name]
-            with open(self.path, "rb") as f:
-                f.seek(self.start + e["offsets"][0])
+        if self.files:
+            file, start, e = self.entries[name]
+            with open(file, "rb") as f:
+                f.seek(start + e["offsets"][0])
                 return np.fromfile(f, e["dtype"], int(np.prod(e["shape"], dtype=np.int64))).reshape(e["shape"])
         return self.lazy[name].load()
 
     def same_storage(self, a: str, b: str) -> bool:
         """Whether two names are one tensor saved twice (torch.save keeps a tied head as a second view)."""
-        if self.path.suffix == ".safetensors":
+        if self.files:
             return False
         x, y = self.lazy[a], self.lazy[b]
         return (x.member, x.offset, x.shape, x.stride) == (y.member, y.offset, y.shape, y.stride)
@@ -173,7 +183,8 @@ def _zeros(src: _Source, hf: str, bits: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- converting
 def convert_gptq(src, dst, config=None) -> Path:
-    """Convert BELLE's GPTQ file ``src`` (.pt or .safetensors) into our quantized checkpoint directory ``dst``
+    """Convert BELLE's GPTQ file ``src`` (.pt, .safetensors, or the model.safetensors.index.json of shards) into our
+    quantized checkpoint directory ``dst``
     (must not exist), with the config.json and tokenizer of the directory ``config`` (default: the file's directory,
     as BELLE's repos ship them). Returns ``dst``."""
     src, dst = Path(src), Path(dst)

@@ -63,7 +63,8 @@ def foreign_quantization(quantization, path: Path) -> None:
         return
     where = f"{path / CONFIG_NAME}: a {method} checkpoint (transformers' quantization_config)"
     if method == "gptq" and quantization.get("checkpoint_format", "gptq") == "gptq":
-        weights = next(iter(sorted(path.glob("*.safetensors"))), path / "model.safetensors")
+        index = path / "model.safetensors.index.json"  # shards: the index names them all
+        weights = index if index.is_file() else next(iter(sorted(path.glob("*.safetensors"))), path / "model.safetensors")
         raise CheckpointError(f"{where}; import it once, keeping its codes: paddle-belle convert --from-gptq "
                               f"{weights} OUT_DIR")
     raise CheckpointError(f"{where}; paddle_belle imports GPTQ (checkpoint_format gptq) only: quantize the float "

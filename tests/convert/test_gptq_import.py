@@ -219,7 +219,8 @@ def test_gptq_for_llama_symmetric_file_with_g_idx_and_zero_biases(tmp_path, act_
     assert max_rel_diff(ours, reference) <= 1e-4
 
 
-def test_an_autogptq_directory_says_how_to_import_it_and_then_imports(tmp_path, capsys):
+@pytest.mark.parametrize("sharded", [False, True], ids=["one-file", "sharded"])
+def test_an_autogptq_directory_says_how_to_import_it_and_then_imports(tmp_path, capsys, sharded):
     """A checkpoint as AutoGPTQ saves it for transformers (model.safetensors in GPTQ-for-LLaMa's packing beside a
     config.json with transformers' quantization_config): loading it says, in one line, the command that imports it,
     and that command gives its exact dequantized weights; the v2 format (zero points stored without the minus one)
@@ -237,10 +238,21 @@ def test_an_autogptq_directory_says_how_to_import_it_and_then_imports(tmp_path, 
                                      "sym": True, "checkpoint_format": "gptq"}
     hf.config.save_pretrained(directory)
     dequantized = gptq_file(hf, 4, 128, directory / "model.safetensors", sym=True, seed=2)
+    weights = directory / "model.safetensors"
+    if sharded:  # as transformers' save_pretrained shards it: two files and the index naming each tensor's
+        tensors = safetensors.torch.load_file(weights)
+        weights.unlink()
+        names, weight_map = sorted(tensors), {}
+        for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2 :])):
+            shard = f"model-0000{i + 1}-of-00002.safetensors"
+            safetensors.torch.save_file({n: tensors[n] for n in part}, directory / shard, metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(part, shard))
+        weights = directory / "model.safetensors.index.json"
+        weights.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     with pytest.raises(ValueError) as raised:
         AutoModelForCausalLM.from_pretrained(directory)
     message = str(raised.value)
-    assert "\n" not in message and f"paddle-belle convert --from-gptq {directory / 'model.safetensors'}" in message
+    assert "\n" not in message and f"paddle-belle convert --from-gptq {weights} OUT_DIR" in message
     assert main(message.split("paddle-belle ", 1)[1].replace("OUT_DIR", str(tmp_path / "out")).split()) == 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     for stem, w in dequantized.items():
@@ -251,7 +263,7 @@ def test_an_autogptq_directory_says_how_to_import_it_and_then_imports(tmp_path, 
         (directory / "config.json").write_text(json.dumps(
             {**config, "quantization_config": {**config["quantization_config"], **change}}))
         capsys.readouterr()
-        assert main(["convert", "--from-gptq", str(directory / "model.safetensors"), str(tmp_path / "v2")]) == 1
+        assert main(["convert", "--from-gptq", str(weights), str(tmp_path / "v2")]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "config.json" in err and not (tmp_path / "v2").exists(), err
 

@@ -29,7 +29,6 @@ setup(
     # NPU plugins) and pip would install the CPU one over a GPU one if it were a plain dependency.
     install_requires=[
         "paddlenlp==2.8.1",
-        "paddleslim==2.6.0",
         "huggingface_hub==0.23.5",
         "aistudio-sdk==0.1.7",
         "datasets==2.19.2",
@@ -40,11 +39,12 @@ setup(
         "sentencepiece>=0.1.99,<0.3",
         "safetensors>=0.4.3,<0.9",
         "regex",
+        "pyyaml",  # train/config.py: training configs (also a datasets dependency)
         "tokenizers>=0.19,<0.21",
         "requests>=2.28",
         "filelock>=3.8",
         "tqdm>=4.60",
-        "scipy",  # quant/gptq.py: LAPACK's triangular inverse (already here through paddleslim's scikit-learn)
+        "scipy",  # quant/gptq.py: LAPACK's triangular inverse
         "threadpoolctl>=3.1",  # holds numpy's BLAS (the CPU tied head) to --threads
         "openai>=1.0",
         # serve: the HTTP stack (PaddleNLP 2.8.1 already depends on fastapi and uvicorn); pydantic v2 API
@@ -63,7 +63,11 @@ setup(
         # selenium drives Debian's chromium + chromium-driver (apt; .ci/run installs them) through the chat page.
         # llama-cpp-python: llama.cpp itself, to run our GGUF exports; PyPI has only its sdist, built with cmake
         # (pip caches the wheel; .ci/run's CMAKE_ARGS skip the parts the tests do not use).
-        "test": ["torch==2.13.0", "transformers==4.46.3", "pytest", "selenium>=4.15", "llama-cpp-python==0.3.36"],
+        # paddleslim: the reference our GPTQ is tested equal to (quant/gptq.py restates it in numpy: its own loop was
+        # slow and failed on CPU), so only the tests import it; it would pull opencv-python and scikit-learn into
+        # every install.
+        "test": ["torch==2.13.0", "transformers==4.46.3", "pytest", "selenium>=4.15", "llama-cpp-python==0.3.36",
+                 "paddleslim==2.6.0"],
     },
     entry_points={"console_scripts": ["paddle-belle=paddle_belle.cli:main"]},
 )

@@ -241,6 +241,9 @@ def write_tokenizer(reader, directory: Path, source: str, model_type: str = "lla
     merges = [tuple(m.split(" ", 1)) for m in reader.fields["tokenizer.ggml.merges"].contents()]
     types = reader.fields["tokenizer.ggml.token_type"].contents()
     pre = reader.fields["tokenizer.ggml.pre"].contents() if "tokenizer.ggml.pre" in reader.fields else "default"
+    if pre == "default":  # llama.cpp's generic fallback split, which it warns degrades generation (llama-vocab.cpp)
+        print(f"{source}: the GGUF names no pre-tokenizer; GPT-2's split is assumed (llama.cpp falls back to a "
+              "generic one and warns that quality degrades): check the ids against the model's own tokenizer")
     if pre not in PRE_TOKENIZERS:
         raise CheckpointError(f"{source}: pre-tokenizer {pre!r} is not supported ({', '.join(PRE_TOKENIZERS)})")
     vocab = {t: i for i, (t, kind_) in enumerate(zip(tokens, types)) if kind_ != UNUSED}  # not our [PADn] fillers

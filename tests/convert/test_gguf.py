@@ -40,7 +40,7 @@ GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_
               "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
 
 
-def write_tiny_gguf(path, hf, tokenizer_dir=None, qtype=None, arch="llama"):
+def write_tiny_gguf(path, hf, tokenizer_dir=None, qtype=None, arch="llama", pre="gpt2"):
     """hf's weights as llama.cpp's converter would write them: names, Q/K permuted, optionally quantized."""
     c = hf.config
     writer = gguf.GGUFWriter(str(path), arch)
@@ -60,7 +60,8 @@ def write_tiny_gguf(path, hf, tokenizer_dir=None, qtype=None, arch="llama"):
         data = json.loads((tokenizer_dir / "tokenizer.json").read_text())
         vocab = sorted(data["model"]["vocab"].items(), key=lambda kv: kv[1])
         writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("gpt2")
+        if pre:
+            writer.add_tokenizer_pre(pre)
         writer.add_token_list([t for t, _ in vocab])
         writer.add_token_types([3 if t.startswith("<") and t.endswith(">") else 1 for t, _ in vocab])
         writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]])
@@ -121,15 +122,20 @@ def test_quantized_gguf_tensors_are_dequantized(tmp_path):
     assert 0 < np.abs(expected - original).max() < 0.01 * np.abs(original).max()
 
 
-def test_tokenizer_matches_transformers_gguf_reader(tmp_path):
+@pytest.mark.parametrize("pre", ["gpt2", None], ids=["named", "unnamed"])
+def test_tokenizer_matches_transformers_gguf_reader(tmp_path, pre, capsys):
+    """A byte-level BPE GGUF's tokenizer as transformers' GGUF reader builds it; a GGUF that names no pre-tokenizer
+    gets GPT-2's split, as transformers assumes too, with one line saying so (llama.cpp's own fallback differs)."""
     import transformers
 
-    hf, _ = tiny_llama()
     bloom_tokenizer_json(tmp_path / "tok")  # a small trained byte-level BPE
     vocab = len(__import__("json").loads((tmp_path / "tok" / "tokenizer.json").read_text())["model"]["vocab"])
     hf, _ = tiny_llama(vocab_size=vocab)
-    write_tiny_gguf(tmp_path / "tiny.gguf", hf, tokenizer_dir=tmp_path / "tok")
+    write_tiny_gguf(tmp_path / "tiny.gguf", hf, tokenizer_dir=tmp_path / "tok", pre=pre)
+    capsys.readouterr()
     convert_gguf(tmp_path / "tiny.gguf", tmp_path / "out")
+    said = [line for line in capsys.readouterr().out.splitlines() if "pre-tokenizer" in line]
+    assert len(said) == (0 if pre else 1) and all("GPT-2's split is assumed" in line for line in said), said
     text = "Hello, world! It's a test of the tokenizer... 你好，世界。"
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="tiny.gguf")
     assert load_encoder(tmp_path / "out")(text) == theirs(text, add_special_tokens=False)["input_ids"]

@@ -1,4 +1,6 @@
 """Continuous batching: every request gets exactly the ids it gets alone, and transformers' generate gets."""
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,17 @@ from paddle_belle.generation import GenerationConfig, stream
 @pytest.fixture(scope="module")
 def belle():
     return AutoModelForCausalLM.from_pretrained("belle-tiny-zh"), AutoTokenizer.from_pretrained("belle-tiny-zh")
+
+
+@contextlib.contextmanager
+def head_rows(model):
+    """The rows of each call of ``model``'s head while the block runs (a list that fills)."""
+    rows = []
+    model.lm_logits = lambda x, head=model.lm_logits: rows.append(x.shape[0]) or head(x)
+    try:
+        yield rows
+    finally:
+        del model.lm_logits
 
 
 def alone(model, tok, ids, config, **kw):
@@ -37,12 +50,8 @@ def test_batched_greedy_ids_equal_each_alone_and_transformers(arch, rows, chunk,
     # several steps between decoding steps of the others. 128: the first three prompts (3, 11 and 26 tokens) are the
     # rows of one prefill (padded to 26: 78 positions), the fourth (40: 160 with them) then alone
     batcher = Batcher(ours, belle[1], rows=rows, max_length=128, chunk=chunk)
-    heads = []  # the rows of each head call
-    ours.lm_logits = lambda x, head=ours.lm_logits: heads.append(x.shape[0]) or head(x)
-    try:
+    with head_rows(ours) as heads:
         got = {i: r.tokens for i, r in generate_all(batcher, ids, configs)}
-    finally:
-        del ours.lm_logits
     assert heads[:2] == ([1, 1] if chunk == 8 else [3, 1])
     assert max(heads) >= rows - 1  # steps with (nearly) every row busy: at 6 rows, 5-row ones
     for i, (prompt, config) in enumerate(zip(ids, configs)):
@@ -156,12 +165,8 @@ def test_int8_activations_batched_greedy_ids_equal_each_alone(bits, belle, monke
     ids = [rng.integers(4, 101, n).tolist() for n in (3, 11, 26, 40, 5, 17, 1)]
     configs = [GenerationConfig(max_new_tokens=n, eos_token_id=2) for n in (12, 30, 7, 20, 25, 16, 9)]
     batcher = Batcher(ours, belle[1], rows=6, max_length=128, chunk=8)
-    heads = []  # the rows of each head call
-    ours.lm_logits = lambda x, head=ours.lm_logits: heads.append(x.shape[0]) or head(x)
-    try:
+    with head_rows(ours) as heads:
         got = {i: r.tokens for i, r in generate_all(batcher, ids, configs)}
-    finally:
-        del ours.lm_logits
     assert sum(rows >= 5 for rows in heads) >= 5  # decoding steps of 5-6 rows
     for i, (prompt, config) in enumerate(zip(ids, configs)):
         assert got[i] == alone(ours, belle[1], prompt, config, max_length=128, chunk=8).tokens, i

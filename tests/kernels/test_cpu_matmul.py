@@ -221,6 +221,20 @@ def test_dense_kernel_equals_float32_matmul(dtype, m, isa):
         assert_close(kernels.dense_matmul(paddle.to_tensor(x), w, paddle.to_tensor(bias)).numpy(), expected + bias)
 
 
+def rows_alike_in_any_batch(matmul, x, sizes):
+    """matmul(all of x's rows), after checking that each row's result is bitwise the same in the first m rows for
+    every m of ``sizes``, and in 16 rows with 3 threads (another split of the columns) as with 1."""
+    full = matmul(paddle.to_tensor(x)).numpy()
+    for m in sizes:
+        np.testing.assert_array_equal(matmul(paddle.to_tensor(x[:m])).numpy(), full[:m], err_msg=f"{m} rows")
+    paddle.base.core.set_num_threads(3)
+    try:
+        np.testing.assert_array_equal(matmul(paddle.to_tensor(x[:16])).numpy(), full[:16], err_msg="3 threads")
+    finally:
+        paddle.base.core.set_num_threads(1)
+    return full
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_dense_kernel_many_rows_equal_float64_and_do_not_depend_on_the_batch(dtype, isa):
     """From 5 rows (cpu_matmul.cc gemm: packed slivers of 128 K-values, 6-row blocks of x): K over several panels and
@@ -231,17 +245,9 @@ def test_dense_kernel_many_rows_equal_float64_and_do_not_depend_on_the_batch(dty
         w = paddle.to_tensor(rng.standard_normal((k, n)).astype(np.float32)).astype(dtype)
         x = rng.standard_normal((64, k)).astype(np.float32)
         bias = rng.standard_normal(n).astype(np.float32)
-        full = kernels.dense_matmul(paddle.to_tensor(x), w, paddle.to_tensor(bias)).numpy()
+        full = rows_alike_in_any_batch(lambda rows: kernels.dense_matmul(rows, w, paddle.to_tensor(bias)), x,
+                                       (5, 6, 7, 12, 16, 17))
         assert_close(full, x.astype(np.float64) @ w.astype("float32").numpy().astype(np.float64) + bias)
-        for m in (5, 6, 7, 12, 16, 17):
-            np.testing.assert_array_equal(kernels.dense_matmul(paddle.to_tensor(x[:m]), w, paddle.to_tensor(bias)).numpy(),
-                                          full[:m])
-        paddle.base.core.set_num_threads(3)
-        try:
-            np.testing.assert_array_equal(kernels.dense_matmul(paddle.to_tensor(x[:16]), w, paddle.to_tensor(bias)).numpy(),
-                                          full[:16])
-        finally:
-            paddle.base.core.set_num_threads(1)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
@@ -254,17 +260,9 @@ def test_rows_kernel_many_rows_do_not_depend_on_the_batch(dtype, isa):
         e = paddle.to_tensor(rng.standard_normal((n, k)).astype(np.float32)).astype(dtype)
         x = rng.standard_normal((64, k)).astype(np.float32)
         bias = rng.standard_normal(n).astype(np.float32)
-        full = kernels.rows_matmul(paddle.to_tensor(x), e, paddle.to_tensor(bias)).numpy()
+        full = rows_alike_in_any_batch(lambda rows: kernels.rows_matmul(rows, e, paddle.to_tensor(bias)), x,
+                                       (5, 8, 13, 16, 17, 33))
         assert_close(full, x.astype(np.float64) @ e.astype("float32").numpy().astype(np.float64).T + bias)
-        for m in (5, 8, 13, 16, 17, 33):
-            np.testing.assert_array_equal(kernels.rows_matmul(paddle.to_tensor(x[:m]), e, paddle.to_tensor(bias)).numpy(),
-                                          full[:m])
-        paddle.base.core.set_num_threads(3)
-        try:
-            np.testing.assert_array_equal(kernels.rows_matmul(paddle.to_tensor(x[:16]), e, paddle.to_tensor(bias)).numpy(),
-                                          full[:16])
-        finally:
-            paddle.base.core.set_num_threads(1)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])

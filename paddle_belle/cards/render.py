@@ -180,27 +180,25 @@ def _hyper(s: Subject) -> list[str]:
             f"Source: {s.hyper_source}."]
 
 
-def _own_style(s: Subject) -> str | None:
-    """The style of the checkpoint's own chat template (tokenizer_config.json), as loading finds it."""
-    return directory_style(s.local) if s.local is not None else None
+def _style_and_source(s: Subject) -> tuple[str, str]:
+    """The prompt style of the model and where it comes from: recorded in its config.json (a fine-tune of ours), else
+    its own chat template's (tokenizer_config.json, as loading finds it), else BELLE's facts."""
+    if s.config.get("prompt_style"):
+        return recorded_style(s.config), "`prompt_style` in the model's config.json, as `paddle-belle train` recorded it"
+    own = directory_style(s.local) if s.local is not None else None
+    if own:
+        return own, f"the model's own chat template (tokenizer_config.json), which renders as the `{own}` style"
+    if s.facts:
+        return s.facts.prompt_style, s.facts.prompt_source
+    return "belle", "paddle_belle's `belle` style (BELLE's BLOOM cards)"
 
 
 def _style(s: Subject) -> str:
-    """The prompt style of the model: recorded in its config.json (a fine-tune of ours), else its own chat
-    template's, else BELLE's facts."""
-    if s.config.get("prompt_style"):
-        return recorded_style(s.config)
-    return _own_style(s) or (s.facts.prompt_style if s.facts else "belle")
+    return _style_and_source(s)[0]
 
 
 def _prompt(s: Subject) -> list[str]:
-    style = _style(s)
-    if s.config.get("prompt_style"):
-        source = "`prompt_style` in the model's config.json, as `paddle-belle train` recorded it"
-    elif _own_style(s):
-        source = f"the model's own chat template (tokenizer_config.json), which renders as the `{style}` style"
-    else:
-        source = s.facts.prompt_source if s.facts else "paddle_belle's `belle` style (BELLE's BLOOM cards)"
+    style, source = _style_and_source(s)
     one = STYLES[style].user.format(text="{input}")
     two = render_prompt(style, [("{input 1}", "{output 1}")], "{input 2}", eos="<EOS>")
     eos = " (<EOS>: the tokenizer's end-of-sequence token)" if "<EOS>" in two else ""

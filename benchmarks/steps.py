@@ -3,7 +3,7 @@ cProfile, for one or more checkouts of paddle_belle compared in the same run (A/
 once, in its own process, in turn, and the table shows medians over rounds, so the drift of a shared machine hits
 both sides alike). Rows 1: generation.stream (batch 1); more: a Batcher step with that many rows decoding.
 
-Models: bloom-560m's shape with random weights as float32 and int4-g128 (benchmarks/serve.py's checkpoints, made
+Models: bloom-560m's shape with random weights as float32, bfloat16 and int4-g128 (benchmarks/serve.py's checkpoints, made
 once under --workdir; "bloom-560m:int4-x8": the int4 one with int8 activations), the bundled belle-tiny-zh
 (float32), and SmolLM2-135M's shape with random weights (LLaMA: 30 layers, hidden 576, 9 heads / 3 kv heads, tied
 embedding; built in process). Nothing is asserted. In square
@@ -47,8 +47,9 @@ def load(name, workdir, threads):
         directory = HERE.parent / "paddle_belle" / "assets" / "belle-tiny-zh"
     else:
         shape, fmt = name.split(":")
-        directory = Path(workdir) / shape / {"float32": "fp16", "int4": "int4", "int4-x8": "int4"}[fmt]
-    return AutoModelForCausalLM.from_pretrained(directory, dtype="float32", threads=threads)
+        directory = Path(workdir) / shape / {"float32": "fp16", "bfloat16": "fp16", "int4": "int4", "int4-x8": "int4"}[fmt]
+    return AutoModelForCausalLM.from_pretrained(directory, dtype="bfloat16" if fmt == "bfloat16" else "float32",
+                                                threads=threads)
 
 
 class Tokens:

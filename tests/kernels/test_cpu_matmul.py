@@ -269,11 +269,13 @@ def test_rows_kernel_many_rows_do_not_depend_on_the_batch(dtype, isa):
 @pytest.mark.parametrize("threads", [2, 3])
 def test_dense_kernel_few_rows_split_between_threads(dtype, threads, ops):
     """One to four rows of x (DENSE_ROWS): the weight's rows are shared out between the threads, each into its own partial y, then summed
-    (cpu_matmul.cc parallel_chunks); also when there are fewer chunks of rows than threads (K = 1, 5)."""
+    (cpu_matmul.cc parallel_chunks); also when there are fewer chunks of rows than threads (K = 1, 5), and rows shorter
+    than a page, read a page at a time (N = 256, 1024: cpu_matmul.cc page_chunks; 2 to 8 rows a page, a partial last
+    block of pages)."""
     rng = np.random.RandomState(threads)
     paddle.base.core.set_num_threads(threads)
     try:
-        for k, n in ((1, 37), (5, 300), (200, 37), (1031, 130)):
+        for k, n in ((1, 37), (5, 300), (200, 37), (1031, 130), (5, 256), (200, 256), (1031, 1024)):
             w = paddle.to_tensor(rng.standard_normal((k, n)).astype(np.float32)).astype(dtype)
             for m in (1, 2, 4):
                 x = rng.standard_normal((m, k)).astype(np.float32)

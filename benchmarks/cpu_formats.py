@@ -33,6 +33,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -334,6 +335,7 @@ def main():
     p.add_argument("--workdir", default="/tmp/cpu-formats")
     p.add_argument("--low-disk", action="store_true", help="make, measure and delete one file at a time")
     p.add_argument("--lock", help="flock this file while timing")
+    p.add_argument("--rounds", type=int, default=2, help="turns of each format, each followed by llama.cpp's")
     p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     p.add_argument("--llama-worker", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -357,59 +359,91 @@ def main():
         return work / directory
 
     # Files are made first and then every row is timed under one hold of the lock; with --low-disk each file is
-    # made, timed (holding the lock for that row only) and deleted in turn.
+    # made, timed (holding the lock for that row only) and deleted in turn. Each format's rounds alternate with those
+    # of llama.cpp at its width: the machine's bandwidth drifts by a third from minute to minute (numpy's probe 30-49
+    # GB/s within one run), so only turns taken side by side compare; the ratio is the median of each round's.
     if not a.low_disk:
         for name in formats:
             make(name)
         for qtype in llama_types:
             make_gguf(source, work, qtype, a.threads)
+    users = {t: [n for n in formats if FORMATS[n][3] == t] for t in llama_types}
     rows, theirs = {}, {}
+
+    def llama_row(qtype):
+        path = make_gguf(source, work, qtype, a.threads)
+        return path, theirs.setdefault(qtype, (path.stat().st_size, []))[1]
+
+    def done_with(qtype):  # --low-disk: q8_0 may be q4_0's source, so it goes after q4_0
+        if a.low_disk and not (qtype == "q8_0" and "q4_0" in users and users["q4_0"]):
+            for t in [qtype] + (["q8_0"] if qtype == "q4_0" else []):
+                (work / f"llama-{t}.gguf").unlink(missing_ok=True)
+
     with locked(None if a.low_disk else a.lock):
         row_lock = a.lock if a.low_disk else None
         for name in formats:
-            _, options, dtype, _ = FORMATS[name]
+            _, options, dtype, qtype = FORMATS[name]
             path = make(name)
             weights = weight_bytes(path) * (2 if dtype == "float32" and options is None else 1)
             env = {"PADDLE_BELLE_INT8_ACTIVATIONS": "1"} if "int8 activations" in name else None
-            rows[name] = (weights, quantize_rss.get(name),
-                          timed(a, ["--worker", str(path), dtype], weights, row_lock, env))
+            gguf, other = llama_row(qtype) if qtype in users else (None, None)
+            ours, pairs = [], []
+            for _ in range(a.rounds):
+                ours.append(timed(a, ["--worker", str(path), dtype], weights, row_lock, env))
+                if gguf:
+                    other.append(timed(a, ["--llama-worker", str(gguf)], gguf.stat().st_size, row_lock))
+                    pairs.append((ours[-1], other[-1]))
+            rows[name] = (weights, quantize_rss.get(name), [r for r in ours if r],
+                          [r / t for r, t in ((o["tok_s"], l["tok_s"]) for o, l in pairs if o and l)])
             if a.low_disk and options is not None:
                 shutil.rmtree(path)
-        for qtype in llama_types:
-            path = make_gguf(source, work, qtype, a.threads)
-            theirs[qtype] = (path.stat().st_size, timed(a, ["--llama-worker", str(path)], path.stat().st_size,
-                                                        row_lock))
-            if a.low_disk:  # q8_0 may be q4_0's source: removed after it
-                for t in [qtype] + (["q8_0"] if qtype == "q4_0" else []):
-                    (work / f"llama-{t}.gguf").unlink(missing_ok=True)
+            if qtype in users:
+                users[qtype].remove(name)
+                if not users[qtype]:
+                    done_with(qtype)
+        for qtype in [t for t in llama_types if t not in theirs]:  # no format of ours at its width
+            gguf, other = llama_row(qtype)
+            other.extend(timed(a, ["--llama-worker", str(gguf)], gguf.stat().st_size, row_lock)
+                         for _ in range(a.rounds))
+            users[qtype] = []
+            done_with(qtype)
     print_tables(a, rows, theirs)
 
 
 def print_tables(a, rows: dict, theirs: dict) -> None:
+    """One row a format: medians over its rounds (tok/s, and the ceiling from the bandwidth probed before each), and
+    the median of the rounds' ours / llama.cpp ratios."""
+    median = statistics.median
     gb = lambda n: "–" if n is None else f"{n / 1e9:.2f} GB"  # noqa: E731
-    results = [r for _, _, r in rows.values() if r] + [r for _, r in theirs.values() if r]
-    print(f"{a.shape}: batch 1, {a.threads} threads, prompt {a.prompt}, {a.new} greedy tokens; bandwidth "
-          f"{min(r['bandwidth'] for r in results):.1f}-{max(r['bandwidth'] for r in results):.1f} GB/s (numpy fp32 "
-          f"gemv before each row); load average {min(r['load'] for r in results):.1f}-"
-          f"{max(r['load'] for r in results):.1f}")
+    theirs = {t: (size, [r for r in runs if r]) for t, (size, runs) in theirs.items()}
+    results = [r for _, _, runs, _ in rows.values() for r in runs] + [r for _, runs in theirs.values() for r in runs]
+    if not results:
+        print("nothing was timed")
+        return
+    print(f"{a.shape}: batch 1, {a.threads} threads, prompt {a.prompt}, {a.new} greedy tokens, {a.rounds} rounds "
+          f"(ours and llama.cpp at the same width in turn); bandwidth {min(r['bandwidth'] for r in results):.1f}-"
+          f"{max(r['bandwidth'] for r in results):.1f} GB/s (numpy fp32 gemv before each run); load average "
+          f"{min(r['load'] for r in results):.1f}-{max(r['load'] for r in results):.1f}")
     print("| format | weight bytes | quantize peak RSS | resident after load | peak while loading | decode tok/s | "
           "% of ceiling | llama.cpp (type, file) tok/s | ours / llama.cpp |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for name, (weights, q_rss, r) in rows.items():
+    for name, (weights, q_rss, runs, ratios) in rows.items():
         qtype = FORMATS[name][3]
-        size, other = theirs.get(qtype, (None, None))
-        if r is None:
+        size, other = theirs.get(qtype, (None, []))
+        if not runs:
             print(f"| {name} | {gb(weights)} | {gb(q_rss)} | skipped (memory) | | | | | |")
             continue
-        ceiling = r["bandwidth"] * 1e9 / weights
-        vs = f"{other['tok_s']:.1f} ({qtype}, {gb(size)})" if other else "–"
-        ratio = f"{r['tok_s'] / other['tok_s']:.2f}" if other else "–"
-        print(f"| {name} | {gb(weights)} | {gb(q_rss)} | {gb(r['resident'])} | {gb(r['load_peak'])} | "
-              f"{r['tok_s']:.2f} | {100 * r['tok_s'] / ceiling:.0f} % | {vs} | {ratio} |")
-    for qtype, (size, r) in theirs.items():
-        if r:
-            print(f"llama.cpp {qtype}: {gb(size)}, {r['tok_s']:.2f} tok/s, "
-                  f"{100 * r['tok_s'] * size / (r['bandwidth'] * 1e9):.0f} % of its ceiling")
+        tok_s = median([r["tok_s"] for r in runs])
+        ceiling = median([r["bandwidth"] for r in runs]) * 1e9 / weights
+        vs = f"{median([r['tok_s'] for r in other]):.1f} ({qtype}, {gb(size)})" if other else "–"
+        ratio = f"{median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else "–"
+        print(f"| {name} | {gb(weights)} | {gb(q_rss)} | {gb(runs[0]['resident'])} | {gb(runs[0]['load_peak'])} | "
+              f"{tok_s:.2f} | {100 * tok_s / ceiling:.0f} % | {vs} | {ratio} |")
+    for qtype, (size, runs) in theirs.items():
+        if runs:
+            tok_s = median([r["tok_s"] for r in runs])
+            print(f"llama.cpp {qtype}: {gb(size)}, {tok_s:.2f} tok/s (median of {len(runs)}), "
+                  f"{100 * tok_s * size / (median([r['bandwidth'] for r in runs]) * 1e9):.0f} % of its ceiling")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ each row's decode) / the weight bytes.
 
     python benchmarks/cpu_formats.py [--shape bloom-560m|bloom-7b1] [--prompt 32] [--new 64] [--threads 2]
         [--formats float32,bfloat16,int8,...] [--llama-cpp f32,f16,q8_0,q4_0] [--workdir /tmp/cpu-formats]
-        [--low-disk] [--lock /work/logs/bench.lock]
+        [--low-disk] [--lock /work/logs/bench.lock] [--rounds 2]
 
 Every file is made first, then all rows are timed while holding --lock's flock once (the slow making of files
 blocks no other benchmark). --low-disk makes, times (locking for that row only) and deletes one file at a time

@@ -367,16 +367,18 @@ def main():
             make(name)
         for qtype in llama_types:
             make_gguf(source, work, qtype, a.threads)
-    users = {t: [n for n in formats if FORMATS[n][3] == t] for t in llama_types}
+    last_user = {FORMATS[n][3]: n for n in formats}  # each llama.cpp type's last format of ours at its width
+    pending = set(llama_types)  # llama.cpp types with turns still to take
     rows, theirs = {}, {}
 
     def llama_row(qtype):
         path = make_gguf(source, work, qtype, a.threads)
         return path, theirs.setdefault(qtype, (path.stat().st_size, []))[1]
 
-    def done_with(qtype):  # --low-disk: q8_0 may be q4_0's source, so it goes after q4_0
-        if a.low_disk and not (qtype == "q8_0" and "q4_0" in users and users["q4_0"]):
-            for t in [qtype] + (["q8_0"] if qtype == "q4_0" else []):
+    def done_with(qtype):  # --low-disk: a GGUF goes after its last turn; q8_0, maybe q4_0's source, not before q4_0
+        pending.discard(qtype)
+        for t in set(llama_types) - pending if a.low_disk else ():
+            if not (t == "q8_0" and "q4_0" in pending):
                 (work / f"llama-{t}.gguf").unlink(missing_ok=True)
 
     with locked(None if a.low_disk else a.lock):
@@ -386,7 +388,7 @@ def main():
             path = make(name)
             weights = weight_bytes(path) * (2 if dtype == "float32" and options is None else 1)
             env = {"PADDLE_BELLE_INT8_ACTIVATIONS": "1"} if "int8 activations" in name else None
-            gguf, other = llama_row(qtype) if qtype in users else (None, None)
+            gguf, other = llama_row(qtype) if qtype in pending else (None, None)
             ours, pairs = [], []
             for _ in range(a.rounds):
                 ours.append(timed(a, ["--worker", str(path), dtype], weights, row_lock, env))
@@ -394,18 +396,15 @@ def main():
                     other.append(timed(a, ["--llama-worker", str(gguf)], gguf.stat().st_size, row_lock))
                     pairs.append((ours[-1], other[-1]))
             rows[name] = (weights, quantize_rss.get(name), [r for r in ours if r],
-                          [r / t for r, t in ((o["tok_s"], l["tok_s"]) for o, l in pairs if o and l)])
+                          [o["tok_s"] / l["tok_s"] for o, l in pairs if o and l])
             if a.low_disk and options is not None:
                 shutil.rmtree(path)
-            if qtype in users:
-                users[qtype].remove(name)
-                if not users[qtype]:
-                    done_with(qtype)
+            if gguf and last_user[qtype] == name:
+                done_with(qtype)
         for qtype in [t for t in llama_types if t not in theirs]:  # no format of ours at its width
             gguf, other = llama_row(qtype)
             other.extend(timed(a, ["--llama-worker", str(gguf)], gguf.stat().st_size, row_lock)
                          for _ in range(a.rounds))
-            users[qtype] = []
             done_with(qtype)
     print_tables(a, rows, theirs)
 

@@ -1301,12 +1301,14 @@ static void add_chunks(Args& a, int64_t group, int64_t rows = CHUNK) {
 static bool page_chunks(Args& a, int64_t row_bytes) {
   const int64_t P = 4096 / std::max<int64_t>(row_bytes, 1);
   if (P < 2 || 4096 % row_bytes || reinterpret_cast<uintptr_t>(a.w) % 4096) return false;
-  for (int64_t k = 0; k < a.K; k += DENSE_CHUNK * P)
-    for (int64_t h = 0; h < P && k + h < a.K; ++h) {
-      Chunk chunk{k + h, std::min(a.K, k + DENSE_CHUNK * P), 0};
+  for (int64_t k = 0; k < a.K; k += DENSE_CHUNK * P) {
+    const int64_t end = std::min(a.K, k + DENSE_CHUNK * P);  // DENSE_CHUNK pages (fewer at the end of the weight)
+    for (int64_t h = 0; h < P && k + h < end; ++h) {
+      Chunk chunk{k + h, end, 0};
       chunk.step = P;
       a.chunks.push_back(chunk);
     }
+  }
   return true;
 }
 

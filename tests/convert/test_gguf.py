@@ -367,11 +367,27 @@ def test_export_refuses_an_existing_file_and_writes_nothing_on_failure(tiny_mode
 
 # ------------------------------------------------------------------------------------ llama.cpp runs our export
 def llama_cpp_model(path, **kw):
+    import llama_cpp.llama_cpp as low
     from llama_cpp import GGML_TYPE_F32, Llama  # llama-cpp-python (the test extra): llama.cpp built from PyPI's sdist
 
-    # A float32 KV cache: llama.cpp's default f16 cache alone moves the logits by ~1e-3.
-    return Llama(model_path=str(path), n_ctx=128, n_threads=2, seed=0, verbose=False, type_k=GGML_TYPE_F32,
-                 type_v=GGML_TYPE_F32, **kw)
+    # Without llama.cpp's extra buffer types (llama_model_params.use_extra_bufts, which Llama() does not take): on a
+    # CPU with AMX its AMX backend takes the q8_0/q4_0 weights and dies with SIGSEGV in ggml_backend_amx_mul_mat
+    # (llama-cpp-python 0.3.36 built here, a KVM guest with amx_int8), taking pytest with it. These tests check
+    # results, which the plain CPU backend computes.
+    default = low.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        # A float32 KV cache: llama.cpp's default f16 cache alone moves the logits by ~1e-3.
+        return Llama(model_path=str(path), n_ctx=128, n_threads=2, seed=0, verbose=False, type_k=GGML_TYPE_F32,
+                     type_v=GGML_TYPE_F32, **kw)
+    finally:
+        low.llama_model_default_params = default
 
 
 def our_greedy(model, ids, n):

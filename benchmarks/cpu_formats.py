@@ -22,6 +22,17 @@ each row's decode) / the weight bytes.
         [--formats float32,bfloat16,int8,...] [--llama-cpp f32,f16,q8_0,q4_0] [--workdir /tmp/cpu-formats]
         [--low-disk] [--lock /work/logs/bench.lock] [--rounds 2]
 
+On a CPU with AMX, llama.cpp as the test extra builds it (natively) puts q8_0 and q4_0 weights in its AMX backend,
+which dies with SIGSEGV in ggml_backend_amx_mul_mat (llama-cpp-python 0.3.36 in a KVM guest with amx_int8: stop 28).
+For this benchmark build it without that backend, as it runs on any AVX-512 CPU without AMX (its AVX-512 kernels and
+its repacking of q4_0, CPU_REPACK):
+
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+      -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON" \
+      pip install --force-reinstall --no-deps --no-cache-dir llama-cpp-python==0.3.36
+
+A llama.cpp run that dies is reported in one line and its cells left empty.
+
 Every file is made first, then all rows are timed while holding --lock's flock once (the slow making of files
 blocks no other benchmark). --low-disk makes, times (locking for that row only) and deletes one file at a time
 instead; the source stays.
@@ -319,8 +330,12 @@ def timed(a, worker: list[str], need: int, lock=None, env=None) -> dict:
         load = os.getloadavg()[0]
         bandwidth = gemv_bandwidth(a.threads)
         run = subprocess.run([sys.executable, __file__, *worker, "--prompt", str(a.prompt), "--new", str(a.new),
-                              "--threads", str(a.threads)], check=True, capture_output=True, text=True,
-                             env={**os.environ, **(env or {})})
+                              "--threads", str(a.threads)], check=worker[0] != "--llama-worker", capture_output=True,
+                             text=True, env={**os.environ, **(env or {})})
+    if run.returncode:  # llama.cpp's (ours raise): see the docstring on AMX
+        print(f"llama.cpp died on {Path(worker[1]).name} (exit {run.returncode}): a CPU with AMX needs the build in "
+              "this script's docstring", file=sys.stderr)
+        return None
     return {**json.loads(run.stdout.strip().splitlines()[-1]), "bandwidth": bandwidth, "load": load}
 
 

@@ -333,8 +333,8 @@ def timed(a, worker: list[str], need: int, lock=None, env=None) -> dict:
                               "--threads", str(a.threads)], check=worker[0] != "--llama-worker", capture_output=True,
                              text=True, env={**os.environ, **(env or {})})
     if run.returncode:  # llama.cpp's (ours raise): see the docstring on AMX
-        print(f"llama.cpp died on {Path(worker[1]).name} (exit {run.returncode}): a CPU with AMX needs the build in "
-              "this script's docstring", file=sys.stderr)
+        print(f"llama.cpp died on {Path(worker[1]).name} (exit {run.returncode}; on a CPU with AMX see this script's "
+              "docstring)", file=sys.stderr)
         return None
     return {**json.loads(run.stdout.strip().splitlines()[-1]), "bandwidth": bandwidth, "load": load}
 

@@ -238,18 +238,18 @@ struct Args {  // one call, all row-major and contiguous
   alignas(64) float lut[16] = {};  // code - zero for each 4-bit code (symmetric: the tile's Lut)
 };
 
-// Streaming (STREAM_ROWS rows or fewer over packed codes), a thread reads its chunks one after another, each over every
-// column: what it reads STREAM_PREFETCH_TILES tiles after stored row kb's tile at column n_ahead - that distance lies,
-// past the row's end, in the next chunk's rows. Prefetching the same row there instead (past the end: the next row,
+// What a stored row of chunk prefetches, as a byte offset from its tile at column n0: the tile `columns` further
+// along the row. Streaming (STREAM_ROWS rows or fewer over packed codes), a thread reads its chunks one after another,
+// each over every column, so that distance lies, past the row's end, in the next chunk's rows. Prefetching the same row there instead (past the end: the next row,
 // read long before) left the first tiles of every chunk to demand misses, half a chunk at N = 1024, int4. Measured
 // with the variants alternating call by call in one process, cold weights, one row, 2 threads (load 1.1), us, the
 // old prefetch -> this one and stream_start: int4 1024 x 1024 57 -> 48, 4096 x 1024 173 -> 132, 1024 x 4096 151 ->
 // 137; int8 82 -> 53, 270 -> 173, 198 -> 153; int8 x: int4 50 -> 34, 180 -> 108; int8 79 -> 55, 330 -> 249;
 // 4096 x 16384 (long rows: the wrap is rare) 1-3 % less.
-static inline const char* stream_ahead(const Args& a, const Chunk& chunk, int per, int column_bytes, int64_t kb,
-                                       int64_t n_ahead) {
-  if (n_ahead >= a.N) kb += (chunk.k1 - chunk.k0 + per - 1) / per, n_ahead -= a.N;
-  return static_cast<const char*>(a.w) + (kb * a.N + n_ahead) * column_bytes;
+static inline int64_t ahead_offset(const Args& a, const Chunk& chunk, int per, int column_bytes, int64_t n0,
+                                   int64_t columns, bool streaming) {
+  const int64_t rows = (chunk.k1 - chunk.k0 + per - 1) / per;  // stored rows of the chunk
+  return (columns + (streaming && n0 + columns >= a.N ? (rows - 1) * a.N : 0)) * column_bytes;
 }
 
 // A thread's first tiles, which no earlier tile prefetched: columns [n0, n1) of its first chunk's rows, into L2.
@@ -267,7 +267,7 @@ template <int S> struct Packed {
   static constexpr bool quantized = true;
   static constexpr int PER = 8 / S, column_bytes = 1;
   template <class I> using Raw = typename I::Vi;
-  static const void* at(const Args& a, int64_t kb, int64_t n) { return static_cast<const uint8_t*>(a.w) + kb * a.N + n; }
+  static const char* at(const Args& a, int64_t kb, int64_t n) { return static_cast<const char*>(a.w) + kb * a.N + n; }
   template <class I> static inline Raw<I> read(const char* p) { return I::bytes(reinterpret_cast<const uint8_t*>(p)); }
   template <class I> static inline typename I::V decode(Raw<I> c, int r, typename I::Vi zero) {
     if (r) c = I::shr(c, S * r);
@@ -279,7 +279,9 @@ template <class T, int Bytes> struct Dense {
   static constexpr bool quantized = false;
   static constexpr int PER = 1, column_bytes = Bytes;
   template <class I> using Raw = typename I::V;
-  static const void* at(const Args& a, int64_t k, int64_t n) { return static_cast<const T*>(a.w) + k * a.N + n; }
+  static const char* at(const Args& a, int64_t k, int64_t n) {
+    return reinterpret_cast<const char*>(static_cast<const T*>(a.w) + k * a.N + n);
+  }
   template <class I> static inline typename I::V decode(typename I::V w, int, typename I::Vi) { return w; }
 };
 // vec(w, i): W floats from element i of a dense weight, whatever its layout.
@@ -326,17 +328,16 @@ static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   for (int j = 0; j < NV; ++j)
     zero[j] = !F::quantized ? I::set1i(0) : a.zeros ? I::bytes(a.zeros + chunk.g * a.N + n0 + j * I::W) : I::set1i(a.zero);
   const V table = Lut ? I::loadf(a.lut) : I::zero();
-  // The stored rows are walked by pointer, and what each prefetches lies a fixed distance past it (stream_ahead's
-  // address, computed once): recomputed from Args every row, these took ~25 scalar instructions next to the Wide
+  // The stored rows are walked by pointer, and what each prefetches lies a fixed distance past it (ahead_offset,
+  // computed once): recomputed from Args every row, these took ~25 scalar instructions next to the Wide
   // tile's 23 vector ones, some on the two ports its shifts, vpermps and FMAs need. Quantized, the scales (and zeros)
   // of the tile as far ahead are prefetched too: a second stream, else read by demand misses at the chunk's end.
   // In-process A/B, 2 threads, weights rotated over 1.5 GB (beyond the host's L3), one row, ms, before -> after: int4
   // 4096 x 16384 1.62 -> 1.36, 4096 x 4096 0.46 -> 0.40, 1024 x 4096 0.121 -> 0.104 (3 rows 3.11 -> 2.79); int4
   // asymmetric and int8 2-5 % less; dense weights unchanged (they read without software prefetch).
-  const char* row = static_cast<const char*>(F::at(a, chunk.k0 / F::PER, n0));  // chunks start on a whole byte
+  const char* row = F::at(a, chunk.k0 / F::PER, n0);  // chunks start on a whole byte
   const int64_t stride = chunk.step * a.N * F::column_bytes;
-  int64_t ahead = ahead_columns * F::column_bytes;
-  if (streaming && n0 + ahead_columns >= a.N) ahead += ((chunk.k1 - chunk.k0 + F::PER - 1) / F::PER - 1) * stride;
+  const int64_t ahead = ahead_offset(a, chunk, F::PER, F::column_bytes, n0, ahead_columns, streaming);
   if (F::quantized && a.prefetch) {
     int64_t n = n0 + ahead_columns, g = chunk.g;
     if (n >= a.N) n -= a.N, g = c + 1 < int64_t(a.chunks.size()) ? a.chunks[c + 1].g : g;
@@ -466,10 +467,10 @@ static inline void decode_tile(const Args& a, int64_t c0, int64_t c1, int64_t n0
       scale[j] = I::loadf(a.scales + chunk.g * a.N + n0 + j * I::W);
     }
     for (int64_t kb = chunk.k0 / F::PER; kb * F::PER < chunk.k1; ++kb) {  // as tile(), prefetch included
-      const char* ahead = static_cast<const char*>(F::at(a, kb, n0 + PREFETCH_TILES * NV * I::W));
+      const char* ahead = F::at(a, kb, n0 + PREFETCH_TILES * NV * I::W);
       for (int line = 0; line < NV * I::W * F::column_bytes; line += 64) __builtin_prefetch(ahead + line);
       typename F::template Raw<I> raw[NV];
-      for (int j = 0; j < NV; ++j) raw[j] = F::template read<I>(static_cast<const char*>(F::at(a, kb, n0 + j * I::W)));
+      for (int j = 0; j < NV; ++j) raw[j] = F::template read<I>(F::at(a, kb, n0 + j * I::W));
       for (int r = 0; r < F::PER; ++r) {
         const int64_t k = kb * F::PER + r;
         if (F::PER > 1 && k >= chunk.k1) break;
@@ -656,7 +657,7 @@ static inline void gemm(const Args& a, int64_t n0, int64_t n1) {
     const int64_t k1 = std::min(a.K, k0 + KC);
     for (int64_t n = n0; n < whole; n += NR) {  // the next sliver: the next NR columns, or the next panel's first
       const bool last = n + NR >= whole;
-      const char* ahead = last && k1 >= a.K ? nullptr : static_cast<const char*>(F::at(a, last ? k1 : k0, last ? n0 : n + NR));
+      const char* ahead = last && k1 >= a.K ? nullptr : F::at(a, last ? k1 : k0, last ? n0 : n + NR);
       gemm_rows<I, F, NV, true, LINES>(a, buf, k0, k1, n, ahead, stride);
     }
   }
@@ -816,12 +817,11 @@ static inline void itile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   for (int i = 0; i < MB; ++i)
     for (int j = 0; j < QV; ++j) acc[i][j] = I::set1i(0);
   const int64_t steps = (chunk.k1 - chunk.k0 + 3) / 4, stored = (a.K + PER - 1) / PER;
+  const int64_t ahead = n0 + ahead_offset(a, chunk, PER, 1, n0, ahead_tiles<streaming> * QV * I::W, streaming);
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t kb = chunk.k0 / PER + s * ROWS;  // chunks start on a whole byte
-    const int64_t n_ahead = n0 + ahead_tiles<streaming> * QV * I::W;
     for (int r = 0; r < ROWS; ++r)  // as the float tile: a tile ahead, row by row
-      prefetch<streaming>(streaming ? stream_ahead(a, chunk, PER, 1, kb + r, n_ahead)
-                                    : reinterpret_cast<const char*>(w + (kb + r) * a.N + n_ahead));
+      prefetch<streaming>(reinterpret_cast<const char*>(w + (kb + r) * a.N + ahead));
     Vi codes[QV];
     if (kb + ROWS <= stored) {
       I::template quads<S>(w + kb * a.N + n0, a.N, codes);

@@ -177,8 +177,8 @@ struct Avx512 {
 // hardware prefetchers do not do for this pattern (32 rows without it: 8 GB/s).
 //
 // A dense weight (bfloat16, float16, float32) times one row of x (decoding) is read differently: DENSE_CHUNK rows
-// at a time, without software prefetch, and the rows, not the columns, split between the threads (parallel_chunks),
-// so that each thread streams one contiguous run of the weight, DENSE_CHUNK rows side by side. Measured in-process
+// at a time (first without software prefetch: below), and the rows, not the columns, split between the threads
+// (parallel_chunks), so that each thread streams one contiguous run of the weight, DENSE_CHUNK rows side by side. Measured in-process
 // at bloom-560m's and bloom-7b's shapes, 2 threads, weights rotated beyond the L3 cache (GB/s, float32 / bfloat16):
 // 4096 x 16384, 32 rows with prefetch 21.9 / 19.2, 8 rows without 42.5 / 38.8 (another run, 8 rows: columns
 // split 32.6 / 31.0, rows split 33.1 / 31.9); 4096 x 1024 (N split in two: 1-2 KB runs) columns 19.5 / 15.0, rows
@@ -188,6 +188,13 @@ struct Avx512 {
 // bf16"` (idle machine, stop 24): float32 2 rows 4096 x 16384 12.4 / 13.9 -> 8.1 / 8.6, 1024 x 4096 0.86 / 0.83 ->
 // 0.54 / 0.74; 4 rows 4096 x 16384 14.4 / 16.1 -> 9.1 / 10.8, 4096 x 1024 1.34 / 1.08 -> 0.74 / 0.84; bfloat16 4 rows
 // 4096 x 16384 6.9 / 8.3 -> 6.3 / 6.9, 1024 x 3072 0.43 / 0.39 -> 0.31 / 0.33.
+// Since stop 28 these rows are prefetched after all, as packed codes are when streaming (below: into L2, the same 512
+// bytes ahead: STREAM_PREFETCH_TILES / column_bytes tiles), except rows shorter than a page, read page by page
+// (page_chunks). On an AMX-class host (2 vCPUs of a Granite/Sapphire Rapids-like CPU, 480 MiB L3) the hardware
+// prefetchers alone left bfloat16 at ~80 % of the large read. In one process, alternating, weights rotated over 1.5
+// GB, one row, ms, without -> with: bfloat16 4096 x 16384 5.09 -> 4.14, 16384 x 4096 5.42 -> 4.58, 4096 x 4096 1.45
+// -> 1.20, 1024 x 3072 0.281 -> 0.243; float32 2-6 % less; bfloat16 4 rows 4096 x 16384 6.23 -> 5.77, 1024 x 4096
+// 0.380 -> 0.326. (Prefetching 2 tiles ahead into L1 instead helped less and cost 4096 x 16384 3 %.)
 //
 // One to three rows of x over packed codes (decoding one reply; STREAM_ROWS), float or int8 x, take the dense
 // recipe's thread split: the chunks, i.e. the weight's rows, shared out between the threads (parallel_chunks), each
@@ -231,7 +238,7 @@ struct Args {  // one call, all row-major and contiguous
   int64_t q_stride = 0, q_chunks = 0;  // q's row length, sx's and sq's
   const float* sx = nullptr;     // [M, chunks]: the scales of q
   const int32_t* sq = nullptr;   // [M, chunks]: the sums of q
-  bool prefetch = true;          // the float tile's software prefetch (off for a dense weight at DENSE_ROWS rows or fewer)
+  bool prefetch = true;          // the float tile's software prefetch (off for page-ordered short dense rows)
   bool many = false;             // the many-rows loops (packed codes: run(); x @ E^T: run_rows())
   const float* xp = nullptr;     // x @ E^T's many-rows loop: x packed in blocks of xp_rows rows (pack_rows_x)
   int64_t xp_rows = 0;
@@ -320,9 +327,10 @@ struct Float16 : Dense<uint16_t, 2> {
 template <class I, class F, int MB, int NV, bool Lut = false>
 static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   using V = typename I::V;
-  constexpr bool streaming = F::quantized && MB <= STREAM_ROWS;  // decoding: bound by the codes' bytes
+  constexpr bool streaming = !F::quantized || MB <= STREAM_ROWS;  // decoding (dense tiles: DENSE_ROWS at most)
   constexpr bool Wide = Lut && NV * I::W == 64;  // see Lut above
-  constexpr int64_t tile_bytes = NV * I::W * F::column_bytes, ahead_columns = ahead_tiles<streaming> * NV * I::W;
+  constexpr int64_t tile_bytes = NV * I::W * F::column_bytes;
+  constexpr int64_t ahead_columns = ahead_tiles<streaming> / F::column_bytes * NV * I::W;  // the same bytes ahead
   const Chunk& chunk = a.chunks[c];
   typename I::Vi zero[NV];
   for (int j = 0; j < NV; ++j)
@@ -334,7 +342,7 @@ static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   // of the tile as far ahead are prefetched too: a second stream, else read by demand misses at the chunk's end.
   // In-process A/B, 2 threads, weights rotated over 1.5 GB (beyond the host's L3), one row, ms, before -> after: int4
   // 4096 x 16384 1.62 -> 1.36, 4096 x 4096 0.46 -> 0.40, 1024 x 4096 0.121 -> 0.104 (3 rows 3.11 -> 2.79); int4
-  // asymmetric and int8 2-5 % less; dense weights unchanged (they read without software prefetch).
+  // asymmetric and int8 2-5 % less.
   const char* row = F::at(a, chunk.k0 / F::PER, n0);  // chunks start on a whole byte
   const int64_t stride = chunk.step * a.N * F::column_bytes;
   const int64_t ahead = ahead_offset(a, chunk, F::PER, F::column_bytes, n0, ahead_columns, streaming);
@@ -1361,8 +1369,9 @@ static void parallel_chunks(const Args& a, void (*fn)(const Args&, int64_t, int6
 template <class F>
 static void run(Args& a, int64_t group) {
   const bool dense_few = !F::quantized && a.M <= DENSE_ROWS;  // see DENSE_CHUNK
-  if (!dense_few || !page_chunks(a, a.N * F::column_bytes)) add_chunks(a, group, dense_few ? DENSE_CHUNK : CHUNK);
-  a.prefetch = !dense_few;
+  const bool paged = dense_few && page_chunks(a, a.N * F::column_bytes);
+  if (!paged) add_chunks(a, group, dense_few ? DENSE_CHUNK : CHUNK);
+  a.prefetch = !paged;
   // several rows: each code decoded once for all of them; a dense weight packed (gemm)
   a.many = !dense_few && a.M >= many_rows(!F::quantized ? DENSE_ROWS + 1 : F::PER == 1 ? 16 : MANY_ROWS);
   using Fn = void (*)(const Args&, int64_t, int64_t);

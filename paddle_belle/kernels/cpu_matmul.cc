@@ -178,11 +178,11 @@ struct Avx512 {
 //
 // A dense weight (bfloat16, float16, float32) times one row of x (decoding) is read differently: DENSE_CHUNK rows
 // at a time (first without software prefetch: below), and the rows, not the columns, split between the threads
-// (parallel_chunks), so that each thread streams one contiguous run of the weight, DENSE_CHUNK rows side by side. Measured in-process
-// at bloom-560m's and bloom-7b's shapes, 2 threads, weights rotated beyond the L3 cache (GB/s, float32 / bfloat16):
-// 4096 x 16384, 32 rows with prefetch 21.9 / 19.2, 8 rows without 42.5 / 38.8 (another run, 8 rows: columns
-// split 32.6 / 31.0, rows split 33.1 / 31.9); 4096 x 1024 (N split in two: 1-2 KB runs) columns 19.5 / 15.0, rows
-// 21.4 / 19.5; 1024 x 3072 26.9 / 22.4 -> 28.8 / 29.6. Paddle's float32 matmul 16.6-24.5 in the same runs.
+// (parallel_chunks), so that each thread streams one contiguous run of the weight, DENSE_CHUNK rows side by side.
+// Measured in-process at bloom-560m's and bloom-7b's shapes, 2 threads, weights rotated beyond the L3 cache (GB/s,
+// float32 / bfloat16): 4096 x 16384, 32 rows with prefetch 21.9 / 19.2, 8 rows without 42.5 / 38.8 (another run, 8
+// rows: columns split 32.6 / 31.0, rows split 33.1 / 31.9); 4096 x 1024 (N split in two: 1-2 KB runs) columns 19.5 /
+// 15.0, rows 21.4 / 19.5; 1024 x 3072 26.9 / 22.4 -> 28.8 / 29.6. Paddle's float32 matmul 16.6-24.5 in the same runs.
 // The same read serves up to DENSE_ROWS rows (a 4-row tile's registers; batched decoding of a few replies), ms,
 // the old read -> this one, two alternating runs of `benchmarks/cpu_kernels.py --m 2,4 --methods "kernel fp32,kernel
 // bf16"` (idle machine, stop 24): float32 2 rows 4096 x 16384 12.4 / 13.9 -> 8.1 / 8.6, 1024 x 4096 0.86 / 0.83 ->

@@ -422,11 +422,19 @@ static inline void tiles(const Args& a, int64_t c, int64_t m0, int64_t mb, int64
 
 // Columns [n0, n1) (one thread's share) for every row of x. Chunk by chunk, so that the weight is read row after
 // row, in long runs of contiguous bytes (a tile's K rows at a time would touch a new page per row). A panel of
-// columns bounds the slice of y that each chunk revisits (M x panel floats) when M is large.
+// columns bounds the slice of y that each chunk revisits (M x panel floats) when M is large. A streaming read (the
+// tile's `streaming`) takes its columns as one panel: its prefetch runs on past a row's end into the next chunk
+// (ahead_offset), so a panel's end left the next chunk's first tiles to demand misses and prefetched columns of the
+// same rows that the next panel reads long after. One panel instead, in one process, alternating, weights rotated
+// over 1.5-3 GB, 2 threads, ms: the int8 head 4096 x 250,880 (16 panels) one row 40.3 -> 37.2, two rows 51.4 ->
+// 38.7; int4 g128 two rows 4096 x 16384 1.99 -> 1.72, 4096 x 12288 2.77 -> 2.19, three rows 3.53 -> 2.82 and 2.15
+// -> 1.64; bfloat16 two rows 4096 x 16384 4.70 -> 4.20. (Panels of 32K or 64K columns with the prefetch wrapping at
+// the panel's end instead: no faster than one; 4K-8K slower.)
 template <class I, class F>
 static inline void block(const Args& a, int64_t n0, int64_t n1) {
   constexpr int64_t tile_width = I::NV * I::W;
-  const int64_t panel = std::max<int64_t>(tile_width, (16384 / a.M) / tile_width * tile_width);
+  const bool streaming = !F::quantized || a.M <= STREAM_ROWS;  // dense weights come here at DENSE_ROWS rows at most
+  const int64_t panel = streaming ? n1 - n0 : std::max<int64_t>(tile_width, (16384 / a.M) / tile_width * tile_width);
   if (F::quantized && a.M <= STREAM_ROWS)
     stream_start(a, F::PER, F::column_bytes, n0, std::min(n1, n0 + STREAM_PREFETCH_TILES * tile_width));
   for (int64_t p0 = n0; p0 < n1; p0 += panel) {
@@ -879,7 +887,8 @@ static inline void itiles(const Args& a, int64_t c, int64_t m0, int64_t mb, int6
 template <class I, int S>
 static inline void iblock(const Args& a, int64_t n0, int64_t n1) {
   constexpr int64_t tile_width = I::QV * I::W, MB = 4;
-  const int64_t panel = std::max<int64_t>(tile_width, (16384 / a.M) / tile_width * tile_width);
+  const int64_t panel =  // as block()
+      a.M <= STREAM_ROWS ? n1 - n0 : std::max<int64_t>(tile_width, (16384 / a.M) / tile_width * tile_width);
   if (a.M <= STREAM_ROWS) stream_start(a, 8 / S, 1, n0, std::min(n1, n0 + STREAM_PREFETCH_TILES * tile_width));
   for (int64_t p0 = n0; p0 < n1; p0 += panel) {
     const int64_t p1 = std::min(n1, p0 + panel);

@@ -5,12 +5,14 @@ quantized by streaming RTN (`paddle-belle quantize`, as a served model is made) 
     python benchmarks/step_parts.py [--shape bloom-7b1] [--layers 2] [--bits 4] [--new 16] [--threads 2]
                                     [--workdir /tmp/step-parts]
 
-Prints the decode step (generate, batch 1, greedy: a 1-token run subtracted as in cpu_formats.py), then every
-QuantLinear (the four Linears of a block and the int8 token-table head) timed inside generate, beside the same call
-repeated at once on the same input ("again": warm threads and caches, as a kernel microbenchmark sees it). Median and
-minimum: on a shared machine a call that loses a core for a time slice takes milliseconds more, so the minimum is
-what the kernel does. Multiply a block's sum by 30 and add the head for the full model. Hold the benchmark lock.
-With PADDLE_BELLE_INT8_ACTIVATIONS=1 it times the integer path.
+Prints the decode step (generate, batch 1, greedy: a 1-token run subtracted as in cpu_formats.py) and how it splits:
+the QuantLinear calls' time a step, the rest (Python and Paddle's small ops, attention), and that rest again with
+every QuantLinear's output cached (no weights read: the small ops with warm caches, i.e. what the weights' streaming
+costs them). Then every QuantLinear (the four Linears of a block and the int8 token-table head) timed inside
+generate, beside the same call repeated at once on the same input ("again": warm threads and caches, as a kernel
+microbenchmark sees it). Median and minimum: on a shared machine a call that loses a core for a time slice takes
+milliseconds more, so the minimum is what the kernel does. Multiply a block's sum by 30 and add the head for the full
+model (or pass --layers 30). Hold the benchmark lock. With PADDLE_BELLE_INT8_ACTIVATIONS=1 it times the integer path.
 """
 import argparse
 import collections
@@ -49,6 +51,7 @@ def main(argv=None):
     names = {id(layer): name.split(".")[-1] for name, layer in model.named_sublayers()}
     times = collections.defaultdict(list)
     forward = QuantLinear.forward
+    in_calls = [0.0]  # seconds in QuantLinear calls (their first run)
 
     def timed(layer, x):
         start = time.perf_counter()
@@ -58,18 +61,36 @@ def main(argv=None):
         name = f"{names[id(layer)]} {layer.in_features}x{layer.out_features} int{layer.config.bits}"
         times[name].append(middle - start)
         times[name + " again"].append(time.perf_counter() - middle)
+        in_calls[0] += middle - start
         return y
+
+    outputs = {}
+
+    def cached(layer, x):  # each call's output computed once, then returned: the step without reading weights
+        key = (id(layer), tuple(x.shape))
+        if key not in outputs:
+            outputs[key] = forward(layer, x)
+        return outputs[key]
 
     ids = cpu_formats.prompt_ids(8)
 
     def generate(n):
         return model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
-    step = 1 / cpu_formats.decode_rate(generate, a.new)  # before the hook: the step as served
+    def calls_seconds(n):
+        in_calls[0] = 0.0
+        generate(n)
+        return in_calls[0]
+
+    step = 1 / cpu_formats.decode_rate(generate, a.new)  # before the hooks: the step as served
     QuantLinear.forward = timed
-    generate(a.new)
+    linears = (calls_seconds(a.new) - calls_seconds(1)) / (a.new - 1)
+    QuantLinear.forward = cached
+    rest_warm = 1 / cpu_formats.decode_rate(generate, a.new)
     QuantLinear.forward = forward
-    print(f"{shape} int{a.bits}, {a.threads} threads: decode step {step * 1e3:.1f} ms")
+    print(f"{shape} int{a.bits}, {a.threads} threads: decode step {step * 1e3:.1f} ms: QuantLinear calls "
+          f"{linears * 1e3:.1f}, the rest {(step - linears) * 1e3:.1f} ({rest_warm * 1e3:.1f} with the QuantLinears' "
+          "outputs cached)")
     print(f"{'QuantLinear':<40} {'calls':>5} {'median ms':>10} {'min ms':>8}")
     for name, seconds in times.items():
         print(f"{name:<40} {len(seconds):5d} {np.median(seconds) * 1e3:10.3f} {np.min(seconds) * 1e3:8.3f}")

@@ -430,12 +430,17 @@ static inline void tiles(const Args& a, int64_t c, int64_t m0, int64_t mb, int64
 // 38.7; int4 g128 two rows 4096 x 16384 1.99 -> 1.72, 4096 x 12288 2.77 -> 2.19, three rows 3.53 -> 2.82 and 2.15
 // -> 1.64; bfloat16 two rows 4096 x 16384 4.70 -> 4.20. (Panels of 32K or 64K columns with the prefetch wrapping at
 // the panel's end instead: no faster than one; 4K-8K slower.)
+// The columns of one panel (above): all `columns` when streaming
+static inline int64_t panel_width(const Args& a, int64_t tile_width, int64_t columns, bool streaming) {
+  return streaming ? columns : std::max<int64_t>(tile_width, (16384 / a.M) / tile_width * tile_width);
+}
+
 template <class I, class F>
 static inline void block(const Args& a, int64_t n0, int64_t n1) {
   constexpr int64_t tile_width = I::NV * I::W;
   const bool streaming = !F::quantized || a.M <= STREAM_ROWS;  // dense weights come here at DENSE_ROWS rows at most
-  const int64_t panel = streaming ? n1 - n0 : std::max<int64_t>(tile_width, (16384 / a.M) / tile_width * tile_width);
-  if (F::quantized && a.M <= STREAM_ROWS)
+  const int64_t panel = panel_width(a, tile_width, n1 - n0, streaming);
+  if (F::quantized && streaming)
     stream_start(a, F::PER, F::column_bytes, n0, std::min(n1, n0 + STREAM_PREFETCH_TILES * tile_width));
   for (int64_t p0 = n0; p0 < n1; p0 += panel) {
     const int64_t p1 = std::min(n1, p0 + panel);
@@ -546,7 +551,7 @@ template <class I, class F>
 static inline void many_block(const Args& a, int64_t n0, int64_t n1) {
   constexpr int64_t tile_width = Many<I>::NV * I::W;
   alignas(64) float buf[SPAN * CHUNK * tile_width];
-  const int64_t panel = std::max<int64_t>(tile_width, (16384 / a.M) / tile_width * tile_width);
+  const int64_t panel = panel_width(a, tile_width, n1 - n0, false);
   const int64_t chunks = a.chunks.size();
   for (int64_t p0 = n0; p0 < n1; p0 += panel) {
     const int64_t p1 = std::min(n1, p0 + panel);
@@ -887,9 +892,9 @@ static inline void itiles(const Args& a, int64_t c, int64_t m0, int64_t mb, int6
 template <class I, int S>
 static inline void iblock(const Args& a, int64_t n0, int64_t n1) {
   constexpr int64_t tile_width = I::QV * I::W, MB = 4;
-  const int64_t panel =  // as block()
-      a.M <= STREAM_ROWS ? n1 - n0 : std::max<int64_t>(tile_width, (16384 / a.M) / tile_width * tile_width);
-  if (a.M <= STREAM_ROWS) stream_start(a, 8 / S, 1, n0, std::min(n1, n0 + STREAM_PREFETCH_TILES * tile_width));
+  const bool streaming = a.M <= STREAM_ROWS;
+  const int64_t panel = panel_width(a, tile_width, n1 - n0, streaming);
+  if (streaming) stream_start(a, 8 / S, 1, n0, std::min(n1, n0 + STREAM_PREFETCH_TILES * tile_width));
   for (int64_t p0 = n0; p0 < n1; p0 += panel) {
     const int64_t p1 = std::min(n1, p0 + panel);
     for (int64_t c = 0; c < int64_t(a.chunks.size()); ++c) {
@@ -1027,7 +1032,7 @@ template <class I, int S>
 static inline void imany_block(const Args& a, int64_t n0, int64_t n1) {
   constexpr int64_t tile_width = I::QV * I::W, MR = IMany<I>::MR, MB = 4;
   alignas(64) typename I::Vi buf[CHUNK / 4 * I::QV];
-  const int64_t panel = std::max<int64_t>(tile_width, (16384 / a.M) / tile_width * tile_width);
+  const int64_t panel = panel_width(a, tile_width, n1 - n0, false);
   for (int64_t p0 = n0; p0 < n1; p0 += panel) {
     const int64_t p1 = std::min(n1, p0 + panel);
     for (int64_t c = 0; c < int64_t(a.chunks.size()); ++c) {

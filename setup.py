@@ -21,7 +21,7 @@ setup(
     # needs a compiler.
     package_data={"paddle_belle": ["assets/*/*"],
                   "paddle_belle.data_files": ["*.json", "*.txt", "*.md", "DATA_LICENSE"],
-                  "paddle_belle.kernels": ["*.cc"],
+                  "paddle_belle.kernels": ["*.cc", "*.h"],
                   "paddle_belle.serve": ["static/*"]},  # the chat page: plain HTML/JS/CSS, nothing from a CDN
     # PaddleNLP 2.8.1 is frozen and picky: newer huggingface_hub, aistudio-sdk, datasets, pyarrow or numpy 2 each
     # break `import paddlenlp`, and setuptools >= 81 drops pkg_resources, which paddleslim imports.

@@ -5,10 +5,11 @@ quantized by streaming RTN (`paddle-belle quantize`, as a served model is made) 
     python benchmarks/step_parts.py [--shape bloom-7b1] [--layers 2] [--bits 4] [--new 16] [--threads 2]
                                     [--workdir /tmp/step-parts]
 
-Prints the decode step (generate, batch 1, greedy: a 1-token run subtracted as in cpu_formats.py) and how it splits:
-the QuantLinear calls' time a step, the rest (Python and Paddle's small ops, attention), and that rest again with
-every QuantLinear's output cached (no weights read: the small ops with warm caches, i.e. what the weights' streaming
-costs them). Then every QuantLinear (the four Linears of a block and the int8 token-table head) timed inside
+Prints the decode step (generate, batch 1, greedy: a 1-token run subtracted as in cpu_formats.py) as served (each
+layer one native op: kernels/decoder_layer.cc) and op by op (models/base.py NATIVE_DECODE_LAYERS off), and how the
+op-by-op step splits: the QuantLinear calls' time a step, the rest (Python and Paddle's small ops, attention), and
+that rest again with every QuantLinear's output cached (no weights read: the small ops with warm caches, i.e. what
+the weights' streaming costs them). Then every QuantLinear (the four Linears of a block and the int8 token-table head) timed inside
 generate, beside the same call repeated at once on the same input ("again": warm threads and caches, as a kernel
 microbenchmark sees it). Median and minimum: on a shared machine a call that loses a core for a time slice takes
 milliseconds more, so the minimum is what the kernel does. Multiply a block's sum by 30 and add the head for the full
@@ -45,6 +46,7 @@ def main(argv=None):
         cpu_formats.quantize(work / "fp16", model_dir, ["--bits", str(a.bits)])
 
     from paddle_belle import AutoModelForCausalLM
+    from paddle_belle.models import base
     from paddle_belle.quant.linear import QuantLinear
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="float32", threads=a.threads)
@@ -83,14 +85,17 @@ def main(argv=None):
         return in_calls[0]
 
     step = 1 / cpu_formats.decode_rate(generate, a.new)  # before the hooks: the step as served
+    base.NATIVE_DECODE_LAYERS = False  # the Linears called one by one, so that they can be timed
+    op_by_op = 1 / cpu_formats.decode_rate(generate, a.new)
     QuantLinear.forward = timed
     linears = (calls_seconds(a.new) - calls_seconds(1)) / (a.new - 1)
     QuantLinear.forward = cached
     rest_warm = 1 / cpu_formats.decode_rate(generate, a.new)
     QuantLinear.forward = forward
-    print(f"{shape} int{a.bits}, {a.threads} threads: decode step {step * 1e3:.1f} ms: QuantLinear calls "
-          f"{linears * 1e3:.1f}, the rest {(step - linears) * 1e3:.1f} ({rest_warm * 1e3:.1f} with the QuantLinears' "
-          "outputs cached)")
+    base.NATIVE_DECODE_LAYERS = True
+    print(f"{shape} int{a.bits}, {a.threads} threads: decode step {step * 1e3:.1f} ms (one op a layer); op by op "
+          f"{op_by_op * 1e3:.1f} ms: QuantLinear calls {linears * 1e3:.1f}, the rest {(op_by_op - linears) * 1e3:.1f} "
+          f"({rest_warm * 1e3:.1f} with the QuantLinears' outputs cached)")
     print(f"{'QuantLinear':<40} {'calls':>5} {'median ms':>10} {'min ms':>8}")
     for name, seconds in times.items():
         print(f"{name:<40} {len(seconds):5d} {np.median(seconds) * 1e3:10.3f} {np.min(seconds) * 1e3:8.3f}")

@@ -1,5 +1,5 @@
-"""Native CPU kernels: weight-only matmuls (cpu_matmul.cc) and decode attention (decode_attention.cc) as a Paddle
-custom operator, compiled on first use.
+"""Native CPU kernels: weight-only matmuls (cpu_matmul.cc), decode attention (decode_attention.cc) and a whole BLOOM
+decoder layer for a decoding step (decoder_layer.cc) as a Paddle custom operator, compiled on first use.
 
 ``cpu_kernels()`` returns the loaded operator module, or None when the kernels are off (``PADDLE_BELLE_KERNELS=0``;
 the switches are read once, ``reload()`` reads them again) or cannot be built here (no C++ compiler, a failed build:
@@ -19,7 +19,8 @@ Ops (float32 x [..., K] -> float32 [..., N]):
   With ``PADDLE_BELLE_INT8_ACTIVATIONS=1`` (opt-in), 4- and 8-bit codes multiply x quantized to int8 in blocks of
   32 (``int8_activations``; cpu_matmul.cc says why and how);
 - ``dense_matmul(x, w, bias=None)``: w [K, N] float32, bfloat16 or float16, meant for small M (decode).
-- ``decode_attention(...)``: a decoding step's KV-cache writes and attention (models/base.py DecodeStep).
+- ``decode_attention(...)``: a decoding step's KV-cache writes and attention (models/base.py DecodeStep);
+- ``bloom_block(...)``: a BLOOM layer's whole decoding step (models/bloom.py BloomBlock.decode).
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from pathlib import Path
 
 import paddle
 
-SOURCES = [Path(__file__).with_name(name) for name in ("cpu_matmul.cc", "decode_attention.cc")]
+SOURCES = [Path(__file__).with_name(name) for name in ("cpu_matmul.cc", "decode_attention.cc", "decoder_layer.cc")]
+HEADERS = [Path(__file__).with_name("kernels.h")]  # what the sources share (part of the build's hash)
 CXX_FLAGS = ["-fopenmp", "-O3", "-std=c++17", "-g0"]  # -g0: Python's own flags ask for debug info
 
 _loaded = {}  # "module": the op module or None, once a load was tried in this process
@@ -125,6 +127,15 @@ def decode_attention(q, k, v, key_cache, value_cache, columns, mask, slopes=None
     return _call("belle_decode_attention", q, k, v, key_cache, value_cache, columns, mask, slopes, cos, sin)
 
 
+def bloom_block(x, params, key_cache, value_cache, columns, mask, slopes, layout, epsilon: float,
+                post_ln_residual: bool):
+    """A whole BLOOM decoder layer for a decoding step (decoder_layer.cc): x [b, 1, hidden] -> [b, 1, hidden],
+    writing the step's keys and values into the caches. ``params``: the two LayerNorms' weight and bias, then the
+    four Linears' tensors as ``layout`` (three numbers each: quant/linear.py kernel_weight) describes them."""
+    return _call("belle_bloom_block", x, params, key_cache, value_cache, columns, mask, slopes, list(layout),
+                 float(epsilon), bool(post_ln_residual))
+
+
 def _call(op: str, x, *args):
     if _loaded.get("module") is None and cpu_kernels() is None:
         raise RuntimeError("paddle_belle: the native CPU kernels are not available")
@@ -154,7 +165,7 @@ def _load():
     ldflags = _link_flags()
     # A changed source, flags or Paddle build (its custom-op ABI) is a new name, hence a new build.
     built_for = (CXX_FLAGS, ldflags, paddle.__version__, paddle.version.commit, sys.version_info[:2])
-    digest = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES) + repr(built_for).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES + HEADERS) + repr(built_for).encode()).hexdigest()[:12]
     name = f"belle_cpu_kernels_{digest}"
     root = get_build_directory()
     library = Path(root, name, name + ".so")

@@ -43,7 +43,7 @@
 #include <omp.h>
 #endif
 
-#include "paddle/extension.h"
+#include "kernels.h"
 
 // ------------------------------------------------------------------------------------------ vector helpers
 // V: a vector of W floats, Vi: of W 32-bit integers. bytes: W bytes zero-extended; shr, mask, tofloat: on Vi.
@@ -1507,7 +1507,7 @@ static void run_rows(Args& a) {
 }
 
 // ------------------------------------------------------------------------------------------ the operators
-static std::string shape_str(const std::vector<int64_t>& s) {
+std::string shape_str(const std::vector<int64_t>& s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
   return out + "]";
@@ -1525,7 +1525,7 @@ static void check_x(const paddle::Tensor& x, const char* op) {
   PD_CHECK(x.is_contiguous(), op, ": x must be contiguous");
 }
 
-static const float* check_bias(const paddle::optional<paddle::Tensor>& bias, int64_t n, const char* op) {
+static const float* check_bias(const paddle::optional<paddle::Tensor>& bias, int64_t n, const std::string& op) {
   if (!bias) return nullptr;
   PD_CHECK(bias->is_cpu() && bias->dtype() == paddle::DataType::FLOAT32 && bias->numel() == n &&
                bias->is_contiguous(),
@@ -1539,16 +1539,11 @@ static void fill_bias(float* y, int64_t m, int64_t n, const float* bias) {
     for (int64_t j = 0; j < n; ++j) y[i * n + j] = bias ? bias[j] : 0.0f;
 }
 
-// y = x @ dequant(qweight, scales, zeros): the packed checkpoint format of paddle_belle/quant/format.py.
-std::vector<paddle::Tensor> QuantMatmul(const paddle::Tensor& x, const paddle::Tensor& qweight,
-                                        const paddle::Tensor& scales, const paddle::optional<paddle::Tensor>& zeros,
-                                        const paddle::optional<paddle::Tensor>& bias, int bits, int group_size,
-                                        bool int8_x) {
-  const char* op = "belle_quant_matmul";
-  check_x(x, op);
+LinearWeight packed_weight(const paddle::Tensor& qweight, const paddle::Tensor& scales,
+                           const paddle::optional<paddle::Tensor>& zeros, const paddle::optional<paddle::Tensor>& bias,
+                           int64_t K, int bits, int group_size, bool int8_x, const std::string& op) {
   PD_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, op, ": bits must be 2, 3, 4 or 8, got ", bits);
   const int storage = bits == 3 ? 4 : bits, per = 8 / storage;
-  const int64_t K = x.shape().back();
   PD_CHECK(qweight.is_cpu() && qweight.dtype() == paddle::DataType::UINT8 && qweight.shape().size() == 2 &&
                qweight.shape()[0] == (K + per - 1) / per,
            op, ": qweight must be uint8 [", (K + per - 1) / per, ", N] for ", K, " inputs at ", bits,
@@ -1566,31 +1561,17 @@ std::vector<paddle::Tensor> QuantMatmul(const paddle::Tensor& x, const paddle::T
              ": zeros must be uint8 ", shape_str(gn), ", got ", zeros->dtype(), " ", shape_str(zeros->shape()));
   PD_CHECK(qweight.is_contiguous() && scales.is_contiguous() && (!zeros || zeros->is_contiguous()), op,
            ": qweight, scales and zeros must be contiguous");
-  const float* b = check_bias(bias, N, op);
-
-  auto y = paddle::empty(out_shape(x.shape(), N), paddle::DataType::FLOAT32, x.place());
-  const int64_t M = K ? x.numel() / K : 0;
-  if (M == 0 || N == 0) return {y};
-  if (K == 0) return fill_bias(y.data<float>(), M, N, b), std::vector<paddle::Tensor>{y};
-  Args a{x.data<float>(), y.data<float>(), M, K, N, qweight.data<uint8_t>(), scales.data<float>(),
-         zeros ? zeros->data<uint8_t>() : nullptr, 1 << (bits - 1), b};
-  for (int v = 0; v < 16; ++v) a.lut[v] = float(v - a.zero);
-  if (int8_x && (bits == 8 || bits == 4)) {  // the integer path (the caller's choice: paddle_belle/kernels)
-    bits == 8 ? run_int<8>(a, group_size) : run_int<4>(a, group_size);
-    return {y};
-  }
-  if (storage == 8) run<Packed<8>>(a, group_size);
-  if (storage == 4) run<Packed<4>>(a, group_size);
-  if (storage == 2) run<Packed<2>>(a, group_size);
-  return {y};
+  LinearWeight w{LinearWeight::kPacked, qweight.data<uint8_t>(), K, N};
+  w.scales = scales.data<float>(), w.zeros = zeros ? zeros->data<uint8_t>() : nullptr;
+  w.bias = check_bias(bias, N, op), w.bits = bits, w.group_size = group_size;
+  w.int8_x = int8_x && (bits == 8 || bits == 4);  // the integer path (the caller's choice: paddle_belle/kernels)
+  return w;
 }
 
-// y = x @ w for a dense weight in float32, bfloat16 or float16: w [K, N] ([in, out], a Linear), or with `rows`
-// y = x @ w^T for w [N, K] (the LM head tied to the input embedding, read as stored).
-static std::vector<paddle::Tensor> dense(const paddle::Tensor& x, const paddle::Tensor& w,
-                                         const paddle::optional<paddle::Tensor>& bias, bool rows, const char* op) {
-  check_x(x, op);
-  const int64_t K = x.shape().back();
+// A dense weight in float32, bfloat16 or float16: w [K, N] ([in, out], a Linear), or with `rows` w [N, K] (the LM
+// head tied to the input embedding, read as stored: x @ w^T).
+static LinearWeight dense_weight(const paddle::Tensor& w, const paddle::optional<paddle::Tensor>& bias, int64_t K,
+                                 bool rows, const std::string& op) {
   const std::string k = std::to_string(K), want = rows ? "[N, " + k + "] ([out, in])" : "[" + k + ", N] ([in, out])";
   PD_CHECK(w.is_cpu() && w.shape().size() == 2 && w.shape()[rows ? 1 : 0] == K && w.is_contiguous(), op,
            ": w must be a contiguous CPU tensor ", want, ", got ", shape_str(w.shape()));
@@ -1598,15 +1579,76 @@ static std::vector<paddle::Tensor> dense(const paddle::Tensor& x, const paddle::
   PD_CHECK(dtype == paddle::DataType::FLOAT32 || dtype == paddle::DataType::BFLOAT16 ||
                dtype == paddle::DataType::FLOAT16,
            op, ": w must be float32, bfloat16 or float16, got ", dtype);
-  const int64_t N = w.shape()[rows ? 0 : 1], M = K ? x.numel() / K : 0;
-  const float* b = check_bias(bias, N, op);
-  auto y = paddle::empty(out_shape(x.shape(), N), paddle::DataType::FLOAT32, x.place());
-  if (M == 0 || N == 0) return {y};
-  if (K == 0) return fill_bias(y.data<float>(), M, N, b), std::vector<paddle::Tensor>{y};
-  Args a{x.data<float>(), y.data<float>(), M, K, N, w.data(), nullptr, nullptr, 0, b};
-  if (dtype == paddle::DataType::FLOAT32) rows ? run_rows<Float32>(a) : run<Float32>(a, K);
-  if (dtype == paddle::DataType::BFLOAT16) rows ? run_rows<BFloat16>(a) : run<BFloat16>(a, K);
-  if (dtype == paddle::DataType::FLOAT16) rows ? run_rows<Float16>(a) : run<Float16>(a, K);
+  const int64_t N = w.shape()[rows ? 0 : 1];
+  const auto format = dtype == paddle::DataType::FLOAT32    ? LinearWeight::kFloat32
+                      : dtype == paddle::DataType::BFLOAT16 ? LinearWeight::kBFloat16
+                                                            : LinearWeight::kFloat16;
+  LinearWeight out{format, w.data(), K, N};
+  out.bias = check_bias(bias, N, op);
+  return out;
+}
+
+LinearWeight dense_weight(const paddle::Tensor& w, const paddle::optional<paddle::Tensor>& bias, int64_t K,
+                          const std::string& op) {
+  return dense_weight(w, bias, K, false, op);
+}
+
+// y = x @ W (+ bias); `rows`: W stored [N, K] (x @ E^T). x's rows are read in perm's order when there is one.
+static void product(const LinearWeight& weight, const float* x, float* y, int64_t M, bool rows) {
+  const int64_t K = weight.K, N = weight.N;
+  if (M == 0 || N == 0) return;
+  if (K == 0) return fill_bias(y, M, N, weight.bias);
+  std::vector<float> permuted;
+  if (weight.perm) {  // act-order: the stored rows are in GPTQ's order; so is x's copy
+    permuted.resize(M * K);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < K; ++k) permuted[m * K + k] = x[m * K + weight.perm[k]];
+    x = permuted.data();
+  }
+  Args a{x, y, M, K, N, weight.w, weight.scales, weight.zeros, 0, weight.bias};
+  switch (weight.format) {
+    case LinearWeight::kFloat32: return rows ? run_rows<Float32>(a) : run<Float32>(a, K);
+    case LinearWeight::kBFloat16: return rows ? run_rows<BFloat16>(a) : run<BFloat16>(a, K);
+    case LinearWeight::kFloat16: return rows ? run_rows<Float16>(a) : run<Float16>(a, K);
+    case LinearWeight::kPacked: break;
+  }
+  a.zero = 1 << (weight.bits - 1);
+  for (int v = 0; v < 16; ++v) a.lut[v] = float(v - a.zero);
+  if (weight.int8_x) return weight.bits == 8 ? run_int<8>(a, weight.group_size) : run_int<4>(a, weight.group_size);
+  if (weight.bits == 8) run<Packed<8>>(a, weight.group_size);
+  if (weight.bits == 4 || weight.bits == 3) run<Packed<4>>(a, weight.group_size);
+  if (weight.bits == 2) run<Packed<2>>(a, weight.group_size);
+}
+
+void linear_forward(const LinearWeight& weight, const float* x, float* y, int64_t M) {
+  product(weight, x, y, M, false);
+}
+
+static paddle::Tensor output(const paddle::Tensor& x, int64_t N) {
+  return paddle::empty(out_shape(x.shape(), N), paddle::DataType::FLOAT32, x.place());
+}
+
+// y = x @ dequant(qweight, scales, zeros): the packed checkpoint format of paddle_belle/quant/format.py.
+std::vector<paddle::Tensor> QuantMatmul(const paddle::Tensor& x, const paddle::Tensor& qweight,
+                                        const paddle::Tensor& scales, const paddle::optional<paddle::Tensor>& zeros,
+                                        const paddle::optional<paddle::Tensor>& bias, int bits, int group_size,
+                                        bool int8_x) {
+  const char* op = "belle_quant_matmul";
+  check_x(x, op);
+  const int64_t K = x.shape().back();
+  const LinearWeight w = packed_weight(qweight, scales, zeros, bias, K, bits, group_size, int8_x, op);
+  auto y = output(x, w.N);
+  product(w, x.data<float>(), y.data<float>(), K ? x.numel() / K : 0, false);
+  return {y};
+}
+
+static std::vector<paddle::Tensor> dense(const paddle::Tensor& x, const paddle::Tensor& w,
+                                         const paddle::optional<paddle::Tensor>& bias, bool rows, const char* op) {
+  check_x(x, op);
+  const int64_t K = x.shape().back();
+  const LinearWeight weight = dense_weight(w, bias, K, rows, op);
+  auto y = output(x, weight.N);
+  product(weight, x.data<float>(), y.data<float>(), K ? x.numel() / K : 0, rows);
   return {y};
 }
 

@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "paddle/extension.h"
+#include "kernels.h"
 
 namespace {
 
@@ -152,63 +152,49 @@ void attend_one(const float* q, const float* K, const float* V, const int32_t* k
 
 }  // namespace
 
-std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& q, const paddle::optional<paddle::Tensor>& k,
-                                            const paddle::optional<paddle::Tensor>& v, paddle::Tensor& key_cache,
-                                            paddle::Tensor& value_cache, const paddle::Tensor& columns,
-                                            const paddle::Tensor& mask, const paddle::optional<paddle::Tensor>& slopes,
-                                            const paddle::optional<paddle::Tensor>& cos,
-                                            const paddle::optional<paddle::Tensor>& sin) {
+KVStep kv_step(paddle::Tensor& key_cache, paddle::Tensor& value_cache, const paddle::Tensor& columns,
+               const paddle::Tensor& mask, const paddle::optional<paddle::Tensor>& slopes, int64_t n_head) {
   const char* op = "belle_decode_attention";
   PD_CHECK(key_cache.shape().size() == 4 && key_cache.shape() == value_cache.shape(), op,
            ": the key and value caches must be [batch, kv_heads, length, head_dim] alike, got ", shape_of(key_cache),
            " and ", shape_of(value_cache));
   check_float(key_cache, "the key cache", -1);
   check_float(value_cache, "the value cache", -1);
-  const int64_t B = key_cache.shape()[0], kv = key_cache.shape()[1], L = key_cache.shape()[2],
-                d = key_cache.shape()[3];
+  KVStep s{key_cache.data<float>(), value_cache.data<float>(), key_cache.shape()[0], key_cache.shape()[1],
+           key_cache.shape()[2], key_cache.shape()[3]};
   PD_CHECK(mask.is_cpu() && mask.dtype() == paddle::DataType::INT64 && mask.shape().size() == 2 &&
                mask.is_contiguous(),
            op, ": mask must be int64 [batch, width], got ", mask.dtype(), " ", shape_of(mask));
-  const int64_t b = mask.shape()[0], width = mask.shape()[1];
-  PD_CHECK(b <= B && width <= L, op, ": mask ", shape_of(mask), " does not fit the cache ", shape_of(key_cache));
-  PD_CHECK(columns.is_cpu() && columns.dtype() == paddle::DataType::INT64 && columns.numel() == b, op,
-           ": columns must be int64 [", b, "], got ", columns.dtype(), " ", shape_of(columns));
-  PD_CHECK(bool(k) == bool(v), op, ": give both k and v, or neither (q is then BLOOM's fused qkv)");
-  const bool fused = !k;
-  check_float(q, "q", -1);
-  const int64_t n_head = b && d ? q.numel() / (b * d * (fused ? 3 : 1)) : 0;
-  PD_CHECK(n_head > 0 && q.numel() == b * n_head * d * (fused ? 3 : 1) && n_head % kv == 0, op, ": q ",
-           shape_of(q), " is not ", b, " rows of n_head x ", fused ? "3 x " : "", d,
-           " with n_head a multiple of the cache's ", kv, " kv heads");
-  if (!fused) {
-    check_float(*k, "k", b * kv * d);
-    check_float(*v, "v", b * kv * d);
-  }
+  s.b = mask.shape()[0], s.width = mask.shape()[1], s.mask = mask.data<int64_t>();
+  PD_CHECK(s.b <= s.B && s.width <= s.L, op, ": mask ", shape_of(mask), " does not fit the cache ",
+           shape_of(key_cache));
+  PD_CHECK(columns.is_cpu() && columns.dtype() == paddle::DataType::INT64 && columns.numel() == s.b, op,
+           ": columns must be int64 [", s.b, "], got ", columns.dtype(), " ", shape_of(columns));
+  s.columns = columns.data<int64_t>();
+  for (int64_t r = 0; r < s.b; ++r)
+    PD_CHECK(s.columns[r] >= 0 && s.columns[r] < s.L, op, ": column ", s.columns[r], " of row ", r,
+             " is outside the cache's ", s.L);
+  PD_CHECK(n_head > 0 && n_head % s.kv == 0, op, ": ", n_head, " heads are not a multiple of the cache's ", s.kv,
+           " kv heads");
   if (slopes) check_float(*slopes, "slopes", n_head);
-  PD_CHECK(bool(cos) == bool(sin), op, ": give both cos and sin, or neither");
-  if (cos) {
-    check_float(*cos, "cos", b * d);
-    check_float(*sin, "sin", b * d);
-  }
-  const int64_t* col = columns.data<int64_t>();
-  for (int64_t r = 0; r < b; ++r)
-    PD_CHECK(col[r] >= 0 && col[r] < L, op, ": column ", col[r], " of row ", r, " is outside the cache's ", L);
+  s.slopes = slopes ? slopes->data<float>() : nullptr;
+  return s;
+}
 
-  const float* Q = q.data<float>();
-  const float *Kn = fused ? Q + d : k->data<float>(), *Vn = fused ? Q + 2 * d : v->data<float>();
-  float *Kc = key_cache.data<float>(), *Vc = value_cache.data<float>();
-  const int64_t* M = mask.data<int64_t>();
-  const float* S = slopes ? slopes->data<float>() : nullptr;
-  const float *C = cos ? cos->data<float>() : nullptr, *Sn = sin ? sin->data<float>() : nullptr;
+void decode_attention(const KVStep& s, const float* Q, const float* Kn, const float* Vn, int64_t n_head, bool fused,
+                      const float* C, const float* Sn, float* O) {
+  const int64_t b = s.b, kv = s.kv, L = s.L, d = s.d, width = s.width;
+  const int64_t* col = s.columns;
+  const int64_t* M = s.mask;
+  const float* S = s.slopes;
+  float *Kc = s.key_cache, *Vc = s.value_cache;
   const int64_t groups = n_head / kv, q_step = fused ? 3 * d : d;  // floats from one head's q to the next
+  if (fused) Kn = Q + d, Vn = Q + 2 * d;
   // Where head h's (or kv head g's) new k/v of row r starts in q (fused) or k/v
   auto new_kv = [&](const float* base, int64_t r, int64_t g) {
     return fused ? base + (r * n_head + g) * q_step : base + (r * kv + g) * d;
   };
-  auto out = paddle::empty({b, 1, n_head * d}, paddle::DataType::FLOAT32, q.place());
-  float* O = out.data<float>();
   const float scale = 1.0f / std::sqrt(float(d));
-
   // 1. the new keys (rotated) and values into the cache (a few KB: one thread); fused (BLOOM) has kv == n_head
   for (int64_t i = 0; i < b * kv; ++i) {
     const int64_t r = i / kv, g = i % kv, at = ((r * kv + g) * L + col[r]) * d;
@@ -242,6 +228,38 @@ std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& q, const paddl
                  d, scale, S ? S[h] : 0.0f, p.data(), O + (r * n_head + h) * d, next);
     }
   }
+}
+
+std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& q, const paddle::optional<paddle::Tensor>& k,
+                                            const paddle::optional<paddle::Tensor>& v, paddle::Tensor& key_cache,
+                                            paddle::Tensor& value_cache, const paddle::Tensor& columns,
+                                            const paddle::Tensor& mask, const paddle::optional<paddle::Tensor>& slopes,
+                                            const paddle::optional<paddle::Tensor>& cos,
+                                            const paddle::optional<paddle::Tensor>& sin) {
+  const char* op = "belle_decode_attention";
+  PD_CHECK(bool(k) == bool(v), op, ": give both k and v, or neither (q is then BLOOM's fused qkv)");
+  const bool fused = !k;
+  check_float(q, "q", -1);
+  PD_CHECK(key_cache.shape().size() == 4 && mask.shape().size() == 2, op, ": the caches must be [batch, kv_heads, ",
+           "length, head_dim] and the mask [batch, width], got ", shape_of(key_cache), " and ", shape_of(mask));
+  const int64_t b = mask.shape()[0], d = key_cache.shape()[3], kv = key_cache.shape()[1];
+  const int64_t n_head = b && d && kv ? q.numel() / (b * d * (fused ? 3 : 1)) : 0;
+  PD_CHECK(n_head > 0 && q.numel() == b * n_head * d * (fused ? 3 : 1) && n_head % kv == 0, op, ": q ",
+           shape_of(q), " is not ", b, " rows of n_head x ", fused ? "3 x " : "", d,
+           " with n_head a multiple of the cache's ", kv, " kv heads");
+  const KVStep s = kv_step(key_cache, value_cache, columns, mask, slopes, n_head);
+  if (!fused) {
+    check_float(*k, "k", b * kv * d);
+    check_float(*v, "v", b * kv * d);
+  }
+  PD_CHECK(bool(cos) == bool(sin), op, ": give both cos and sin, or neither");
+  if (cos) {
+    check_float(*cos, "cos", b * d);
+    check_float(*sin, "sin", b * d);
+  }
+  auto out = paddle::empty({b, 1, n_head * d}, paddle::DataType::FLOAT32, q.place());
+  decode_attention(s, q.data<float>(), fused ? nullptr : k->data<float>(), fused ? nullptr : v->data<float>(), n_head,
+                   fused, cos ? cos->data<float>() : nullptr, sin ? sin->data<float>() : nullptr, out.data<float>());
   return {out};  // the caches are the in-place outputs
 }
 

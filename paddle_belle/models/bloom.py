@@ -18,7 +18,9 @@ from paddlenlp.transformers import PretrainedConfig
 from paddle_belle.arch import BLOOM as ARCH
 from paddle_belle.cpu import serial
 from paddle_belle.models.base import CausalLM, DecodeStep, Layer, attend, attention_bias, decode_step, embed
-from paddle_belle.quant.linear import linear
+from paddle_belle import kernels
+from paddle_belle.models import base
+from paddle_belle.quant.linear import kernel_weight, linear
 
 
 class BloomConfig(PretrainedConfig):
@@ -162,12 +164,44 @@ class BloomBlock(Layer):
         self.dropout = config.hidden_dropout
 
     def forward(self, x, bias, cache, layer):
+        if isinstance(bias, DecodeStep) and base.NATIVE_DECODE_LAYERS:
+            out = self.decode(x, bias, layer)
+            if out is not None:
+                return out
         h = self.input_layernorm(x)
         residual = h if self.post_ln_residual else x
         x = residual + self.drop(self.self_attention(h, bias, cache, layer))
         h = self.post_attention_layernorm(x)
         residual = h if self.post_ln_residual else x
         return residual + self.drop(self.mlp(h))
+
+    def decode(self, x, step, layer):
+        """``forward`` for a decoding step as one native op (kernels/decoder_layer.cc: Python runs once a layer, not
+        between the Linears, whose weights leave the CPU caches cold), or None where the op does not apply: a hook on
+        one of the block's layers, a Linear that linear() would not compute through a kernel (kernel_weight)."""
+        layers = self._sub_layers
+        attention, mlp = layers["self_attention"]._sub_layers, layers["mlp"]._sub_layers
+        if any(l._forward_pre_hooks or l._forward_post_hooks for l in (*layers.values(), *attention.values(),
+                                                                      *mlp.values())):
+            return None
+        rows = x.shape[0]
+        params = []
+        layout = []
+        for norm in (layers["input_layernorm"], layers["post_attention_layernorm"]):
+            p = norm._parameters
+            if p.get("weight") is None or p.get("bias") is None:
+                return None
+            params += [p["weight"], p["bias"]]
+        for linear_layer in (attention["query_key_value"], attention["dense"], mlp["dense_h_to_4h"],
+                             mlp["dense_4h_to_h"]):
+            weight = kernel_weight(linear_layer, rows)
+            if weight is None:
+                return None
+            params += weight[0]
+            layout += weight[1]
+        keys, values = step.cache.buffers(layer)
+        return kernels.bloom_block(x, params, keys, values, step.columns, step.mask, step.slopes, layout,
+                                   layers["input_layernorm"]._epsilon, self.post_ln_residual)
 
     def drop(self, x):
         """Hidden dropout; in eval none, and no call (F.dropout's Python, ~5 us, twice a layer of a decoding step)."""

@@ -285,6 +285,35 @@ def linear(layer, x):
     return paddle._C_ops.linear(x, layer.weight, layer.bias)
 
 
+def kernel_weight(layer, rows: int):
+    """What a native layer op (kernels/decoder_layer.cc) needs to compute ``linear(layer, x)`` for ``rows`` float32
+    rows of CPU inference as linear() would through the kernels: the tensors (weight or packed codes, scales, zeros,
+    perm, bias, those present) and (bits, 0 for a dense weight; group_size; flags ZEROS 1 | PERM 2 | BIAS 4 |
+    INT8_X 8). None where linear() would not take a kernel: hooks, a non-float32 bias, a float32 Linear with
+    gradients on or past FLOAT_KERNEL_ROWS, another layer type."""
+    if layer._forward_pre_hooks or layer._forward_post_hooks:
+        return None
+    kind, parameters = type(layer), layer._parameters
+    bias = parameters.get("bias")
+    if bias is not None and bias.dtype != paddle.float32:
+        return None
+    flags = 4 if bias is not None else 0
+    if kind is QuantLinear:
+        buffers, bits = layer._buffers, layer.config.bits
+        tensors = [buffers["qweight"], buffers["scales"]]
+        for name, flag in (("zeros", 1), ("perm", 2)):
+            if buffers[name] is not None:
+                tensors.append(buffers[name])
+                flags |= flag
+        layout = (bits, layer.group_size, flags | (8 if kernels.int8_activations(bits) else 0))
+    elif kind is HalfLinear or (kind is nn.Linear and rows in FLOAT_KERNEL_ROWS and not paddle.is_grad_enabled()
+                                and parameters["weight"].dtype == paddle.float32):
+        tensors, layout = [parameters["weight"]], (0, 0, flags)
+    else:
+        return None
+    return (tensors + [bias] if bias is not None else tensors), layout
+
+
 # ----------------------------------------------------------------------------------------- model surgery
 def decoder_blocks(model) -> nn.LayerList:
     """The transformer blocks of our BLOOM (``bloom.h``) or LLaMA (``llama.layers``)."""

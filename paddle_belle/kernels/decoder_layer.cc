@@ -1,0 +1,231 @@
+// A whole BLOOM decoder layer for a decoding step (one new token a row), in one op: LayerNorm, query_key_value,
+// the decode attention with its cache writes, dense, the residual add, LayerNorm, dense_h_to_4h, GELU,
+// dense_4h_to_h and the second add (models/bloom.py BloomBlock.forward, same order and arithmetic in float32).
+//
+// Why: a decoding step is the weights' bytes streamed once (the Linears: cpu_matmul.cc) plus ~10 small ops a layer
+// between them. Each Linear streams 30-100 MB through the caches, so whatever runs between two of them -- Python,
+// Paddle's dispatch, the small ops -- starts cold: at belle-7b-2m's shape, int4, the small ops took ~14 ms of a 177
+// ms step, 4.5 ms of it with warm caches (benchmarks/step_parts.py, stop 29). A native add + LayerNorm (fewer ops,
+// the same Python between the Linears) gained nothing; the same work done in C++ between two streams costs 20-46 us
+// a layer cold (a standalone probe). So the layer is one call: Python runs once a layer, not between the Linears.
+//
+// Inputs: X [b, 1, hidden] float32; Params: the two LayerNorms' weight and bias, then each Linear's tensors in the
+// order query_key_value, dense, dense_h_to_4h, dense_4h_to_h, as `layout` describes them (three numbers a Linear:
+// bits, 0 for a dense weight [in, out] in float32/bfloat16/float16, else the packed codes of quant/format.py;
+// group_size; flags ZEROS | PERM | BIAS | INT8_X, saying which of qweight, scales, zeros, perm, bias follow);
+// the caches, columns, mask and ALiBi's slopes as belle_decode_attention takes them. Out: [b, 1, hidden].
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels.h"
+
+namespace {
+
+enum Flags { ZEROS = 1, PERM = 2, BIAS = 4, INT8_X = 8 };
+const char* const LINEARS[] = {"self_attention.query_key_value", "self_attention.dense", "mlp.dense_h_to_4h",
+                               "mlp.dense_4h_to_h"};
+
+// Sixteen floats (GCC's vector extension, lowered for the clone of the function it is inlined into, as in
+// decode_attention.cc)
+typedef float vec __attribute__((vector_size(64)));
+typedef int32_t ivec __attribute__((vector_size(64)));
+constexpr int64_t W = 16;
+#define INLINE __attribute__((always_inline)) inline
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
+INLINE vec load(const float* p) {
+  vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+INLINE void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
+INLINE vec splat(float f) { return vec{} + f; }
+INLINE float sum_lanes(vec v) {
+  float s = 0.0f;
+  for (int i = 0; i < W; ++i) s += v[i];
+  return s;
+}
+
+// out = (x - mean) / sqrt(var + eps) * w + b over n values, the variance as the mean of squared deviations (two
+// passes, as Paddle's CPU layer_norm; not E[x^2] - mean^2, which cancels)
+CLONES void layer_norm(const float* x, const float* w, const float* b, float eps, int64_t n, float* out) {
+  const int64_t nv = n / W * W;
+  vec acc = {};
+  for (int64_t i = 0; i < nv; i += W) acc += load(x + i);
+  float sum = sum_lanes(acc);
+  for (int64_t i = nv; i < n; ++i) sum += x[i];
+  const float mean = sum / float(n);
+  acc = vec{};
+  for (int64_t i = 0; i < nv; i += W) {
+    const vec c = load(x + i) - mean;
+    acc += c * c;
+  }
+  float sq = sum_lanes(acc);
+  for (int64_t i = nv; i < n; ++i) sq += (x[i] - mean) * (x[i] - mean);
+  const float inv = 1.0f / std::sqrt(sq / float(n) + eps);
+  for (int64_t i = 0; i < nv; i += W) store(out + i, (load(x + i) - mean) * inv * load(w + i) + load(b + i));
+  for (int64_t i = nv; i < n; ++i) out[i] = (x[i] - mean) * inv * w[i] + b[i];
+}
+
+// exp(v) for v <= 0 (Cephes' expf: v = k ln 2 + r, |r| <= ln 2 / 2, a degree-7 polynomial in r, times 2^k; within 2
+// ulp), flushing to 0 below -87
+INLINE vec exp_nonpositive(vec v) {
+  v = v < -87.0f ? splat(-87.0f) : v;
+  const vec k = __builtin_convertvector(__builtin_convertvector(v * 1.44269504088896341f - 0.5f, ivec), vec);
+  // (the conversion truncates toward zero; v * log2(e) - 0.5 is negative, so that rounds to nearest)
+  vec r = v - k * 0.693359375f + k * 2.12194440e-4f;
+  vec p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const ivec bits = (__builtin_convertvector(k, ivec) + 127) << 23;  // 2^k
+  vec scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// BLOOM's GELU in place: x / 2 * (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) (models/bloom.py bloom_gelu), with
+// tanh(z) = sign(z) (1 - e) / (1 + e), e = exp(-2 |z|): 16 values at a time, where std::tanh took ~80 us for the
+// 16,384 of a 7B layer
+CLONES void gelu(float* x, int64_t n) {
+  const float c = 0.7978845608028654f;
+  const int64_t nv = n / W * W;
+  for (int64_t i = 0; i < nv; i += W) {
+    const vec v = load(x + i), z = c * (v + 0.044715f * v * v * v);
+    const vec a = z < 0.0f ? -z : z, e = exp_nonpositive(-2.0f * a);
+    vec t = (1.0f - e) / (1.0f + e);
+    t = z < 0.0f ? -t : t;
+    store(x + i, 0.5f * v * (1.0f + t));
+  }
+  for (int64_t i = nv; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::tanh(c * (x[i] + 0.044715f * x[i] * x[i] * x[i])));
+}
+
+CLONES void add(const float* a, const float* b, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+const paddle::Tensor& param(const std::vector<paddle::Tensor>& params, size_t& at, const std::string& what) {
+  PD_CHECK(at < params.size(), "belle_bloom_block: the parameter list ends before ", what);
+  return params[at++];
+}
+
+// The next Linear's weight from params (its tensors as `layout` entry i says), checked against K inputs
+LinearWeight next_linear(const std::vector<paddle::Tensor>& params, size_t& at, const std::vector<int64_t>& layout,
+                         int i, int64_t K) {
+  const std::string name = std::string("belle_bloom_block: ") + LINEARS[i];
+  const int bits = int(layout[3 * i]), group_size = int(layout[3 * i + 1]), flags = int(layout[3 * i + 2]);
+  auto optional = [&](bool present, const char* what) {
+    return present ? paddle::optional<paddle::Tensor>(param(params, at, name + " " + what))
+                   : paddle::optional<paddle::Tensor>();
+  };
+  if (bits == 0) {
+    const paddle::Tensor& w = param(params, at, name);
+    return dense_weight(w, optional(flags & BIAS, "bias"), K, name);
+  }
+  const paddle::Tensor& qweight = param(params, at, name);
+  const paddle::Tensor& scales = param(params, at, name + " scales");
+  const auto zeros = optional(flags & ZEROS, "zeros");
+  const auto perm = optional(flags & PERM, "perm");
+  LinearWeight w = packed_weight(qweight, scales, zeros, optional(flags & BIAS, "bias"), K, bits, group_size,
+                                 flags & INT8_X, name);
+  if (perm) {
+    PD_CHECK(perm->is_cpu() && perm->dtype() == paddle::DataType::INT32 && perm->numel() == K, name,
+             ": perm must be int32 [", K, "], got ", perm->dtype(), " ", shape_str(perm->shape()));
+    w.perm = perm->data<int32_t>();
+    for (int64_t k = 0; k < K; ++k)
+      PD_CHECK(w.perm[k] >= 0 && w.perm[k] < K, name, ": perm holds ", w.perm[k], ", outside [0, ", K, ")");
+  }
+  return w;
+}
+
+const float* norm_param(const std::vector<paddle::Tensor>& params, size_t& at, const char* what, int64_t H) {
+  const paddle::Tensor& t = param(params, at, what);
+  PD_CHECK(t.is_cpu() && t.dtype() == paddle::DataType::FLOAT32 && t.numel() == H && t.is_contiguous(),
+           "belle_bloom_block: ", what, " must be float32 [", H, "], got ", t.dtype(), " ", shape_str(t.shape()));
+  return t.data<float>();
+}
+
+}  // namespace
+
+std::vector<paddle::Tensor> BloomBlock(const paddle::Tensor& x, const std::vector<paddle::Tensor>& params,
+                                       paddle::Tensor& key_cache, paddle::Tensor& value_cache,
+                                       const paddle::Tensor& columns, const paddle::Tensor& mask,
+                                       const paddle::Tensor& slopes, const std::vector<int64_t>& layout,
+                                       float epsilon, bool post_ln_residual) {
+  const char* op = "belle_bloom_block";
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() == 3 && x.shape()[1] == 1 &&
+               x.is_contiguous(),
+           op, ": x must be a contiguous float32 CPU tensor [batch, 1, hidden], got ", x.dtype(), " ",
+           shape_str(x.shape()));
+  PD_CHECK(layout.size() == 12, op, ": layout must have 3 numbers for each of the 4 Linears, got ", layout.size());
+  const int64_t b = x.shape()[0], H = x.shape()[2];
+  PD_CHECK(key_cache.shape().size() == 4 && key_cache.shape()[3] > 0 && H % key_cache.shape()[3] == 0, op,
+           ": the cache ", shape_str(key_cache.shape()), " does not hold heads of the hidden size ", H);
+  const int64_t n_head = H / key_cache.shape()[3];
+  const KVStep step = kv_step(key_cache, value_cache, columns, mask, slopes, n_head);
+  PD_CHECK(step.b == b, op, ": mask ", shape_str(mask.shape()), " is not for the ", b, " rows of x");
+
+  size_t at = 0;
+  const float* ln1_w = norm_param(params, at, "input_layernorm.weight", H);
+  const float* ln1_b = norm_param(params, at, "input_layernorm.bias", H);
+  const float* ln2_w = norm_param(params, at, "post_attention_layernorm.weight", H);
+  const float* ln2_b = norm_param(params, at, "post_attention_layernorm.bias", H);
+  const LinearWeight qkv = next_linear(params, at, layout, 0, H);
+  const LinearWeight dense = next_linear(params, at, layout, 1, H);
+  const LinearWeight up = next_linear(params, at, layout, 2, H);
+  const LinearWeight down = next_linear(params, at, layout, 3, up.N);
+  PD_CHECK(at == params.size(), op, ": ", params.size() - at, " parameters more than the layout describes");
+  PD_CHECK(qkv.N == 3 * H && dense.N == H && down.N == H, op, ": the Linears' outputs ", qkv.N, ", ", dense.N,
+           ", ", down.N, " are not 3 x ", H, ", ", H, ", ", H);
+
+  auto out = paddle::empty({b, 1, H}, paddle::DataType::FLOAT32, x.place());
+  thread_local std::vector<float> scratch;  // kept between calls: h, qkv, attn, mid (all rows)
+  scratch.resize(b * (H + 3 * H + H + std::max(up.N, H)));
+  float *h = scratch.data(), *q = h + b * H, *attn = q + b * 3 * H, *mid = attn + b * H;
+  const float* X = x.data<float>();
+  float* Y = out.data<float>();
+
+  for (int64_t r = 0; r < b; ++r) layer_norm(X + r * H, ln1_w, ln1_b, epsilon, H, h + r * H);
+  linear_forward(qkv, h, q, b);
+  decode_attention(step, q, nullptr, nullptr, n_head, true, nullptr, nullptr, attn);
+  linear_forward(dense, attn, mid, b);
+  add(post_ln_residual ? h : X, mid, Y, b * H);  // Y: the attention block's output
+  for (int64_t r = 0; r < b; ++r) layer_norm(Y + r * H, ln2_w, ln2_b, epsilon, H, h + r * H);
+  linear_forward(up, h, mid, b);
+  gelu(mid, b * up.N);
+  linear_forward(down, mid, attn, b);
+  add(post_ln_residual ? h : Y, attn, Y, b * H);
+  return {out};
+}
+
+std::vector<std::vector<int64_t>> BloomBlockShape(const std::vector<int64_t>& x,
+                                                  const std::vector<std::vector<int64_t>>&,
+                                                  const std::vector<int64_t>& key_cache,
+                                                  const std::vector<int64_t>& value_cache, const std::vector<int64_t>&,
+                                                  const std::vector<int64_t>&, const std::vector<int64_t>&) {
+  return {x, key_cache, value_cache};
+}
+
+std::vector<paddle::DataType> BloomBlockDtype(const paddle::DataType&, const std::vector<paddle::DataType>&,
+                                              const paddle::DataType&, const paddle::DataType&,
+                                              const paddle::DataType&, const paddle::DataType&,
+                                              const paddle::DataType&) {
+  return {paddle::DataType::FLOAT32, paddle::DataType::FLOAT32, paddle::DataType::FLOAT32};
+}
+
+PD_BUILD_OP(belle_bloom_block)
+    .Inputs({"X", paddle::Vec("Params"), "KeyCache", "ValueCache", "Columns", "Mask", "Slopes"})
+    .Outputs({"Out", "KeyCacheOut", "ValueCacheOut"})
+    .Attrs({"layout: std::vector<int64_t>", "epsilon: float", "post_ln_residual: bool"})
+    .SetInplaceMap({{"KeyCache", "KeyCacheOut"}, {"ValueCache", "ValueCacheOut"}})
+    .SetKernelFn(PD_KERNEL(BloomBlock))
+    .SetInferShapeFn(PD_INFER_SHAPE(BloomBlockShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(BloomBlockDtype));

@@ -20,7 +20,8 @@ Ops (float32 x [..., K] -> float32 [..., N]):
   32 (``int8_activations``; cpu_matmul.cc says why and how);
 - ``dense_matmul(x, w, bias=None)``: w [K, N] float32, bfloat16 or float16, meant for small M (decode).
 - ``decode_attention(...)``: a decoding step's KV-cache writes and attention (models/base.py DecodeStep);
-- ``bloom_block(...)``: a BLOOM layer's whole decoding step (models/bloom.py BloomBlock.decode).
+- ``bloom_block(...)``, ``llama_layer(...)``: a layer's whole decoding step (models/bloom.py BloomBlock.decode,
+  models/llama.py LlamaDecoderLayer.decode).
 """
 from __future__ import annotations
 
@@ -134,6 +135,13 @@ def bloom_block(x, params, key_cache, value_cache, columns, mask, slopes, layout
     four Linears' tensors as ``layout`` (three numbers each: quant/linear.py kernel_weight) describes them."""
     return _call("belle_bloom_block", x, params, key_cache, value_cache, columns, mask, slopes, list(layout),
                  float(epsilon), bool(post_ln_residual))
+
+
+def llama_layer(x, params, key_cache, value_cache, columns, mask, cos, sin, layout, epsilon: float):
+    """A whole LLaMA decoder layer for a decoding step (decoder_layer.cc), as bloom_block: ``params`` the two
+    RMSNorms' weights, then the seven Linears' tensors; ``cos``/``sin`` [b, head_dim]: RoPE (models/llama.py)."""
+    return _call("belle_llama_layer", x, params, key_cache, value_cache, columns, mask, cos, sin, list(layout),
+                 float(epsilon))
 
 
 def _call(op: str, x, *args):

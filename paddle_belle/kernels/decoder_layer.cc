@@ -1,6 +1,8 @@
-// A whole BLOOM decoder layer for a decoding step (one new token a row), in one op: LayerNorm, query_key_value,
+// A whole decoder layer for a decoding step (one new token a row), in one op. BLOOM: LayerNorm, query_key_value,
 // the decode attention with its cache writes, dense, the residual add, LayerNorm, dense_h_to_4h, GELU,
 // dense_4h_to_h and the second add (models/bloom.py BloomBlock.forward, same order and arithmetic in float32).
+// LLaMA: RMSNorm, q/k/v_proj, the decode attention with RoPE, o_proj, the add, RMSNorm, gate/up_proj, SiLU(gate) *
+// up, down_proj, the add (models/llama.py LlamaDecoderLayer.forward).
 //
 // Why: a decoding step is the weights' bytes streamed once (the Linears: cpu_matmul.cc) plus ~10 small ops a layer
 // between them. Each Linear streams 30-100 MB through the caches, so whatever runs between two of them -- Python,
@@ -9,11 +11,12 @@
 // the same Python between the Linears) gained nothing; the same work done in C++ between two streams costs 20-46 us
 // a layer cold (a standalone probe). So the layer is one call: Python runs once a layer, not between the Linears.
 //
-// Inputs: X [b, 1, hidden] float32; Params: the two LayerNorms' weight and bias, then each Linear's tensors in the
-// order query_key_value, dense, dense_h_to_4h, dense_4h_to_h, as `layout` describes them (three numbers a Linear:
-// bits, 0 for a dense weight [in, out] in float32/bfloat16/float16, else the packed codes of quant/format.py;
-// group_size; flags ZEROS | PERM | BIAS | INT8_X, saying which of qweight, scales, zeros, perm, bias follow);
-// the caches, columns, mask and ALiBi's slopes as belle_decode_attention takes them. Out: [b, 1, hidden].
+// Inputs: X [b, 1, hidden] float32; Params: the two norms' weights (BLOOM: weight and bias each), then each
+// Linear's tensors in the order above, as `layout` describes them (three numbers a Linear: bits, 0 for a dense
+// weight [in, out] in float32/bfloat16/float16, else the packed codes of quant/format.py; group_size; flags ZEROS |
+// PERM | BIAS | INT8_X, saying which of qweight, scales, zeros, perm, bias follow); the caches, columns, mask and
+// ALiBi's slopes (BLOOM) or RoPE's cos and sin [b, head_dim] (LLaMA) as belle_decode_attention takes them. Out:
+// [b, 1, hidden].
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -23,8 +26,10 @@
 namespace {
 
 enum Flags { ZEROS = 1, PERM = 2, BIAS = 4, INT8_X = 8 };
-const char* const LINEARS[] = {"self_attention.query_key_value", "self_attention.dense", "mlp.dense_h_to_4h",
-                               "mlp.dense_4h_to_h"};
+const char* const BLOOM_LINEARS[] = {"self_attention.query_key_value", "self_attention.dense",
+                                     "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"};
+const char* const LLAMA_LINEARS[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
 
 // Sixteen floats (GCC's vector extension, lowered for the clone of the function it is inlined into, as in
 // decode_attention.cc)
@@ -72,6 +77,18 @@ CLONES void layer_norm(const float* x, const float* w, const float* b, float eps
   for (int64_t i = nv; i < n; ++i) out[i] = (x[i] - mean) * inv * w[i] + b[i];
 }
 
+// out = x / sqrt(mean(x^2) + eps) * w over n values (LLaMA's RMSNorm)
+CLONES void rms_norm(const float* x, const float* w, float eps, int64_t n, float* out) {
+  const int64_t nv = n / W * W;
+  vec acc = {};
+  for (int64_t i = 0; i < nv; i += W) acc += load(x + i) * load(x + i);
+  float sq = sum_lanes(acc);
+  for (int64_t i = nv; i < n; ++i) sq += x[i] * x[i];
+  const float inv = 1.0f / std::sqrt(sq / float(n) + eps);
+  for (int64_t i = 0; i < nv; i += W) store(out + i, load(x + i) * inv * load(w + i));
+  for (int64_t i = nv; i < n; ++i) out[i] = x[i] * inv * w[i];
+}
+
 // exp(v) for v <= 0 (Cephes' expf: v = k ln 2 + r, |r| <= ln 2 / 2, a degree-7 polynomial in r, times 2^k; within 2
 // ulp), flushing to 0 below -87
 INLINE vec exp_nonpositive(vec v) {
@@ -108,30 +125,58 @@ CLONES void gelu(float* x, int64_t n) {
   for (int64_t i = nv; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::tanh(c * (x[i] + 0.044715f * x[i] * x[i] * x[i])));
 }
 
+// gate = silu(gate) * up = gate / (1 + exp(-gate)) * up, the sigmoid from e = exp(-|gate|) (never overflowing):
+// 1 / (1 + e) for gate >= 0, e / (1 + e) below
+CLONES void silu_mul(float* gate, const float* up, int64_t n) {
+  const int64_t nv = n / W * W;
+  for (int64_t i = 0; i < nv; i += W) {
+    const vec g = load(gate + i), e = exp_nonpositive(g < 0.0f ? g : -g);
+    store(gate + i, g * ((g < 0.0f ? e : 1.0f) / (1.0f + e)) * load(up + i));
+  }
+  for (int64_t i = nv; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
 CLONES void add(const float* a, const float* b, float* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
 }
 
-const paddle::Tensor& param(const std::vector<paddle::Tensor>& params, size_t& at, const std::string& what) {
-  PD_CHECK(at < params.size(), "belle_bloom_block: the parameter list ends before ", what);
-  return params[at++];
-}
+// The op's tensors in turn, checked as they are taken
+struct Params {
+  const char* op;
+  const std::vector<paddle::Tensor>& tensors;
+  const std::vector<int64_t>& layout;
+  size_t at = 0;
 
-// The next Linear's weight from params (its tensors as `layout` entry i says), checked against K inputs
-LinearWeight next_linear(const std::vector<paddle::Tensor>& params, size_t& at, const std::vector<int64_t>& layout,
-                         int i, int64_t K) {
-  const std::string name = std::string("belle_bloom_block: ") + LINEARS[i];
+  const paddle::Tensor& next(const std::string& what) {
+    PD_CHECK(at < tensors.size(), op, ": the parameter list ends before ", what);
+    return tensors[at++];
+  }
+  // A norm's weight or bias, float32 [H]
+  const float* norm(const char* what, int64_t H) {
+    const paddle::Tensor& t = next(what);
+    PD_CHECK(t.is_cpu() && t.dtype() == paddle::DataType::FLOAT32 && t.numel() == H && t.is_contiguous(), op, ": ",
+             what, " must be float32 [", H, "], got ", t.dtype(), " ", shape_str(t.shape()));
+    return t.data<float>();
+  }
+  // Linear i's weight (its tensors as `layout` entry i says), checked against K inputs
+  LinearWeight linear(int i, const char* const* names, int64_t K);
+  void end() {
+    PD_CHECK(at == tensors.size(), op, ": ", tensors.size() - at, " parameters more than the layout describes");
+  }
+};
+
+LinearWeight Params::linear(int i, const char* const* names, int64_t K) {
+  const std::string name = std::string(op) + ": " + names[i];
   const int bits = int(layout[3 * i]), group_size = int(layout[3 * i + 1]), flags = int(layout[3 * i + 2]);
   auto optional = [&](bool present, const char* what) {
-    return present ? paddle::optional<paddle::Tensor>(param(params, at, name + " " + what))
-                   : paddle::optional<paddle::Tensor>();
+    return present ? paddle::optional<paddle::Tensor>(next(name + " " + what)) : paddle::optional<paddle::Tensor>();
   };
   if (bits == 0) {
-    const paddle::Tensor& w = param(params, at, name);
+    const paddle::Tensor& w = next(name);
     return dense_weight(w, optional(flags & BIAS, "bias"), K, name);
   }
-  const paddle::Tensor& qweight = param(params, at, name);
-  const paddle::Tensor& scales = param(params, at, name + " scales");
+  const paddle::Tensor& qweight = next(name);
+  const paddle::Tensor& scales = next(name + " scales");
   const auto zeros = optional(flags & ZEROS, "zeros");
   const auto perm = optional(flags & PERM, "perm");
   LinearWeight w = packed_weight(qweight, scales, zeros, optional(flags & BIAS, "bias"), K, bits, group_size,
@@ -146,11 +191,21 @@ LinearWeight next_linear(const std::vector<paddle::Tensor>& params, size_t& at, 
   return w;
 }
 
-const float* norm_param(const std::vector<paddle::Tensor>& params, size_t& at, const char* what, int64_t H) {
-  const paddle::Tensor& t = param(params, at, what);
-  PD_CHECK(t.is_cpu() && t.dtype() == paddle::DataType::FLOAT32 && t.numel() == H && t.is_contiguous(),
-           "belle_bloom_block: ", what, " must be float32 [", H, "], got ", t.dtype(), " ", shape_str(t.shape()));
-  return t.data<float>();
+// x [b, 1, hidden] float32, and the layout's length for `linears` Linears
+void check_layer_input(const paddle::Tensor& x, const std::vector<int64_t>& layout, int linears, const char* op) {
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() == 3 && x.shape()[1] == 1 &&
+               x.is_contiguous(),
+           op, ": x must be a contiguous float32 CPU tensor [batch, 1, hidden], got ", x.dtype(), " ",
+           shape_str(x.shape()));
+  PD_CHECK(layout.size() == size_t(3 * linears), op, ": layout must have 3 numbers for each of the ", linears,
+           " Linears, got ", layout.size());
+}
+
+// The scratch rows of a layer's activations, kept between calls
+float* scratch(int64_t floats) {
+  thread_local std::vector<float> buffer;
+  buffer.resize(floats);
+  return buffer.data();
 }
 
 }  // namespace
@@ -161,11 +216,7 @@ std::vector<paddle::Tensor> BloomBlock(const paddle::Tensor& x, const std::vecto
                                        const paddle::Tensor& slopes, const std::vector<int64_t>& layout,
                                        float epsilon, bool post_ln_residual) {
   const char* op = "belle_bloom_block";
-  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.shape().size() == 3 && x.shape()[1] == 1 &&
-               x.is_contiguous(),
-           op, ": x must be a contiguous float32 CPU tensor [batch, 1, hidden], got ", x.dtype(), " ",
-           shape_str(x.shape()));
-  PD_CHECK(layout.size() == 12, op, ": layout must have 3 numbers for each of the 4 Linears, got ", layout.size());
+  check_layer_input(x, layout, 4, op);
   const int64_t b = x.shape()[0], H = x.shape()[2];
   PD_CHECK(key_cache.shape().size() == 4 && key_cache.shape()[3] > 0 && H % key_cache.shape()[3] == 0, op,
            ": the cache ", shape_str(key_cache.shape()), " does not hold heads of the hidden size ", H);
@@ -173,23 +224,20 @@ std::vector<paddle::Tensor> BloomBlock(const paddle::Tensor& x, const std::vecto
   const KVStep step = kv_step(key_cache, value_cache, columns, mask, slopes, n_head);
   PD_CHECK(step.b == b, op, ": mask ", shape_str(mask.shape()), " is not for the ", b, " rows of x");
 
-  size_t at = 0;
-  const float* ln1_w = norm_param(params, at, "input_layernorm.weight", H);
-  const float* ln1_b = norm_param(params, at, "input_layernorm.bias", H);
-  const float* ln2_w = norm_param(params, at, "post_attention_layernorm.weight", H);
-  const float* ln2_b = norm_param(params, at, "post_attention_layernorm.bias", H);
-  const LinearWeight qkv = next_linear(params, at, layout, 0, H);
-  const LinearWeight dense = next_linear(params, at, layout, 1, H);
-  const LinearWeight up = next_linear(params, at, layout, 2, H);
-  const LinearWeight down = next_linear(params, at, layout, 3, up.N);
-  PD_CHECK(at == params.size(), op, ": ", params.size() - at, " parameters more than the layout describes");
+  Params p{op, params, layout};
+  const float* ln1_w = p.norm("input_layernorm.weight", H);
+  const float* ln1_b = p.norm("input_layernorm.bias", H);
+  const float* ln2_w = p.norm("post_attention_layernorm.weight", H);
+  const float* ln2_b = p.norm("post_attention_layernorm.bias", H);
+  const LinearWeight qkv = p.linear(0, BLOOM_LINEARS, H), dense = p.linear(1, BLOOM_LINEARS, H);
+  const LinearWeight up = p.linear(2, BLOOM_LINEARS, H), down = p.linear(3, BLOOM_LINEARS, up.N);
+  p.end();
   PD_CHECK(qkv.N == 3 * H && dense.N == H && down.N == H, op, ": the Linears' outputs ", qkv.N, ", ", dense.N,
            ", ", down.N, " are not 3 x ", H, ", ", H, ", ", H);
 
   auto out = paddle::empty({b, 1, H}, paddle::DataType::FLOAT32, x.place());
-  thread_local std::vector<float> scratch;  // kept between calls: h, qkv, attn, mid (all rows)
-  scratch.resize(b * (H + 3 * H + H + std::max(up.N, H)));
-  float *h = scratch.data(), *q = h + b * H, *attn = q + b * 3 * H, *mid = attn + b * H;
+  float* h = scratch(b * (H + 3 * H + H + std::max(up.N, H)));
+  float *q = h + b * H, *attn = q + b * 3 * H, *mid = attn + b * H;
   const float* X = x.data<float>();
   float* Y = out.data<float>();
 
@@ -203,6 +251,58 @@ std::vector<paddle::Tensor> BloomBlock(const paddle::Tensor& x, const std::vecto
   gelu(mid, b * up.N);
   linear_forward(down, mid, attn, b);
   add(post_ln_residual ? h : Y, attn, Y, b * H);
+  return {out};
+}
+
+std::vector<paddle::Tensor> LlamaLayer(const paddle::Tensor& x, const std::vector<paddle::Tensor>& params,
+                                       paddle::Tensor& key_cache, paddle::Tensor& value_cache,
+                                       const paddle::Tensor& columns, const paddle::Tensor& mask,
+                                       const paddle::Tensor& cos, const paddle::Tensor& sin,
+                                       const std::vector<int64_t>& layout, float epsilon) {
+  const char* op = "belle_llama_layer";
+  check_layer_input(x, layout, 7, op);
+  const int64_t b = x.shape()[0], H = x.shape()[2];
+  PD_CHECK(key_cache.shape().size() == 4 && key_cache.shape()[3] > 0 && H % key_cache.shape()[3] == 0, op,
+           ": the cache ", shape_str(key_cache.shape()), " does not hold heads of the hidden size ", H);
+  const int64_t d = key_cache.shape()[3], n_head = H / d, kv = key_cache.shape()[1] * d;
+  const KVStep step = kv_step(key_cache, value_cache, columns, mask, paddle::optional<paddle::Tensor>(), n_head);
+  PD_CHECK(step.b == b, op, ": mask ", shape_str(mask.shape()), " is not for the ", b, " rows of x");
+  for (const paddle::Tensor* t : {&cos, &sin})
+    PD_CHECK(t->is_cpu() && t->dtype() == paddle::DataType::FLOAT32 && t->numel() == b * d && t->is_contiguous(), op,
+             ": cos and sin must be float32 [", b, ", ", d, "], got ", t->dtype(), " ", shape_str(t->shape()));
+
+  Params p{op, params, layout};
+  const float* ln1 = p.norm("input_layernorm.weight", H);
+  const float* ln2 = p.norm("post_attention_layernorm.weight", H);
+  const LinearWeight wq = p.linear(0, LLAMA_LINEARS, H), wk = p.linear(1, LLAMA_LINEARS, H);
+  const LinearWeight wv = p.linear(2, LLAMA_LINEARS, H), wo = p.linear(3, LLAMA_LINEARS, H);
+  const LinearWeight gate = p.linear(4, LLAMA_LINEARS, H), up = p.linear(5, LLAMA_LINEARS, H);
+  const LinearWeight down = p.linear(6, LLAMA_LINEARS, gate.N);
+  p.end();
+  PD_CHECK(wq.N == H && wk.N == kv && wv.N == kv && wo.N == H && up.N == gate.N && down.N == H, op,
+           ": the Linears' outputs ", wq.N, ", ", wk.N, ", ", wv.N, ", ", wo.N, ", ", gate.N, ", ", up.N, ", ", down.N,
+           " are not ", H, ", ", kv, ", ", kv, ", ", H, ", I, I, ", H);
+
+  auto out = paddle::empty({b, 1, H}, paddle::DataType::FLOAT32, x.place());
+  const int64_t I = gate.N;
+  float* h = scratch(b * (H + H + 2 * kv + H + 2 * std::max(I, H)));
+  float *q = h + b * H, *k = q + b * H, *v = k + b * kv, *attn = v + b * kv, *g = attn + b * H, *u = g + b * I;
+  const float* X = x.data<float>();
+  float* Y = out.data<float>();
+
+  for (int64_t r = 0; r < b; ++r) rms_norm(X + r * H, ln1, epsilon, H, h + r * H);
+  linear_forward(wq, h, q, b);
+  linear_forward(wk, h, k, b);
+  linear_forward(wv, h, v, b);
+  decode_attention(step, q, k, v, n_head, false, cos.data<float>(), sin.data<float>(), attn);
+  linear_forward(wo, attn, g, b);
+  add(X, g, Y, b * H);  // Y: the attention block's output
+  for (int64_t r = 0; r < b; ++r) rms_norm(Y + r * H, ln2, epsilon, H, h + r * H);
+  linear_forward(gate, h, g, b);
+  linear_forward(up, h, u, b);
+  silu_mul(g, u, b * I);
+  linear_forward(down, g, attn, b);
+  add(Y, attn, Y, b * H);
   return {out};
 }
 
@@ -229,3 +329,28 @@ PD_BUILD_OP(belle_bloom_block)
     .SetKernelFn(PD_KERNEL(BloomBlock))
     .SetInferShapeFn(PD_INFER_SHAPE(BloomBlockShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(BloomBlockDtype));
+
+std::vector<std::vector<int64_t>> LlamaLayerShape(const std::vector<int64_t>& x,
+                                                  const std::vector<std::vector<int64_t>>&,
+                                                  const std::vector<int64_t>& key_cache,
+                                                  const std::vector<int64_t>& value_cache, const std::vector<int64_t>&,
+                                                  const std::vector<int64_t>&, const std::vector<int64_t>&,
+                                                  const std::vector<int64_t>&) {
+  return {x, key_cache, value_cache};
+}
+
+std::vector<paddle::DataType> LlamaLayerDtype(const paddle::DataType&, const std::vector<paddle::DataType>&,
+                                              const paddle::DataType&, const paddle::DataType&,
+                                              const paddle::DataType&, const paddle::DataType&,
+                                              const paddle::DataType&, const paddle::DataType&) {
+  return {paddle::DataType::FLOAT32, paddle::DataType::FLOAT32, paddle::DataType::FLOAT32};
+}
+
+PD_BUILD_OP(belle_llama_layer)
+    .Inputs({"X", paddle::Vec("Params"), "KeyCache", "ValueCache", "Columns", "Mask", "Cos", "Sin"})
+    .Outputs({"Out", "KeyCacheOut", "ValueCacheOut"})
+    .Attrs({"layout: std::vector<int64_t>", "epsilon: float"})
+    .SetInplaceMap({{"KeyCache", "KeyCacheOut"}, {"ValueCache", "ValueCacheOut"}})
+    .SetKernelFn(PD_KERNEL(LlamaLayer))
+    .SetInferShapeFn(PD_INFER_SHAPE(LlamaLayerShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(LlamaLayerDtype));

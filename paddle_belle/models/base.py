@@ -16,7 +16,7 @@ from paddlenlp.transformers.model_outputs import CausalLMOutputWithPast
 from paddle_belle import generation, kernels
 from paddle_belle.cpu import serial, tied_head
 from paddle_belle.models import loading
-from paddle_belle.quant.linear import QuantEmbedding, linear
+from paddle_belle.quant.linear import QuantEmbedding, kernel_weight, linear
 
 
 class Layer(paddle.nn.Layer):
@@ -106,6 +106,27 @@ def decode_step(cache, attention_mask, x, training, slopes=None) -> DecodeStep |
         return None
     mask = cast(attention_mask, paddle.int64)
     return DecodeStep(cache, mask if mask.is_contiguous() else mask.contiguous(), columns, slopes)
+
+
+def layer_params(block, norms, arch, rows: int):
+    """What a native decoder-layer op (kernels/decoder_layer.cc) reads for ``block``: the ``norms``' parameters, then
+    each Linear of ``arch.linear_groups`` in that order (the op's) as quant/linear.py kernel_weight gives it, and the
+    Linears' layout. None where the op would not compute what the block's layers do: a hook on any of them
+    (PaddleSlim's, a user's: they must see their calls), a Linear that no kernel computes for ``rows`` rows."""
+    layers = list(block._sub_layers.values())
+    for layer in layers:  # (the dicts, not sublayers(): this runs for every layer of every decoding step)
+        if layer._forward_pre_hooks or layer._forward_post_hooks:
+            return None
+        layers += layer._sub_layers.values()
+    params, layout = list(norms), []
+    for path in (path for group in arch.linear_groups for path in group):
+        parent, name = path.split(".")
+        weight = kernel_weight(block._sub_layers[parent]._sub_layers[name], rows)
+        if weight is None:
+            return None
+        params += weight[0]
+        layout += weight[1]
+    return params, layout
 
 
 def attention_bias(attention_mask: paddle.Tensor, query_length: int) -> paddle.Tensor:

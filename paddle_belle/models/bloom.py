@@ -15,12 +15,12 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddlenlp.transformers import PretrainedConfig
 
+from paddle_belle import kernels
 from paddle_belle.arch import BLOOM as ARCH
 from paddle_belle.cpu import serial
-from paddle_belle.models.base import CausalLM, DecodeStep, Layer, attend, attention_bias, decode_step, embed
-from paddle_belle import kernels
 from paddle_belle.models import base
-from paddle_belle.quant.linear import kernel_weight, linear
+from paddle_belle.models.base import CausalLM, DecodeStep, Layer, attend, attention_bias, decode_step, embed
+from paddle_belle.quant.linear import linear
 
 
 class BloomConfig(PretrainedConfig):
@@ -177,31 +177,16 @@ class BloomBlock(Layer):
 
     def decode(self, x, step, layer):
         """``forward`` for a decoding step as one native op (kernels/decoder_layer.cc: Python runs once a layer, not
-        between the Linears, whose weights leave the CPU caches cold), or None where the op does not apply: a hook on
-        one of the block's layers, a Linear that linear() would not compute through a kernel (kernel_weight)."""
-        layers = self._sub_layers
-        attention, mlp = layers["self_attention"]._sub_layers, layers["mlp"]._sub_layers
-        if any(l._forward_pre_hooks or l._forward_post_hooks for l in (*layers.values(), *attention.values(),
-                                                                      *mlp.values())):
+        between the Linears, whose weights leave the CPU caches cold), or None where the op does not apply
+        (base.layer_params)."""
+        norms = self.input_layernorm, self.post_attention_layernorm
+        found = base.layer_params(self, [p for norm in norms for p in (norm.weight, norm.bias)], ARCH, x.shape[0])
+        if found is None:
             return None
-        rows = x.shape[0]
-        params = []
-        layout = []
-        for norm in (layers["input_layernorm"], layers["post_attention_layernorm"]):
-            p = norm._parameters
-            if p.get("weight") is None or p.get("bias") is None:
-                return None
-            params += [p["weight"], p["bias"]]
-        for linear_layer in (attention["query_key_value"], attention["dense"], mlp["dense_h_to_4h"],
-                             mlp["dense_4h_to_h"]):
-            weight = kernel_weight(linear_layer, rows)
-            if weight is None:
-                return None
-            params += weight[0]
-            layout += weight[1]
+        params, layout = found
         keys, values = step.cache.buffers(layer)
         return kernels.bloom_block(x, params, keys, values, step.columns, step.mask, step.slopes, layout,
-                                   layers["input_layernorm"]._epsilon, self.post_ln_residual)
+                                   norms[0]._epsilon, self.post_ln_residual)
 
     def drop(self, x):
         """Hidden dropout; in eval none, and no call (F.dropout's Python, ~5 us, twice a layer of a decoding step)."""

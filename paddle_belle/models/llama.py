@@ -13,8 +13,10 @@ import paddle.nn.functional as F
 from paddle.incubate.nn.functional import fused_rms_norm
 from paddlenlp.transformers import PretrainedConfig
 
+from paddle_belle import kernels
 from paddle_belle.arch import LLAMA as ARCH, rope_scaling_fields
 from paddle_belle.cpu import serial
+from paddle_belle.models import base
 from paddle_belle.models.base import (CausalLM, DecodeStep, Layer, attend, attention_bias, cast, decode_step, embed,
                                       split_heads, token_positions)
 from paddle_belle.quant.linear import linear
@@ -184,8 +186,24 @@ class LlamaDecoderLayer(Layer):
         self.mlp = LlamaMLP(config)
 
     def forward(self, x, cos, sin, bias, cache, layer):
+        if isinstance(bias, DecodeStep) and base.NATIVE_DECODE_LAYERS:
+            out = self.decode(x, cos, sin, bias, layer)
+            if out is not None:
+                return out
         h, x = self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), cos, sin, bias, cache, layer), x)
         return x + self.mlp(h)
+
+    def decode(self, x, cos, sin, step, layer):
+        """``forward`` for a decoding step as one native op (kernels/decoder_layer.cc; models/bloom.py BloomBlock.decode
+        says why), or None where the op does not apply (base.layer_params)."""
+        norms = self.input_layernorm.weight, self.post_attention_layernorm.weight
+        found = base.layer_params(self, norms, ARCH, x.shape[0])
+        if found is None or cos.dtype != paddle.float32:
+            return None
+        params, layout = found
+        keys, values = step.cache.buffers(layer)
+        return kernels.llama_layer(x, params, keys, values, step.columns, step.mask, cos, sin, layout,
+                                   self.input_layernorm.eps)
 
     def stages(self, x, cos, sin, bias, layer):
         """``forward`` (without a cache) one group of Linears at a time, for GPTQ (quant/quantize.py): yields the

@@ -101,9 +101,9 @@ def decode(model, cache_length=None):
 
 @pytest.mark.parametrize("arch", ["bloom", "llama", "llama-gqa"])
 def test_decoding_equals_the_paddle_path_and_the_training_path(arch, calls, monkeypatch):
+    monkeypatch.setattr(base, "NATIVE_DECODE_LAYERS", False)  # (the layers would take the whole-layer op)
     if arch == "bloom":
         _, model = tiny_bloom(4, 0.5)
-        monkeypatch.setattr(base, "NATIVE_DECODE_LAYERS", False)  # (its layers would take the whole-layer op)
     else:
         _, model = tiny_llama(0.5, num_key_value_heads=2 if arch == "llama-gqa" else 4)
     native = decode(model)

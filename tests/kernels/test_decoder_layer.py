@@ -1,17 +1,19 @@
-"""The native BLOOM decoder-layer op (kernels/decoder_layer.cc: one op a layer for a decoding step) against the
-op-by-op path it replaces (LayerNorm, the Linears through linear(), the decode-attention op, GELU, the adds; itself
-checked against HF in tests/models and tests/kernels/test_decode_attention.py), in every weight format."""
+"""The native decoder-layer ops (kernels/decoder_layer.cc: one op a layer for a decoding step, BLOOM and LLaMA)
+against the op-by-op path they replace (the norms, the Linears through linear(), the decode-attention op, GELU or
+SiLU, the adds; itself checked against HF in tests/models and tests/kernels/test_decode_attention.py), in every
+weight format."""
 import numpy as np
 import paddle
 import pytest
-from reference import max_rel_diff, random_quant_layer, tiny_bloom
+from reference import max_rel_diff, random_quant_layer, tiny_bloom, tiny_llama
 from test_decode_attention import decode
 
 from paddle_belle import kernels
 from paddle_belle.models import base
 from paddle_belle.quant.format import QuantConfig
 from paddle_belle.models.bloom import slopes_tensor
-from paddle_belle.quant.linear import HalfLinear, block_linears, decoder_blocks, kernel_weight
+from paddle_belle.models.llama import rope_cos_sin
+from paddle_belle.quant.linear import HalfLinear, block_linears, decoder_blocks
 
 # Relative to the largest logit. One layer of either path differs from the other by float32 rounding (LayerNorm's
 # sums, GELU's tanh, in another order): <= 2e-6 here (test_one_layer...). Two layers of std-0.5 random weights then
@@ -36,37 +38,42 @@ def _kernels():
 
 @pytest.fixture
 def calls(monkeypatch):
+    """How many times either op ran."""
     count = [0]
-    op = kernels.bloom_block
+    for name in ("bloom_block", "llama_layer"):
+        def counted(*args, op=getattr(kernels, name)):
+            count[0] += 1
+            return op(*args)
 
-    def counted(*args):
-        count[0] += 1
-        return op(*args)
-
-    monkeypatch.setattr(kernels, "bloom_block", counted)
+        monkeypatch.setattr(kernels, name, counted)
     return count
 
 
-def bloom(fmt, **overrides):
-    """A 2-layer BLOOM of hidden size 160 (K not a multiple of 128: a partial last group) with its Linears in
-    ``fmt``: half weights, or random packed codes (with biases) in place of the float ones."""
-    _, model = tiny_bloom(4, 0.5, hidden_size=160, **overrides)
+def bloom(fmt, arch="bloom", **overrides):
+    """A 2-layer BLOOM (or LLaMA, 2 kv heads) of hidden size 160 (K not a multiple of 128: a partial last group)
+    with its Linears in ``fmt``: half weights, or random packed codes (with biases where the model has them)."""
+    if arch == "bloom":
+        _, model = tiny_bloom(4, 0.5, hidden_size=160, **overrides)
+    else:
+        _, model = tiny_llama(0.5, hidden_size=160, intermediate_size=320, num_key_value_heads=2)
     for i, block in enumerate(decoder_blocks(model)):
         for j, (_, parent, attr, layer) in enumerate(block_linears(model, block)):
-            (k, n), spec = layer.weight.shape, FORMATS[fmt]
+            (k, n), spec, bias = layer.weight.shape, FORMATS[fmt], layer.bias is not None
             if isinstance(spec, str):
-                half = HalfLinear(k, n, spec, bias=True)
+                half = HalfLinear(k, n, spec, bias=bias)
                 half.weight.set_value(layer.weight.astype(spec))
-                half.bias.set_value(layer.bias)
+                if bias:
+                    half.bias.set_value(layer.bias)
                 setattr(parent, attr, half)
             elif spec is not None:
-                setattr(parent, attr, random_quant_layer(spec, k, n, seed=10 * i + j)[0])
+                setattr(parent, attr, random_quant_layer(spec, k, n, seed=10 * i + j, bias=bias)[0])
     return model.eval()
 
 
+@pytest.mark.parametrize("arch", ["bloom", "llama"])
 @pytest.mark.parametrize("fmt", list(FORMATS))
-def test_each_weight_format_decodes_as_the_op_by_op_path(fmt, calls, monkeypatch):
-    model = bloom(fmt)
+def test_each_weight_format_decodes_as_the_op_by_op_path(fmt, arch, calls, monkeypatch):
+    model = bloom(fmt, arch)
     native = decode(model)  # two rows, one left-padded: 4 decoding steps
     assert calls[0] == 4 * 2  # every step of both layers took the op
     monkeypatch.setattr(base, "NATIVE_DECODE_LAYERS", False)
@@ -75,25 +82,38 @@ def test_each_weight_format_decodes_as_the_op_by_op_path(fmt, calls, monkeypatch
     assert max_rel_diff(native, op_by_op) <= TOL
 
 
+def one_step(model, block, x, native, kv, monkeypatch):
+    """``block``'s output for one decoding step of x [1, 1, 160] at position 5, over a cache of 5 given keys and
+    values; and the cache."""
+    monkeypatch.setattr(base, "NATIVE_DECODE_LAYERS", native)
+    heads = kv.shape[2]
+    cache = base.KVCache(1, 1, heads, 8, 40, "float32")
+    cache.keys[0][:], cache.values[0][:], cache.length = paddle.to_tensor(kv[0]), paddle.to_tensor(kv[1]), 5
+    mask = paddle.ones([1, 6], "int64")
+    with paddle.no_grad():
+        if model.arch.model_type == "bloom":
+            step = base.decode_step(cache, mask, x, False, slopes_tensor(4))
+            return block(x, step, cache, 0).numpy(), cache
+        cos, sin = rope_cos_sin(model.config, 40, paddle.to_tensor([[5]]))
+        return block(x, cos, sin, base.decode_step(cache, mask, x, False), cache, 0).numpy(), cache
+
+
+@pytest.mark.parametrize("arch", ["bloom", "llama"])
 @pytest.mark.parametrize("fmt", list(FORMATS))
-def test_one_layer_equals_the_op_by_op_path(fmt, monkeypatch):
+def test_one_layer_equals_the_op_by_op_path(fmt, arch, monkeypatch):
     """One decoding step of one layer over a cache of 5 random keys and values, so that only this layer's rounding
-    can differ."""
-    block = decoder_blocks(bloom(fmt))[0]
+    can differ; and the step's key and value land in the cache alike."""
+    model = bloom(fmt, arch)
+    block = decoder_blocks(model)[0]
     rng = np.random.default_rng(0)
     for _ in range(3):
         x = paddle.to_tensor(3 * rng.standard_normal([1, 1, 160]).astype("float32"))
-        kv = rng.standard_normal([2, 1, 4, 8, 40]).astype("float32")
-        outs = []
-        for native in (True, False):
-            monkeypatch.setattr(base, "NATIVE_DECODE_LAYERS", native)
-            cache = base.KVCache(1, 1, 4, 8, 40, "float32")
-            cache.keys[0][:], cache.values[0][:], cache.length = paddle.to_tensor(kv[0]), paddle.to_tensor(kv[1]), 5
-            step = base.decode_step(cache, paddle.ones([1, 6], "int64"), x, False, slopes_tensor(4))
-            with paddle.no_grad():
-                outs.append(block(x, step, cache, 0).numpy())
-            assert cache.keys[0][0, :, 5].abs().sum() > 0  # the step's key written into the cache
-        assert max_rel_diff(*outs) <= LAYER_TOL
+        kv = rng.standard_normal([2, 1, 4 if arch == "bloom" else 2, 8, 40]).astype("float32")
+        (ours, our_cache), (theirs, their_cache) = (one_step(model, block, x, n, kv, monkeypatch) for n in (1, 0))
+        assert max_rel_diff(ours, theirs) <= LAYER_TOL
+        for name in ("keys", "values"):
+            new = [getattr(c, name)[0][0, :, 5].numpy() for c in (our_cache, their_cache)]
+            assert np.abs(new[1]).sum() > 0 and max_rel_diff(*new) <= LAYER_TOL
 
 
 def test_int8_activations_and_post_layernorm_residual(calls, monkeypatch):
@@ -118,21 +138,17 @@ def test_a_hook_on_any_layer_of_the_block_keeps_the_op_by_op_path(calls):
     handle.remove()
 
 
-def test_gelu_and_layer_norm_over_a_wide_range_of_values(monkeypatch):
-    """Inputs from 1e-7 to 1e4 in magnitude, both signs (GELU's tanh saturates at both ends, and its vectorized exp
-    must not overflow): the op equals the Paddle path, elementwise (a relative error on each output)."""
-    model = bloom("float32")
+@pytest.mark.parametrize("arch", ["bloom", "llama"])
+def test_norms_and_activations_over_a_wide_range_of_values(arch, monkeypatch):
+    """Inputs from 1e-7 to 1e4 in magnitude, both signs (GELU's tanh and SiLU's sigmoid saturate at both ends, and
+    their vectorized exp must not overflow): the op equals the Paddle path elementwise."""
+    model = bloom("float32", arch)
     block = decoder_blocks(model)[0]
     rng = np.random.default_rng(0)
-    x = (rng.choice([-1, 1], 160) * 10.0 ** rng.uniform(-7, 4, 160)).astype("float32").reshape([1, 1, 160])
-    outs = []
-    for native in (True, False):
-        monkeypatch.setattr(base, "NATIVE_DECODE_LAYERS", native)
-        cache = model.new_cache(1, 4)
-        step = base.decode_step(cache, paddle.ones([1, 1], "int64"), paddle.to_tensor(x), False, slopes_tensor(4))
-        with paddle.no_grad():
-            outs.append(block(paddle.to_tensor(x), step, cache, 0).numpy())
-    np.testing.assert_allclose(outs[0], outs[1], rtol=2e-5, atol=1e-5 * np.abs(outs[1]).max())
+    x = paddle.to_tensor((rng.choice([-1, 1], 160) * 10.0 ** rng.uniform(-7, 4, 160)).astype("float32"))
+    kv = rng.standard_normal([2, 1, 4 if arch == "bloom" else 2, 8, 40]).astype("float32")
+    ours, theirs = (one_step(model, block, x.reshape([1, 1, 160]), n, kv, monkeypatch)[0] for n in (1, 0))
+    np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=1e-5 * np.abs(theirs).max())
 
 
 def test_bad_input_is_one_line_naming_the_tensor():
@@ -142,13 +158,8 @@ def test_bad_input_is_one_line_naming_the_tensor():
     keys, values = cache.buffers(0)
     x = paddle.zeros([1, 1, 160])
     step = (paddle.to_tensor([0]), paddle.ones([1, 1], "int64"), paddle.ones([4]))
-    params, layout = [], []
-    for norm in (block.input_layernorm, block.post_attention_layernorm):
-        params += [norm.weight, norm.bias]
-    for _, _, _, layer in block_linears(model, block):
-        tensors, numbers = kernel_weight(layer, 1)
-        params += tensors
-        layout += numbers
+    norms = [p for norm in (block.input_layernorm, block.post_attention_layernorm) for p in (norm.weight, norm.bias)]
+    params, layout = base.layer_params(block, norms, model.arch, 1)
     good = list(params)
     params[4] = paddle.zeros([3, 480], "uint8")  # query_key_value's codes
     with pytest.raises(ValueError, match=r"^belle_bloom_block: self_attention\.query_key_value: qweight must be "
@@ -163,3 +174,20 @@ def test_bad_input_is_one_line_naming_the_tensor():
     with pytest.raises(ValueError, match=r"^belle_bloom_block: self_attention\.query_key_value: w must be float32, "
                                          r"bfloat16 or float16, got int32$"):
         kernels.bloom_block(x, good[:4] + dense + good[7:], keys, values, *step, [0, 0, 4] + layout[3:], 1e-5, False)
+
+
+def test_llama_layer_names_a_bad_rope_table():
+    model = bloom("int4", "llama")
+    block = decoder_blocks(model)[0]
+    cache = model.new_cache(1, 4)
+    norms = block.input_layernorm.weight, block.post_attention_layernorm.weight
+    params, layout = base.layer_params(block, norms, model.arch, 1)
+    cos = paddle.ones([1, 40])
+    with pytest.raises(ValueError, match=r"^belle_llama_layer: cos and sin must be float32 \[1, 40\], got float32 "
+                                         r"\[1, 20\]$"):
+        kernels.llama_layer(paddle.zeros([1, 1, 160]), params, *cache.buffers(0), paddle.to_tensor([0]),
+                            paddle.ones([1, 1], "int64"), cos, paddle.ones([1, 20]), layout, 1e-6)
+    with pytest.raises(ValueError, match=r"^belle_llama_layer: self_attn\.k_proj: qweight must be uint8 \[80, N\]"):
+        kernels.llama_layer(paddle.zeros([1, 1, 160]), params[:4] + [paddle.zeros([2, 80], "uint8")] + params[5:],
+                            *cache.buffers(0), paddle.to_tensor([0]), paddle.ones([1, 1], "int64"), cos, cos, layout,
+                            1e-6)

@@ -44,7 +44,7 @@ def load(name, workdir, threads):
         set_cpu_threads(threads)
         return model
     if name == "belle-tiny-zh":
-        directory = HERE.parent / "paddle_belle" / "assets" / "belle-tiny-zh"
+        directory, fmt = HERE.parent / "paddle_belle" / "assets" / "belle-tiny-zh", "float32"
     else:
         shape, fmt = name.split(":")
         directory = Path(workdir) / shape / {"float32": "fp16", "bfloat16": "fp16", "int4": "int4", "int4-x8": "int4"}[fmt]

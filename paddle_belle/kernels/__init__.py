@@ -37,7 +37,7 @@ from pathlib import Path
 import paddle
 
 SOURCES = [Path(__file__).with_name(name) for name in ("cpu_matmul.cc", "decode_attention.cc", "decoder_layer.cc")]
-HEADERS = [Path(__file__).with_name("kernels.h")]  # what the sources share (part of the build's hash)
+HEADERS = [Path(__file__).with_name(name) for name in ("kernels.h", "vec16.h")]  # what the sources share (part of the build's hash)
 CXX_FLAGS = ["-fopenmp", "-O3", "-std=c++17", "-g0"]  # -g0: Python's own flags ask for debug info
 
 _loaded = {}  # "module": the op module or None, once a load was tried in this process

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "vec16.h"
 
 namespace {
 
@@ -50,33 +51,6 @@ inline void rope(float* dst, const float* src, const float* cos, const float* si
   }
   const int64_t half = d / 2;
   for (int64_t i = 0; i < d; ++i) dst[i] = src[i] * cos[i] + src[(i + half) % d] * sin[i];
-}
-
-// Sixteen floats: one AVX-512 register, two AVX2 or four SSE ones (GCC's vector extension, lowered for whichever
-// clone of attend_one below it is inlined into).
-typedef float vec __attribute__((vector_size(64)));
-constexpr int64_t W = 16;
-
-// The helpers are always inlined: an out-of-line copy would be compiled for baseline x86-64 only, not per clone.
-#define INLINE __attribute__((always_inline)) inline
-
-INLINE vec load(const float* p) {
-  vec v;
-  std::memcpy(&v, p, sizeof v);  // an unaligned load
-  return v;
-}
-
-INLINE void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
-
-// The sum of v's lanes, halving: three vector adds, not fifteen dependent scalar ones (float addition is not
-// associative, so without -ffast-math the compiler may not reorder a scalar loop's sum into this)
-INLINE float sum_lanes(vec v) {
-  typedef float half __attribute__((vector_size(32)));
-  typedef float quarter __attribute__((vector_size(16)));
-  half a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-           __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-  quarter b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-  return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
 // The keys or values of the next (row, head) a thread takes: their rows are fetched into L2 while this one's are read
@@ -115,10 +89,7 @@ INLINE void weigh(const float* p, const float* V, const int32_t* keys, int64_t n
 // rows are a few KB (of a cache row 2,048 columns long in the server): too short a run for the CPU's own prefetcher,
 // so the rows of the next (row, head) are prefetched while this one's are read (bloom-560m's 16 rows at 48 keys, a
 // layer's cache out of the CPU caches, one thread: 1.0-1.2 ms a layer before this kernel, ~0.5-0.65 ms with it).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
-void attend_one(const float* q, const float* K, const float* V, const int32_t* keys, int64_t n, int64_t d,
+CLONES void attend_one(const float* q, const float* K, const float* V, const int32_t* keys, int64_t n, int64_t d,
                 float scale, float slope, float* p, float* o, const Next& next) {
   if (!n) {  // no real key: not a decoding row this step
     std::fill(o, o + d, 0.0f);

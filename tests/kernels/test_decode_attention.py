@@ -20,24 +20,13 @@ MASK = np.ones_like(IDS)
 MASK[1, :3] = 0  # the second row left-padded by 3
 
 
-@pytest.fixture(autouse=True)
-def _kernels():
-    if kernels.cpu_kernels() is None:
-        pytest.skip("the native CPU kernels are not available here")
+pytestmark = pytest.mark.usefixtures("needs_kernels")
 
 
 @pytest.fixture
-def calls(monkeypatch):
+def calls(count_calls):
     """How many times the op ran."""
-    count = [0]
-    op = kernels.decode_attention
-
-    def counted(*args):
-        count[0] += 1
-        return op(*args)
-
-    monkeypatch.setattr(kernels, "decode_attention", counted)
-    return count
+    return count_calls("decode_attention")
 
 
 def caches(rows, kv, length, d, seed):

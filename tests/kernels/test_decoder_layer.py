@@ -30,23 +30,13 @@ FORMATS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _kernels():
-    if kernels.cpu_kernels() is None:
-        pytest.skip("the native CPU kernels are not available here")
+pytestmark = pytest.mark.usefixtures("needs_kernels")
 
 
 @pytest.fixture
-def calls(monkeypatch):
-    """How many times either op ran."""
-    count = [0]
-    for name in ("bloom_block", "llama_layer"):
-        def counted(*args, op=getattr(kernels, name)):
-            count[0] += 1
-            return op(*args)
-
-        monkeypatch.setattr(kernels, name, counted)
-    return count
+def calls(count_calls):
+    """How many times the ops ran."""
+    return count_calls("bloom_block", "llama_layer")
 
 
 def bloom(fmt, arch="bloom", **overrides):

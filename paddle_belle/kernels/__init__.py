@@ -1,5 +1,5 @@
 """Native CPU kernels: weight-only matmuls (cpu_matmul.cc), decode attention (decode_attention.cc) and a whole BLOOM
-decoder layer for a decoding step (decoder_layer.cc) as a Paddle custom operator, compiled on first use.
+or LLaMA decoder layer for a decoding step (decoder_layer.cc) as a Paddle custom operator, compiled on first use.
 
 ``cpu_kernels()`` returns the loaded operator module, or None when the kernels are off (``PADDLE_BELLE_KERNELS=0``;
 the switches are read once, ``reload()`` reads them again) or cannot be built here (no C++ compiler, a failed build:
@@ -37,7 +37,7 @@ from pathlib import Path
 import paddle
 
 SOURCES = [Path(__file__).with_name(name) for name in ("cpu_matmul.cc", "decode_attention.cc", "decoder_layer.cc")]
-HEADERS = [Path(__file__).with_name(name) for name in ("kernels.h", "vec16.h")]  # what the sources share (part of the build's hash)
+HEADERS = [Path(__file__).with_name(name) for name in ("kernels.h", "vec16.h")]  # shared by the sources; hashed
 CXX_FLAGS = ["-fopenmp", "-O3", "-std=c++17", "-g0"]  # -g0: Python's own flags ask for debug info
 
 _loaded = {}  # "module": the op module or None, once a load was tried in this process
@@ -173,7 +173,8 @@ def _load():
     ldflags = _link_flags()
     # A changed source, flags or Paddle build (its custom-op ABI) is a new name, hence a new build.
     built_for = (CXX_FLAGS, ldflags, paddle.__version__, paddle.version.commit, sys.version_info[:2])
-    digest = hashlib.sha256(b"".join(s.read_bytes() for s in SOURCES + HEADERS) + repr(built_for).encode()).hexdigest()[:12]
+    source = b"".join(s.read_bytes() for s in SOURCES + HEADERS)
+    digest = hashlib.sha256(source + repr(built_for).encode()).hexdigest()[:12]
     name = f"belle_cpu_kernels_{digest}"
     root = get_build_directory()
     library = Path(root, name, name + ".so")

@@ -73,8 +73,8 @@ class KVCache:
 # Whether decoding steps take the native decode-attention op where it applies (decode_step); tests switch it off to
 # compare with the Paddle path.
 NATIVE_DECODE_ATTENTION = True
-# Whether a decoding step's layers run as one native op each where the model has one (models/bloom.py
-# BloomBlock.decode); tests switch it off to compare with the op-by-op path.
+# Whether a decoding step's layers run as one native op each (models/bloom.py BloomBlock.decode, models/llama.py
+# LlamaDecoderLayer.decode); tests switch it off to compare with the op-by-op path.
 NATIVE_DECODE_LAYERS = True
 
 

@@ -9,11 +9,12 @@ Prints the decode step (generate, batch 1, greedy: a 1-token run subtracted as i
 layer one native op: kernels/decoder_layer.cc) and op by op (models/base.py NATIVE_DECODE_LAYERS off), and how the
 op-by-op step splits: the QuantLinear calls' time a step, the rest (Python and Paddle's small ops, attention), and
 that rest again with every QuantLinear's output cached (no weights read: the small ops with warm caches, i.e. what
-the weights' streaming costs them). Then every QuantLinear (the four Linears of a block and the int8 token-table head) timed inside
-generate, beside the same call repeated at once on the same input ("again": warm threads and caches, as a kernel
-microbenchmark sees it). Median and minimum: on a shared machine a call that loses a core for a time slice takes
-milliseconds more, so the minimum is what the kernel does. Multiply a block's sum by 30 and add the head for the full
-model (or pass --layers 30). Hold the benchmark lock. With PADDLE_BELLE_INT8_ACTIVATIONS=1 it times the integer path.
+the weights' streaming costs them). Then every QuantLinear (the four Linears of a block and the int8 token-table
+head) timed inside generate, beside the same call repeated at once on the same input ("again": warm threads and
+caches, as a kernel microbenchmark sees it). Median and minimum: on a shared machine a call that loses a core for a
+time slice takes milliseconds more, so the minimum is what the kernel does. Multiply a block's sum by 30 and add the
+head for the full model (or pass --layers 30). Hold the benchmark lock. With PADDLE_BELLE_INT8_ACTIVATIONS=1 it
+times the integer path.
 """
 import argparse
 import collections

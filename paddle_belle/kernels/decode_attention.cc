@@ -29,18 +29,11 @@
 
 namespace {
 
-std::string shape_of(const paddle::Tensor& t) {
-  std::string s = "[";
-  for (size_t i = 0; i < t.shape().size(); ++i) s += (i ? ", " : "") + std::to_string(t.shape()[i]);
-  return s + "]";
-}
-
-void check_float(const paddle::Tensor& t, const char* name, int64_t numel) {
-  PD_CHECK(t.is_cpu() && t.dtype() == paddle::DataType::FLOAT32 && t.is_contiguous(),
-           "belle_decode_attention: ", name, " must be a contiguous float32 CPU tensor, got ", t.dtype(), " ",
-           shape_of(t));
-  PD_CHECK(numel < 0 || t.numel() == numel, "belle_decode_attention: ", name, " must have ", numel,
-           " elements, got ", shape_of(t));
+void check_float(const paddle::Tensor& t, const char* name, int64_t numel, const char* op) {
+  PD_CHECK(t.is_cpu() && t.dtype() == paddle::DataType::FLOAT32 && t.is_contiguous(), op, ": ", name,
+           " must be a contiguous float32 CPU tensor, got ", t.dtype(), " ", shape_str(t.shape()));
+  PD_CHECK(numel < 0 || t.numel() == numel, op, ": ", name, " must have ", numel, " elements, got ",
+           shape_str(t.shape()));
 }
 
 // dst = src * cos + roll(src, d / 2) * sin (or a copy without RoPE)
@@ -124,37 +117,40 @@ CLONES void attend_one(const float* q, const float* K, const float* V, const int
 }  // namespace
 
 KVStep kv_step(paddle::Tensor& key_cache, paddle::Tensor& value_cache, const paddle::Tensor& columns,
-               const paddle::Tensor& mask, const paddle::optional<paddle::Tensor>& slopes, int64_t n_head) {
-  const char* op = "belle_decode_attention";
-  PD_CHECK(key_cache.shape().size() == 4 && key_cache.shape() == value_cache.shape(), op,
-           ": the key and value caches must be [batch, kv_heads, length, head_dim] alike, got ", shape_of(key_cache),
-           " and ", shape_of(value_cache));
-  check_float(key_cache, "the key cache", -1);
-  check_float(value_cache, "the value cache", -1);
+               const paddle::Tensor& mask, const char* op) {
+  PD_CHECK(key_cache.shape().size() == 4 && key_cache.shape() == value_cache.shape() && key_cache.shape()[1] > 0 &&
+               key_cache.shape()[3] > 0,
+           op, ": the key and value caches must be [batch, kv_heads, length, head_dim] alike, got ",
+           shape_str(key_cache.shape()), " and ", shape_str(value_cache.shape()));
+  check_float(key_cache, "the key cache", -1, op);
+  check_float(value_cache, "the value cache", -1, op);
   KVStep s{key_cache.data<float>(), value_cache.data<float>(), key_cache.shape()[0], key_cache.shape()[1],
            key_cache.shape()[2], key_cache.shape()[3]};
   PD_CHECK(mask.is_cpu() && mask.dtype() == paddle::DataType::INT64 && mask.shape().size() == 2 &&
                mask.is_contiguous(),
-           op, ": mask must be int64 [batch, width], got ", mask.dtype(), " ", shape_of(mask));
+           op, ": mask must be int64 [batch, width], got ", mask.dtype(), " ", shape_str(mask.shape()));
   s.b = mask.shape()[0], s.width = mask.shape()[1], s.mask = mask.data<int64_t>();
-  PD_CHECK(s.b <= s.B && s.width <= s.L, op, ": mask ", shape_of(mask), " does not fit the cache ",
-           shape_of(key_cache));
+  PD_CHECK(s.b <= s.B && s.width <= s.L, op, ": mask ", shape_str(mask.shape()), " does not fit the cache ",
+           shape_str(key_cache.shape()));
   PD_CHECK(columns.is_cpu() && columns.dtype() == paddle::DataType::INT64 && columns.numel() == s.b, op,
-           ": columns must be int64 [", s.b, "], got ", columns.dtype(), " ", shape_of(columns));
+           ": columns must be int64 [", s.b, "], got ", columns.dtype(), " ", shape_str(columns.shape()));
   s.columns = columns.data<int64_t>();
   for (int64_t r = 0; r < s.b; ++r)
     PD_CHECK(s.columns[r] >= 0 && s.columns[r] < s.L, op, ": column ", s.columns[r], " of row ", r,
              " is outside the cache's ", s.L);
-  PD_CHECK(n_head > 0 && n_head % s.kv == 0, op, ": ", n_head, " heads are not a multiple of the cache's ", s.kv,
-           " kv heads");
-  if (slopes) check_float(*slopes, "slopes", n_head);
-  s.slopes = slopes ? slopes->data<float>() : nullptr;
   return s;
 }
 
-void decode_attention(const KVStep& s, const float* Q, const float* Kn, const float* Vn, int64_t n_head, bool fused,
-                      const float* C, const float* Sn, float* O) {
-  const int64_t b = s.b, kv = s.kv, L = s.L, d = s.d, width = s.width;
+void set_heads(KVStep& s, int64_t n_head, const paddle::optional<paddle::Tensor>& slopes, const char* op) {
+  PD_CHECK(n_head > 0 && n_head % s.kv == 0, op, ": ", n_head, " heads are not a multiple of the cache's ", s.kv,
+           " kv heads");
+  if (slopes) check_float(*slopes, "slopes", n_head, op);
+  s.n_head = n_head, s.slopes = slopes ? slopes->data<float>() : nullptr;
+}
+
+void decode_attention(const KVStep& s, const float* Q, const float* Kn, const float* Vn, bool fused, const float* C,
+                      const float* Sn, float* O) {
+  const int64_t b = s.b, kv = s.kv, L = s.L, d = s.d, width = s.width, n_head = s.n_head;
   const int64_t* col = s.columns;
   const int64_t* M = s.mask;
   const float* S = s.slopes;
@@ -208,29 +204,27 @@ std::vector<paddle::Tensor> DecodeAttention(const paddle::Tensor& q, const paddl
                                             const paddle::optional<paddle::Tensor>& cos,
                                             const paddle::optional<paddle::Tensor>& sin) {
   const char* op = "belle_decode_attention";
+  KVStep s = kv_step(key_cache, value_cache, columns, mask, op);
   PD_CHECK(bool(k) == bool(v), op, ": give both k and v, or neither (q is then BLOOM's fused qkv)");
   const bool fused = !k;
-  check_float(q, "q", -1);
-  PD_CHECK(key_cache.shape().size() == 4 && mask.shape().size() == 2, op, ": the caches must be [batch, kv_heads, ",
-           "length, head_dim] and the mask [batch, width], got ", shape_of(key_cache), " and ", shape_of(mask));
-  const int64_t b = mask.shape()[0], d = key_cache.shape()[3], kv = key_cache.shape()[1];
-  const int64_t n_head = b && d && kv ? q.numel() / (b * d * (fused ? 3 : 1)) : 0;
+  check_float(q, "q", -1, op);
+  const int64_t b = s.b, d = s.d, kv = s.kv, n_head = b ? q.numel() / (b * d * (fused ? 3 : 1)) : 0;
   PD_CHECK(n_head > 0 && q.numel() == b * n_head * d * (fused ? 3 : 1) && n_head % kv == 0, op, ": q ",
-           shape_of(q), " is not ", b, " rows of n_head x ", fused ? "3 x " : "", d,
+           shape_str(q.shape()), " is not ", b, " rows of n_head x ", fused ? "3 x " : "", d,
            " with n_head a multiple of the cache's ", kv, " kv heads");
-  const KVStep s = kv_step(key_cache, value_cache, columns, mask, slopes, n_head);
+  set_heads(s, n_head, slopes, op);
   if (!fused) {
-    check_float(*k, "k", b * kv * d);
-    check_float(*v, "v", b * kv * d);
+    check_float(*k, "k", b * kv * d, op);
+    check_float(*v, "v", b * kv * d, op);
   }
   PD_CHECK(bool(cos) == bool(sin), op, ": give both cos and sin, or neither");
   if (cos) {
-    check_float(*cos, "cos", b * d);
-    check_float(*sin, "sin", b * d);
+    check_float(*cos, "cos", b * d, op);
+    check_float(*sin, "sin", b * d, op);
   }
   auto out = paddle::empty({b, 1, n_head * d}, paddle::DataType::FLOAT32, q.place());
-  decode_attention(s, q.data<float>(), fused ? nullptr : k->data<float>(), fused ? nullptr : v->data<float>(), n_head,
-                   fused, cos ? cos->data<float>() : nullptr, sin ? sin->data<float>() : nullptr, out.data<float>());
+  decode_attention(s, q.data<float>(), fused ? nullptr : k->data<float>(), fused ? nullptr : v->data<float>(), fused,
+                   cos ? cos->data<float>() : nullptr, sin ? sin->data<float>() : nullptr, out.data<float>());
   return {out};  // the caches are the in-place outputs
 }
 

@@ -183,6 +183,19 @@ void check_layer_input(const paddle::Tensor& x, const std::vector<int64_t>& layo
            " Linears, got ", layout.size());
 }
 
+// The step's caches and mask for x's rows, with hidden / head_dim query heads
+KVStep layer_step(const paddle::Tensor& x, paddle::Tensor& key_cache, paddle::Tensor& value_cache,
+                  const paddle::Tensor& columns, const paddle::Tensor& mask,
+                  const paddle::optional<paddle::Tensor>& slopes, const char* op) {
+  const int64_t b = x.shape()[0], H = x.shape()[2];
+  KVStep s = kv_step(key_cache, value_cache, columns, mask, op);
+  PD_CHECK(H % s.d == 0, op, ": the cache ", shape_str(key_cache.shape()), " does not hold heads of the hidden size ",
+           H);
+  set_heads(s, H / s.d, slopes, op);
+  PD_CHECK(s.b == b, op, ": mask ", shape_str(mask.shape()), " is not for the ", b, " rows of x");
+  return s;
+}
+
 // The scratch rows of a layer's activations, kept between calls
 float* scratch(int64_t floats) {
   thread_local std::vector<float> buffer;
@@ -200,11 +213,7 @@ std::vector<paddle::Tensor> BloomBlock(const paddle::Tensor& x, const std::vecto
   const char* op = "belle_bloom_block";
   check_layer_input(x, layout, 4, op);
   const int64_t b = x.shape()[0], H = x.shape()[2];
-  PD_CHECK(key_cache.shape().size() == 4 && key_cache.shape()[3] > 0 && H % key_cache.shape()[3] == 0, op,
-           ": the cache ", shape_str(key_cache.shape()), " does not hold heads of the hidden size ", H);
-  const int64_t n_head = H / key_cache.shape()[3];
-  const KVStep step = kv_step(key_cache, value_cache, columns, mask, slopes, n_head);
-  PD_CHECK(step.b == b, op, ": mask ", shape_str(mask.shape()), " is not for the ", b, " rows of x");
+  const KVStep step = layer_step(x, key_cache, value_cache, columns, mask, slopes, op);
 
   Params p{op, params, layout};
   const float* ln1_w = p.norm("input_layernorm.weight", H);
@@ -225,7 +234,7 @@ std::vector<paddle::Tensor> BloomBlock(const paddle::Tensor& x, const std::vecto
 
   for (int64_t r = 0; r < b; ++r) layer_norm(X + r * H, ln1_w, ln1_b, epsilon, H, h + r * H);
   linear_forward(qkv, h, q, b);
-  decode_attention(step, q, nullptr, nullptr, n_head, true, nullptr, nullptr, attn);
+  decode_attention(step, q, nullptr, nullptr, true, nullptr, nullptr, attn);
   linear_forward(dense, attn, mid, b);
   add(post_ln_residual ? h : X, mid, Y, b * H);  // Y: the attention block's output
   for (int64_t r = 0; r < b; ++r) layer_norm(Y + r * H, ln2_w, ln2_b, epsilon, H, h + r * H);
@@ -244,11 +253,8 @@ std::vector<paddle::Tensor> LlamaLayer(const paddle::Tensor& x, const std::vecto
   const char* op = "belle_llama_layer";
   check_layer_input(x, layout, 7, op);
   const int64_t b = x.shape()[0], H = x.shape()[2];
-  PD_CHECK(key_cache.shape().size() == 4 && key_cache.shape()[3] > 0 && H % key_cache.shape()[3] == 0, op,
-           ": the cache ", shape_str(key_cache.shape()), " does not hold heads of the hidden size ", H);
-  const int64_t d = key_cache.shape()[3], n_head = H / d, kv = key_cache.shape()[1] * d;
-  const KVStep step = kv_step(key_cache, value_cache, columns, mask, paddle::optional<paddle::Tensor>(), n_head);
-  PD_CHECK(step.b == b, op, ": mask ", shape_str(mask.shape()), " is not for the ", b, " rows of x");
+  const KVStep step = layer_step(x, key_cache, value_cache, columns, mask, paddle::optional<paddle::Tensor>(), op);
+  const int64_t d = step.d, kv = step.kv * d;
   for (const paddle::Tensor* t : {&cos, &sin})
     PD_CHECK(t->is_cpu() && t->dtype() == paddle::DataType::FLOAT32 && t->numel() == b * d && t->is_contiguous(), op,
              ": cos and sin must be float32 [", b, ", ", d, "], got ", t->dtype(), " ", shape_str(t->shape()));
@@ -276,7 +282,7 @@ std::vector<paddle::Tensor> LlamaLayer(const paddle::Tensor& x, const std::vecto
   linear_forward(wq, h, q, b);
   linear_forward(wk, h, k, b);
   linear_forward(wv, h, v, b);
-  decode_attention(step, q, k, v, n_head, false, cos.data<float>(), sin.data<float>(), attn);
+  decode_attention(step, q, k, v, false, cos.data<float>(), sin.data<float>(), attn);
   linear_forward(wo, attn, g, b);
   add(X, g, Y, b * H);  // Y: the attention block's output
   for (int64_t r = 0; r < b; ++r) rms_norm(Y + r * H, ln2, epsilon, H, h + r * H);

@@ -33,24 +33,28 @@ LinearWeight dense_weight(const paddle::Tensor& w, const paddle::optional<paddle
 // y[M, N] = x[M, K] @ weight + bias (x's columns taken in perm's order first, act-order).
 void linear_forward(const LinearWeight& weight, const float* x, float* y, int64_t M);
 
-// A decoding step's KV caches [B, kv, L, d] (written in place), each row's column for its new key and value, and
-// the mask [b, width] of the keys each row attends over; ALiBi's slopes [n_head] or null.
+// A decoding step's KV caches [B, kv, L, d] (written in place), each row's column for its new key and value, the
+// mask [b, width] of the keys each row attends over, and its n_head query heads (a multiple of kv) with ALiBi's
+// slopes [n_head] or null.
 struct KVStep {
   float *key_cache, *value_cache;
   int64_t B, kv, L, d;
   const int64_t* columns;
   const int64_t* mask;
   int64_t b, width;
+  int64_t n_head;
   const float* slopes;
 };
 
-// belle_decode_attention's checks of the caches, columns, mask and slopes (n_head heads)
+// The checks of the caches, columns and mask (decode attention's, and a layer op's); `op` names the op in errors
 KVStep kv_step(paddle::Tensor& key_cache, paddle::Tensor& value_cache, const paddle::Tensor& columns,
-               const paddle::Tensor& mask, const paddle::optional<paddle::Tensor>& slopes, int64_t n_head);
+               const paddle::Tensor& mask, const char* op);
+// s's query heads, checked against its kv heads, and their slopes
+void set_heads(KVStep& s, int64_t n_head, const paddle::optional<paddle::Tensor>& slopes, const char* op);
 
 // out [b, n_head * d]: writes k, v into the caches and attends (decode_attention.cc). q [b, n_head, q_step]
 // (fused BLOOM qkv: q_step = 3d and k = q + d, v = q + 2d), cos/sin [b, d] or null.
-void decode_attention(const KVStep& s, const float* q, const float* k, const float* v, int64_t n_head, bool fused,
-                      const float* cos, const float* sin, float* out);
+void decode_attention(const KVStep& s, const float* q, const float* k, const float* v, bool fused, const float* cos,
+                      const float* sin, float* out);
 
 std::string shape_str(const std::vector<int64_t>& s);

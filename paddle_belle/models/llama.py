@@ -196,9 +196,11 @@ class LlamaDecoderLayer(Layer):
     def decode(self, x, cos, sin, step, layer):
         """``forward`` for a decoding step as one native op (kernels/decoder_layer.cc; models/bloom.py BloomBlock.decode
         says why), or None where the op does not apply (base.layer_params)."""
+        if cos.dtype != paddle.float32:
+            return None
         norms = self.input_layernorm.weight, self.post_attention_layernorm.weight
         found = base.layer_params(self, norms, ARCH, x.shape[0])
-        if found is None or cos.dtype != paddle.float32:
+        if found is None:
             return None
         params, layout = found
         keys, values = step.cache.buffers(layer)

@@ -99,14 +99,28 @@ def int8_activations(bits: int) -> bool:
     return bits in (4, 8) and _switch("PADDLE_BELLE_INT8_ACTIVATIONS", "0", on=True)
 
 
-def quant_matmul(x, qweight, scales, zeros, bits: int, group_size: int, bias=None, int8_x: bool | None = None):
+def quant_matmul(x, qweight, scales, zeros, bits: int, group_size: int, bias=None, int8_x: bool | None = None,
+                 tiled: bool = False):
     """x [..., K] @ the packed weight (quant/format.py) + bias, with the native kernel; group_size > 0 (K per
     channel). A bias that is not float32 is added afterwards. ``int8_x``: the integer path (4 and 8 bits only);
-    None: ``int8_activations(bits)``."""
+    None: ``int8_activations(bits)``. ``tiled``: qweight's bytes are in the kernels' tile order (retile)."""
     fused = bias is None or bias.dtype == paddle.float32
     int8_x = int8_activations(bits) if int8_x is None else bool(int8_x and bits in (4, 8))
-    out = _call("belle_quant_matmul", x, qweight, scales, zeros, bias if fused else None, bits, group_size, int8_x)
+    out = _call("belle_quant_matmul", x, qweight, scales, zeros, bias if fused else None, bits, group_size, int8_x,
+                tiled)
     return out if fused else out + bias
+
+
+def retile(qweight, in_features: int, bits: int, group_size: int, to_tiles: bool):
+    """Permute packed codes [stored rows, N] (``in_features`` inputs) in place, from the checkpoint's order into the
+    order the kernels read fastest (cpu_matmul.cc, "Tiles"), or back (``to_tiles=False``). Same bytes, same
+    memory. (Also with the kernels switched off since: codes they left in tile order still go back.)"""
+    if _loaded.get("module") is None and cpu_kernels() is None:
+        raise RuntimeError("paddle_belle: the native CPU kernels are not available")
+    try:
+        paddle._C_ops._run_custom_op("belle_retile", qweight, int(in_features), bits, group_size, bool(to_tiles))
+    except OSError as e:
+        raise ValueError(str(e).strip().splitlines()[0]) from None
 
 
 def dense_matmul(x, w, bias=None):

@@ -243,7 +243,30 @@ struct Args {  // one call, all row-major and contiguous
   const float* xp = nullptr;     // x @ E^T's many-rows loop: x packed in blocks of xp_rows rows (pack_rows_x)
   int64_t xp_rows = 0;
   alignas(64) float lut[16] = {};  // code - zero for each 4-bit code (symmetric: the tile's Lut)
+  bool tiled = false;            // packed codes in tile order (Tiles below)
 };
+
+// Tiles: packed codes as the kernels read them when decoding, each chunk's stored rows (CHUNK K-values of one group)
+// TILE columns at a time, one tile's rows after another ([rows, TILE] row-major, the last tile of a row narrower when
+// N is not a multiple of TILE), chunk after chunk: the same bytes as the checkpoint's [stored rows, N], permuted
+// within each chunk (belle_retile, in place; quant/linear.py QuantLinear keeps the layer's codes so while the kernels
+// use them). One row of x then reads one sequential run of memory a thread, where the checkpoint's order has it read
+// a tile's 16 (int4) or 32 (int8) rows from as many places N bytes apart: more streams than the prefetchers and the
+// memory pages serve at full speed. TILE is the AVX-512 tile's width (the AVX2 and scalar tiles read within a tile).
+// See "Tiles, measured" at belle_retile.
+constexpr int64_t TILE = 64, TILE_AHEAD = 4096;  // TILE_AHEAD: bytes a tiled stream is prefetched ahead (into L2)
+
+struct Rows {
+  const char* p;   // stored row chunk.k0 / per at column n
+  int64_t stride;  // bytes from one stored row to the next, same columns
+};
+static inline Rows rows_at(const Args& a, const Chunk& chunk, int per, int64_t n) {
+  const int64_t s0 = chunk.k0 / per;
+  const char* w = static_cast<const char*>(a.w) + s0 * a.N;
+  if (!a.tiled) return {w + n, a.N};
+  const int64_t rows = (chunk.k1 + per - 1) / per - s0, t = n / TILE * TILE, width = std::min(TILE, a.N - t);
+  return {w + t * rows + (n - t), width};
+}
 
 // What a stored row of chunk prefetches, as a byte offset from its tile at column n0: the tile `columns` further
 // along the row. Streaming (STREAM_ROWS rows or fewer over packed codes), a thread reads its chunks one after another,
@@ -255,6 +278,7 @@ struct Args {  // one call, all row-major and contiguous
 // 4096 x 16384 (long rows: the wrap is rare) 1-3 % less.
 static inline int64_t ahead_offset(const Args& a, const Chunk& chunk, int per, int column_bytes, int64_t n0,
                                    int64_t columns, bool streaming) {
+  if (a.tiled) return TILE_AHEAD;  // one sequential run
   const int64_t rows = (chunk.k1 - chunk.k0 + per - 1) / per;  // stored rows of the chunk
   return (columns + (streaming && n0 + columns >= a.N ? (rows - 1) * a.N : 0)) * column_bytes;
 }
@@ -262,6 +286,11 @@ static inline int64_t ahead_offset(const Args& a, const Chunk& chunk, int per, i
 // A thread's first tiles, which no earlier tile prefetched: columns [n0, n1) of its first chunk's rows, into L2.
 static inline void stream_start(const Args& a, int per, int column_bytes, int64_t n0, int64_t n1) {
   if (a.chunks.empty()) return;
+  if (a.tiled) {  // tiles: the first TILE_AHEAD bytes of the thread's run
+    const char* p = rows_at(a, a.chunks[0], per, n0).p;
+    for (int64_t line = 0; line < TILE_AHEAD; line += 64) __builtin_prefetch(p + line, 0, 2);
+    return;
+  }
   for (int64_t kb = a.chunks[0].k0 / per; kb * per < a.chunks[0].k1; ++kb)
     for (int64_t n = n0 * column_bytes; n < n1 * column_bytes; n += 64)
       __builtin_prefetch(static_cast<const char*>(a.w) + kb * a.N * column_bytes + n, 0, 2);
@@ -343,8 +372,10 @@ static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   // In-process A/B, 2 threads, weights rotated over 1.5 GB (beyond the host's L3), one row, ms, before -> after: int4
   // 4096 x 16384 1.62 -> 1.36, 4096 x 4096 0.46 -> 0.40, 1024 x 4096 0.121 -> 0.104 (3 rows 3.11 -> 2.79); int4
   // asymmetric and int8 2-5 % less.
-  const char* row = F::at(a, chunk.k0 / F::PER, n0);  // chunks start on a whole byte
-  const int64_t stride = chunk.step * a.N * F::column_bytes;
+  const Rows rows = F::quantized ? rows_at(a, chunk, F::PER, n0)  // chunks start on a whole byte
+                                 : Rows{F::at(a, chunk.k0, n0), chunk.step * a.N * F::column_bytes};
+  const char* row = rows.p;
+  const int64_t stride = rows.stride;
   const int64_t ahead = ahead_offset(a, chunk, F::PER, F::column_bytes, n0, ahead_columns, streaming);
   if (F::quantized && a.prefetch) {
     int64_t n = n0 + ahead_columns, g = chunk.g;
@@ -487,11 +518,15 @@ static inline void decode_tile(const Args& a, int64_t c0, int64_t c1, int64_t n0
       zero[j] = a.zeros ? I::bytes(a.zeros + chunk.g * a.N + n0 + j * I::W) : I::set1i(a.zero);
       scale[j] = I::loadf(a.scales + chunk.g * a.N + n0 + j * I::W);
     }
+    Rows rows[NV];
+    for (int j = 0; j < NV; ++j) rows[j] = rows_at(a, chunk, F::PER, n0 + j * I::W);
     for (int64_t kb = chunk.k0 / F::PER; kb * F::PER < chunk.k1; ++kb) {  // as tile(), prefetch included
-      const char* ahead = F::at(a, kb, n0 + PREFETCH_TILES * NV * I::W);
+      const int64_t r0 = kb - chunk.k0 / F::PER;
+      const char* ahead = a.tiled ? rows[0].p + r0 * rows[0].stride + PREFETCH_TILES * TILE * CHUNK / F::PER
+                                  : F::at(a, kb, n0 + PREFETCH_TILES * NV * I::W);
       for (int line = 0; line < NV * I::W * F::column_bytes; line += 64) __builtin_prefetch(ahead + line);
       typename F::template Raw<I> raw[NV];
-      for (int j = 0; j < NV; ++j) raw[j] = F::template read<I>(F::at(a, kb, n0 + j * I::W));
+      for (int j = 0; j < NV; ++j) raw[j] = F::template read<I>(rows[j].p + r0 * rows[j].stride);
       for (int r = 0; r < F::PER; ++r) {
         const int64_t k = kb * F::PER + r;
         if (F::PER > 1 && k >= chunk.k1) break;
@@ -833,22 +868,23 @@ static inline void itile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   constexpr int QV = I::QV, PER = 8 / S, ROWS = 4 / PER;  // ROWS: stored rows of 4 K-values
   constexpr bool streaming = MB <= STREAM_ROWS;
   const Chunk& chunk = a.chunks[c];
-  const uint8_t* w = static_cast<const uint8_t*>(a.w);
   Vi acc[MB][QV];
   for (int i = 0; i < MB; ++i)
     for (int j = 0; j < QV; ++j) acc[i][j] = I::set1i(0);
   const int64_t steps = (chunk.k1 - chunk.k0 + 3) / 4, stored = (a.K + PER - 1) / PER;
-  const int64_t ahead = n0 + ahead_offset(a, chunk, PER, 1, n0, ahead_tiles<streaming> * QV * I::W, streaming);
+  const Rows rows = rows_at(a, chunk, PER, n0);
+  const int64_t ahead = ahead_offset(a, chunk, PER, 1, n0, ahead_tiles<streaming> * QV * I::W, streaming);
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t kb = chunk.k0 / PER + s * ROWS;  // chunks start on a whole byte
+    const uint8_t* p = reinterpret_cast<const uint8_t*>(rows.p) + s * ROWS * rows.stride;
     for (int r = 0; r < ROWS; ++r)  // as the float tile: a tile ahead, row by row
-      prefetch<streaming>(reinterpret_cast<const char*>(w + (kb + r) * a.N + ahead));
+      prefetch<streaming>(p + r * rows.stride + ahead);
     Vi codes[QV];
     if (kb + ROWS <= stored) {
-      I::template quads<S>(w + kb * a.N + n0, a.N, codes);
+      I::template quads<S>(p, rows.stride, codes);
     } else {  // the weight's last rows: past them, zeros (their q is 0 too) instead of reading beyond the end
       alignas(64) uint8_t pad[ROWS][64] = {};
-      for (int64_t r = 0; kb + r < stored; ++r) std::memcpy(pad[r], w + (kb + r) * a.N + n0, QV * I::W);
+      for (int64_t r = 0; kb + r < stored; ++r) std::memcpy(pad[r], p + r * rows.stride, QV * I::W);
       I::template quads<S>(pad[0], 64, codes);
     }
     for (int i = 0; i < MB; ++i) {
@@ -967,17 +1003,19 @@ template <class I, int S>
 static inline void decode_quads(const Args& a, int64_t c, int64_t n0, typename I::Vi* buf) {
   constexpr int QV = I::QV, PER = 8 / S, ROWS = 4 / PER;
   const Chunk& chunk = a.chunks[c];
-  const uint8_t* w = static_cast<const uint8_t*>(a.w);
   const int64_t steps = (chunk.k1 - chunk.k0 + 3) / 4, stored = (a.K + PER - 1) / PER;
+  const Rows rows = rows_at(a, chunk, PER, n0);
+  const int64_t ahead = a.tiled ? PREFETCH_TILES * TILE * CHUNK / PER : PREFETCH_TILES * QV * I::W;
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t kb = chunk.k0 / PER + s * ROWS;
+    const uint8_t* p = reinterpret_cast<const uint8_t*>(rows.p) + s * ROWS * rows.stride;
     typename I::Vi* codes = buf + s * QV;
-    for (int r = 0; r < ROWS; ++r) __builtin_prefetch(w + (kb + r) * a.N + n0 + PREFETCH_TILES * QV * I::W);
+    for (int r = 0; r < ROWS; ++r) __builtin_prefetch(p + r * rows.stride + ahead);
     if (kb + ROWS <= stored) {
-      I::template quads<S>(w + kb * a.N + n0, a.N, codes);
+      I::template quads<S>(p, rows.stride, codes);
     } else {  // as itile: zeros past the weight's last row
       alignas(64) uint8_t pad[ROWS][64] = {};
-      for (int64_t r = 0; kb + r < stored; ++r) std::memcpy(pad[r], w + (kb + r) * a.N + n0, QV * I::W);
+      for (int64_t r = 0; kb + r < stored; ++r) std::memcpy(pad[r], p + r * rows.stride, QV * I::W);
       I::template quads<S>(pad[0], 64, codes);
     }
     I::natural(codes);
@@ -1541,7 +1579,7 @@ static void fill_bias(float* y, int64_t m, int64_t n, const float* bias) {
 
 LinearWeight packed_weight(const paddle::Tensor& qweight, const paddle::Tensor& scales,
                            const paddle::optional<paddle::Tensor>& zeros, const paddle::optional<paddle::Tensor>& bias,
-                           int64_t K, int bits, int group_size, bool int8_x, const std::string& op) {
+                           int64_t K, int bits, int group_size, bool int8_x, bool tiled, const std::string& op) {
   PD_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, op, ": bits must be 2, 3, 4 or 8, got ", bits);
   const int storage = bits == 3 ? 4 : bits, per = 8 / storage;
   PD_CHECK(qweight.is_cpu() && qweight.dtype() == paddle::DataType::UINT8 && qweight.shape().size() == 2 &&
@@ -1565,6 +1603,7 @@ LinearWeight packed_weight(const paddle::Tensor& qweight, const paddle::Tensor& 
   w.scales = scales.data<float>(), w.zeros = zeros ? zeros->data<uint8_t>() : nullptr;
   w.bias = check_bias(bias, N, op), w.bits = bits, w.group_size = group_size;
   w.int8_x = int8_x && (bits == 8 || bits == 4);  // the integer path (the caller's choice: paddle_belle/kernels)
+  w.tiled = tiled;
   return w;
 }
 
@@ -1606,6 +1645,7 @@ static void product(const LinearWeight& weight, const float* x, float* y, int64_
     x = permuted.data();
   }
   Args a{x, y, M, K, N, weight.w, weight.scales, weight.zeros, 0, weight.bias};
+  a.tiled = weight.tiled;
   switch (weight.format) {
     case LinearWeight::kFloat32: return rows ? run_rows<Float32>(a) : run<Float32>(a, K);
     case LinearWeight::kBFloat16: return rows ? run_rows<BFloat16>(a) : run<BFloat16>(a, K);
@@ -1632,11 +1672,11 @@ static paddle::Tensor output(const paddle::Tensor& x, int64_t N) {
 std::vector<paddle::Tensor> QuantMatmul(const paddle::Tensor& x, const paddle::Tensor& qweight,
                                         const paddle::Tensor& scales, const paddle::optional<paddle::Tensor>& zeros,
                                         const paddle::optional<paddle::Tensor>& bias, int bits, int group_size,
-                                        bool int8_x) {
+                                        bool int8_x, bool tiled) {
   const char* op = "belle_quant_matmul";
   check_x(x, op);
   const int64_t K = x.shape().back();
-  const LinearWeight w = packed_weight(qweight, scales, zeros, bias, K, bits, group_size, int8_x, op);
+  const LinearWeight w = packed_weight(qweight, scales, zeros, bias, K, bits, group_size, int8_x, tiled, op);
   auto y = output(x, w.N);
   product(w, x.data<float>(), y.data<float>(), K ? x.numel() / K : 0, false);
   return {y};
@@ -1690,7 +1730,7 @@ std::vector<paddle::DataType> DenseMatmulDtype(const paddle::DataType&, const pa
 PD_BUILD_OP(belle_quant_matmul)
     .Inputs({"X", "QWeight", "Scales", paddle::Optional("Zeros"), paddle::Optional("Bias")})
     .Outputs({"Out"})
-    .Attrs({"bits: int", "group_size: int", "int8_x: bool"})
+    .Attrs({"bits: int", "group_size: int", "int8_x: bool", "tiled: bool"})
     .SetKernelFn(PD_KERNEL(QuantMatmul))
     .SetInferShapeFn(PD_INFER_SHAPE(QuantMatmulShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(QuantMatmulDtype));
@@ -1708,3 +1748,56 @@ PD_BUILD_OP(belle_rows_matmul)
     .SetKernelFn(PD_KERNEL(RowsMatmul))
     .SetInferShapeFn(PD_INFER_SHAPE(RowsMatmulShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(DenseMatmulDtype));
+
+// ------------------------------------------------------------------------------------------ tiles
+// Tiles, measured (one row, weights rotated beyond the L3 cache, in one process, alternating with the checkpoint's
+// order): see the README's "BELLE-7B on your CPU" and issue 14's stop-31 note.
+// qweight [stored rows, N] (K inputs, `bits`, `group_size`) from the checkpoint's order into tile order (Tiles, above),
+// or back (to_tiles false), in place: one chunk's stored rows at a time through a copy of them.
+std::vector<paddle::Tensor> Retile(paddle::Tensor& qweight, int64_t K, int bits, int group_size, bool to_tiles) {
+  const char* op = "belle_retile";
+  PD_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, op, ": bits must be 2, 3, 4 or 8, got ", bits);
+  const int64_t per = 8 / (bits == 3 ? 4 : bits);
+  PD_CHECK(qweight.is_cpu() && qweight.dtype() == paddle::DataType::UINT8 && qweight.shape().size() == 2 &&
+               qweight.shape()[0] == (K + per - 1) / per && qweight.is_contiguous(),
+           op, ": qweight must be contiguous uint8 [", (K + per - 1) / per, ", N] for ", K, " inputs at ", bits,
+           " bits, got ", qweight.dtype(), " ", shape_str(qweight.shape()));
+  PD_CHECK(group_size > 0 && (group_size % per == 0 || group_size >= K), op, ": bad group_size ", group_size);
+  Args a{};
+  a.K = K, a.N = qweight.shape()[1];
+  add_chunks(a, group_size);
+  uint8_t* w = qweight.data<uint8_t>();
+  const int64_t N = a.N, chunks = a.chunks.size();
+#pragma omp parallel
+  {
+    std::vector<uint8_t> copy;
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const Chunk& chunk = a.chunks[c];
+      const int64_t s0 = chunk.k0 / per, rows = (chunk.k1 + per - 1) / per - s0;
+      uint8_t* slab = w + s0 * N;
+      copy.assign(slab, slab + rows * N);
+      for (int64_t t = 0; t < N; t += TILE) {
+        const int64_t width = std::min(TILE, N - t);
+        for (int64_t r = 0; r < rows; ++r) {
+          uint8_t *tiled = slab + t * rows + r * width, *plain = slab + r * N + t;
+          if (to_tiles) std::memcpy(tiled, copy.data() + r * N + t, width);
+          else std::memcpy(plain, copy.data() + t * rows + r * width, width);
+        }
+      }
+    }
+  }
+  return {};  // qweight is the in-place output
+}
+
+std::vector<std::vector<int64_t>> RetileShape(const std::vector<int64_t>& qweight) { return {qweight}; }
+std::vector<paddle::DataType> RetileDtype(const paddle::DataType& qweight) { return {qweight}; }
+
+PD_BUILD_OP(belle_retile)
+    .Inputs({"QWeight"})
+    .Outputs({"Out"})
+    .Attrs({"K: int64_t", "bits: int", "group_size: int", "to_tiles: bool"})
+    .SetInplaceMap({{"QWeight", "Out"}})
+    .SetKernelFn(PD_KERNEL(Retile))
+    .SetInferShapeFn(PD_INFER_SHAPE(RetileShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(RetileDtype));

@@ -18,9 +18,9 @@
 // Inputs: X [b, 1, hidden] float32; Params: the two norms' weights (BLOOM: weight and bias each), then each
 // Linear's tensors in the order above, as `layout` describes them (three numbers a Linear: bits, 0 for a dense
 // weight [in, out] in float32/bfloat16/float16, else the packed codes of quant/format.py; group_size; flags ZEROS |
-// PERM | BIAS | INT8_X, saying which of qweight, scales, zeros, perm, bias follow); the caches, columns, mask and
-// ALiBi's slopes (BLOOM) or RoPE's cos and sin [b, head_dim] (LLaMA) as belle_decode_attention takes them. Out:
-// [b, 1, hidden].
+// PERM | BIAS | INT8_X | TILED, saying which of qweight, scales, zeros, perm, bias follow, and TILED that the codes
+// are in the kernels' tile order, cpu_matmul.cc); the caches, columns, mask and ALiBi's slopes (BLOOM) or RoPE's cos
+// and sin [b, head_dim] (LLaMA) as belle_decode_attention takes them. Out: [b, 1, hidden].
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -30,7 +30,7 @@
 
 namespace {
 
-enum Flags { ZEROS = 1, PERM = 2, BIAS = 4, INT8_X = 8 };
+enum Flags { ZEROS = 1, PERM = 2, BIAS = 4, INT8_X = 8, TILED = 16 };
 const char* const BLOOM_LINEARS[] = {"self_attention.query_key_value", "self_attention.dense",
                                      "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"};
 const char* const LLAMA_LINEARS[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -162,7 +162,7 @@ LinearWeight Params::linear(int i, const char* const* names, int64_t K) {
   const auto zeros = optional(flags & ZEROS, "zeros");
   const auto perm = optional(flags & PERM, "perm");
   LinearWeight w = packed_weight(qweight, scales, zeros, optional(flags & BIAS, "bias"), K, bits, group_size,
-                                 flags & INT8_X, name);
+                                 flags & INT8_X, flags & TILED, name);
   if (perm) {
     PD_CHECK(perm->is_cpu() && perm->dtype() == paddle::DataType::INT32 && perm->numel() == K, name,
              ": perm must be int32 [", K, "], got ", perm->dtype(), " ", shape_str(perm->shape()));

@@ -20,13 +20,14 @@ struct LinearWeight {
   const float* bias = nullptr;      // [N] or null
   int bits = 0, group_size = 0;     // (packed)
   bool int8_x = false;              // (packed, 4/8 bits) the integer path: x quantized to int8
+  bool tiled = false;               // (packed) the codes in the kernels' tile order (cpu_matmul.cc, Tiles)
 };
 
 // The checks of belle_quant_matmul / belle_dense_matmul, then the weight; `op` names the op (or the tensor) in
 // the one-line error.
 LinearWeight packed_weight(const paddle::Tensor& qweight, const paddle::Tensor& scales,
                            const paddle::optional<paddle::Tensor>& zeros, const paddle::optional<paddle::Tensor>& bias,
-                           int64_t K, int bits, int group_size, bool int8_x, const std::string& op);
+                           int64_t K, int bits, int group_size, bool int8_x, bool tiled, const std::string& op);
 LinearWeight dense_weight(const paddle::Tensor& w, const paddle::optional<paddle::Tensor>& bias, int64_t K,
                           const std::string& op);
 

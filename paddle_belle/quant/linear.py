@@ -41,6 +41,7 @@ class QuantLinear(nn.Layer):
         self.register_buffer("perm", paddle.arange(in_features, dtype="int32") if config.act_order else None)
         self.bias = self.create_parameter([out_features], dtype=dtype, is_bias=True) if bias else None
         self._weight_only = None  # GPU: (weight, scale, algo) prepared for weight_only_linear, False if unusable
+        self._tiles = None  # qweight's memory (data_ptr) while its bytes are in the kernels' tile order
 
     @classmethod
     def from_codes(cls, codes, scales, zeros, config: QuantConfig, perm=None, bias=None) -> "QuantLinear":
@@ -63,13 +64,46 @@ class QuantLinear(nn.Layer):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={c.bits}, "
                 f"group_size={c.group_size}, sym={c.sym}, act_order={c.act_order}")
 
+    # ------------------------------------------------------------------------------------------ tile order
+    # The CPU kernels read the codes fastest in their tile order (kernels/cpu_matmul.cc, "Tiles": each group's
+    # chunks of rows a 64-column tile at a time): the first kernel call permutes qweight so, in place (the same
+    # bytes), and everything that reads it as the checkpoint's [rows, out] puts it back first: ``layer.qweight``, the
+    # state dict (saving), moving the layer (``to``), codes() (the Paddle and GPU paths, lookups on the GPU). The
+    # order belongs to the buffer's memory: loading weights hands the buffer new memory, in the checkpoint's order.
+    def _kernel_codes(self):
+        qweight = self._buffers["qweight"]
+        if self._tiles != qweight.data_ptr():
+            kernels.retile(qweight, self.in_features, self.config.bits, self.group_size, True)
+            self._tiles = qweight.data_ptr()
+        return qweight
+
+    def _plain_codes(self):
+        qweight = self._buffers["qweight"]
+        if self._tiles is not None and self._tiles == qweight.data_ptr():
+            kernels.retile(qweight, self.in_features, self.config.bits, self.group_size, False)
+        self._tiles = None
+        return qweight
+
+    def __getattr__(self, name):
+        if name == "qweight" and self.__dict__.get("_tiles") is not None:  # (forward reads self._buffers directly)
+            return self._plain_codes()
+        return super().__getattr__(name)
+
+    def _state_dict_impl(self, *args, **kwargs):
+        self._plain_codes()
+        return super()._state_dict_impl(*args, **kwargs)
+
+    def _apply(self, *args, **kwargs):
+        self._plain_codes()
+        return super()._apply(*args, **kwargs)
+
     # ------------------------------------------------------------------------------------------ weights
     def codes(self, start: int = 0, stop: int | None = None, columns=None) -> paddle.Tensor:
         """Unpacked codes (int32) of stored rows [start, stop); ``start`` is a multiple of per_byte. ``columns``
         (int64 indices): those output columns only, in that order, read without touching the others."""
         stop = self.in_features if stop is None else stop
         per, bits = self.config.per_byte, self.config.storage_bits
-        packed = self.qweight[start // per : -(-stop // per)]
+        packed = self._plain_codes()[start // per : -(-stop // per)]
         if columns is not None:
             packed = paddle.gather(packed, columns, axis=1)  # (index_select has no uint8 kernel on CPU)
         packed = packed.astype("int32")
@@ -117,8 +151,8 @@ class QuantLinear(nn.Layer):
             if out is not None:
                 return out
         elif kernels.usable(x):  # the native CPU kernel reads the packed codes directly, every bit width
-            return kernels.quant_matmul(x, buffers["qweight"], buffers["scales"], buffers["zeros"], self.config.bits,
-                                        self.group_size, self._parameters.get("bias"))
+            return kernels.quant_matmul(x, self._kernel_codes(), buffers["scales"], buffers["zeros"], self.config.bits,
+                                        self.group_size, self._parameters.get("bias"), tiled=True)
         if kernels.int8_activations(self.config.bits) and kernels.cpu_inference(x):  # what the kernel would compute
             return self._int8_blockwise_forward(x)
         return self._blockwise_forward(x)
@@ -212,7 +246,7 @@ class QuantEmbedding(QuantLinear):
         self.dtype_name = dtype  # what lookups return: the model's activations
 
     def forward(self, ids):
-        if ids.place.is_cpu_place() and self.qweight.place.is_cpu_place():
+        if ids.place.is_cpu_place() and self._buffers["qweight"].place.is_cpu_place():
             return self._cpu_lookup(ids)
         flat = ids.reshape([-1]).astype("int64")
         return self.dequantize(dtype=self.dtype_name, columns=flat).t().reshape([*ids.shape, self.in_features])
@@ -226,12 +260,34 @@ class QuantEmbedding(QuantLinear):
         view = lambda name: np.from_dlpack(self._buffers[name].detach())[:, flat]  # noqa: E731
         scales = view("scales")
         zeros = view("zeros") if self.zeros is not None else np.full(scales.shape, 1 << (self.config.bits - 1))
-        table = dequantize(unpack(view("qweight"), self.config.bits, self.in_features), scales, zeros, self.group_size)
+        table = dequantize(unpack(self._code_columns(flat), self.config.bits, self.in_features), scales, zeros,
+                           self.group_size)
         out = paddle.to_tensor(np.ascontiguousarray(table.T).reshape([*ids.shape, self.in_features]))
         return out if self.dtype_name == "float32" else out.astype(self.dtype_name)
 
     def logits(self, x):
         return super().forward(x)
+
+    def _code_columns(self, flat):
+        """The packed codes of columns ``flat`` [stored rows, len(flat)], read in whichever order qweight is: the
+        head's kernel keeps it in tile order (QuantLinear), and every lookup putting it back would cost a pass over
+        the table a token."""
+        qweight = self._buffers["qweight"]
+        codes = np.from_dlpack(qweight.detach())
+        if self._tiles != qweight.data_ptr():
+            return codes[:, flat]
+        if getattr(self, "_slabs", None) is None:  # each stored row's chunk: its first stored row and its row count
+            per, K, G = self.config.per_byte, self.in_features, self.group_size
+            chunks = [(k, min(k + 32, g + G, K)) for g in range(0, K, G) for k in range(g, min(g + G, K), 32)]
+            first = np.concatenate([np.full(-(-k1 // per) - k0 // per, k0 // per) for k0, k1 in chunks])
+            rows = np.concatenate([np.full(-(-k1 // per) - k0 // per, -(-k1 // per) - k0 // per) for k0, k1 in chunks])
+            self._slabs = first[:, None].astype(np.int64), rows[:, None].astype(np.int64)
+        first, rows = self._slabs
+        N, flat = codes.shape[1], flat.astype(np.int64)[None, :]
+        tile = flat // 64 * 64
+        width = np.minimum(64, N - tile)
+        stored = np.arange(codes.shape[0], dtype=np.int64)[:, None]
+        return codes.reshape(-1)[first * N + tile * rows + (stored - first) * width + flat - tile]
 
 
 class HalfLinear(nn.Layer):
@@ -288,9 +344,9 @@ def linear(layer, x):
 def kernel_weight(layer, rows: int):
     """What a native layer op (kernels/decoder_layer.cc) needs to compute ``linear(layer, x)`` for ``rows`` float32
     rows of CPU inference as linear() would through the kernels: the tensors (weight or packed codes, scales, zeros,
-    perm, bias, those present) and (bits, 0 for a dense weight; group_size; flags ZEROS 1 | PERM 2 | BIAS 4 |
-    INT8_X 8). None where linear() would not take a kernel: hooks, a non-float32 bias, a float32 Linear with
-    gradients on or past FLOAT_KERNEL_ROWS, another layer type."""
+    perm, bias, those present; packed codes put in tile order) and (bits, 0 for a dense weight; group_size; flags
+    ZEROS 1 | PERM 2 | BIAS 4 | INT8_X 8 | TILED 16). None where linear() would not take a kernel: hooks, a
+    non-float32 bias, a float32 Linear with gradients on or past FLOAT_KERNEL_ROWS, another layer type."""
     if layer._forward_pre_hooks or layer._forward_post_hooks:
         return None
     kind, parameters = type(layer), layer._parameters
@@ -300,12 +356,12 @@ def kernel_weight(layer, rows: int):
     flags = 4 if bias is not None else 0
     if kind is QuantLinear:
         buffers, bits = layer._buffers, layer.config.bits
-        tensors = [buffers["qweight"], buffers["scales"]]
+        tensors = [layer._kernel_codes(), buffers["scales"]]
         for name, flag in (("zeros", 1), ("perm", 2)):
             if buffers[name] is not None:
                 tensors.append(buffers[name])
                 flags |= flag
-        layout = (bits, layer.group_size, flags | (8 if kernels.int8_activations(bits) else 0))
+        layout = (bits, layer.group_size, flags | (8 if kernels.int8_activations(bits) else 0) | 16)
     elif kind is HalfLinear or (kind is nn.Linear and rows in FLOAT_KERNEL_ROWS and not paddle.is_grad_enabled()
                                 and parameters["weight"].dtype == paddle.float32):
         tensors, layout = [parameters["weight"]], (0, 0, flags)

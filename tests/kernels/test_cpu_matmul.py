@@ -416,7 +416,7 @@ def test_tiny_models_same_greedy_ids_as_the_paddle_path(family, bits, ops, monke
     assert isinstance(model.get_input_embeddings(), QuantEmbedding)
     calls = []
     real = kernels.quant_matmul
-    monkeypatch.setattr(kernels, "quant_matmul", lambda x, q, *a: calls.append(q.shape[1]) or real(x, q, *a))
+    monkeypatch.setattr(kernels, "quant_matmul", lambda x, q, *a, **k: calls.append(q.shape[1]) or real(x, q, *a, **k))
     prompt = np.array([[5, 17, 42, 8], [3, 9, 60, 1]])
     for int8 in ("1", "0"):
         monkeypatch.setenv("PADDLE_BELLE_INT8_ACTIVATIONS", int8)
@@ -515,3 +515,56 @@ def test_a_first_build_prints_nothing(ops, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert list(tmp_path.glob("belle_cpu_kernels_*/*.so"))  # really built there
     assert run.stdout == "" and "Compiling" not in run.stderr
+
+
+def tile_order(plain, in_features, per, group):
+    """numpy's version of the kernels' tile order (cpu_matmul.cc, "Tiles"): in each chunk (32 inputs of one group)
+    its stored rows 64 columns at a time, [rows, width] row-major, tile after tile."""
+    out, N = np.empty_like(plain).reshape(-1), plain.shape[1]
+    group = in_features if group <= 0 else group
+    for g in range(0, in_features, group):
+        for k0 in range(g, min(g + group, in_features), 32):
+            k1 = min(k0 + 32, g + group, in_features)
+            s0, s1 = k0 // per, -(-k1 // per)
+            for t in range(0, N, 64):
+                block = plain[s0:s1, t : t + 64].reshape(-1)
+                start = s0 * N + t * (s1 - s0)
+                out[start : start + block.size] = block
+    return out.reshape(plain.shape)
+
+
+TILE_CONFIGS = CONFIGS + INT8_X_CONFIGS[2:3] + INT8_X_CONFIGS[-1:]
+TILE_IDS = CONFIG_IDS + ["int8-g96-actorder", "int4-g6"]
+
+
+@pytest.mark.parametrize("config", TILE_CONFIGS, ids=TILE_IDS)
+@pytest.mark.parametrize("int8", [False, True], ids=["float-x", "int8-x"])
+def test_tile_order_gives_the_same_products_bit_for_bit(config, int8, isa):
+    """belle_retile puts packed codes in the order the kernels read fastest (numpy's tile_order above), and back;
+    the products over either order are the same bits, on every path: 1-3 rows (streaming), 4, the many-rows loops
+    (5, 17), float and int8 x; K with partial groups and chunks, N with whole 64-column tiles and a partial one
+    (odd), and N below one tile."""
+    for k, n in ((200, 100), (257, 300), (328, 213), (5, 37)):
+        layer, _, bias = random_layer(config, k, n, seed=k + n)
+        plain = layer.qweight.numpy()
+        tiled = paddle.to_tensor(plain.copy())
+        kernels.retile(tiled, k, config.bits, layer.group_size, True)
+        np.testing.assert_array_equal(tiled.numpy(), tile_order(plain, k, config.per_byte, layer.group_size))
+        buffers = layer._buffers
+        for m in (1, 3, 4, 5, 17):
+            x = paddle.to_tensor(np.random.RandomState(m).standard_normal((m, k)).astype(np.float32))
+            if buffers["perm"] is not None:
+                x = paddle.gather(x, buffers["perm"], axis=-1)
+            args = (buffers["scales"], buffers["zeros"], config.bits, layer.group_size, paddle.to_tensor(bias), int8)
+            np.testing.assert_array_equal(kernels.quant_matmul(x, tiled, *args, tiled=True).numpy(),
+                                          kernels.quant_matmul(x, paddle.to_tensor(plain), *args).numpy())
+        kernels.retile(tiled, k, config.bits, layer.group_size, False)
+        np.testing.assert_array_equal(tiled.numpy(), plain)
+
+
+def test_retile_bad_input_is_one_line_naming_the_tensor(ops):
+    with pytest.raises(ValueError, match=r"^belle_retile: qweight must be contiguous uint8 \[100, N\] for 200 inputs "
+                                         r"at 4 bits, got int32 \[100, 7\]$"):
+        kernels.retile(paddle.zeros([100, 7], "int32"), 200, 4, 64, True)
+    with pytest.raises(ValueError, match=r"^belle_retile: qweight must be contiguous uint8 \[100, N\]"):
+        kernels.retile(paddle.zeros([99, 7], "uint8"), 200, 4, 64, True)

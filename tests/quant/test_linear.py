@@ -61,18 +61,57 @@ def test_quantized_embedding_lookup_and_head_equal_the_dequantized_table(embeddi
     monkeypatch.setenv("PADDLE_BELLE_KERNELS", kernels_on)
     monkeypatch.setenv("PADDLE_BELLE_INT8_ACTIVATIONS", "0")  # the exact head; int8 activations: test_cpu_matmul.py
     config = QuantConfig(method="rtn", embedding=embedding).embedding_config()
-    hidden, vocab = 200, 37  # int4: groups of 128, the last partial; an odd vocabulary
+    hidden, vocab = 200, 101  # int4: groups of 128, the last partial; an odd vocabulary (a 64-column tile and a part)
     head, weight, _ = random_layer(config, hidden, vocab, bias=False)
     layer = QuantEmbedding(hidden, vocab, config)
     layer.set_state_dict(head.state_dict())
     table = weight.T  # [vocab, hidden], float32, exact
-    ids = np.array([[3, 36, 0], [3, 5, 17]])
+    ids = np.array([[3, 36, 0], [100, 64, 17]])
     np.testing.assert_array_equal(layer(paddle.to_tensor(ids)).numpy(), table[ids])
     x = np.random.RandomState(2).standard_normal((2, 3, hidden)).astype(np.float32)
     with paddle.no_grad():
         logits = layer.logits(paddle.to_tensor(x)).numpy()
     expected = x.astype(np.float64) @ table.T.astype(np.float64)
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    # the head's kernel left the codes in its tile order: lookups read them so
+    assert (layer._tiles is not None) == (kernels_on == "1")
+    np.testing.assert_array_equal(layer(paddle.to_tensor(ids)).numpy(), table[ids])
+    assert (layer._tiles is not None) == (kernels_on == "1")
+
+
+@pytest.mark.parametrize("config", [QuantConfig(bits=4, group_size=64, method="rtn", sym=False, act_order=True),
+                                    QuantConfig(bits=8, group_size=-1, method="rtn")], ids=["int4-asym", "int8"])
+def test_kernel_tile_order_never_shows(config, tmp_path):
+    """The CPU kernels keep a layer's codes in their tile order (QuantLinear._kernel_codes), and whatever reads the
+    codes otherwise sees the checkpoint's order: ``layer.qweight``, the state dict (and so saving), codes(), moving
+    the layer, set_state_dict; and new weights loaded into the layer are taken as the checkpoint's order."""
+    from paddle_belle import kernels
+
+    if kernels.cpu_kernels() is None:
+        pytest.skip("the native CPU kernels could not be built here")
+    layer, weight, bias = random_layer(config, 200, 150)
+    plain = layer._buffers["qweight"].numpy().copy()
+    x = paddle.to_tensor(np.random.RandomState(3).standard_normal((1, 200)).astype(np.float32))
+    with paddle.no_grad():
+        expected = layer(x).numpy()
+        assert layer._tiles is not None and not np.array_equal(layer._buffers["qweight"].numpy(), plain)
+        np.testing.assert_array_equal(layer.qweight.numpy(), plain)  # put back
+        assert layer._tiles is None
+        layer(x)
+        np.testing.assert_array_equal(layer.state_dict()["qweight"].numpy(), plain)
+        layer(x)
+        paddle.save(layer.state_dict(), str(tmp_path / "layer.pdparams"))
+        np.testing.assert_array_equal(paddle.load(str(tmp_path / "layer.pdparams"))["qweight"].numpy(), plain)
+        layer(x)
+        np.testing.assert_array_equal(layer.codes().numpy() if config.bits == 8 else layer.qweight.numpy(), plain)
+        layer(x)
+        layer.to("cpu")
+        np.testing.assert_array_equal(layer._buffers["qweight"].numpy(), plain)
+        layer(x)
+        layer.set_state_dict({**layer.state_dict(), "qweight": paddle.to_tensor(plain)})
+        np.testing.assert_array_equal(layer(x).numpy(), expected)
+        layer._buffers["qweight"] = paddle.to_tensor(plain)  # new memory (as loading gives): the checkpoint's order
+        np.testing.assert_array_equal(layer(x).numpy(), expected)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 8, 16, 17, 64, 65])

@@ -114,7 +114,9 @@ def quant_matmul(x, qweight, scales, zeros, bits: int, group_size: int, bias=Non
 def retile(qweight, in_features: int, bits: int, group_size: int, to_tiles: bool):
     """Permute packed codes [stored rows, N] (``in_features`` inputs) in place, from the checkpoint's order into the
     order the kernels read fastest (cpu_matmul.cc, "Tiles"), or back (``to_tiles=False``). Same bytes, same
-    memory. (Also with the kernels switched off since: codes they left in tile order still go back.)"""
+    memory. ``bits`` 0: a dense weight [in_features, N] (float32, bfloat16, float16), whose fastest order is its
+    transpose [N, in_features] (the shape stays). (Also with the kernels switched off since: a weight they left in
+    their order still goes back.)"""
     if _loaded.get("module") is None and cpu_kernels() is None:
         raise RuntimeError("paddle_belle: the native CPU kernels are not available")
     try:
@@ -123,9 +125,10 @@ def retile(qweight, in_features: int, bits: int, group_size: int, to_tiles: bool
         raise ValueError(str(e).strip().splitlines()[0]) from None
 
 
-def dense_matmul(x, w, bias=None):
-    """x [..., K] @ w [K, N] (float32, bfloat16 or float16) + bias (float32 [N]), with the native kernel."""
-    return _call("belle_dense_matmul", x, w, bias)
+def dense_matmul(x, w, bias=None, transposed: bool = False):
+    """x [..., K] @ w [K, N] (float32, bfloat16 or float16) + bias (float32 [N]), with the native kernel.
+    ``transposed``: w's bytes are in retile's order for a dense weight, its transpose [N, K]."""
+    return _call("belle_dense_matmul", x, w, bias, transposed)
 
 
 def rows_matmul(x, e, bias=None):

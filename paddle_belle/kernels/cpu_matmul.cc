@@ -1607,10 +1607,11 @@ LinearWeight packed_weight(const paddle::Tensor& qweight, const paddle::Tensor& 
   return w;
 }
 
-// A dense weight in float32, bfloat16 or float16: w [K, N] ([in, out], a Linear), or with `rows` w [N, K] (the LM
-// head tied to the input embedding, read as stored: x @ w^T).
+// A dense weight in float32, bfloat16 or float16: w [K, N] ([in, out], a Linear), with `rows` w [N, K] (the LM
+// head tied to the input embedding, read as stored: x @ w^T), or with `transposed` a Linear's w [K, N] whose bytes
+// are its transpose [N, K] (belle_retile's order for a dense weight, read as x @ w^T too).
 static LinearWeight dense_weight(const paddle::Tensor& w, const paddle::optional<paddle::Tensor>& bias, int64_t K,
-                                 bool rows, const std::string& op) {
+                                 bool rows, bool transposed, const std::string& op) {
   const std::string k = std::to_string(K), want = rows ? "[N, " + k + "] ([out, in])" : "[" + k + ", N] ([in, out])";
   PD_CHECK(w.is_cpu() && w.shape().size() == 2 && w.shape()[rows ? 1 : 0] == K && w.is_contiguous(), op,
            ": w must be a contiguous CPU tensor ", want, ", got ", shape_str(w.shape()));
@@ -1624,16 +1625,18 @@ static LinearWeight dense_weight(const paddle::Tensor& w, const paddle::optional
                                                             : LinearWeight::kFloat16;
   LinearWeight out{format, w.data(), K, N};
   out.bias = check_bias(bias, N, op);
+  out.rows = rows || transposed;
   return out;
 }
 
 LinearWeight dense_weight(const paddle::Tensor& w, const paddle::optional<paddle::Tensor>& bias, int64_t K,
-                          const std::string& op) {
-  return dense_weight(w, bias, K, false, op);
+                          bool transposed, const std::string& op) {
+  return dense_weight(w, bias, K, false, transposed, op);
 }
 
-// y = x @ W (+ bias); `rows`: W stored [N, K] (x @ E^T). x's rows are read in perm's order when there is one.
-static void product(const LinearWeight& weight, const float* x, float* y, int64_t M, bool rows) {
+// y = x @ W (+ bias); W stored [N, K] (weight.rows: x @ E^T). x's rows are read in perm's order when there is one.
+static void product(const LinearWeight& weight, const float* x, float* y, int64_t M) {
+  const bool rows = weight.rows;
   const int64_t K = weight.K, N = weight.N;
   if (M == 0 || N == 0) return;
   if (K == 0) return fill_bias(y, M, N, weight.bias);
@@ -1661,7 +1664,7 @@ static void product(const LinearWeight& weight, const float* x, float* y, int64_
 }
 
 void linear_forward(const LinearWeight& weight, const float* x, float* y, int64_t M) {
-  product(weight, x, y, M, false);
+  product(weight, x, y, M);
 }
 
 static paddle::Tensor output(const paddle::Tensor& x, int64_t N) {
@@ -1678,28 +1681,29 @@ std::vector<paddle::Tensor> QuantMatmul(const paddle::Tensor& x, const paddle::T
   const int64_t K = x.shape().back();
   const LinearWeight w = packed_weight(qweight, scales, zeros, bias, K, bits, group_size, int8_x, tiled, op);
   auto y = output(x, w.N);
-  product(w, x.data<float>(), y.data<float>(), K ? x.numel() / K : 0, false);
+  product(w, x.data<float>(), y.data<float>(), K ? x.numel() / K : 0);
   return {y};
 }
 
 static std::vector<paddle::Tensor> dense(const paddle::Tensor& x, const paddle::Tensor& w,
-                                         const paddle::optional<paddle::Tensor>& bias, bool rows, const char* op) {
+                                         const paddle::optional<paddle::Tensor>& bias, bool rows, bool transposed,
+                                         const char* op) {
   check_x(x, op);
   const int64_t K = x.shape().back();
-  const LinearWeight weight = dense_weight(w, bias, K, rows, op);
+  const LinearWeight weight = dense_weight(w, bias, K, rows, transposed, op);
   auto y = output(x, weight.N);
-  product(weight, x.data<float>(), y.data<float>(), K ? x.numel() / K : 0, rows);
+  product(weight, x.data<float>(), y.data<float>(), K ? x.numel() / K : 0);
   return {y};
 }
 
 std::vector<paddle::Tensor> DenseMatmul(const paddle::Tensor& x, const paddle::Tensor& w,
-                                        const paddle::optional<paddle::Tensor>& bias) {
-  return dense(x, w, bias, false, "belle_dense_matmul");
+                                        const paddle::optional<paddle::Tensor>& bias, bool transposed) {
+  return dense(x, w, bias, false, transposed, "belle_dense_matmul");
 }
 
 std::vector<paddle::Tensor> RowsMatmul(const paddle::Tensor& x, const paddle::Tensor& e,
                                        const paddle::optional<paddle::Tensor>& bias) {
-  return dense(x, e, bias, true, "belle_rows_matmul");
+  return dense(x, e, bias, true, false, "belle_rows_matmul");
 }
 
 std::vector<std::vector<int64_t>> RowsMatmulShape(const std::vector<int64_t>& x, const std::vector<int64_t>& e,
@@ -1738,6 +1742,7 @@ PD_BUILD_OP(belle_quant_matmul)
 PD_BUILD_OP(belle_dense_matmul)
     .Inputs({"X", "W", paddle::Optional("Bias")})
     .Outputs({"Out"})
+    .Attrs({"transposed: bool"})
     .SetKernelFn(PD_KERNEL(DenseMatmul))
     .SetInferShapeFn(PD_INFER_SHAPE(DenseMatmulShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(DenseMatmulDtype));
@@ -1752,11 +1757,46 @@ PD_BUILD_OP(belle_rows_matmul)
 // ------------------------------------------------------------------------------------------ tiles
 // Tiles, measured (one row, weights rotated beyond the L3 cache, in one process, alternating with the checkpoint's
 // order): see the README's "BELLE-7B on your CPU" and issue 14's stop-31 note.
-// qweight [stored rows, N] (K inputs, `bits`, `group_size`) from the checkpoint's order into tile order (Tiles, above),
-// or back (to_tiles false), in place: one chunk's stored rows at a time through a copy of them.
+// A dense weight w [K, N] (bits 0: float32, bfloat16, float16) into its transpose's order [N, K] (read as x @ w^T,
+// whose dot products each stream one row: 7B's bfloat16 Linears, one row, 35-40 -> 45-59 GB/s against the
+// [K, N] read; README, "BELLE-7B on your CPU"), or back; the tensor's shape stays [K, N].
+template <class T> static void transpose_into(const T* in, T* out, int64_t rows, int64_t cols) {
+  constexpr int64_t B = 64;  // in [rows, cols] -> out [cols, rows], 64 x 64 blocks (both sides a few lines a block)
+#pragma omp parallel for schedule(static)
+  for (int64_t c0 = 0; c0 < cols; c0 += B)
+    for (int64_t r0 = 0; r0 < rows; r0 += B)
+      for (int64_t c = c0; c < std::min(cols, c0 + B); ++c)
+        for (int64_t r = r0; r < std::min(rows, r0 + B); ++r) out[c * rows + r] = in[r * cols + c];
+}
+static void transpose_in_place(paddle::Tensor& w, int64_t K, bool to_rows) {
+  const int64_t N = w.shape()[1], rows = to_rows ? K : N, cols = to_rows ? N : K;  // [rows, cols] -> [cols, rows]
+  if (w.dtype() == paddle::DataType::FLOAT32) {
+    float* data = w.data<float>();
+    const std::vector<float> copy(data, data + K * N);
+    transpose_into(copy.data(), data, rows, cols);
+  } else {
+    uint16_t* data = static_cast<uint16_t*>(w.data());
+    const std::vector<uint16_t> copy(data, data + K * N);
+    transpose_into(copy.data(), data, rows, cols);
+  }
+}
+
+// qweight [stored rows, N] (K inputs, `bits`, `group_size`) from the checkpoint's order into tile order (Tiles,
+// above), or back (to_tiles false), in place: one chunk's stored rows at a time through a copy of them. bits 0: a
+// dense weight, transposed (above).
 std::vector<paddle::Tensor> Retile(paddle::Tensor& qweight, int64_t K, int bits, int group_size, bool to_tiles) {
   const char* op = "belle_retile";
-  PD_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, op, ": bits must be 2, 3, 4 or 8, got ", bits);
+  if (bits == 0) {
+    const auto dtype = qweight.dtype();
+    PD_CHECK(qweight.is_cpu() && qweight.shape().size() == 2 && qweight.shape()[0] == K && qweight.is_contiguous() &&
+                 (dtype == paddle::DataType::FLOAT32 || dtype == paddle::DataType::BFLOAT16 ||
+                  dtype == paddle::DataType::FLOAT16),
+             op, ": w must be a contiguous float32, bfloat16 or float16 [", K, ", N], got ", dtype, " ",
+             shape_str(qweight.shape()));
+    transpose_in_place(qweight, K, to_tiles);
+    return {};
+  }
+  PD_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, op, ": bits must be 0, 2, 3, 4 or 8, got ", bits);
   const int64_t per = 8 / (bits == 3 ? 4 : bits);
   PD_CHECK(qweight.is_cpu() && qweight.dtype() == paddle::DataType::UINT8 && qweight.shape().size() == 2 &&
                qweight.shape()[0] == (K + per - 1) / per && qweight.is_contiguous(),

@@ -155,7 +155,7 @@ LinearWeight Params::linear(int i, const char* const* names, int64_t K) {
   };
   if (bits == 0) {
     const paddle::Tensor& w = next(name);
-    return dense_weight(w, optional(flags & BIAS, "bias"), K, name);
+    return dense_weight(w, optional(flags & BIAS, "bias"), K, flags & TILED, name);
   }
   const paddle::Tensor& qweight = next(name);
   const paddle::Tensor& scales = next(name + " scales");

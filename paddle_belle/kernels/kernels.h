@@ -21,15 +21,16 @@ struct LinearWeight {
   int bits = 0, group_size = 0;     // (packed)
   bool int8_x = false;              // (packed, 4/8 bits) the integer path: x quantized to int8
   bool tiled = false;               // (packed) the codes in the kernels' tile order (cpu_matmul.cc, Tiles)
+  bool rows = false;                // (dense) the bytes are [N, K]: y = x @ w^T
 };
 
 // The checks of belle_quant_matmul / belle_dense_matmul, then the weight; `op` names the op (or the tensor) in
-// the one-line error.
+// the one-line error. `tiled` / `transposed`: the bytes are in belle_retile's order (cpu_matmul.cc).
 LinearWeight packed_weight(const paddle::Tensor& qweight, const paddle::Tensor& scales,
                            const paddle::optional<paddle::Tensor>& zeros, const paddle::optional<paddle::Tensor>& bias,
                            int64_t K, int bits, int group_size, bool int8_x, bool tiled, const std::string& op);
 LinearWeight dense_weight(const paddle::Tensor& w, const paddle::optional<paddle::Tensor>& bias, int64_t K,
-                          const std::string& op);
+                          bool transposed, const std::string& op);
 
 // y[M, N] = x[M, K] @ weight + bias (x's columns taken in perm's order first, act-order).
 void linear_forward(const LinearWeight& weight, const float* x, float* y, int64_t M);

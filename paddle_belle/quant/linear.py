@@ -22,8 +22,55 @@ from paddle_belle.quant.format import TIED_HEAD_ERROR, QuantConfig, dequantize, 
 BLOCK_ELEMENTS = 1 << 22
 
 
-class QuantLinear(nn.Layer):
+class KernelOrder:
+    """For a layer whose weight the CPU kernels read fastest in an order of their own (kernels/cpu_matmul.cc,
+    belle_retile: packed codes 64-column tiles of each chunk of rows; a dense weight its transpose): the first kernel
+    call puts the weight in that order, in place (the same bytes and memory), and everything that reads it as
+    the checkpoint's [in, out] puts it back first: the attribute (``layer.qweight`` / ``layer.weight``), the state
+    dict (saving; loading reads it first too), moving the layer (``to``), and the layer's other paths. The order
+    belongs to the tensor's memory (its data pointer): a tensor given new memory holds the checkpoint's order."""
+
+    ORDERED = ""  # the buffer or parameter kept in kernel order
+    _tiles = None  # its data pointer while in kernel order
+
+    def _ordered(self):
+        return self._buffers[self.ORDERED] if self.ORDERED in self._buffers else self._parameters[self.ORDERED]
+
+    def _retile(self, tensor, to_tiles: bool):
+        raise NotImplementedError
+
+    def _kernel_order(self):
+        tensor = self._ordered()
+        if self._tiles != tensor.data_ptr():
+            self._retile(tensor.detach(), True)  # (detach: the same memory, which an in-place op may write)
+            self._tiles = tensor.data_ptr()
+        return tensor
+
+    def _plain_order(self):
+        tensor = self._ordered()
+        if self._tiles is not None and self._tiles == tensor.data_ptr():
+            self._retile(tensor.detach(), False)
+        self._tiles = None
+        return tensor
+
+    def __getattr__(self, name):
+        if name == self.ORDERED and self.__dict__.get("_tiles") is not None:  # (forward reads the dicts directly)
+            return self._plain_order()
+        return super().__getattr__(name)
+
+    def _state_dict_impl(self, *args, **kwargs):
+        self._plain_order()
+        return super()._state_dict_impl(*args, **kwargs)
+
+    def _apply(self, *args, **kwargs):
+        self._plain_order()
+        return super()._apply(*args, **kwargs)
+
+
+class QuantLinear(KernelOrder, nn.Layer):
     """y = x @ dequant(qweight) + bias, with the buffers of the checkpoint format (quant/format.py)."""
+
+    ORDERED = "qweight"
 
     def __init__(self, in_features: int, out_features: int, config: QuantConfig, bias: bool = False,
                  dtype: str = "float32"):
@@ -41,7 +88,6 @@ class QuantLinear(nn.Layer):
         self.register_buffer("perm", paddle.arange(in_features, dtype="int32") if config.act_order else None)
         self.bias = self.create_parameter([out_features], dtype=dtype, is_bias=True) if bias else None
         self._weight_only = None  # GPU: (weight, scale, algo) prepared for weight_only_linear, False if unusable
-        self._tiles = None  # qweight's memory (data_ptr) while its bytes are in the kernels' tile order
 
     @classmethod
     def from_codes(cls, codes, scales, zeros, config: QuantConfig, perm=None, bias=None) -> "QuantLinear":
@@ -64,38 +110,8 @@ class QuantLinear(nn.Layer):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={c.bits}, "
                 f"group_size={c.group_size}, sym={c.sym}, act_order={c.act_order}")
 
-    # ------------------------------------------------------------------------------------------ tile order
-    # The CPU kernels read the codes fastest in their tile order (kernels/cpu_matmul.cc, "Tiles": each group's
-    # chunks of rows a 64-column tile at a time): the first kernel call permutes qweight so, in place (the same
-    # bytes), and everything that reads it as the checkpoint's [rows, out] puts it back first: ``layer.qweight``, the
-    # state dict (saving), moving the layer (``to``), codes() (the Paddle and GPU paths, lookups on the GPU). The
-    # order belongs to the buffer's memory: loading weights hands the buffer new memory, in the checkpoint's order.
-    def _kernel_codes(self):
-        qweight = self._buffers["qweight"]
-        if self._tiles != qweight.data_ptr():
-            kernels.retile(qweight, self.in_features, self.config.bits, self.group_size, True)
-            self._tiles = qweight.data_ptr()
-        return qweight
-
-    def _plain_codes(self):
-        qweight = self._buffers["qweight"]
-        if self._tiles is not None and self._tiles == qweight.data_ptr():
-            kernels.retile(qweight, self.in_features, self.config.bits, self.group_size, False)
-        self._tiles = None
-        return qweight
-
-    def __getattr__(self, name):
-        if name == "qweight" and self.__dict__.get("_tiles") is not None:  # (forward reads self._buffers directly)
-            return self._plain_codes()
-        return super().__getattr__(name)
-
-    def _state_dict_impl(self, *args, **kwargs):
-        self._plain_codes()
-        return super()._state_dict_impl(*args, **kwargs)
-
-    def _apply(self, *args, **kwargs):
-        self._plain_codes()
-        return super()._apply(*args, **kwargs)
+    def _retile(self, tensor, to_tiles):
+        kernels.retile(tensor, self.in_features, self.config.bits, self.group_size, to_tiles)
 
     # ------------------------------------------------------------------------------------------ weights
     def codes(self, start: int = 0, stop: int | None = None, columns=None) -> paddle.Tensor:
@@ -103,7 +119,7 @@ class QuantLinear(nn.Layer):
         (int64 indices): those output columns only, in that order, read without touching the others."""
         stop = self.in_features if stop is None else stop
         per, bits = self.config.per_byte, self.config.storage_bits
-        packed = self._plain_codes()[start // per : -(-stop // per)]
+        packed = self._plain_order()[start // per : -(-stop // per)]
         if columns is not None:
             packed = paddle.gather(packed, columns, axis=1)  # (index_select has no uint8 kernel on CPU)
         packed = packed.astype("int32")
@@ -151,7 +167,7 @@ class QuantLinear(nn.Layer):
             if out is not None:
                 return out
         elif kernels.usable(x):  # the native CPU kernel reads the packed codes directly, every bit width
-            return kernels.quant_matmul(x, self._kernel_codes(), buffers["scales"], buffers["zeros"], self.config.bits,
+            return kernels.quant_matmul(x, self._kernel_order(), buffers["scales"], buffers["zeros"], self.config.bits,
                                         self.group_size, self._parameters.get("bias"), tiled=True)
         if kernels.int8_activations(self.config.bits) and kernels.cpu_inference(x):  # what the kernel would compute
             return self._int8_blockwise_forward(x)
@@ -290,19 +306,25 @@ class QuantEmbedding(QuantLinear):
         return codes.reshape(-1)[first * N + tile * rows + (stored - first) * width + flat - tile]
 
 
-class HalfLinear(nn.Layer):
+class HalfLinear(KernelOrder, nn.Layer):
     """y = x @ weight + bias on the CPU with ``weight`` [in, out] kept in bfloat16 or float16 (Paddle's CPU matmul
-    has neither): the native kernel reads it as stored, in float32 arithmetic; without the kernels (or with
-    gradients) a block of rows at a time is widened to float32, never the whole weight at once."""
+    has neither): the native kernel reads it in float32 arithmetic, transposed in place (KernelOrder) so that each
+    output is one dot product over a contiguous row; without the kernels (or with gradients) a block of rows at a
+    time is widened to float32, never the whole weight at once."""
+
+    ORDERED = "weight"
 
     def __init__(self, in_features: int, out_features: int, dtype: str, bias: bool = False):
         super().__init__()
         self.weight = self.create_parameter([in_features, out_features], dtype=dtype)
         self.bias = self.create_parameter([out_features], dtype="float32", is_bias=True) if bias else None
 
+    def _retile(self, tensor, to_tiles):
+        kernels.retile(tensor, tensor.shape[0], 0, 0, to_tiles)
+
     def forward(self, x):
-        if kernels.usable(x):  # (the parameters straight from their dict, as in QuantLinear.forward)
-            return kernels.dense_matmul(x, self._parameters["weight"], self._parameters.get("bias"))
+        if kernels.usable(x):  # (the bias straight from its dict, as in QuantLinear.forward)
+            return kernels.dense_matmul(x, self._kernel_order(), self._parameters.get("bias"), transposed=True)
         rows = max(1, BLOCK_ELEMENTS // self.weight.shape[1])
         out = sum(paddle.matmul(x[..., k : k + rows], self.weight[k : k + rows].astype(x.dtype))
                   for k in range(0, self.weight.shape[0], rows))
@@ -356,14 +378,16 @@ def kernel_weight(layer, rows: int):
     flags = 4 if bias is not None else 0
     if kind is QuantLinear:
         buffers, bits = layer._buffers, layer.config.bits
-        tensors = [layer._kernel_codes(), buffers["scales"]]
+        tensors = [layer._kernel_order(), buffers["scales"]]
         for name, flag in (("zeros", 1), ("perm", 2)):
             if buffers[name] is not None:
                 tensors.append(buffers[name])
                 flags |= flag
         layout = (bits, layer.group_size, flags | (8 if kernels.int8_activations(bits) else 0) | 16)
-    elif kind is HalfLinear or (kind is nn.Linear and rows in FLOAT_KERNEL_ROWS and not paddle.is_grad_enabled()
-                                and parameters["weight"].dtype == paddle.float32):
+    elif kind is HalfLinear:
+        tensors, layout = [layer._kernel_order()], (0, 0, flags | 16)
+    elif kind is nn.Linear and rows in FLOAT_KERNEL_ROWS and not paddle.is_grad_enabled() \
+            and parameters["weight"].dtype == paddle.float32:
         tensors, layout = [parameters["weight"]], (0, 0, flags)
     else:
         return None

@@ -568,3 +568,25 @@ def test_retile_bad_input_is_one_line_naming_the_tensor(ops):
         kernels.retile(paddle.zeros([100, 7], "int32"), 200, 4, 64, True)
     with pytest.raises(ValueError, match=r"^belle_retile: qweight must be contiguous uint8 \[100, N\]"):
         kernels.retile(paddle.zeros([99, 7], "uint8"), 200, 4, 64, True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_dense_retile_is_the_transpose_read_as_rows(dtype, isa):
+    """A dense weight's kernel order (belle_retile, bits 0) is its transpose in the same [K, N] tensor, which
+    dense_matmul(transposed=True) reads as x @ w^T: the same products as the [K, N] read up to float32 summation
+    order, on 1-3 rows, 4, and the many-rows loops; and retiling back restores every byte."""
+    for k, n in ((200, 100), (257, 300), (5, 37)):
+        rng = np.random.RandomState(k)
+        w = paddle.to_tensor(rng.standard_normal((k, n)).astype(np.float32)).astype(dtype)
+        plain = w.astype("float32").numpy()
+        moved = w.clone()
+        kernels.retile(moved, k, 0, 0, True)
+        assert moved.shape == [k, n]
+        np.testing.assert_array_equal(moved.astype("float32").numpy().reshape(-1), plain.T.reshape(-1))
+        bias = paddle.to_tensor(rng.standard_normal(n).astype(np.float32))
+        for m in (1, 3, 4, 5, 17):
+            x = paddle.to_tensor(rng.standard_normal((m, k)).astype(np.float32))
+            assert_close(kernels.dense_matmul(x, moved, bias, transposed=True).numpy(),
+                         kernels.dense_matmul(x, w, bias).numpy())
+        kernels.retile(moved, k, 0, 0, False)
+        np.testing.assert_array_equal(moved.astype("float32").numpy(), plain)

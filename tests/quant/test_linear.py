@@ -80,38 +80,52 @@ def test_quantized_embedding_lookup_and_head_equal_the_dequantized_table(embeddi
 
 
 @pytest.mark.parametrize("config", [QuantConfig(bits=4, group_size=64, method="rtn", sym=False, act_order=True),
-                                    QuantConfig(bits=8, group_size=-1, method="rtn")], ids=["int4-asym", "int8"])
-def test_kernel_tile_order_never_shows(config, tmp_path):
-    """The CPU kernels keep a layer's codes in their tile order (QuantLinear._kernel_codes), and whatever reads the
-    codes otherwise sees the checkpoint's order: ``layer.qweight``, the state dict (and so saving), codes(), moving
-    the layer, set_state_dict; and new weights loaded into the layer are taken as the checkpoint's order."""
+                                    QuantConfig(bits=8, group_size=-1, method="rtn"), "bfloat16"],
+                         ids=["int4-asym", "int8", "half"])
+def test_kernel_order_never_shows(config, tmp_path):
+    """The CPU kernels keep a layer's weight in their order (quant/linear.py KernelOrder: tiles of packed codes, a
+    half weight transposed), and whatever reads it otherwise sees the checkpoint's order: the attribute, the state
+    dict (and so saving), codes(), moving the layer, set_state_dict; and new weights loaded into the layer are
+    taken as the checkpoint's order."""
     from paddle_belle import kernels
+    from paddle_belle.quant.linear import HalfLinear
 
     if kernels.cpu_kernels() is None:
         pytest.skip("the native CPU kernels could not be built here")
-    layer, weight, bias = random_layer(config, 200, 150)
-    plain = layer._buffers["qweight"].numpy().copy()
+    if config == "bfloat16":
+        layer, name = HalfLinear(200, 150, "bfloat16", bias=True), "weight"
+        layer.weight.set_value(paddle.randn([200, 150]).astype("bfloat16"))
+    else:
+        layer, name = random_layer(config, 200, 150)[0], "qweight"
+    stored = layer._buffers if name == "qweight" else layer._parameters
+    plain = stored[name].numpy().copy()
     x = paddle.to_tensor(np.random.RandomState(3).standard_normal((1, 200)).astype(np.float32))
     with paddle.no_grad():
         expected = layer(x).numpy()
-        assert layer._tiles is not None and not np.array_equal(layer._buffers["qweight"].numpy(), plain)
-        np.testing.assert_array_equal(layer.qweight.numpy(), plain)  # put back
+        assert layer._tiles is not None and not np.array_equal(stored[name].numpy(), plain)
+        np.testing.assert_array_equal(getattr(layer, name).numpy(), plain)  # put back
         assert layer._tiles is None
         layer(x)
-        np.testing.assert_array_equal(layer.state_dict()["qweight"].numpy(), plain)
+        np.testing.assert_array_equal(layer.state_dict()[name].numpy(), plain)
         layer(x)
         paddle.save(layer.state_dict(), str(tmp_path / "layer.pdparams"))
-        np.testing.assert_array_equal(paddle.load(str(tmp_path / "layer.pdparams"))["qweight"].numpy(), plain)
-        layer(x)
-        np.testing.assert_array_equal(layer.codes().numpy() if config.bits == 8 else layer.qweight.numpy(), plain)
+        np.testing.assert_array_equal(paddle.load(str(tmp_path / "layer.pdparams"))[name].numpy(), plain)
+        if name == "qweight" and config.bits == 8:
+            layer(x)
+            np.testing.assert_array_equal(layer.codes().numpy(), plain)
         layer(x)
         layer.to("cpu")
-        np.testing.assert_array_equal(layer._buffers["qweight"].numpy(), plain)
+        np.testing.assert_array_equal(stored[name].numpy(), plain)
         layer(x)
-        layer.set_state_dict({**layer.state_dict(), "qweight": paddle.to_tensor(plain)})
+        layer.set_state_dict({**layer.state_dict(), name: paddle.to_tensor(plain)})
         np.testing.assert_array_equal(layer(x).numpy(), expected)
-        layer._buffers["qweight"] = paddle.to_tensor(plain)  # new memory (as loading gives): the checkpoint's order
+        stored[name] = paddle.to_tensor(plain)  # new memory (as loading gives): the checkpoint's order
         np.testing.assert_array_equal(layer(x).numpy(), expected)
+    # with gradients (the Paddle path): the checkpoint's order
+    layer(x)
+    x.stop_gradient = False
+    layer(x).sum().backward()
+    np.testing.assert_array_equal(stored[name].numpy(), plain)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 8, 16, 17, 64, 65])

@@ -249,11 +249,15 @@ struct Args {  // one call, all row-major and contiguous
 // Tiles: packed codes as the kernels read them when decoding, each chunk's stored rows (CHUNK K-values of one group)
 // TILE columns at a time, one tile's rows after another ([rows, TILE] row-major, the last tile of a row narrower when
 // N is not a multiple of TILE), chunk after chunk: the same bytes as the checkpoint's [stored rows, N], permuted
-// within each chunk (belle_retile, in place; quant/linear.py QuantLinear keeps the layer's codes so while the kernels
+// within each chunk (belle_retile, in place; quant/linear.py KernelOrder keeps a layer's codes so while the kernels
 // use them). One row of x then reads one sequential run of memory a thread, where the checkpoint's order has it read
 // a tile's 16 (int4) or 32 (int8) rows from as many places N bytes apart: more streams than the prefetchers and the
 // memory pages serve at full speed. TILE is the AVX-512 tile's width (the AVX2 and scalar tiles read within a tile).
-// See "Tiles, measured" at belle_retile.
+// One row, 2 threads, 7B's Linears, weights rotated over 1 GB, in one process alternating with the checkpoint's order
+// (stop 31: a Zen 5 guest, 2 vCPUs, whose numpy gemv probe reads 46-49 GB/s), ms: int4 g128 4096 x 16384 1.159 ->
+// 0.730, 16384 x 4096 1.065 -> 0.853, 4096 x 12288 0.903 -> 0.636, 4096 x 4096 0.322 -> 0.247; int8 2.097 -> 1.741,
+// 1.575 -> 1.335, 1.638 -> 0.887, 0.448 -> 0.366; int4 with int8 x 1.261 -> 0.883, 1.111 -> 0.858, 0.901 -> 0.491,
+// 0.345 -> 0.232. (Earlier, one thread, under load: TILE_AHEAD 1, 2 or 4 KB: 4 KB read fastest.)
 constexpr int64_t TILE = 64, TILE_AHEAD = 4096;  // TILE_AHEAD: bytes a tiled stream is prefetched ahead (into L2)
 
 struct Rows {
@@ -1754,12 +1758,13 @@ PD_BUILD_OP(belle_rows_matmul)
     .SetInferShapeFn(PD_INFER_SHAPE(RowsMatmulShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(DenseMatmulDtype));
 
-// ------------------------------------------------------------------------------------------ tiles
-// Tiles, measured (one row, weights rotated beyond the L3 cache, in one process, alternating with the checkpoint's
-// order): see the README's "BELLE-7B on your CPU" and issue 14's stop-31 note.
-// A dense weight w [K, N] (bits 0: float32, bfloat16, float16) into its transpose's order [N, K] (read as x @ w^T,
-// whose dot products each stream one row: 7B's bfloat16 Linears, one row, 35-40 -> 45-59 GB/s against the
-// [K, N] read; README, "BELLE-7B on your CPU"), or back; the tensor's shape stays [K, N].
+// ------------------------------------------------------------------------------------------ kernel order
+// A dense weight w [K, N] (bits 0: float32, bfloat16, float16) into its transpose's order [N, K], or back; the
+// tensor's shape stays [K, N]. Read as x @ w^T (run_rows), each output is a dot product over one contiguous row,
+// where the [K, N] read streams DENSE_CHUNK rows side by side: 7B's bfloat16 Linears, one row, 2 threads, weights
+// rotated over 1 GB, alternating in one process (stop 31, the Zen 5 guest above), ms, [K, N] -> transposed: 4096 x
+// 16384 3.862 -> 2.975, 16384 x 4096 3.370 -> 2.290, 4096 x 12288 2.611 -> 1.719, 4096 x 4096 0.894 -> 0.582. (The
+// prefetch knobs of the [K, N] read, L1 or L2, 2-8 KB ahead, 2-16 rows a chunk, moved it by less than 10 %.)
 template <class T> static void transpose_into(const T* in, T* out, int64_t rows, int64_t cols) {
   constexpr int64_t B = 64;  // in [rows, cols] -> out [cols, rows], 64 x 64 blocks (both sides a few lines a block)
 #pragma omp parallel for schedule(static)

@@ -27,7 +27,7 @@ class KernelOrder:
     belle_retile: packed codes 64-column tiles of each chunk of rows; a dense weight its transpose): the first kernel
     call puts the weight in that order, in place (the same bytes and memory), and everything that reads it as
     the checkpoint's [in, out] puts it back first: the attribute (``layer.qweight`` / ``layer.weight``), the state
-    dict (saving; loading reads it first too), moving the layer (``to``), and the layer's other paths. The order
+    dict (saving; loading reads it first too), moving or copying the layer, and the layer's other paths. The order
     belongs to the tensor's memory (its data pointer): a tensor given new memory holds the checkpoint's order."""
 
     ORDERED = ""  # the buffer or parameter kept in kernel order
@@ -65,6 +65,10 @@ class KernelOrder:
     def _apply(self, *args, **kwargs):
         self._plain_order()
         return super()._apply(*args, **kwargs)
+
+    def __getstate__(self):  # copy.deepcopy, pickle: the copy's memory is new
+        self._plain_order()
+        return super().__getstate__()
 
 
 class QuantLinear(KernelOrder, nn.Layer):
@@ -286,13 +290,15 @@ class QuantEmbedding(QuantLinear):
 
     def _code_columns(self, flat):
         """The packed codes of columns ``flat`` [stored rows, len(flat)], read in whichever order qweight is: the
-        head's kernel keeps it in tile order (QuantLinear), and every lookup putting it back would cost a pass over
+        head's kernel keeps it in tile order (KernelOrder), and every lookup putting it back would cost a pass over
         the table a token."""
         qweight = self._buffers["qweight"]
         codes = np.from_dlpack(qweight.detach())
         if self._tiles != qweight.data_ptr():
             return codes[:, flat]
-        if getattr(self, "_slabs", None) is None:  # each stored row's chunk: its first stored row and its row count
+        # The tile order (kernels/cpu_matmul.cc, Tiles: chunks of CHUNK = 32 inputs within a group, TILE = 64 columns;
+        # tests/quant/test_linear.py reads lookups in both orders). Each stored row's chunk: first stored row, rows.
+        if getattr(self, "_slabs", None) is None:
             per, K, G = self.config.per_byte, self.in_features, self.group_size
             chunks = [(k, min(k + 32, g + G, K)) for g in range(0, K, G) for k in range(g, min(g + G, K), 32)]
             first = np.concatenate([np.full(-(-k1 // per) - k0 // per, k0 // per) for k0, k1 in chunks])

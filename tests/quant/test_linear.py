@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import paddle
 import pytest
@@ -85,7 +87,7 @@ def test_quantized_embedding_lookup_and_head_equal_the_dequantized_table(embeddi
 def test_kernel_order_never_shows(config, tmp_path):
     """The CPU kernels keep a layer's weight in their order (quant/linear.py KernelOrder: tiles of packed codes, a
     half weight transposed), and whatever reads it otherwise sees the checkpoint's order: the attribute, the state
-    dict (and so saving), codes(), moving the layer, set_state_dict; and new weights loaded into the layer are
+    dict (and so saving), codes(), moving or copying the layer, set_state_dict; and new weights loaded into it are
     taken as the checkpoint's order."""
     from paddle_belle import kernels
     from paddle_belle.quant.linear import HalfLinear
@@ -116,6 +118,8 @@ def test_kernel_order_never_shows(config, tmp_path):
         layer(x)
         layer.to("cpu")
         np.testing.assert_array_equal(stored[name].numpy(), plain)
+        layer(x)
+        np.testing.assert_array_equal(copy.deepcopy(layer)(x).numpy(), expected)
         layer(x)
         layer.set_state_dict({**layer.state_dict(), name: paddle.to_tensor(plain)})
         np.testing.assert_array_equal(layer(x).numpy(), expected)

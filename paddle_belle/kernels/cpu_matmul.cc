@@ -1767,7 +1767,7 @@ PD_BUILD_OP(belle_rows_matmul)
 // prefetch knobs of the [K, N] read, L1 or L2, 2-8 KB ahead, 2-16 rows a chunk, moved it by less than 10 %.)
 // in [rows, cols] -> out [cols, rows], a 32 x 32 block at a time through a buffer in L1: each block's 32 input and 32
 // output runs of 32 values are read and written whole. (Element by element across 64 x 64 blocks, whose 64 input rows
-// share one L1 set, 7B's bfloat16 Linears took 11.1 s at the first decoding step; this way 7.4 s, most of it the
+// share one L1 set, 7B's bfloat16 first decoding step took 11.6 s, 0.5 after it; this way 7.9 s, most of it the
 // copy's fresh pages and the four passes over 12 GB.)
 template <class T> static void transpose_into(const T* in, T* out, int64_t rows, int64_t cols) {
   constexpr int64_t B = 32;

@@ -1759,12 +1759,6 @@ PD_BUILD_OP(belle_rows_matmul)
     .SetInferDtypeFn(PD_INFER_DTYPE(DenseMatmulDtype));
 
 // ------------------------------------------------------------------------------------------ kernel order
-// A dense weight w [K, N] (bits 0: float32, bfloat16, float16) into its transpose's order [N, K], or back; the
-// tensor's shape stays [K, N]. Read as x @ w^T (run_rows), each output is a dot product over one contiguous row,
-// where the [K, N] read streams DENSE_CHUNK rows side by side: 7B's bfloat16 Linears, one row, 2 threads, weights
-// rotated over 1 GB, alternating in one process (stop 31, the Zen 5 guest above), ms, [K, N] -> transposed: 4096 x
-// 16384 3.862 -> 2.975, 16384 x 4096 3.370 -> 2.290, 4096 x 12288 2.611 -> 1.719, 4096 x 4096 0.894 -> 0.582. (The
-// prefetch knobs of the [K, N] read, L1 or L2, 2-8 KB ahead, 2-16 rows a chunk, moved it by less than 10 %.)
 // in [rows, cols] -> out [cols, rows], a 32 x 32 block at a time through a buffer in L1: each block's 32 input and 32
 // output runs of 32 values are read and written whole. (Element by element across 64 x 64 blocks, whose 64 input rows
 // share one L1 set, 7B's bfloat16 first decoding step took 11.6 s, 0.5 after it; this way 7.9 s, most of it the
@@ -1783,6 +1777,13 @@ template <class T> static void transpose_into(const T* in, T* out, int64_t rows,
     }
   }
 }
+
+// A dense weight w [K, N] (bits 0: float32, bfloat16, float16) into its transpose's order [N, K], or back; the
+// tensor's shape stays [K, N]. Read as x @ w^T (run_rows), each output is a dot product over one contiguous row,
+// where the [K, N] read streams DENSE_CHUNK rows side by side: 7B's bfloat16 Linears, one row, 2 threads, weights
+// rotated over 1 GB, alternating in one process (stop 31, the Zen 5 guest above), ms, [K, N] -> transposed: 4096 x
+// 16384 3.862 -> 2.975, 16384 x 4096 3.370 -> 2.290, 4096 x 12288 2.611 -> 1.719, 4096 x 4096 0.894 -> 0.582. (The
+// prefetch knobs of the [K, N] read, L1 or L2, 2-8 KB ahead, 2-16 rows a chunk, moved it by less than 10 %.)
 static void transpose_in_place(paddle::Tensor& w, int64_t K, bool to_rows) {
   const int64_t N = w.shape()[1], rows = to_rows ? K : N, cols = to_rows ? N : K;  // [rows, cols] -> [cols, rows]
   if (w.dtype() == paddle::DataType::FLOAT32) {

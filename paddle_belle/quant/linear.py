@@ -392,8 +392,8 @@ def kernel_weight(layer, rows: int):
         layout = (bits, layer.group_size, flags | (8 if kernels.int8_activations(bits) else 0) | 16)
     elif kind is HalfLinear:
         tensors, layout = [layer._kernel_order()], (0, 0, flags | 16)
-    elif kind is nn.Linear and rows in FLOAT_KERNEL_ROWS and not paddle.is_grad_enabled() \
-            and parameters["weight"].dtype == paddle.float32:
+    elif (kind is nn.Linear and rows in FLOAT_KERNEL_ROWS and not paddle.is_grad_enabled()
+          and parameters["weight"].dtype == paddle.float32):
         tensors, layout = [parameters["weight"]], (0, 0, flags)
     else:
         return None

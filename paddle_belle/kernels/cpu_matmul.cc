@@ -34,6 +34,10 @@
 #include <string>
 #include <vector>
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define BELLE_X86 1
@@ -1759,21 +1763,52 @@ PD_BUILD_OP(belle_rows_matmul)
     .SetInferDtypeFn(PD_INFER_DTYPE(DenseMatmulDtype));
 
 // ------------------------------------------------------------------------------------------ kernel order
-// in [rows, cols] -> out [cols, rows], a 32 x 32 block at a time through a buffer in L1: each block's 32 input and 32
-// output runs of 32 values are read and written whole. (Element by element across 64 x 64 blocks, whose 64 input rows
-// share one L1 set, 7B's bfloat16 first decoding step took 11.6 s, 0.5 after it; this way 7.9 s, most of it the
-// copy's fresh pages and the four passes over 12 GB.)
+// out[c * out_stride + r] = in[r * in_stride + c] for an 8 x 8 block of 16-bit values (SSE2, in every x86-64):
+// three rounds of interleaving, 16-, 32- then 64-bit.
+template <class T> static inline bool transpose8x8(const T*, int64_t, T*, int64_t) { return false; }
+#ifdef BELLE_X86
+template <> inline bool transpose8x8<uint16_t>(const uint16_t* in, int64_t in_stride, uint16_t* out,
+                                               int64_t out_stride) {
+  __m128i r[8], a[8], b[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i * in_stride));
+  for (int i = 0; i < 4; ++i)
+    a[2 * i] = _mm_unpacklo_epi16(r[2 * i], r[2 * i + 1]), a[2 * i + 1] = _mm_unpackhi_epi16(r[2 * i], r[2 * i + 1]);
+  for (int h = 0; h < 8; h += 4)
+    for (int i = 0; i < 2; ++i)
+      b[h + 2 * i] = _mm_unpacklo_epi32(a[h + i], a[h + i + 2]), b[h + 2 * i + 1] = _mm_unpackhi_epi32(a[h + i], a[h + i + 2]);
+  for (int i = 0; i < 4; ++i) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (2 * i) * out_stride), _mm_unpacklo_epi64(b[i], b[i + 4]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (2 * i + 1) * out_stride), _mm_unpackhi_epi64(b[i], b[i + 4]));
+  }
+  return true;
+}
+#endif
+
+// in [rows, cols] -> out [cols, rows], in 256 x 256 tiles (the 4 KB pages a tile touches, 256 rows of 512 bytes on
+// either side, stay in the TLB), each 32 x 32 blocks through a buffer in L1 (8 x 8 at a time where transpose8x8 can),
+// so that each block's 32 input and 32 output runs of 32 values are read and written whole. 7B's bfloat16 Linears,
+// 2 threads: element by element over 64 x 64 blocks (whose 64 input rows share one L1 set), the first decoding step
+// took 11.6 s (0.5 after it); 32 x 32 blocks through the buffer, strip by strip down all the rows, 7.9 s (a 4096 x
+// 16384 weight 71-76 ms, ~50 of them its copy on 4 KB pages); the tiles here 12 ms for that weight, and with the
+// copy on 2 MiB pages (Scratch) 24-27 ms, the first step 3.3 s.
 template <class T> static void transpose_into(const T* in, T* out, int64_t rows, int64_t cols) {
-  constexpr int64_t B = 32;
+  constexpr int64_t B = 32, TB = 256;
+  const int64_t col_tiles = (cols + TB - 1) / TB, row_tiles = (rows + TB - 1) / TB;
 #pragma omp parallel for schedule(static)
-  for (int64_t c0 = 0; c0 < cols; c0 += B) {
+  for (int64_t t = 0; t < col_tiles * row_tiles; ++t) {
     T block[B][B];  // block[c][r]
-    const int64_t nc = std::min(B, cols - c0);
-    for (int64_t r0 = 0; r0 < rows; r0 += B) {
-      const int64_t nr = std::min(B, rows - r0);
-      for (int64_t r = 0; r < nr; ++r)
-        for (int64_t c = 0; c < nc; ++c) block[c][r] = in[(r0 + r) * cols + c0 + c];
-      for (int64_t c = 0; c < nc; ++c) std::memcpy(out + (c0 + c) * rows + r0, block[c], nr * sizeof(T));
+    const int64_t tc = t / row_tiles * TB, tr = t % row_tiles * TB;
+    for (int64_t c0 = tc; c0 < std::min(cols, tc + TB); c0 += B) {
+      const int64_t nc = std::min(B, cols - c0);
+      for (int64_t r0 = tr; r0 < std::min(rows, tr + TB); r0 += B) {
+        const int64_t nr = std::min(B, rows - r0);
+        for (int64_t r = 0; r < nr; r += 8)
+          for (int64_t c = 0; c < nc; c += 8)
+            if (r + 8 > nr || c + 8 > nc || !transpose8x8(in + (r0 + r) * cols + c0 + c, cols, &block[c][r], B))
+              for (int64_t i = r; i < std::min(nr, r + 8); ++i)
+                for (int64_t j = c; j < std::min(nc, c + 8); ++j) block[j][i] = in[(r0 + i) * cols + c0 + j];
+        for (int64_t c = 0; c < nc; ++c) std::memcpy(out + (c0 + c) * rows + r0, block[c], nr * sizeof(T));
+      }
     }
   }
 }
@@ -1784,17 +1819,40 @@ template <class T> static void transpose_into(const T* in, T* out, int64_t rows,
 // rotated over 1 GB, alternating in one process (stop 31, the Zen 5 guest above), ms, [K, N] -> transposed: 4096 x
 // 16384 3.862 -> 2.975, 16384 x 4096 3.370 -> 2.290, 4096 x 12288 2.611 -> 1.719, 4096 x 4096 0.894 -> 0.582. (The
 // prefetch knobs of the [K, N] read, L1 or L2, 2-8 KB ahead, 2-16 rows a chunk, moved it by less than 10 %.)
+// A transient buffer of n values, on 2 MiB pages where Linux gives them (madvise; this machine's transparent huge
+// pages come only on request): on 4 KB pages every page was a fault, which in a KVM guest is slow (a 4096 x 16384
+// bfloat16 weight's copy 45-56 ms, on 2 MiB pages 10-14).
+template <class T> struct Scratch {
+  T* p = nullptr;
+  size_t mapped = 0;
+  std::vector<T> fallback;
+  explicit Scratch(size_t n) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    void* m = mmap(nullptr, n * sizeof(T), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m != MAP_FAILED) {
+      madvise(m, n * sizeof(T), MADV_HUGEPAGE);
+      p = static_cast<T*>(m), mapped = n * sizeof(T);
+      return;
+    }
+#endif
+    fallback.resize(n), p = fallback.data();
+  }
+  ~Scratch() {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (mapped) munmap(p, mapped);
+#endif
+  }
+};
+
+template <class T> static void transpose_in_place(T* data, int64_t rows, int64_t cols) {
+  Scratch<T> copy(rows * cols);
+  std::memcpy(copy.p, data, rows * cols * sizeof(T));
+  transpose_into(copy.p, data, rows, cols);
+}
 static void transpose_in_place(paddle::Tensor& w, int64_t K, bool to_rows) {
   const int64_t N = w.shape()[1], rows = to_rows ? K : N, cols = to_rows ? N : K;  // [rows, cols] -> [cols, rows]
-  if (w.dtype() == paddle::DataType::FLOAT32) {
-    float* data = w.data<float>();
-    const std::vector<float> copy(data, data + K * N);
-    transpose_into(copy.data(), data, rows, cols);
-  } else {
-    uint16_t* data = static_cast<uint16_t*>(w.data());
-    const std::vector<uint16_t> copy(data, data + K * N);
-    transpose_into(copy.data(), data, rows, cols);
-  }
+  if (w.dtype() == paddle::DataType::FLOAT32) transpose_in_place(w.data<float>(), rows, cols);
+  else transpose_in_place(static_cast<uint16_t*>(w.data()), rows, cols);
 }
 
 // qweight [stored rows, N] (K inputs, `bits`, `group_size`) from the checkpoint's order into tile order (Tiles,

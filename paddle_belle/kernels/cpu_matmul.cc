@@ -261,8 +261,11 @@ struct Args {  // one call, all row-major and contiguous
 // (stop 31: a Zen 5 guest, 2 vCPUs, whose numpy gemv probe reads 46-49 GB/s), ms: int4 g128 4096 x 16384 1.159 ->
 // 0.730, 16384 x 4096 1.065 -> 0.853, 4096 x 12288 0.903 -> 0.636, 4096 x 4096 0.322 -> 0.247; int8 2.097 -> 1.741,
 // 1.575 -> 1.335, 1.638 -> 0.887, 0.448 -> 0.366; int4 with int8 x 1.261 -> 0.883, 1.111 -> 0.858, 0.901 -> 0.491,
-// 0.345 -> 0.232. (Earlier, one thread, under load: TILE_AHEAD 1, 2 or 4 KB: 4 KB read fastest.)
-constexpr int64_t TILE = 64, TILE_AHEAD = 4096;  // TILE_AHEAD: bytes a tiled stream is prefetched ahead (into L2)
+// 0.345 -> 0.232. TILE_AHEAD: 7B's four int4 Linears in turn (a layer's calls over 24 layers' weights), 2 threads,
+// ms a layer, 2 / 4 / 8 KB ahead 2.61 / 2.43 / 2.34, another run 4 / 8 / 12 / 16 / 24 KB 2.33 / 2.14 / 2.13 / 2.15 /
+// 2.17; int8 4 / 8 / 12 KB 4.57 / 4.44 / 4.48; int4 with int8 x flat. 7B int4 decoding, processes alternating, 4 KB
+// 9.79-10.15 tok/s, 8 KB 9.85-10.41.
+constexpr int64_t TILE = 64, TILE_AHEAD = 8192;  // TILE_AHEAD: bytes a tiled stream is prefetched ahead (into L2)
 
 struct Rows {
   const char* p;   // stored row chunk.k0 / per at column n

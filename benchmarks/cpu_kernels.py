@@ -3,7 +3,9 @@ float32 matmul, numpy's, the native kernels of paddle_belle/kernels (float32, bf
 activations, and int8, int4 with int8 activations: "x-int8"; from 5 rows int8, int4 and their x-int8 also without the
 kernel's many-rows paths: "4-row", the A/B of cpu_matmul.cc's "many rows"; int4 also through
 QuantLinear, plain and with GPTQ's act-order permutation, which it applies to x before the kernel) and QuantLinear's
-pure-Paddle block-wise path (int8, int4; M = 1 only, it is slow).
+pure-Paddle block-wise path (int8, int4; M = 1 only, it is slow). The "kernel" rows read packed codes in the
+checkpoint's order, the "layer" rows (QuantLinear) in the kernels' tile order (cpu_matmul.cc, Tiles): "kernel int4"
+against "layer int4" is that order's A/B.
 
     python benchmarks/cpu_kernels.py [--threads 2] [--m 1,4,8,16] [--repeats 30] [--rounds 3] [--head [1024,4096]]
         [--methods ...]
@@ -133,13 +135,16 @@ def linear_methods(x, k, n, m, ops, rng, cold_mib):
     w_np = [(rng.standard_normal((k, n)) * 0.02).astype(np.float32) for _ in range(copies)]
     w = [paddle.to_tensor(v) for v in w_np]
     w_bf16 = [v.astype("bfloat16") for v in w]
-    layers = {8: [], 4: [], "4 act-order": []}
+    layers = {8: [], 4: [], "4 layer": [], "4 act-order": []}
     for _ in range(copies):
         for bits in (8, 4):
             config = QuantConfig(bits=bits, group_size=GROUP, method="rtn")
             codes = rng.randint(0, 1 << bits, (k, n)).astype(np.uint8)
             scales = rng.uniform(0.001, 0.01, (k // GROUP, n)).astype(np.float32)
             layers[bits].append(QuantLinear.from_codes(codes, scales, None, config))
+        # Layers of their own for QuantLinear.forward, which keeps its codes in tile order: the "kernel" rows read
+        # layer.qweight, which would put them back in the checkpoint's order at every call.
+        layers["4 layer"].append(QuantLinear.from_codes(codes, scales, None, config))
         # GPTQ's act-order: the same codes with a random row permutation, which the layer applies to x per call.
         act_order = QuantConfig(bits=4, group_size=GROUP, act_order=True)
         layers["4 act-order"].append(QuantLinear.from_codes(codes, scales, None, act_order, perm=rng.permutation(k)))
@@ -166,7 +171,7 @@ def linear_methods(x, k, n, m, ops, rng, cold_mib):
             ("kernel int8 x-int8", each(lambda v: quant(v, True), layers[8]), quant_bytes(8)),
             ("kernel int4", each(quant, layers[4]), quant_bytes(4)),
             ("kernel int4 x-int8", each(lambda v: quant(v, True), layers[4]), quant_bytes(4)),
-            ("layer int4", each(lambda v: v(x), layers[4]), quant_bytes(4)),  # QuantLinear.forward, the kernel
+            ("layer int4", each(lambda v: v(x), layers["4 layer"]), quant_bytes(4)),  # QuantLinear.forward
             ("layer int4 act-ord", each(lambda v: v(x), layers["4 act-order"]), quant_bytes(4)),
         ]
     if ops and m >= 5:  # the same calls without the kernel's many-rows paths: their A/B in this process

@@ -1588,19 +1588,26 @@ static void fill_bias(float* y, int64_t m, int64_t n, const float* bias) {
     for (int64_t j = 0; j < n; ++j) y[i * n + j] = bias ? bias[j] : 0.0f;
 }
 
-LinearWeight packed_weight(const paddle::Tensor& qweight, const paddle::Tensor& scales,
-                           const paddle::optional<paddle::Tensor>& zeros, const paddle::optional<paddle::Tensor>& bias,
-                           int64_t K, int bits, int group_size, bool int8_x, bool tiled, const std::string& op) {
+// The checks of packed codes qweight [ceil(K / per), N], `bits` each, in groups of group_size inputs; per, the codes
+// a byte holds.
+static int64_t check_codes(const paddle::Tensor& qweight, int64_t K, int bits, int group_size, const std::string& op) {
   PD_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, op, ": bits must be 2, 3, 4 or 8, got ", bits);
-  const int storage = bits == 3 ? 4 : bits, per = 8 / storage;
+  const int64_t per = 8 / (bits == 3 ? 4 : bits);
   PD_CHECK(qweight.is_cpu() && qweight.dtype() == paddle::DataType::UINT8 && qweight.shape().size() == 2 &&
                qweight.shape()[0] == (K + per - 1) / per,
            op, ": qweight must be uint8 [", (K + per - 1) / per, ", N] for ", K, " inputs at ", bits,
            " bits, got ", qweight.dtype(), " ", shape_str(qweight.shape()));
-  const int64_t N = qweight.shape()[1];
   PD_CHECK(group_size > 0, op, ": group_size must be positive (the number of inputs for one group), got ", group_size);
   PD_CHECK(group_size % per == 0 || group_size >= K, op, ": group_size must be a multiple of ", per,
            " for ", bits, "-bit codes (groups start on a whole byte), got ", group_size);
+  return per;
+}
+
+LinearWeight packed_weight(const paddle::Tensor& qweight, const paddle::Tensor& scales,
+                           const paddle::optional<paddle::Tensor>& zeros, const paddle::optional<paddle::Tensor>& bias,
+                           int64_t K, int bits, int group_size, bool int8_x, bool tiled, const std::string& op) {
+  check_codes(qweight, K, bits, group_size, op);
+  const int64_t N = qweight.shape()[1];
   const int64_t groups = (K + group_size - 1) / group_size;
   const std::vector<int64_t> gn = {groups, N};
   PD_CHECK(scales.is_cpu() && scales.dtype() == paddle::DataType::FLOAT32 && scales.shape() == gn, op,
@@ -1864,22 +1871,12 @@ static void transpose_in_place(paddle::Tensor& w, int64_t K, bool to_rows) {
 std::vector<paddle::Tensor> Retile(paddle::Tensor& qweight, int64_t K, int bits, int group_size, bool to_tiles) {
   const char* op = "belle_retile";
   if (bits == 0) {
-    const auto dtype = qweight.dtype();
-    PD_CHECK(qweight.is_cpu() && qweight.shape().size() == 2 && qweight.shape()[0] == K && qweight.is_contiguous() &&
-                 (dtype == paddle::DataType::FLOAT32 || dtype == paddle::DataType::BFLOAT16 ||
-                  dtype == paddle::DataType::FLOAT16),
-             op, ": w must be a contiguous float32, bfloat16 or float16 [", K, ", N], got ", dtype, " ",
-             shape_str(qweight.shape()));
+    dense_weight(qweight, paddle::optional<paddle::Tensor>(), K, false, false, op);  // its checks
     transpose_in_place(qweight, K, to_tiles);
     return {};
   }
-  PD_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, op, ": bits must be 0, 2, 3, 4 or 8, got ", bits);
-  const int64_t per = 8 / (bits == 3 ? 4 : bits);
-  PD_CHECK(qweight.is_cpu() && qweight.dtype() == paddle::DataType::UINT8 && qweight.shape().size() == 2 &&
-               qweight.shape()[0] == (K + per - 1) / per && qweight.is_contiguous(),
-           op, ": qweight must be contiguous uint8 [", (K + per - 1) / per, ", N] for ", K, " inputs at ", bits,
-           " bits, got ", qweight.dtype(), " ", shape_str(qweight.shape()));
-  PD_CHECK(group_size > 0 && (group_size % per == 0 || group_size >= K), op, ": bad group_size ", group_size);
+  const int64_t per = check_codes(qweight, K, bits, group_size, op);
+  PD_CHECK(qweight.is_contiguous(), op, ": qweight must be contiguous");
   Args a{};
   a.K = K, a.N = qweight.shape()[1];
   add_chunks(a, group_size);

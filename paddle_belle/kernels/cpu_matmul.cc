@@ -136,6 +136,7 @@ struct Avx512 {
   AVX512 V set1(float v) { return _mm512_set1_ps(v); }
   AVX512 V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   AVX512 V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  AVX512 V add(V a, V b) { return _mm512_add_ps(a, b); }
   AVX512 V loadf(const float* p) { return _mm512_loadu_ps(p); }
   AVX512 void storef(float* p, V v) { _mm512_storeu_ps(p, v); }
   using Vi = __m512i;
@@ -175,8 +176,8 @@ struct Avx512 {
 #endif
 
 // ------------------------------------------------------------------------------------------ weight formats
-// Rows are taken a chunk at a time: at most CHUNK rows of one group, with a tile's accumulators in registers over
-// them. Few rows at a time keep the weight streaming row after row (bloom-7b's 4096 x 16384, int8, 2 threads:
+// Rows are taken a chunk at a time: at most CHUNK rows of one group (in tile order a slab: Tiles below), with a
+// tile's accumulators in registers over them. Few rows at a time keep the weight streaming row after row (bloom-7b's 4096 x 16384, int8, 2 threads:
 // 128 rows 12 GB/s, 32 rows 30 GB/s), and each row's tile PREFETCH_TILES tiles ahead is prefetched, which the
 // hardware prefetchers do not do for this pattern (32 rows without it: 8 GB/s).
 //
@@ -248,13 +249,14 @@ struct Args {  // one call, all row-major and contiguous
   int64_t xp_rows = 0;
   alignas(64) float lut[16] = {};  // code - zero for each 4-bit code (symmetric: the tile's Lut)
   bool tiled = false;            // packed codes in tile order (Tiles below)
+  int64_t group = 0;             // packed codes: K-values a scale covers (add_chunks)
 };
 
-// Tiles: packed codes as the kernels read them when decoding, each chunk's stored rows (CHUNK K-values of one group)
-// TILE columns at a time, one tile's rows after another ([rows, TILE] row-major, the last tile of a row narrower when
-// N is not a multiple of TILE), chunk after chunk: the same bytes as the checkpoint's [stored rows, N], permuted
-// within each chunk (belle_retile, in place; quant/linear.py KernelOrder keeps a layer's codes so while the kernels
-// use them). One row of x then reads one sequential run of memory a thread, where the checkpoint's order has it read
+// Tiles: packed codes as the kernels read them when decoding, each slab's stored rows (TILE_K K-values of one group;
+// fewer at a group's or the weight's end) TILE columns at a time, one tile's rows after another ([rows, TILE]
+// row-major, the last tile of a row narrower when N is not a multiple of TILE), slab after slab: the same bytes as
+// the checkpoint's [stored rows, N], permuted within each slab (belle_retile, in place; quant/linear.py KernelOrder
+// keeps a layer's codes so while the kernels use them). One row of x then reads one sequential run of memory a thread, where the checkpoint's order has it read
 // a tile's 16 (int4) or 32 (int8) rows from as many places N bytes apart: more streams than the prefetchers and the
 // memory pages serve at full speed. TILE is the AVX-512 tile's width (the AVX2 and scalar tiles read within a tile).
 // One row, 2 threads, 7B's Linears, weights rotated over 1 GB, in one process alternating with the checkpoint's order
@@ -265,18 +267,30 @@ struct Args {  // one call, all row-major and contiguous
 // ms a layer, 2 / 4 / 8 KB ahead 2.61 / 2.43 / 2.34, another run 4 / 8 / 12 / 16 / 24 KB 2.33 / 2.14 / 2.13 / 2.15 /
 // 2.17; int8 4 / 8 / 12 KB 4.57 / 4.44 / 4.48; int4 with int8 x flat. 7B int4 decoding, processes alternating, 4 KB
 // 9.79-10.15 tok/s, 8 KB 9.85-10.41.
-constexpr int64_t TILE = 64, TILE_AHEAD = 8192;  // TILE_AHEAD: bytes a tiled stream is prefetched ahead (into L2)
+// Slabs of TILE_K = 128 rather than chunks of CHUNK = 32 K-values (stop 32): the float tile then keeps its
+// accumulators over a whole slab, and its once-a-chunk work (the scales, untangle, y) comes a quarter as often; the
+// integer path, whose chunks are x's quantization blocks, reads a slab's chunks tile by tile (iblock). One thread,
+// codes in the L3 cache (4096 x 4096, one row), ns per 64 code bytes, chunks -> slabs: int4 2.27 -> 1.76 (with Split,
+// below), int8 1.31 -> 1.24; int4 with int8 x 1.42. That headroom shows only when the memory is fast: on the stop-32
+// host, whose numpy probe swings between ~48 and ~61 GB/s, one row of int4 read ~54-58 GB/s where int8 read 72-74.
+constexpr int64_t TILE = 64, TILE_K = 128, TILE_AHEAD = 8192;  // TILE_AHEAD: bytes a tiled stream is prefetched ahead (into L2)
 
 struct Rows {
   const char* p;   // stored row chunk.k0 / per at column n
   int64_t stride;  // bytes from one stored row to the next, same columns
 };
+// The first K-value of the slab (TILE_K K-values of one group: Tiles above) that holds K-value k of group g.
+static inline int64_t slab_start(const Args& a, int64_t g, int64_t k) {
+  const int64_t g0 = g * a.group;
+  return g0 + (k - g0) / TILE_K * TILE_K;
+}
 static inline Rows rows_at(const Args& a, const Chunk& chunk, int per, int64_t n) {
   const int64_t s0 = chunk.k0 / per;
-  const char* w = static_cast<const char*>(a.w) + s0 * a.N;
-  if (!a.tiled) return {w + n, a.N};
-  const int64_t rows = (chunk.k1 + per - 1) / per - s0, t = n / TILE * TILE, width = std::min(TILE, a.N - t);
-  return {w + t * rows + (n - t), width};
+  if (!a.tiled) return {static_cast<const char*>(a.w) + s0 * a.N + n, a.N};
+  const int64_t k0 = slab_start(a, chunk.g, chunk.k0), k1 = std::min({k0 + TILE_K, (chunk.g + 1) * a.group, a.K});
+  const int64_t first = k0 / per, rows = (k1 + per - 1) / per - first;  // the slab's stored rows
+  const int64_t t = n / TILE * TILE, width = std::min(TILE, a.N - t);
+  return {static_cast<const char*>(a.w) + first * a.N + t * rows + (s0 - first) * width + (n - t), width};
 }
 
 // What a stored row of chunk prefetches, as a byte offset from its tile at column n0: the tile `columns` further
@@ -364,11 +378,18 @@ struct Float16 : Dense<uint16_t, 2> {
 // n0 + 4l + j in lane l, put back in order once per chunk (untangle). This saves the four byte-to-dword widenings
 // (shuffles, the port vpermps needs too) per stored row. Same A/B, int4 one row: 4096 x 16384 1.60 -> 1.51, 4096
 // x 1024 0.162 -> 0.153, 1024 x 4096 0.146 -> 0.141, 1024 x 3072 0.113 -> 0.106.
+// Split (the Wide tile at SPLIT_ROWS rows or fewer): a byte's lower and upper codes go to accumulators of their own,
+// added once per chunk. One row has only NV accumulators, each taking two dependent FMAs per 64 code bytes, so the
+// FMA's latency, not the machine's throughput, bounded the tile: the bare loop over L2-resident codes, one thread
+// (stop 32, Zen 5), 1.85 -> 1.43 ns per 64 bytes (a third set of sums for odd/even bytes: 1.42); the kernel over a
+// 4096 x 4096 weight in the L3 cache, tile order, one thread, 1 row 2.12 -> 1.76, 2 rows 2.42 -> 2.27.
+constexpr int SPLIT_ROWS = 2;
 template <class I, class F, int MB, int NV, bool Lut = false>
 static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   using V = typename I::V;
   constexpr bool streaming = !F::quantized || MB <= STREAM_ROWS;  // decoding (dense tiles: DENSE_ROWS at most)
   constexpr bool Wide = Lut && NV * I::W == 64;  // see Lut above
+  constexpr bool Split = Wide && MB <= SPLIT_ROWS;  // see Split above
   constexpr int64_t tile_bytes = NV * I::W * F::column_bytes;
   constexpr int64_t ahead_columns = ahead_tiles<streaming> / F::column_bytes * NV * I::W;  // the same bytes ahead
   const Chunk& chunk = a.chunks[c];
@@ -397,9 +418,9 @@ static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
   }
   const float* x[MB];
   for (int i = 0; i < MB; ++i) x[i] = a.x + (m0 + i) * a.K;
-  V acc[MB][NV];
+  V acc[MB][NV], odd[Split ? MB : 1][NV];  // odd: the Split tile's sums of a byte's upper codes
   for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < NV; ++j) acc[i][j] = I::zero();
+    for (int j = 0; j < NV; ++j) acc[i][j] = odd[Split ? i : 0][j] = I::zero();
   for (int64_t kb = chunk.k0 / F::PER; kb * F::PER < chunk.k1; kb += chunk.step, row += stride) {
     // (past the end of a row or of the weight, a prefetch is only a hint: it never faults)
     if (a.prefetch)
@@ -413,7 +434,8 @@ static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
         for (int j = 0; j < NV; ++j) w[j] = I::lookup(table, I::shr(raw, 8 * j + 4 * r));
         for (int i = 0; i < MB; ++i) {
           const V xk = I::set1(x[i][k]);
-          for (int j = 0; j < NV; ++j) acc[i][j] = I::fma(xk, w[j], acc[i][j]);
+          V* sums = Split && r ? odd[Split ? i : 0] : acc[i];
+          for (int j = 0; j < NV; ++j) sums[j] = I::fma(xk, w[j], sums[j]);
         }
       }
       continue;
@@ -435,6 +457,9 @@ static inline void tile(const Args& a, int64_t c, int64_t m0, int64_t n0) {
       }
     }
   }
+  if constexpr (Split)
+    for (int i = 0; i < MB; ++i)
+      for (int j = 0; j < NV; ++j) acc[i][j] = I::add(acc[i][j], odd[i][j]);
   if constexpr (Wide)
     for (int i = 0; i < MB; ++i) I::untangle(acc[i]);
   for (int j = 0; j < NV; ++j) {
@@ -533,7 +558,7 @@ static inline void decode_tile(const Args& a, int64_t c0, int64_t c1, int64_t n0
     for (int j = 0; j < NV; ++j) rows[j] = rows_at(a, chunk, F::PER, n0 + j * I::W);
     for (int64_t kb = chunk.k0 / F::PER; kb * F::PER < chunk.k1; ++kb) {  // as tile(), prefetch included
       const int64_t r0 = kb - chunk.k0 / F::PER;
-      const char* ahead = a.tiled ? rows[0].p + r0 * rows[0].stride + PREFETCH_TILES * TILE * CHUNK / F::PER
+      const char* ahead = a.tiled ? rows[0].p + r0 * rows[0].stride + PREFETCH_TILES * TILE * TILE_K / F::PER
                                   : F::at(a, kb, n0 + PREFETCH_TILES * NV * I::W);
       for (int line = 0; line < NV * I::W * F::column_bytes; line += 64) __builtin_prefetch(ahead + line);
       typename F::template Raw<I> raw[NV];
@@ -942,14 +967,22 @@ static inline void iblock(const Args& a, int64_t n0, int64_t n1) {
   const bool streaming = a.M <= STREAM_ROWS;
   const int64_t panel = panel_width(a, tile_width, n1 - n0, streaming);
   if (streaming) stream_start(a, 8 / S, 1, n0, std::min(n1, n0 + STREAM_PREFETCH_TILES * tile_width));
+  const int64_t chunks = a.chunks.size();
   for (int64_t p0 = n0; p0 < n1; p0 += panel) {
     const int64_t p1 = std::min(n1, p0 + panel);
-    for (int64_t c = 0; c < int64_t(a.chunks.size()); ++c) {
+    // Chunks [c0, c1): one slab's in tile order (the tile's rows of its chunks one run of memory), else one chunk
+    for (int64_t c0 = 0, c1; c0 < chunks; c0 = c1) {
+      const Chunk& first = a.chunks[c0];
+      const int64_t slab = slab_start(a, first.g, first.k0);
+      for (c1 = c0 + 1; a.tiled && c1 < chunks && a.chunks[c1].g == first.g &&
+                        slab_start(a, first.g, a.chunks[c1].k0) == slab; ++c1) {}
       int64_t n = p0;
       for (; n + tile_width <= p1; n += tile_width)
-        for (int64_t m0 = 0; m0 < a.M; m0 += MB) itiles<I, S>(a, c, m0, std::min(MB, a.M - m0), n);
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t m0 = 0; m0 < a.M; m0 += MB) itiles<I, S>(a, c, m0, std::min(MB, a.M - m0), n);
       for (; n < p1; ++n)
-        for (int64_t m0 = 0; m0 < a.M; m0 += MB) itiles<ScalarInt, S>(a, c, m0, std::min(MB, a.M - m0), n);
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t m0 = 0; m0 < a.M; m0 += MB) itiles<ScalarInt, S>(a, c, m0, std::min(MB, a.M - m0), n);
     }
   }
 }
@@ -1016,7 +1049,7 @@ static inline void decode_quads(const Args& a, int64_t c, int64_t n0, typename I
   const Chunk& chunk = a.chunks[c];
   const int64_t steps = (chunk.k1 - chunk.k0 + 3) / 4, stored = (a.K + PER - 1) / PER;
   const Rows rows = rows_at(a, chunk, PER, n0);
-  const int64_t ahead = a.tiled ? PREFETCH_TILES * TILE * CHUNK / PER : PREFETCH_TILES * QV * I::W;
+  const int64_t ahead = a.tiled ? PREFETCH_TILES * TILE * TILE_K / PER : PREFETCH_TILES * QV * I::W;
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t kb = chunk.k0 / PER + s * ROWS;
     const uint8_t* p = reinterpret_cast<const uint8_t*>(rows.p) + s * ROWS * rows.stride;
@@ -1366,6 +1399,7 @@ static int64_t many_rows(int64_t fallback) {
 
 // Chunks of at most `rows` rows within each group (dense weights: one group of K rows).
 static void add_chunks(Args& a, int64_t group, int64_t rows = CHUNK) {
+  a.group = group;
   for (int64_t g = 0; g * group < a.K; ++g)
     for (int64_t k = g * group; k < std::min(a.K, (g + 1) * group); k += rows)
       a.chunks.push_back({k, std::min({k + rows, (g + 1) * group, a.K}), g});
@@ -1438,11 +1472,12 @@ static void parallel_chunks(const Args& a, void (*fn)(const Args&, int64_t, int6
 template <class F>
 static void run(Args& a, int64_t group) {
   const bool dense_few = !F::quantized && a.M <= DENSE_ROWS;  // see DENSE_CHUNK
-  const bool paged = dense_few && page_chunks(a, a.N * F::column_bytes);
-  if (!paged) add_chunks(a, group, dense_few ? DENSE_CHUNK : CHUNK);
-  a.prefetch = !paged;
   // several rows: each code decoded once for all of them; a dense weight packed (gemm)
   a.many = !dense_few && a.M >= many_rows(!F::quantized ? DENSE_ROWS + 1 : F::PER == 1 ? 16 : MANY_ROWS);
+  const bool paged = dense_few && page_chunks(a, a.N * F::column_bytes);
+  // tile order: a tile's accumulators over a whole slab (Tiles), but for the many-rows loops' buffers
+  if (!paged) add_chunks(a, group, dense_few ? DENSE_CHUNK : a.tiled && !a.many ? TILE_K : CHUNK);
+  a.prefetch = !paged;
   using Fn = void (*)(const Args&, int64_t, int64_t);
   Fn fn = block_scalar<F>;
   int64_t width = 64, mr = Gemm<Scalar>::MR;
@@ -1879,7 +1914,7 @@ std::vector<paddle::Tensor> Retile(paddle::Tensor& qweight, int64_t K, int bits,
   PD_CHECK(qweight.is_contiguous(), op, ": qweight must be contiguous");
   Args a{};
   a.K = K, a.N = qweight.shape()[1];
-  add_chunks(a, group_size);
+  add_chunks(a, group_size, TILE_K);  // the slabs
   uint8_t* w = qweight.data<uint8_t>();
   const int64_t N = a.N, chunks = a.chunks.size();
 #pragma omp parallel

@@ -296,11 +296,12 @@ class QuantEmbedding(QuantLinear):
         codes = np.from_dlpack(qweight.detach())
         if self._tiles != qweight.data_ptr():
             return codes[:, flat]
-        # The tile order (kernels/cpu_matmul.cc, Tiles: chunks of CHUNK = 32 inputs within a group, TILE = 64 columns;
-        # tests/quant/test_linear.py reads lookups in both orders). Each stored row's chunk: first stored row, rows.
+        # The tile order (kernels/cpu_matmul.cc, Tiles: slabs of TILE_K = 128 inputs within a group, TILE = 64
+        # columns; tests/quant/test_linear.py reads lookups in both orders). Each stored row's slab: first stored row,
+        # rows.
         if getattr(self, "_slabs", None) is None:
             per, K, G = self.config.per_byte, self.in_features, self.group_size
-            chunks = [(k, min(k + 32, g + G, K)) for g in range(0, K, G) for k in range(g, min(g + G, K), 32)]
+            chunks = [(k, min(k + 128, g + G, K)) for g in range(0, K, G) for k in range(g, min(g + G, K), 128)]
             first = np.concatenate([np.full(-(-k1 // per) - k0 // per, k0 // per) for k0, k1 in chunks])
             rows = np.concatenate([np.full(-(-k1 // per) - k0 // per, -(-k1 // per) - k0 // per) for k0, k1 in chunks])
             self._slabs = first[:, None].astype(np.int64), rows[:, None].astype(np.int64)

@@ -518,13 +518,13 @@ def test_a_first_build_prints_nothing(ops, tmp_path):
 
 
 def tile_order(plain, in_features, per, group):
-    """numpy's version of the kernels' tile order (cpu_matmul.cc, "Tiles"): in each chunk (32 inputs of one group)
+    """numpy's version of the kernels' tile order (cpu_matmul.cc, "Tiles"): in each slab (128 inputs of one group)
     its stored rows 64 columns at a time, [rows, width] row-major, tile after tile."""
     out, N = np.empty_like(plain).reshape(-1), plain.shape[1]
     group = in_features if group <= 0 else group
     for g in range(0, in_features, group):
-        for k0 in range(g, min(g + group, in_features), 32):
-            k1 = min(k0 + 32, g + group, in_features)
+        for k0 in range(g, min(g + group, in_features), 128):
+            k1 = min(k0 + 128, g + group, in_features)
             s0, s1 = k0 // per, -(-k1 // per)
             for t in range(0, N, 64):
                 block = plain[s0:s1, t : t + 64].reshape(-1)
@@ -539,11 +539,13 @@ TILE_IDS = CONFIG_IDS + ["int8-g96-actorder", "int4-g6"]
 
 @pytest.mark.parametrize("config", TILE_CONFIGS, ids=TILE_IDS)
 @pytest.mark.parametrize("int8", [False, True], ids=["float-x", "int8-x"])
-def test_tile_order_gives_the_same_products_bit_for_bit(config, int8, isa):
+def test_tile_order_gives_the_same_products(config, int8, isa):
     """belle_retile puts packed codes in the order the kernels read fastest (numpy's tile_order above), and back;
-    the products over either order are the same bits, on every path: 1-3 rows (streaming), 4, the many-rows loops
-    (5, 17), float and int8 x; K with partial groups and chunks, N with whole 64-column tiles and a partial one
-    (odd), and N below one tile."""
+    the products over either order are the same, on every path: 1-3 rows (streaming), 4, the many-rows loops (5,
+    17), float and int8 x; K with partial groups, slabs and chunks, N with whole 64-column tiles and a partial one
+    (odd), and N below one tile. int8 x: the same bits (the same integer sums, added in the same order); float x
+    below the many-rows loops sums a whole slab a tile in tile order, 32 K-values in the checkpoint's: float
+    rounding apart."""
     for k, n in ((200, 100), (257, 300), (328, 213), (5, 37)):
         layer, _, bias = random_layer(config, k, n, seed=k + n)
         plain = layer.qweight.numpy()
@@ -556,8 +558,9 @@ def test_tile_order_gives_the_same_products_bit_for_bit(config, int8, isa):
             if buffers["perm"] is not None:
                 x = paddle.gather(x, buffers["perm"], axis=-1)
             args = (buffers["scales"], buffers["zeros"], config.bits, layer.group_size, paddle.to_tensor(bias), int8)
-            np.testing.assert_array_equal(kernels.quant_matmul(x, tiled, *args, tiled=True).numpy(),
-                                          kernels.quant_matmul(x, paddle.to_tensor(plain), *args).numpy())
+            same = np.testing.assert_array_equal if int8 and config.bits in (4, 8) else assert_close
+            same(kernels.quant_matmul(x, tiled, *args, tiled=True).numpy(),
+                 kernels.quant_matmul(x, paddle.to_tensor(plain), *args).numpy())
         kernels.retile(tiled, k, config.bits, layer.group_size, False)
         np.testing.assert_array_equal(tiled.numpy(), plain)
 

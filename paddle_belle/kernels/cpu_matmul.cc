@@ -1156,7 +1156,11 @@ static void imany_avx512(const Args& a, int64_t n0, int64_t n1) {
 // page or less, and the hardware prefetchers start over at every page. In one process, alternating, E rotated over
 // 3 GB, 2 threads, ms, without -> 512 -> 1024 bytes ahead: 250,880 x 1024 float32 34.4 -> 31.9 -> 32.4 (another run
 // 33.5 -> 31.8 -> 32.0), bfloat16 19.6 -> 16.8 -> 16.5; 250,880 x 4096 bfloat16 73.7 -> 66.1 -> 64.5 (2048: no faster).
-constexpr int64_t STREAMS = 4, ROWS_AHEAD = 1024;
+// Two streams rather than four on stop 32's Zen 5 guest (whose prefetchers serve few streams a core best: Tiles),
+// in one process, alternating, 2 threads, ms, four -> two: bfloat16 head 250,880 x 1024 11.03 -> 10.69, 11.33 ->
+// 10.65, 13.05 -> 12.68, 11.96 -> 11.78, float32 21.14 -> 19.52; the transposed Linears (N x K) 4096 x 16384 3.07
+// -> 3.02, 3.13 -> 3.05, 2.38 -> 2.29, 1024 x 3072 0.147 -> 0.136, 0.152 -> 0.148 (one stream: between the two).
+constexpr int64_t STREAMS = 2, ROWS_AHEAD = 1024;
 
 template <class I, class F>
 static inline void rows(const Args& a, int64_t n0, int64_t n1) {

@@ -338,6 +338,35 @@ class HalfLinear(KernelOrder, nn.Layer):
         return out if self.bias is None else out + self.bias
 
 
+class FloatLinear(KernelOrder, nn.Linear):
+    """A float32 nn.Linear whose weight the CPU kernels read transposed in place, as HalfLinear's (KernelOrder): a
+    plain nn.Linear becomes one at its first kernel call in CPU inference (linear(), kernel_weight(): the class
+    changes, nothing else; it stays an nn.Linear to isinstance). Loading, calibration (hooks) and training
+    (gradients) take no kernel, so they meet plain nn.Linears, the type PaddleSlim's GPTQ insists on. One row,
+    2 threads, bloom-560m's Linears, weights rotated over 1 GB, in one process, ms, [in, out] -> transposed (stop 32,
+    the Zen 5 guest): 1024 x 3072 0.316 -> 0.259, 1024 x 1024 0.116 -> 0.095, 1024 x 4096 0.431 -> 0.372, 4096 x
+    1024 0.446 -> 0.351 (no count of rows read side by side, 1-8, did as well on [in, out])."""
+
+    ORDERED = "weight"
+
+    def _retile(self, tensor, to_tiles):
+        kernels.retile(tensor, tensor.shape[0], 0, 0, to_tiles)
+
+    def forward(self, x):
+        weight = self._parameters["weight"]
+        if self._tiles == weight.data_ptr() and not paddle.is_grad_enabled():  # prompts: Paddle's matmul reads the
+            out = paddle.matmul(x, weight.reshape(weight.shape[::-1]), transpose_y=True)  # order as it lies
+            return out if self.bias is None else out + self.bias
+        return super().forward(x)  # (self.weight: the checkpoint's order)
+
+
+def float_kernel_order(layer):
+    """The weight of a float32 nn.Linear (or FloatLinear) in kernel order, the layer a FloatLinear from then on."""
+    if type(layer) is nn.Linear:
+        layer.__class__ = FloatLinear
+    return layer._kernel_order()
+
+
 # Rows of x for which linear() takes the native kernel. benchmarks/cpu_kernels.py at bloom-560m's shapes, 2 threads:
 # Paddle's matmul takes 2.4-3.0x the kernel's time at 4 rows, 1.2-1.8x at 8 and 16 (one thread: 1.4-1.6x up to 64
 # rows); 2-3 rows were not timed apart (between 1 and 4). One row is bound by the weight's bytes, which Paddle's
@@ -353,27 +382,31 @@ def linear(layer, x):
     rows the step is compute-bound, and Paddle 3.3.1's CPU matmul (MKL's AVX2 path, ~45 GFLOP/s a core on Zen 4)
     reaches ~2/3 of the kernel's speed at bloom-560m's shapes (benchmarks/cpu_kernels.py --m 8,16); at one row it
     reads the weight more slowly (FLOAT_KERNEL_ROWS). Prefill chunks and training (gradients) are Paddle's. The
-    models call their Linears through this rather than swapping in a subclass, so that a Linear stays exactly
-    nn.Linear (PaddleSlim's GPTQ, the tests' reference, accepts no other type: paddleslim/quant/advanced/gptq.py),
-    and a layer with hooks is always called."""
+    first kernel call makes the Linear a FloatLinear (its weight transposed in place); until then, and so for
+    loading, calibration and training, a Linear stays exactly nn.Linear (PaddleSlim's GPTQ, the tests' reference,
+    accepts no other type: paddleslim/quant/advanced/gptq.py). A layer with hooks is always called."""
     if layer._forward_pre_hooks or layer._forward_post_hooks:
         return layer(x)
-    if type(layer) in (QuantLinear, HalfLinear):  # ours: forward without Layer.__call__'s checks (models/base.py Layer)
+    kind = type(layer)
+    if kind in (QuantLinear, HalfLinear):  # ours: forward without Layer.__call__'s checks (models/base.py Layer)
         return layer.forward(x)
-    if type(layer) is not nn.Linear or paddle.is_grad_enabled() or not x.place.is_cpu_place():
+    if kind not in (nn.Linear, FloatLinear) or paddle.is_grad_enabled() or not x.place.is_cpu_place():
         return layer(x)
     rows = math.prod(x.shape[:-1])  # (not x.size: Paddle's Tensor.size takes numpy's prod, 8 us a call)
-    if rows in FLOAT_KERNEL_ROWS and layer.weight.dtype == paddle.float32 and kernels.usable(x):
-        return kernels.dense_matmul(x, layer.weight, layer.bias)
+    weight, bias = layer._parameters["weight"], layer._parameters.get("bias")  # (the dicts: see FloatLinear)
+    if rows in FLOAT_KERNEL_ROWS and weight.dtype == paddle.float32 and kernels.usable(x):
+        return kernels.dense_matmul(x, float_kernel_order(layer), bias, transposed=True)
+    if kind is FloatLinear:
+        return layer.forward(x)
     # The op nn.Linear runs on the CPU (paddle/nn/functional/common.py linear), without the flag that function
     # looks up first on every call (paddle.get_flags: 7 us, as long as a decoding row's product in a small model)
-    return paddle._C_ops.linear(x, layer.weight, layer.bias)
+    return paddle._C_ops.linear(x, weight, bias)
 
 
 def kernel_weight(layer, rows: int):
     """What a native layer op (kernels/decoder_layer.cc) needs to compute ``linear(layer, x)`` for ``rows`` float32
     rows of CPU inference as linear() would through the kernels: the tensors (weight or packed codes, scales, zeros,
-    perm, bias, those present; packed codes put in tile order) and (bits, 0 for a dense weight; group_size; flags
+    perm, bias, those present; packed codes put in tile order, a dense weight transposed) and (bits, 0 for a dense weight; group_size; flags
     ZEROS 1 | PERM 2 | BIAS 4 | INT8_X 8 | TILED 16). None where linear() would not take a kernel: hooks, a
     non-float32 bias, a float32 Linear with gradients on or past FLOAT_KERNEL_ROWS, another layer type."""
     if layer._forward_pre_hooks or layer._forward_post_hooks:
@@ -393,9 +426,9 @@ def kernel_weight(layer, rows: int):
         layout = (bits, layer.group_size, flags | (8 if kernels.int8_activations(bits) else 0) | 16)
     elif kind is HalfLinear:
         tensors, layout = [layer._kernel_order()], (0, 0, flags | 16)
-    elif (kind is nn.Linear and rows in FLOAT_KERNEL_ROWS and not paddle.is_grad_enabled()
+    elif (kind in (nn.Linear, FloatLinear) and rows in FLOAT_KERNEL_ROWS and not paddle.is_grad_enabled()
           and parameters["weight"].dtype == paddle.float32):
-        tensors, layout = [parameters["weight"]], (0, 0, flags)
+        tensors, layout = [float_kernel_order(layer)], (0, 0, flags | 16)
     else:
         return None
     return (tensors + [bias] if bias is not None else tensors), layout

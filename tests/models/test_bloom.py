@@ -124,7 +124,7 @@ def test_a_batched_decoding_step_goes_through_the_float32_kernel_and_matches_hf(
 
     calls = []
     real = kernels.dense_matmul
-    monkeypatch.setattr(kernels, "dense_matmul", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(kernels, "dense_matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
     hf, ours = tiny_bloom(4, 0.5)
     ids = IDS[:, :4].reshape(8, 1)
     out = our_logits(ours, ids).logits.numpy()

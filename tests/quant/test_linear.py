@@ -82,51 +82,63 @@ def test_quantized_embedding_lookup_and_head_equal_the_dequantized_table(embeddi
 
 
 @pytest.mark.parametrize("config", [QuantConfig(bits=4, group_size=64, method="rtn", sym=False, act_order=True),
-                                    QuantConfig(bits=8, group_size=-1, method="rtn"), "bfloat16"],
-                         ids=["int4-asym", "int8", "half"])
+                                    QuantConfig(bits=8, group_size=-1, method="rtn"), "bfloat16", "float32"],
+                         ids=["int4-asym", "int8", "half", "float32"])
 def test_kernel_order_never_shows(config, tmp_path):
     """The CPU kernels keep a layer's weight in their order (quant/linear.py KernelOrder: tiles of packed codes, a
-    half weight transposed), and whatever reads it otherwise sees the checkpoint's order: the attribute, the state
+    dense weight transposed), and whatever reads it otherwise sees the checkpoint's order: the attribute, the state
     dict (and so saving), codes(), moving or copying the layer, set_state_dict; and new weights loaded into it are
-    taken as the checkpoint's order."""
+    taken as the checkpoint's order. A float32 nn.Linear becomes a FloatLinear at its first kernel call, an
+    nn.Linear still, and a prompt's rows (Paddle's matmul) read its order as it lies."""
     from paddle_belle import kernels
-    from paddle_belle.quant.linear import HalfLinear
+    from paddle_belle.quant.linear import FloatLinear, HalfLinear, linear
 
     if kernels.cpu_kernels() is None:
         pytest.skip("the native CPU kernels could not be built here")
     if config == "bfloat16":
         layer, name = HalfLinear(200, 150, "bfloat16", bias=True), "weight"
         layer.weight.set_value(paddle.randn([200, 150]).astype("bfloat16"))
+    elif config == "float32":
+        layer, name = paddle.nn.Linear(200, 150), "weight"
+        layer.bias.set_value(paddle.randn([150]))
     else:
         layer, name = random_layer(config, 200, 150)[0], "qweight"
     stored = layer._buffers if name == "qweight" else layer._parameters
     plain = stored[name].numpy().copy()
     x = paddle.to_tensor(np.random.RandomState(3).standard_normal((1, 200)).astype(np.float32))
+    prompt = paddle.to_tensor(np.random.RandomState(4).standard_normal((80, 200)).astype(np.float32))
     with paddle.no_grad():
-        expected = layer(x).numpy()
+        expected = linear(layer, x).numpy()
         assert layer._tiles is not None and not np.array_equal(stored[name].numpy(), plain)
+        if config == "float32":
+            assert type(layer) is FloatLinear and isinstance(layer, paddle.nn.Linear)
+            reference = prompt.numpy().astype(np.float64) @ plain + layer._parameters["bias"].numpy()
+            np.testing.assert_allclose(linear(layer, prompt).numpy(), reference, rtol=1e-5,
+                                       atol=1e-5 * np.abs(reference).max())
+            assert layer._tiles is not None  # (read in place, not put back)
         np.testing.assert_array_equal(getattr(layer, name).numpy(), plain)  # put back
         assert layer._tiles is None
-        layer(x)
+        linear(layer, x)
         np.testing.assert_array_equal(layer.state_dict()[name].numpy(), plain)
-        layer(x)
+        linear(layer, x)
         paddle.save(layer.state_dict(), str(tmp_path / "layer.pdparams"))
         np.testing.assert_array_equal(paddle.load(str(tmp_path / "layer.pdparams"))[name].numpy(), plain)
         if name == "qweight" and config.bits == 8:
-            layer(x)
+            linear(layer, x)
             np.testing.assert_array_equal(layer.codes().numpy(), plain)
-        layer(x)
+        linear(layer, x)
         layer.to("cpu")
         np.testing.assert_array_equal(stored[name].numpy(), plain)
-        layer(x)
-        np.testing.assert_array_equal(copy.deepcopy(layer)(x).numpy(), expected)
-        layer(x)
+        linear(layer, x)
+        np.testing.assert_array_equal(linear(copy.deepcopy(layer), x).numpy(), expected)
+        linear(layer, x)
         layer.set_state_dict({**layer.state_dict(), name: paddle.to_tensor(plain)})
-        np.testing.assert_array_equal(layer(x).numpy(), expected)
+        np.testing.assert_array_equal(linear(layer, x).numpy(), expected)
         stored[name] = paddle.to_tensor(plain)  # new memory (as loading gives): the checkpoint's order
-        np.testing.assert_array_equal(layer(x).numpy(), expected)
+        np.testing.assert_array_equal(linear(layer, x).numpy(), expected)
     # with gradients (the Paddle path): the checkpoint's order
-    layer(x)
+    with paddle.no_grad():
+        linear(layer, x)
     x.stop_gradient = False
     layer(x).sum().backward()
     np.testing.assert_array_equal(stored[name].numpy(), plain)
@@ -143,7 +155,7 @@ def test_linear_equals_the_float32_matmul_on_either_path(rows, monkeypatch):
         pytest.skip("the native CPU kernels could not be built here")
     calls = []
     real = kernels.dense_matmul
-    monkeypatch.setattr(kernels, "dense_matmul", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(kernels, "dense_matmul", lambda *a, **k: calls.append(1) or real(*a, **k))
     paddle.seed(rows)
     layer = paddle.nn.Linear(200, 37)
     layer.bias.set_value(paddle.randn([37]))

@@ -177,9 +177,9 @@ struct Avx512 {
 
 // ------------------------------------------------------------------------------------------ weight formats
 // Rows are taken a chunk at a time: at most CHUNK rows of one group (in tile order a slab: Tiles below), with a
-// tile's accumulators in registers over them. Few rows at a time keep the weight streaming row after row (bloom-7b's 4096 x 16384, int8, 2 threads:
-// 128 rows 12 GB/s, 32 rows 30 GB/s), and each row's tile PREFETCH_TILES tiles ahead is prefetched, which the
-// hardware prefetchers do not do for this pattern (32 rows without it: 8 GB/s).
+// tile's accumulators in registers over them. Few rows at a time keep the weight streaming row after row (bloom-7b's
+// 4096 x 16384, int8, 2 threads: 128 rows 12 GB/s, 32 rows 30 GB/s), and each row's tile PREFETCH_TILES tiles ahead
+// is prefetched, which the hardware prefetchers do not do for this pattern (32 rows without it: 8 GB/s).
 //
 // A dense weight (bfloat16, float16, float32) times one row of x (decoding) is read differently: DENSE_CHUNK rows
 // at a time (first without software prefetch: below), and the rows, not the columns, split between the threads
@@ -254,26 +254,27 @@ struct Args {  // one call, all row-major and contiguous
 
 // Tiles: packed codes as the kernels read them when decoding, each slab's stored rows (TILE_K K-values of one group;
 // fewer at a group's or the weight's end) TILE columns at a time, one tile's rows after another ([rows, TILE]
-// row-major, the last tile of a row narrower when N is not a multiple of TILE), slab after slab: the same bytes as
-// the checkpoint's [stored rows, N], permuted within each slab (belle_retile, in place; quant/linear.py KernelOrder
-// keeps a layer's codes so while the kernels use them). One row of x then reads one sequential run of memory a thread, where the checkpoint's order has it read
-// a tile's 16 (int4) or 32 (int8) rows from as many places N bytes apart: more streams than the prefetchers and the
-// memory pages serve at full speed. TILE is the AVX-512 tile's width (the AVX2 and scalar tiles read within a tile).
-// One row, 2 threads, 7B's Linears, weights rotated over 1 GB, in one process alternating with the checkpoint's order
-// (stop 31: a Zen 5 guest, 2 vCPUs, whose numpy gemv probe reads 46-49 GB/s), ms: int4 g128 4096 x 16384 1.159 ->
-// 0.730, 16384 x 4096 1.065 -> 0.853, 4096 x 12288 0.903 -> 0.636, 4096 x 4096 0.322 -> 0.247; int8 2.097 -> 1.741,
-// 1.575 -> 1.335, 1.638 -> 0.887, 0.448 -> 0.366; int4 with int8 x 1.261 -> 0.883, 1.111 -> 0.858, 0.901 -> 0.491,
-// 0.345 -> 0.232. TILE_AHEAD: 7B's four int4 Linears in turn (a layer's calls over 24 layers' weights), 2 threads,
-// ms a layer, 2 / 4 / 8 KB ahead 2.61 / 2.43 / 2.34, another run 4 / 8 / 12 / 16 / 24 KB 2.33 / 2.14 / 2.13 / 2.15 /
-// 2.17; int8 4 / 8 / 12 KB 4.57 / 4.44 / 4.48; int4 with int8 x flat. 7B int4 decoding, processes alternating, 4 KB
-// 9.79-10.15 tok/s, 8 KB 9.85-10.41.
+// row-major, the last tile of a row narrower when N is not a multiple of TILE), slab after slab: the same bytes as the
+// checkpoint's [stored rows, N], permuted within each slab (belle_retile, in place; quant/linear.py KernelOrder keeps a
+// layer's codes so while the kernels use them). One row of x then reads one sequential run of memory a thread, where
+// the checkpoint's order has it read a tile's 16 (int4) or 32 (int8) rows from as many places N bytes apart: more
+// streams than the prefetchers and the memory pages serve at full speed. TILE is the AVX-512 tile's width (the AVX2 and
+// scalar tiles read within a tile). One row, 2 threads, 7B's Linears, weights rotated over 1 GB, in one process
+// alternating with the checkpoint's order (stop 31: a Zen 5 guest, 2 vCPUs, whose numpy gemv probe reads 46-49 GB/s),
+// ms: int4 g128 4096 x 16384 1.159 -> 0.730, 16384 x 4096 1.065 -> 0.853, 4096 x 12288 0.903 -> 0.636, 4096 x 4096
+// 0.322 -> 0.247; int8 2.097 -> 1.741, 1.575 -> 1.335, 1.638 -> 0.887, 0.448 -> 0.366; int4 with int8 x 1.261 -> 0.883,
+// 1.111 -> 0.858, 0.901 -> 0.491, 0.345 -> 0.232. TILE_AHEAD: 7B's four int4 Linears in turn (a layer's calls over 24
+// layers' weights), 2 threads, ms a layer, 2 / 4 / 8 KB ahead 2.61 / 2.43 / 2.34, another run 4 / 8 / 12 / 16 / 24 KB
+// 2.33 / 2.14 / 2.13 / 2.15 / 2.17; int8 4 / 8 / 12 KB 4.57 / 4.44 / 4.48; int4 with int8 x flat. 7B int4 decoding,
+// processes alternating, 4 KB 9.79-10.15 tok/s, 8 KB 9.85-10.41.
 // Slabs of TILE_K = 128 rather than chunks of CHUNK = 32 K-values (stop 32): the float tile then keeps its
 // accumulators over a whole slab, and its once-a-chunk work (the scales, untangle, y) comes a quarter as often; the
 // integer path, whose chunks are x's quantization blocks, reads a slab's chunks tile by tile (iblock). One thread,
 // codes in the L3 cache (4096 x 4096, one row), ns per 64 code bytes, chunks -> slabs: int4 2.27 -> 1.76 (with Split,
 // below), int8 1.31 -> 1.24; int4 with int8 x 1.42. That headroom shows only when the memory is fast: on the stop-32
 // host, whose numpy probe swings between ~48 and ~61 GB/s, one row of int4 read ~54-58 GB/s where int8 read 72-74.
-constexpr int64_t TILE = 64, TILE_K = 128, TILE_AHEAD = 8192;  // TILE_AHEAD: bytes a tiled stream is prefetched ahead (into L2)
+constexpr int64_t TILE = 64, TILE_K = 128;
+constexpr int64_t TILE_AHEAD = 8192;  // bytes a tiled stream is prefetched ahead (into L2)
 
 struct Rows {
   const char* p;   // stored row chunk.k0 / per at column n

@@ -406,9 +406,10 @@ def linear(layer, x):
 def kernel_weight(layer, rows: int):
     """What a native layer op (kernels/decoder_layer.cc) needs to compute ``linear(layer, x)`` for ``rows`` float32
     rows of CPU inference as linear() would through the kernels: the tensors (weight or packed codes, scales, zeros,
-    perm, bias, those present; packed codes put in tile order, a dense weight transposed) and (bits, 0 for a dense weight; group_size; flags
-    ZEROS 1 | PERM 2 | BIAS 4 | INT8_X 8 | TILED 16). None where linear() would not take a kernel: hooks, a
-    non-float32 bias, a float32 Linear with gradients on or past FLOAT_KERNEL_ROWS, another layer type."""
+    perm, bias, those present; packed codes put in tile order, a dense weight transposed) and (bits, 0 for a dense
+    weight; group_size; flags ZEROS 1 | PERM 2 | BIAS 4 | INT8_X 8 | TILED 16). None where linear() would not take
+    a kernel: hooks, a non-float32 bias, a float32 Linear with gradients on or past FLOAT_KERNEL_ROWS, another layer
+    type."""
     if layer._forward_pre_hooks or layer._forward_post_hooks:
         return None
     kind, parameters = type(layer), layer._parameters

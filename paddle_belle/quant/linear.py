@@ -301,9 +301,9 @@ class QuantEmbedding(QuantLinear):
         # rows.
         if getattr(self, "_slabs", None) is None:
             per, K, G = self.config.per_byte, self.in_features, self.group_size
-            chunks = [(k, min(k + 128, g + G, K)) for g in range(0, K, G) for k in range(g, min(g + G, K), 128)]
-            first = np.concatenate([np.full(-(-k1 // per) - k0 // per, k0 // per) for k0, k1 in chunks])
-            rows = np.concatenate([np.full(-(-k1 // per) - k0 // per, -(-k1 // per) - k0 // per) for k0, k1 in chunks])
+            slabs = [(k, min(k + 128, g + G, K)) for g in range(0, K, G) for k in range(g, min(g + G, K), 128)]
+            first = np.concatenate([np.full(-(-k1 // per) - k0 // per, k0 // per) for k0, k1 in slabs])
+            rows = np.concatenate([np.full(-(-k1 // per) - k0 // per, -(-k1 // per) - k0 // per) for k0, k1 in slabs])
             self._slabs = first[:, None].astype(np.int64), rows[:, None].astype(np.int64)
         first, rows = self._slabs
         N, flat = codes.shape[1], flat.astype(np.int64)[None, :]
@@ -313,21 +313,25 @@ class QuantEmbedding(QuantLinear):
         return codes.reshape(-1)[first * N + tile * rows + (stored - first) * width + flat - tile]
 
 
-class HalfLinear(KernelOrder, nn.Layer):
+class Transposed(KernelOrder):
+    """KernelOrder for a dense weight [in, out] (float32, bfloat16, float16): the kernels' order is its transpose."""
+
+    ORDERED = "weight"
+
+    def _retile(self, tensor, to_tiles):
+        kernels.retile(tensor, tensor.shape[0], 0, 0, to_tiles)
+
+
+class HalfLinear(Transposed, nn.Layer):
     """y = x @ weight + bias on the CPU with ``weight`` [in, out] kept in bfloat16 or float16 (Paddle's CPU matmul
     has neither): the native kernel reads it in float32 arithmetic, transposed in place (KernelOrder) so that each
     output is one dot product over a contiguous row; without the kernels (or with gradients) a block of rows at a
     time is widened to float32, never the whole weight at once."""
 
-    ORDERED = "weight"
-
     def __init__(self, in_features: int, out_features: int, dtype: str, bias: bool = False):
         super().__init__()
         self.weight = self.create_parameter([in_features, out_features], dtype=dtype)
         self.bias = self.create_parameter([out_features], dtype="float32", is_bias=True) if bias else None
-
-    def _retile(self, tensor, to_tiles):
-        kernels.retile(tensor, tensor.shape[0], 0, 0, to_tiles)
 
     def forward(self, x):
         if kernels.usable(x):  # (the bias straight from its dict, as in QuantLinear.forward)
@@ -338,7 +342,7 @@ class HalfLinear(KernelOrder, nn.Layer):
         return out if self.bias is None else out + self.bias
 
 
-class FloatLinear(KernelOrder, nn.Linear):
+class FloatLinear(Transposed, nn.Linear):
     """A float32 nn.Linear whose weight the CPU kernels read transposed in place, as HalfLinear's (KernelOrder): a
     plain nn.Linear becomes one at its first kernel call in CPU inference (linear(), kernel_weight(): the class
     changes, nothing else; it stays an nn.Linear to isinstance). Loading, calibration (hooks) and training
@@ -346,11 +350,6 @@ class FloatLinear(KernelOrder, nn.Linear):
     2 threads, bloom-560m's Linears, weights rotated over 1 GB, in one process, ms, [in, out] -> transposed (stop 32,
     the Zen 5 guest): 1024 x 3072 0.316 -> 0.259, 1024 x 1024 0.116 -> 0.095, 1024 x 4096 0.431 -> 0.372, 4096 x
     1024 0.446 -> 0.351 (no count of rows read side by side, 1-8, did as well on [in, out])."""
-
-    ORDERED = "weight"
-
-    def _retile(self, tensor, to_tiles):
-        kernels.retile(tensor, tensor.shape[0], 0, 0, to_tiles)
 
     def forward(self, x):
         weight = self._parameters["weight"]
